@@ -1,0 +1,32 @@
+"""fusionsearch: architecture search for multi-task networks over timm backbones."""
+
+from __future__ import annotations
+
+from .backbone import create_backbone, input_size_of
+from .errors import (
+    CutPointError,
+    FusionSearchError,
+    PlanError,
+    TraceError,
+    UnknownBackboneError,
+)
+from .graph import BackboneGraph, Boundary, CutPoint, trace
+from .segments import Segment, run_segments
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackboneGraph",
+    "Boundary",
+    "CutPoint",
+    "CutPointError",
+    "FusionSearchError",
+    "PlanError",
+    "Segment",
+    "TraceError",
+    "UnknownBackboneError",
+    "create_backbone",
+    "input_size_of",
+    "run_segments",
+    "trace",
+]

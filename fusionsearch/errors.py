@@ -1,0 +1,57 @@
+"""Exceptions of fusionsearch.
+
+Every error a user can cause has its own class, so that scripts can catch exactly what they expect
+and the command line can print a one-line reason instead of a traceback.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CutPointError",
+    "FusionSearchError",
+    "PlanError",
+    "TraceError",
+    "UnknownBackboneError",
+]
+
+
+class FusionSearchError(Exception):
+    """Base class of every error fusionsearch raises on purpose."""
+
+
+class UnknownBackboneError(FusionSearchError, ValueError):
+    """A backbone name that timm does not know."""
+
+    def __init__(self, name: str, suggestions: list[str]) -> None:
+        self.name = name
+        self.suggestions = suggestions
+        hint = f" Did you mean: {', '.join(suggestions)}?" if suggestions else ""
+        super().__init__(
+            f"unknown backbone {name!r}: timm has no model of that name.{hint}"
+            " (`timm.list_models('*pattern*')` lists the names.)"
+        )
+
+
+class TraceError(FusionSearchError, RuntimeError):
+    """torch.fx could not trace a backbone, or the traced graph does not reproduce it."""
+
+    def __init__(
+        self,
+        message: str,
+        module_path: str | None = None,
+        module_type: str | None = None,
+    ):
+        self.module_path = module_path
+        self.module_type = module_type
+        super().__init__(message)
+
+
+class CutPointError(FusionSearchError, KeyError):
+    """A cut point or boundary name that the backbone graph does not have."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message and add quotes
+        return str(self.args[0])
+
+
+class PlanError(FusionSearchError, ValueError):
+    """A stitch plan that cannot be built on the given backbones."""

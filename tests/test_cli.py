@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from fusionsearch.cli import app
+
+runner = CliRunner()
+
+
+def test_inspect_table_lists_boundaries():
+    result = runner.invoke(app, ["inspect", "--backbone", "resnet18", "--input-size", "3,64,64"])
+    assert result.exit_code == 0, result.output
+    for name in ("act1", "layer1", "layer2", "layer3", "layer4"):
+        assert name in result.output
+    assert "maxpool" in result.output  # first cut after the stem's downsampling
+
+
+def test_inspect_json_for_scripts():
+    result = runner.invoke(app, ["inspect", "--backbone", "test_resnet", "--json", "--all-cuts"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["name"] == "test_resnet"
+    assert [b["reduction"] for b in data["boundaries"]] == sorted(b["reduction"] for b in data["boundaries"])
+    assert len(data["cut_points"]) >= len(data["boundaries"])
+
+
+def test_unknown_backbone_is_one_line_error():
+    result = runner.invoke(app, ["inspect", "--backbone", "resnet1O1"])
+    assert result.exit_code == 2
+    assert "unknown backbone 'resnet1O1'" in result.output and "resnet101" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_bad_input_size():
+    result = runner.invoke(app, ["inspect", "--backbone", "test_resnet", "--input-size", "224"])
+    assert result.exit_code != 0
+    assert "C,H,W" in result.output
