@@ -10,12 +10,25 @@ from .errors import (
     TraceError,
     UnknownBackboneError,
 )
+from .fusion import FUSION_UNITS, NDDR, CrossStitch, FusionUnit, Sluice, register_fusion
 from .graph import BackboneGraph, Boundary, CutPoint, trace
 from .segments import Segment, run_segments
+from .stitch import StitchedNet, StitchPlan, build, load, save
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "FUSION_UNITS",
+    "NDDR",
+    "CrossStitch",
+    "FusionUnit",
+    "Sluice",
+    "StitchPlan",
+    "StitchedNet",
+    "build",
+    "load",
+    "register_fusion",
+    "save",
     "BackboneGraph",
     "Boundary",
     "CutPoint",

@@ -133,9 +133,7 @@ def inspect(
     )
     console.print(_points_table("Stage boundaries (last cut point of each stage)", g.boundaries))
     if g.stage_starts:
-        console.print(
-            _points_table("First cut point after each downsampling (VGG pool1..pool5 style)", g.stage_starts)
-        )
+        console.print(_points_table("First cut point after each downsampling (VGG pool1..pool5 style)", g.stage_starts))
     if all_cuts:
         console.print(_points_table("Every cut point", g.cut_points))
     for note in g.notes:

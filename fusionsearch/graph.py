@@ -277,9 +277,7 @@ def _align(a: fx.GraphModule, b: fx.GraphModule) -> dict[fx.Node, fx.Node]:
     Node names are no key: an op inserted in train mode renumbers every later op of its kind.
     """
     na, nb = list(a.graph.nodes), list(b.graph.nodes)
-    matcher = difflib.SequenceMatcher(
-        None, [_signature(n) for n in na], [_signature(n) for n in nb], autojunk=False
-    )
+    matcher = difflib.SequenceMatcher(None, [_signature(n) for n in na], [_signature(n) for n in nb], autojunk=False)
     return {na[i + k]: nb[j + k] for i, j, size in matcher.get_matching_blocks() for k in range(size)}
 
 
@@ -293,9 +291,7 @@ def _signature(n: fx.Node) -> str:
     return f"{n.op}:{target}:{len(n.all_input_nodes)}"
 
 
-def _trace_mode(
-    model: nn.Module, name: str, func: str, leaf: list[Any]
-) -> tuple[fx.GraphModule, BackboneTracer]:
+def _trace_mode(model: nn.Module, name: str, func: str, leaf: list[Any]) -> tuple[fx.GraphModule, BackboneTracer]:
     tracer = BackboneTracer([*STOCHASTIC_LEAVES, *leaf], traced_func_name=func)
     try:
         graph = tracer.trace(model, concrete_args=concrete_defaults(getattr(type(model), func)))
@@ -597,12 +593,7 @@ def _stages(
             if ends and cp.reduction is not None and ends[-1].reduction and cp.reduction < ends[-1].reduction:
                 continue  # a reshaped attention tensor that only looks like a feature map
             ends.append(_boundary(cp, label, len(ends), "end"))
-        if (
-            i > 0
-            and run[0].reduction
-            and runs[i - 1][0].reduction
-            and run[0].reduction > runs[i - 1][0].reduction
-        ):
+        if i > 0 and run[0].reduction and runs[i - 1][0].reduction and run[0].reduction > runs[i - 1][0].reduction:
             starts.append(_boundary(run[0], run[0].name, len(starts), "start"))
     return ends, starts
 

@@ -99,8 +99,7 @@ class GraphIndex:
         final = len(cuts) - 1 if cuts and cuts[-1] is self.sink else len(cuts)
         last_use = {v: max((seg[u] for u in v.users if u in seg), default=seg[v]) for v in seg}
         live_in = [
-            sorted((v for v in seg if seg[v] < s <= last_use[v]), key=self.pos.__getitem__)
-            for s in range(final + 1)
+            sorted((v for v in seg if seg[v] < s <= last_use[v]), key=self.pos.__getitem__) for s in range(final + 1)
         ]
         out = []
         for s in range(final + 1):

@@ -1,0 +1,444 @@
+"""Fusion units: K task features in, K task features out, at one cut point.
+
+A unit is one class plus one ``@register_fusion`` line. Every unit works on per-task channel counts
+and on the layouts the graph reports (``NCHW``, ``NHWC``, ``NLC``, ``NCL``): features are moved to
+channels-first, fused, and moved back. Units return ``(features, extra_loss)`` where the extra
+loss is ``None`` unless the unit has a penalty (sluice's orthogonality), and describe their own
+parameter groups (learning-rate multiplier, weight decay) so training never has to guess.
+
+Defaults come from the papers' ablations: NDDR init (alpha, beta) = (0.9, 0.1) and lr x100
+(NDDR-CNN Tables 1-2); cross-stitch (alpha_S, alpha_D) = (0.9, 0.1), lr x10^2..10^3 (cross-stitch
+Tables 1-2); sluice with 2 subspaces (as NDDR-CNN Sec. 5.1 follows the sluice paper).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from itertools import combinations
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .errors import PlanError
+
+__all__ = [
+    "FUSION_UNITS",
+    "FusionUnit",
+    "NDDR",
+    "CrossStitch",
+    "Sluice",
+    "ShortcutHead",
+    "SluiceHeadMix",
+    "register_fusion",
+    "get_fusion",
+    "to_channels_first",
+    "from_channels_first",
+]
+
+FUSION_UNITS: dict[str, type[FusionUnit]] = {}
+
+
+def register_fusion(name: str) -> Callable[[type[FusionUnit]], type[FusionUnit]]:
+    """Class decorator: make a unit available to plans, recipes and the CLI by ``name``."""
+
+    def add(cls: type[FusionUnit]) -> type[FusionUnit]:
+        if name in FUSION_UNITS:
+            raise ValueError(f"fusion unit {name!r} is already registered ({FUSION_UNITS[name].__name__})")
+        FUSION_UNITS[name] = cls
+        cls.unit_name = name
+        return cls
+
+    return add
+
+
+def get_fusion(name: str | type[FusionUnit]) -> type[FusionUnit]:
+    """A unit class by registered name (or the class itself)."""
+    if isinstance(name, type):
+        return name
+    try:
+        return FUSION_UNITS[name]
+    except KeyError:
+        raise PlanError(f"unknown fusion unit {name!r}; registered units: {', '.join(sorted(FUSION_UNITS))}") from None
+
+
+def to_channels_first(x: Tensor, layout: str) -> Tensor:
+    """(B, C, ...) view of a feature in any of the graph's layouts."""
+    if layout in ("NHWC", "NLC"):
+        return x.movedim(-1, 1)
+    return x
+
+
+def from_channels_first(x: Tensor, layout: str) -> Tensor:
+    if layout in ("NHWC", "NLC"):
+        return x.movedim(1, -1)
+    return x
+
+
+def _tagged(params: Sequence[nn.Parameter], lr_mult: float, weight_decay: float | None, tag: str) -> dict:
+    return {
+        "params": [p for p in params if p.requires_grad],
+        "lr_mult": lr_mult,
+        "weight_decay": weight_decay,
+        "tag": tag,
+    }
+
+
+class FusionUnit(nn.Module):
+    """Base of fusion units. Subclasses implement ``fuse`` on channels-first tensors.
+
+    Args:
+        channels: the channel count of each task's feature at this cut point.
+        layout: the features' layout (from the graph's cut point).
+        lr_mult: learning-rate multiplier of the unit's parameters over the base rate.
+        weight_decay: weight decay of the unit's mixing weights (None: the optimiser's default).
+    """
+
+    unit_name = "base"
+    default_lr_mult = 100.0
+
+    def __init__(
+        self,
+        channels: Sequence[int],
+        layout: str = "NCHW",
+        *,
+        lr_mult: float | None = None,
+        weight_decay: float | None = None,
+    ) -> None:
+        super().__init__()
+        if len(channels) < 2:
+            raise PlanError(f"{self.unit_name} fuses at least 2 tasks, got {len(channels)}")
+        if layout not in ("NCHW", "NHWC", "NLC", "NCL", "NC"):
+            raise PlanError(f"{self.unit_name} cannot fuse features of layout {layout!r}")
+        self.channels = [int(c) for c in channels]
+        self.layout = layout
+        self.lr_mult = float(self.default_lr_mult if lr_mult is None else lr_mult)
+        self.weight_decay = weight_decay
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.channels)
+
+    def forward(self, feats: Sequence[Tensor]) -> tuple[list[Tensor], Tensor | None]:
+        if len(feats) != self.num_tasks:
+            raise PlanError(f"{self.unit_name} was built for {self.num_tasks} tasks, got {len(feats)} features")
+        cf = [to_channels_first(f, self.layout) for f in feats]
+        out, extra = self.fuse(cf)
+        return [from_channels_first(o, self.layout) for o in out], extra
+
+    def fuse(self, feats: list[Tensor]) -> tuple[list[Tensor], Tensor | None]:
+        raise NotImplementedError
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Parameter groups: ``{"params", "lr_mult", "weight_decay", "tag"}``."""
+        return [_tagged(list(self.parameters()), self.lr_mult, self.weight_decay, self.unit_name)]
+
+    def mixing_weights(self) -> Tensor:
+        """The learned task-to-task weights as a (K, K) summary: mean diagonal-block weight of
+        task j's channels in task i's output (for reports and the cross-stitch paper's plots)."""
+        raise NotImplementedError
+
+
+def _diag_init(weight: Tensor, channels: list[int], i: int, alpha: float, beta: float) -> None:
+    """Eq. 3 of NDDR-CNN: alpha on the own task's identity block, beta spread over the others."""
+    k = len(channels)
+    other = beta / (k - 1)
+    with torch.no_grad():
+        weight.zero_()
+        start = 0
+        for j, c in enumerate(channels):
+            n = min(c, weight.shape[0])
+            idx = torch.arange(n)
+            weight[idx, start + idx] = alpha if j == i else other
+            start += c
+
+
+def _norm(kind: str, channels: int, layout: str) -> nn.Module:
+    if kind == "bn":
+        return nn.BatchNorm2d(channels) if layout in ("NCHW", "NHWC") else nn.BatchNorm1d(channels)
+    if kind == "none":
+        return nn.Identity()
+    raise PlanError(f"unknown norm {kind!r} for a fusion unit: use 'bn' or 'none'")
+
+
+def _act(kind: str, nonnegative: bool) -> nn.Module:
+    if kind == "auto":
+        kind = "relu" if nonnegative else "none"
+    if kind == "relu":
+        return nn.ReLU()
+    if kind == "none":
+        return nn.Identity()
+    raise PlanError(f"unknown activation {kind!r} for a fusion unit: use 'auto', 'relu' or 'none'")
+
+
+def _project(x: Tensor, weight: Tensor) -> Tensor:
+    """A 1x1 convolution on channels-first features of any rank."""
+    return torch.einsum("oc,bc...->bo...", weight, x) if x.dim() != 4 else F.conv2d(x, weight[:, :, None, None])
+
+
+@register_fusion("nddr")
+class NDDR(FusionUnit):
+    """Neural Discriminative Dimensionality Reduction (NDDR-CNN, Sec. 3.1).
+
+    Per task i: concatenate the K features on channels, 1x1 conv sum(C_k) -> C_i without bias,
+    BatchNorm, activation. ``act="auto"`` uses a ReLU only where the cut point's features are
+    non-negative (VGG, ResNet), so that identity init is the identity on ConvNeXt or ViT features
+    too. ``order="conv-bn-act"`` (the paper) or ``"conv-act-bn"``.
+    """
+
+    def __init__(
+        self,
+        channels: Sequence[int],
+        layout: str = "NCHW",
+        *,
+        init: tuple[float, float] | str = (0.9, 0.1),
+        norm: str = "bn",
+        act: str = "auto",
+        order: str = "conv-bn-act",
+        nonnegative: bool = False,
+        lr_mult: float | None = None,
+        weight_decay: float | None = 1e-4,
+        bn_momentum: float | None = None,
+    ) -> None:
+        super().__init__(channels, layout, lr_mult=lr_mult, weight_decay=weight_decay)
+        if order not in ("conv-bn-act", "conv-act-bn"):
+            raise PlanError(f"NDDR order must be 'conv-bn-act' or 'conv-act-bn', got {order!r}")
+        total = sum(self.channels)
+        self.weights = nn.ParameterList(nn.Parameter(torch.empty(c, total)) for c in self.channels)
+        self.norms = nn.ModuleList(_norm(norm, c, layout) for c in self.channels)
+        if bn_momentum is not None:
+            for n in self.norms:
+                if isinstance(n, nn.modules.batchnorm._BatchNorm):
+                    n.momentum = bn_momentum
+        self.acts = nn.ModuleList(_act(act, nonnegative) for _ in self.channels)
+        self.order = order
+        self.init = init
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for i, w in enumerate(self.weights):
+            if self.init == "xavier":
+                nn.init.xavier_uniform_(w)
+            elif isinstance(self.init, (tuple, list)) and len(self.init) == 2:
+                _diag_init(w, self.channels, i, float(self.init[0]), float(self.init[1]))
+            else:
+                raise PlanError(f"NDDR init must be (alpha, beta) or 'xavier', got {self.init!r}")
+
+    def fuse(self, feats: list[Tensor]) -> tuple[list[Tensor], Tensor | None]:
+        cat = torch.cat(feats, dim=1)
+        out = []
+        for w, norm, act in zip(self.weights, self.norms, self.acts):
+            y = _project(cat, w)
+            y = act(norm(y)) if self.order == "conv-bn-act" else norm(act(y))
+            out.append(y)
+        return out, None
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        # weight decay on the 1x1 weights (the paper's norm constraint), none on BatchNorm
+        return [
+            _tagged(list(self.weights), self.lr_mult, self.weight_decay, "nddr"),
+            _tagged(list(self.norms.parameters()), self.lr_mult, 0.0, "nddr_norm"),
+        ]
+
+    def mixing_weights(self) -> Tensor:
+        k = self.num_tasks
+        out = torch.zeros(k, k)
+        for i, w in enumerate(self.weights):
+            start = 0
+            for j, c in enumerate(self.channels):
+                n = min(c, w.shape[0])
+                out[i, j] = w.detach()[torch.arange(n), start + torch.arange(n)].mean()
+                start += c
+        return out
+
+
+def _same_channels(unit: str, channels: list[int]) -> int:
+    if len(set(channels)) != 1:
+        raise PlanError(
+            f"{unit} mixes channel by channel and needs equal channel counts in every column, got"
+            f" {channels}; use 'nddr', which maps sum(C_k) -> C_i"
+        )
+    return channels[0]
+
+
+@register_fusion("cross_stitch")
+class CrossStitch(FusionUnit):
+    """Cross-stitch unit (Misra et al., Eq. 1-2): out_i = sum_j alpha_ij x_j.
+
+    ``per="channel"`` learns one K x K matrix per channel (the paper's choice for conv layers),
+    ``per="layer"`` one for the whole layer. It equals NDDR restricted to diagonal blocks without
+    BatchNorm and activation.
+    """
+
+    def __init__(
+        self,
+        channels: Sequence[int],
+        layout: str = "NCHW",
+        *,
+        init: tuple[float, float] = (0.9, 0.1),
+        per: str = "channel",
+        nonnegative: bool = False,
+        lr_mult: float | None = None,
+        weight_decay: float | None = 0.0,
+    ) -> None:
+        super().__init__(channels, layout, lr_mult=lr_mult, weight_decay=weight_decay)
+        c = _same_channels("cross_stitch", self.channels)
+        if per not in ("channel", "layer"):
+            raise PlanError(f"cross_stitch per must be 'channel' or 'layer', got {per!r}")
+        k = self.num_tasks
+        self.per = per
+        self.alpha = nn.Parameter(torch.empty(k, k, c if per == "channel" else 1))
+        self.init = tuple(float(v) for v in init)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        k = self.num_tasks
+        same, diff = self.init
+        with torch.no_grad():
+            self.alpha.fill_(diff / (k - 1))
+            for i in range(k):
+                self.alpha[i, i] = same
+
+    def fuse(self, feats: list[Tensor]) -> tuple[list[Tensor], Tensor | None]:
+        shape = (1, -1) + (1,) * (feats[0].dim() - 2)
+        out = []
+        for i in range(self.num_tasks):
+            y = feats[0] * self.alpha[i, 0].view(shape)
+            for j in range(1, self.num_tasks):
+                y = y + feats[j] * self.alpha[i, j].view(shape)
+            out.append(y)
+        return out, None
+
+    def mixing_weights(self) -> Tensor:
+        return self.alpha.detach().mean(-1)
+
+
+@register_fusion("sluice")
+class Sluice(FusionUnit):
+    """Sluice unit (Ruder et al.): each task's channels split into ``subspaces`` parts, all K*m
+    parts mixed by a learned (K m) x (K m) matrix; the extra loss is the orthogonality penalty
+    ``weight * sum_k sum_{a<b} ||G_ka^T G_kb||_F^2`` between a task's subspaces (G: positions x
+    channels, averaged over positions so the weight does not depend on the image size).
+    """
+
+    def __init__(
+        self,
+        channels: Sequence[int],
+        layout: str = "NCHW",
+        *,
+        subspaces: int = 2,
+        init: tuple[float, float] = (0.9, 0.1),
+        orthogonality: float = 0.1,
+        nonnegative: bool = False,
+        lr_mult: float | None = None,
+        weight_decay: float | None = 0.0,
+    ) -> None:
+        super().__init__(channels, layout, lr_mult=lr_mult, weight_decay=weight_decay)
+        c = _same_channels("sluice", self.channels)
+        if subspaces < 1 or c % subspaces:
+            raise PlanError(f"sluice: {c} channels cannot be split into {subspaces} equal subspaces")
+        self.subspaces = subspaces
+        self.orthogonality = float(orthogonality)
+        n = self.num_tasks * subspaces
+        self.alpha = nn.Parameter(torch.empty(n, n))
+        self.init = tuple(float(v) for v in init)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        k, m = self.num_tasks, self.subspaces
+        same, diff = self.init
+        with torch.no_grad():
+            self.alpha.zero_()
+            for i in range(k):
+                for j in range(k):
+                    for s in range(m):  # subspace s of task j feeds subspace s of task i
+                        self.alpha[i * m + s, j * m + s] = same if i == j else diff / (k - 1)
+
+    def fuse(self, feats: list[Tensor]) -> tuple[list[Tensor], Tensor | None]:
+        m = self.subspaces
+        parts = [p for f in feats for p in f.chunk(m, dim=1)]
+        mixed = []
+        for r in range(len(parts)):
+            y = parts[0] * self.alpha[r, 0]
+            for q in range(1, len(parts)):
+                y = y + parts[q] * self.alpha[r, q]
+            mixed.append(y)
+        out = [torch.cat(mixed[i * m : (i + 1) * m], dim=1) for i in range(self.num_tasks)]
+        extra = None
+        if self.orthogonality and m > 1:
+            penalty = feats[0].new_zeros(())
+            for i in range(self.num_tasks):
+                g = [p.movedim(1, -1).reshape(-1, p.shape[1]) for p in mixed[i * m : (i + 1) * m]]
+                for a, b in combinations(g, 2):
+                    penalty = penalty + ((a.T @ b) / a.shape[0]).pow(2).sum()
+            extra = self.orthogonality * penalty
+        return out, extra
+
+    def mixing_weights(self) -> Tensor:
+        k, m = self.num_tasks, self.subspaces
+        return self.alpha.detach().view(k, m, k, m).diagonal(dim1=1, dim2=3).mean(-1)
+
+
+def _resize_to(x: Tensor, layout: str, size: tuple[int, ...]) -> Tensor:
+    """Channels-first feature resized (bilinear) to ``size``; token features must already match."""
+    if x.shape[2:] == size:
+        return x
+    if x.dim() == 4:
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    raise PlanError(
+        f"cannot resize {layout} features of shape {tuple(x.shape[1:])} to {size}: the shortcut needs"
+        " spatial maps or equal token counts"
+    )
+
+
+class ShortcutHead(nn.Module):
+    """NDDR-CNN-Shortcut (Sec. 3.3) for one task: every fusion output resized (bilinear) to the
+    last stage's size, concatenated, reduced by this task's own 1x1 conv to ``out_channels``.
+
+    The conv starts as the identity on the last stage's channels (zeros elsewhere), so adding the
+    shortcut does not change a network's output until it learns to use the lower levels.
+    """
+
+    def __init__(self, channels: Sequence[int], out_channels: int, layout: str, lr_mult: float = 1.0) -> None:
+        super().__init__()
+        self.layout = layout
+        self.channels = [int(c) for c in channels]
+        self.lr_mult = lr_mult
+        self.proj = nn.Conv2d(sum(self.channels), out_channels, 1, bias=False)
+        with torch.no_grad():
+            self.proj.weight.zero_()
+            last = self.channels[-1]
+            n = min(last, out_channels)
+            self.proj.weight[torch.arange(n), sum(self.channels[:-1]) + torch.arange(n), 0, 0] = 1.0
+
+    def forward(self, feats: Sequence[Tensor]) -> Tensor:
+        cf = [to_channels_first(f, self.layout) for f in feats]
+        size = tuple(cf[-1].shape[2:])
+        cat = torch.cat([_resize_to(f, self.layout, size) for f in cf], dim=1)
+        return from_channels_first(_project(cat, self.proj.weight[:, :, 0, 0]), self.layout)
+
+
+class SluiceHeadMix(nn.Module):
+    """Sluice's learned beta mixing of a task's layer outputs, for CNN stages of different sizes:
+    head input = sum_l beta_l * P_l(resize(h_l)), P_l a 1x1 projection to the last stage's
+    channels (the identity for the last stage). beta starts at (0, ..., 0, 1): the last stage only.
+    """
+
+    def __init__(self, channels: Sequence[int], layout: str, lr_mult: float = 100.0) -> None:
+        super().__init__()
+        self.layout = layout
+        self.lr_mult = lr_mult
+        last = int(channels[-1])
+        self.projs = nn.ModuleList(nn.Conv2d(int(c), last, 1, bias=False) for c in channels[:-1])
+        beta = torch.zeros(len(channels))
+        beta[-1] = 1.0
+        self.beta = nn.Parameter(beta)
+
+    def forward(self, feats: Sequence[Tensor]) -> Tensor:
+        cf = [to_channels_first(f, self.layout) for f in feats]
+        size = tuple(cf[-1].shape[2:])
+        y = cf[-1] * self.beta[-1]
+        for b, proj, f in zip(self.beta[:-1], self.projs, cf[:-1]):
+            y = y + b * _project(_resize_to(f, self.layout, size), proj.weight[:, :, 0, 0])
+        return from_channels_first(y, self.layout)

@@ -1,0 +1,57 @@
+"""Simple per-task heads for stitched networks: a 1x1 conv for dense tasks, pooled linear for
+classification. They fix each task's output size; the papers' heads (DeepLab ASPP, the age
+softmax) come with the task registry.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .fusion import to_channels_first
+
+__all__ = ["CLASSIFICATION_TASKS", "task_kind", "SimpleHead"]
+
+# Task names that predict one label per image; every other task predicts a map.
+CLASSIFICATION_TASKS = frozenset({"cls", "class", "classification", "age", "gender", "attr", "attribute"})
+
+
+def task_kind(name: str) -> str:
+    """``"cls"`` for image-level tasks (by name, or a ``cls_`` prefix), else ``"dense"``."""
+    base = name.split(":")[0]
+    return "cls" if base in CLASSIFICATION_TASKS or base.startswith("cls_") else "dense"
+
+
+def tokens_to_map(x: Tensor, prefix: int) -> Tensor:
+    """(B, N, C) tokens -> (B, C, h, w), dropping ``prefix`` class/register tokens."""
+    x = x[:, prefix:]
+    n = x.shape[1]
+    h = int(math.isqrt(n))
+    if h * h != n:
+        raise ValueError(f"cannot lay {n} tokens out on a square grid for a dense head")
+    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], h, h)
+
+
+class SimpleHead(nn.Module):
+    """``dense``: 1x1 conv to ``out`` channels, upsampled to the input size (bilinear);
+    ``cls``: global average pool (or mean over tokens) and a linear layer."""
+
+    def __init__(self, in_channels: int, out: int, kind: str, layout: str, prefix_tokens: int = 0) -> None:
+        super().__init__()
+        self.kind = kind
+        self.layout = layout
+        self.prefix_tokens = prefix_tokens
+        self.proj = nn.Conv2d(in_channels, out, 1) if kind == "dense" else nn.Linear(in_channels, out)
+
+    def forward(self, x: Tensor, size: tuple[int, int]) -> Tensor:
+        if self.layout == "NLC":
+            x = tokens_to_map(x, self.prefix_tokens) if self.kind == "dense" else x.mean(1)[:, :, None, None]
+        else:
+            x = to_channels_first(x, self.layout)
+        if x.dim() == 3:  # NCL
+            x = x[..., None]
+        if self.kind == "cls":
+            return self.proj(x.flatten(2).mean(-1) if x.dim() > 2 else x)
+        return F.interpolate(self.proj(x), size=size, mode="bilinear", align_corners=False)

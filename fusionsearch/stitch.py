@@ -1,0 +1,551 @@
+"""Stitched multi-task networks: K columns of backbone segments with fusion units between them.
+
+A forward pass runs segment s of every column, then the unit at the cut point that ends segment
+s (if any), then segment s+1, ... . Columns are deep copies of the traced backbone's segments (or
+of different backbones whose resolutions match); a shared prefix is one trunk that all tasks use
+before the columns begin (the cross-stitch paper's "split" architectures).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .errors import PlanError
+from .fusion import FusionUnit, ShortcutHead, SluiceHeadMix, get_fusion
+from .graph import BackboneGraph, CutPoint, trace
+from .heads import SimpleHead, task_kind
+from .segments import Segment
+
+__all__ = ["StitchPlan", "StitchedNet", "build", "save", "load", "parse_tasks"]
+
+FORMAT = "fusionsearch.stitched"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class StitchPlan:
+    """Where fusion goes and what it is.
+
+    Args:
+        at: cut points (boundary names, module paths or node names) that get a fusion unit; for
+            columns of different backbones an entry may list one name per column.
+        unit: the registered unit used at every point (``nddr``, ``cross_stitch``, ``sluice``).
+        unit_args: keyword arguments of that unit (``init``, ``lr_mult``, ``weight_decay``, ...).
+        per_point: overrides for single points: ``{"layer3": {"unit": "cross_stitch", ...}}``.
+        shared_prefix: a cut point up to which all tasks share one trunk (None: K full columns).
+        shortcut: NDDR-Shortcut head inputs (every fusion output resized, concatenated, 1x1 conv).
+        shortcut_channels: channels of the shortcut's output (default: the last stage's).
+    """
+
+    at: list[Any] = field(default_factory=list)
+    unit: str = "nddr"
+    unit_args: dict[str, Any] = field(default_factory=dict)
+    per_point: dict[str, dict[str, Any]] = field(default_factory=dict)
+    shared_prefix: str | None = None
+    shortcut: bool = False
+    shortcut_channels: int | None = None
+
+    def unit_for(self, point: str) -> tuple[str, dict[str, Any]]:
+        args = dict(self.unit_args)
+        override = dict(self.per_point.get(point, {}))
+        name = override.pop("unit", self.unit)
+        if name != self.unit:
+            args = {}
+        args.update(override)
+        if "init" in args and isinstance(args["init"], list):
+            args["init"] = tuple(args["init"])
+        return name, args
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> StitchPlan:
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise PlanError(f"unknown StitchPlan field(s): {', '.join(sorted(unknown))}")
+        return cls(**{k: (list(v) if k == "at" else v) for k, v in d.items()})
+
+
+def parse_tasks(tasks: Mapping[str, int] | Sequence[str] | str) -> dict[str, int]:
+    """``{"seg": 40, "normal": 3}``, ``["seg:40", "normal:3"]`` or ``"seg:40,normal:3"``."""
+    if isinstance(tasks, Mapping):
+        out = {str(k): int(v) for k, v in tasks.items()}
+    else:
+        items = tasks.split(",") if isinstance(tasks, str) else list(tasks)
+        out = {}
+        for item in items:
+            name, sep, n = item.strip().partition(":")
+            if not sep or not n.strip().isdigit():
+                raise PlanError(f"task {item!r} needs its output size, e.g. seg:40 or normal:3")
+            out[name] = int(n)
+    if len(out) < 1:
+        raise PlanError("at least one task is needed")
+    for name, n in out.items():
+        if n < 1:
+            raise PlanError(f"task {name!r} needs a positive output size, got {n}")
+    return out
+
+
+class StitchedNet(nn.Module):
+    """K task columns with fusion units; ``forward(x)`` returns ``{task: prediction}``."""
+
+    def __init__(
+        self,
+        tasks: dict[str, int],
+        plan: StitchPlan,
+        points: list[CutPoint],
+        shared: nn.ModuleList,
+        columns: nn.ModuleList,
+        units: nn.ModuleDict,
+        head_inputs: nn.ModuleList | None,
+        heads: nn.ModuleDict,
+        meta: dict[str, Any],
+    ) -> None:
+        super().__init__()
+        self.tasks = dict(tasks)
+        self.plan = plan
+        self.points = points
+        self.shared = shared
+        self.columns = columns
+        self.units = units
+        self.head_inputs = head_inputs
+        self.heads = heads
+        self.meta = meta
+
+    @property
+    def task_names(self) -> list[str]:
+        return list(self.tasks)
+
+    def _features(self, x: Tensor) -> tuple[list[Tensor], list[list[Tensor]], Tensor]:
+        """Last-stage features per task, every fusion output per task, and the units' extra loss."""
+        k = len(self.tasks)
+        extra = x.new_zeros(())
+        h, side = x, ()
+        n_shared = len(self.shared)
+        for seg in self.shared:
+            h, side = _step(seg, h, side)
+        feats, sides = [h] * k, [side] * k
+        fused: list[list[Tensor]] = [[] for _ in range(k)]
+        for j in range(len(self.columns[0])):
+            for t in range(k):
+                feats[t], sides[t] = _step(self.columns[t][j], feats[t], sides[t])
+            key = str(n_shared + j)
+            if key in self.units:
+                feats, e = self.units[key](feats)
+                if e is not None:
+                    extra = extra + e
+                for t in range(k):
+                    fused[t].append(feats[t])
+        return feats, fused, extra
+
+    def forward_features(self, x: Tensor) -> list[Tensor]:
+        """Each task's last-stage features (after the last fusion unit, before any head input)."""
+        return self._features(x)[0]
+
+    def head_features(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
+        """What each task's head receives (shortcut / sluice mixing applied) and the extra loss."""
+        feats, fused, extra = self._features(x)
+        if self.head_inputs is None:
+            return feats, extra
+        ends_at_output = self.meta["last_fusion_is_output"]
+        outs = [m(f if ends_at_output else [*f, last]) for m, f, last in zip(self.head_inputs, fused, feats)]
+        return outs, extra
+
+    def forward(self, x: Tensor, return_extra: bool = False) -> Any:
+        feats, extra = self.head_features(x)
+        size = (x.shape[-2], x.shape[-1])
+        preds = {t: self.heads[t](f, size) for t, f in zip(self.tasks, feats)}
+        return (preds, extra) if return_extra else preds
+
+    def fusion_units(self) -> dict[str, FusionUnit]:
+        """The units by cut point name."""
+        names = [p.name for p in self.points]
+        return {names[int(k)]: u for k, u in self.units.items()}  # type: ignore[misc]
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        return _unique([*self.shared.parameters(), *self.columns.parameters()])
+
+    def fusion_parameters(self) -> list[nn.Parameter]:
+        extra = list(self.head_inputs.parameters()) if self.head_inputs is not None else []
+        return _unique([*self.units.parameters(), *extra])
+
+    def param_groups(
+        self, base_lr: float, weight_decay: float = 0.0, head_lr_mult: float = 1.0
+    ) -> list[dict[str, Any]]:
+        """Optimizer groups: backbone (base lr), each fusion group (lr x its multiplier, its own
+        weight decay), shortcut/sluice head inputs, heads (lr x ``head_lr_mult``). Every
+        trainable parameter is in exactly one group; each group has a ``name``."""
+        groups: list[dict[str, Any]] = [
+            {
+                "name": "backbone",
+                "params": self.backbone_parameters(),
+                "lr": base_lr,
+                "weight_decay": weight_decay,
+            }
+        ]
+        for point, unit in self.fusion_units().items():
+            for g in unit.param_groups():
+                if g["params"]:
+                    wd = weight_decay if g["weight_decay"] is None else g["weight_decay"]
+                    groups.append(
+                        {
+                            "name": f"fusion:{point}:{g['tag']}",
+                            "params": g["params"],
+                            "lr": base_lr * g["lr_mult"],
+                            "lr_mult": g["lr_mult"],
+                            "weight_decay": wd,
+                        }
+                    )
+        if self.head_inputs is not None:
+            for task, m in zip(self.tasks, self.head_inputs):
+                mult = float(getattr(m, "lr_mult", 1.0))
+                groups.append(
+                    {
+                        "name": f"head_input:{task}",
+                        "params": [p for p in m.parameters() if p.requires_grad],
+                        "lr": base_lr * mult,
+                        "lr_mult": mult,
+                        "weight_decay": weight_decay,
+                    }
+                )
+        groups.append(
+            {
+                "name": "heads",
+                "params": [p for p in self.heads.parameters() if p.requires_grad],
+                "lr": base_lr * head_lr_mult,
+                "weight_decay": weight_decay,
+            }
+        )
+        seen = [id(p) for g in groups for p in g["params"]]
+        assert len(seen) == len(set(seen)), "a parameter is in two groups"
+        return groups
+
+    def describe(self) -> dict[str, Any]:
+        """Plan, backbones and parameter counts (what ``inspect --model`` prints)."""
+        count = lambda ps: sum(p.numel() for p in ps)  # noqa: E731
+        return {
+            "backbones": self.meta["backbones"],
+            "tasks": dict(self.tasks),
+            "plan": self.plan.to_dict(),
+            "points": [
+                {"name": p.name, "shape": list(p.shape), "layout": p.layout, "unit": self._unit_name(i)}
+                for i, p in enumerate(self.points)
+            ],
+            "params": {
+                "total": count(self.parameters()),
+                "backbone": count(self.backbone_parameters()),
+                "fusion": count(self.fusion_parameters()),
+                "heads": count(self.heads.parameters()),
+                "single_column": self.meta["column_params"],
+            },
+        }
+
+    def _unit_name(self, i: int) -> str | None:
+        unit = self.units[str(i)] if str(i) in self.units else None
+        return None if unit is None else unit.unit_name
+
+
+def _unique(params: list[nn.Parameter]) -> list[nn.Parameter]:
+    seen: set[int] = set()
+    out = []
+    for p in params:
+        if id(p) not in seen and p.requires_grad:
+            seen.add(id(p))
+            out.append(p)
+    return out
+
+
+def _step(seg: Segment, h: Tensor, side: tuple[Any, ...]) -> tuple[Tensor, tuple[Any, ...]]:
+    out = seg(h, *side)
+    if seg.side_out:
+        return out[0], tuple(out[1:])
+    return out, ()
+
+
+def _graphs_for(
+    backbone: str | nn.Module | Sequence[str | nn.Module],
+    k: int,
+    input_size: Sequence[int] | None,
+    leaf: Sequence[Any],
+    pretrained: bool,
+    create_kwargs: dict[str, Any],
+) -> tuple[list[BackboneGraph], list[str | None]]:
+    specs = list(backbone) if isinstance(backbone, (list, tuple)) else [backbone] * k
+    if len(specs) != k:
+        raise PlanError(f"{len(specs)} backbones given for {k} tasks: give one, or one per task")
+    cache: dict[int | str, BackboneGraph] = {}
+    graphs = []
+    for spec in specs:
+        key: int | str = spec if isinstance(spec, str) else id(spec)
+        if key not in cache:
+            cache[key] = trace(spec, input_size, leaf=leaf, pretrained=pretrained, **create_kwargs)
+        graphs.append(cache[key])
+    names = [s if isinstance(s, str) else None for s in specs]
+    return graphs, names
+
+
+def _check_points(graphs: list[BackboneGraph], names: list[str]) -> list[list[CutPoint]]:
+    """Resolve ``names`` in every column, in column 0's order, and check they line up."""
+    per_col = [[g.resolve(n if isinstance(n, str) else n[c]) for n in names] for c, g in enumerate(graphs)]
+    order = sorted(range(len(names)), key=lambda i: per_col[0][i].index)
+    per_col = [[col[i] for i in order] for col in per_col]
+    for c, col in enumerate(per_col[1:], start=1):
+        if [p.index for p in col] != sorted(p.index for p in col):
+            raise PlanError(f"cut points {names} come in a different order in column {c} ({graphs[c].name})")
+        for a, b in zip(per_col[0], col):
+            if a.spatial != b.spatial or (a.layout in ("NLC", "NCL")) != (b.layout in ("NLC", "NCL")):
+                raise PlanError(
+                    f"incompatible resolutions at {a.name!r}: {graphs[0].name} has {a.layout} {a.shape},"
+                    f" {graphs[c].name} has {b.layout} {b.shape} at {b.name!r}; fusion needs equal sizes"
+                )
+    return per_col
+
+
+def build(
+    backbone: str | nn.Module | Sequence[str | nn.Module],
+    tasks: Mapping[str, int] | Sequence[str] | str,
+    plan: StitchPlan | None = None,
+    *,
+    input_size: Sequence[int] | None = None,
+    column_weights: Sequence[str | os.PathLike[str] | Mapping[str, Tensor] | None] | None = None,
+    leaf: Sequence[Any] = (),
+    pretrained: bool = False,
+    **create_kwargs: Any,
+) -> StitchedNet:
+    """Build a stitched multi-task network.
+
+    Args:
+        backbone: a timm name, an ``nn.Module`` (copied with its weights into every column), or a
+            list with one per task (columns of different backbones must match in resolution).
+        tasks: task name -> output size (``{"seg": 40, "normal": 3}`` or ``"seg:40,normal:3"``).
+        plan: where fusion goes; default ``StitchPlan()``: no fusion, K single-task networks.
+        input_size: (C, H, W) for tracing (default: the backbone's own).
+        column_weights: per task, a checkpoint path or state dict of that task's single-task
+            backbone (the papers' best start, NDDR-CNN Table 3), or None to keep the weights.
+        leaf, pretrained, create_kwargs: passed to ``trace`` / ``timm.create_model``.
+
+    Example:
+        >>> net = build("test_resnet", {"seg": 5, "normal": 3}, StitchPlan(at=["layer1", "layer2"]))
+        >>> sorted(net(torch.randn(1, 3, 64, 64)))
+        ['normal', 'seg']
+    """
+    plan = plan or StitchPlan()
+    task_sizes = parse_tasks(tasks)
+    k = len(task_sizes)
+    graphs, names = _graphs_for(backbone, k, input_size, leaf, pretrained, create_kwargs)
+    for name in plan.per_point:
+        if name not in plan.at:
+            raise PlanError(f"per_point names {name!r}, which is not in at={plan.at}")
+
+    fusion_names = list(dict.fromkeys(n if isinstance(n, str) else tuple(n) for n in plan.at))
+    for n in fusion_names:
+        if not isinstance(n, str) and len(n) != k:
+            raise PlanError(f"fusion point {list(n)} names {len(n)} cut points for {k} columns")
+    all_names = fusion_names + ([plan.shared_prefix] if plan.shared_prefix else [])
+    per_col = _check_points(graphs, all_names)
+    by_node = {p.node: p for p in per_col[0]}
+    points = sorted(by_node.values(), key=lambda p: p.index)
+    fusion_nodes = {per_col[0][i].node for i in range(len(per_col[0])) if _name_of(per_col[0][i], fusion_names)}
+
+    n_shared = 0
+    if plan.shared_prefix:
+        if len({id(g) for g in graphs}) != 1:
+            raise PlanError("shared_prefix needs the same backbone in every column")
+        prefix = graphs[0].resolve(plan.shared_prefix)
+        late = [p.name for p in points if p.node in fusion_nodes and p.index <= prefix.index]
+        if late:
+            raise PlanError(
+                f"shared_prefix {plan.shared_prefix!r} comes after (or at) fusion point(s) {late}: the columns"
+                " are one trunk there, so there is nothing to fuse; move the prefix earlier or drop those points"
+            )
+        n_shared = points.index(by_node[prefix.node]) + 1
+        if column_weights is not None:
+            raise PlanError("column_weights and shared_prefix exclude each other: the trunk has one set of weights")
+
+    col_points = [[p for p in per_col[c] if p.node in {q.node for q in per_col[c]}] for c in range(k)]
+    col_points = [sorted(cp, key=lambda p: p.index) for cp in col_points]
+    columns_segments = [_segments(graphs[c], col_points[c]) for c in range(k)]
+    if column_weights is not None:
+        if len(column_weights) != k:
+            raise PlanError(f"{len(column_weights)} column weights given for {k} tasks")
+        for c, w in enumerate(column_weights):
+            if w is not None:
+                _load_column(columns_segments[c], w, list(task_sizes)[c])
+    shared = nn.ModuleList(columns_segments[0][:n_shared])
+    columns = nn.ModuleList(nn.ModuleList(segs[n_shared:]) for segs in columns_segments)
+
+    units = nn.ModuleDict()
+    unit_channels: list[list[int]] = []
+    for i, p in enumerate(points):
+        if p.node not in fusion_nodes:
+            continue
+        label = _name_of(p, fusion_names)
+        unit_name, args = plan.unit_for(label)
+        cls = get_fusion(unit_name)
+        chans = [col_points[c][i].channels for c in range(k)]
+        nonneg = all(col_points[c][i].nonnegative for c in range(k))
+        try:
+            units[str(i)] = cls(chans, p.layout, nonnegative=nonneg, **args)
+        except TypeError as e:
+            raise PlanError(f"bad arguments for fusion unit {unit_name!r} at {label!r}: {e}") from None
+        unit_channels.append(chans)
+
+    finals = [_final_point(g) for g in graphs]
+    last_is_output = bool(units) and points[max(int(i) for i in units)].node == finals[0].node
+    head_inputs = None
+    in_channels = [f.channels for f in finals]
+    if plan.shortcut or (plan.unit == "sluice" and units):
+        if not units:
+            raise PlanError("shortcut needs at least one fusion point")
+        mods = []
+        for t in range(k):
+            chans = [ch[t] for ch in unit_channels] + ([] if last_is_output else [finals[t].channels])
+            if plan.shortcut:
+                out = plan.shortcut_channels or finals[t].channels
+                mods.append(ShortcutHead(chans, out, finals[t].layout))
+                in_channels[t] = out
+            else:
+                lr = float(plan.unit_args.get("lr_mult", 100.0))
+                mods.append(SluiceHeadMix(chans, finals[t].layout, lr_mult=lr))
+        head_inputs = nn.ModuleList(mods)
+    heads = nn.ModuleDict(
+        {
+            task: SimpleHead(
+                in_channels[t],
+                n,
+                task_kind(task),
+                finals[t].layout,
+                int(getattr(graphs[t].model, "num_prefix_tokens", 0) or 0),
+            )
+            for t, (task, n) in enumerate(task_sizes.items())
+        }
+    )
+    meta = {
+        "backbones": [n if n is not None else g.name for n, g in zip(names, graphs)],
+        "backbone_is_module": [n is None for n in names],
+        "input_size": list(graphs[0].input_size),
+        "create_kwargs": dict(create_kwargs),
+        "leaf": [x for x in leaf if isinstance(x, str)],
+        "last_fusion_is_output": last_is_output,
+        "column_params": graphs[0].num_params,
+    }
+    return StitchedNet(task_sizes, plan, points, shared, columns, units, head_inputs, heads, meta)
+
+
+def _name_of(p: CutPoint, names: list[Any]) -> str:
+    for n in names:
+        first = n if isinstance(n, str) else n[0]
+        if first in (p.name, p.node, *p.aliases):
+            return first
+    return ""
+
+
+def _final_point(g: BackboneGraph) -> CutPoint:
+    last = g.cut_points[-1] if g.cut_points else None
+    sink = g._eval_index.sink if g._eval_index is not None else None
+    if last is None or sink is None or last.node != sink.name:
+        raise PlanError(f"{g.name}'s forward_features does not return one tensor; it cannot be stitched")
+    return last
+
+
+def _segments(g: BackboneGraph, points: list[CutPoint]) -> list[Segment]:
+    return copy.deepcopy(g.split(points))
+
+
+def _load_column(segments: list[Segment], weights: Any, task: str) -> None:
+    """Load a single-task backbone's weights into one column (keys as in the timm model)."""
+    if isinstance(weights, (str, os.PathLike)):
+        path = Path(weights)
+        if not path.is_file():
+            raise FileNotFoundError(f"column weights for task {task!r}: {str(path)!r} does not exist")
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+        for key in ("state_dict", "model", "state_dict_ema"):
+            if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
+                sd = sd[key]
+                break
+    else:
+        sd = dict(weights)
+    sd = {k.removeprefix("module."): v for k, v in sd.items()}
+    missing = []
+    with torch.no_grad():
+        for seg in segments:
+            for graph in (seg.eval_graph, seg.train_graph):
+                if graph is None:
+                    continue
+                for name, t in graph.state_dict(keep_vars=True).items():
+                    if name in sd:
+                        if sd[name].shape != t.shape:
+                            raise PlanError(
+                                f"column weights for task {task!r}: {name} has shape {tuple(sd[name].shape)},"
+                                f" the backbone needs {tuple(t.shape)}"
+                            )
+                        t.copy_(sd[name])
+                    else:
+                        missing.append(name)
+    if missing:
+        raise PlanError(f"column weights for task {task!r} lack {len(missing)} backbone tensors, e.g. {missing[:3]}")
+
+
+def save(net: StitchedNet, path: str | os.PathLike[str]) -> None:
+    """Save weights, plan, tasks and backbone names; ``load`` rebuilds the net from them."""
+    payload = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "tasks": dict(net.tasks),
+        "plan": net.plan.to_dict(),
+        "backbones": list(net.meta["backbones"]),
+        "backbone_is_module": list(net.meta["backbone_is_module"]),
+        "input_size": list(net.meta["input_size"]),
+        "create_kwargs": dict(net.meta["create_kwargs"]),
+        "leaf": list(net.meta["leaf"]),
+        "state_dict": net.state_dict(),
+    }
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    torch.save(payload, path)
+
+
+def load(
+    path: str | os.PathLike[str],
+    backbone: nn.Module | Sequence[nn.Module] | None = None,
+    map_location: str | torch.device = "cpu",
+) -> StitchedNet:
+    """Rebuild a saved stitched net (read with ``weights_only=True``: no pickled code runs).
+
+    A net built from timm names needs nothing else; one built from ``nn.Module`` backbones needs
+    the same module(s) again as ``backbone`` (their weights are overwritten by the saved ones).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"stitched network {str(p)!r} does not exist")
+    payload = torch.load(p, map_location=map_location, weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise PlanError(f"{str(p)!r} is not a fusionsearch stitched network (no {FORMAT!r} header)")
+    if payload.get("version", 0) > FORMAT_VERSION:
+        raise PlanError(f"{str(p)!r} was saved by a newer fusionsearch (format {payload['version']})")
+    specs: Any = payload["backbones"]
+    if any(payload.get("backbone_is_module", [])):
+        if backbone is None:
+            raise PlanError(
+                f"{str(p)!r} was built from nn.Module backbones ({', '.join(specs)}): pass them again as"
+                " load(path, backbone=...)"
+            )
+        specs = backbone
+    net = build(
+        specs,
+        payload["tasks"],
+        StitchPlan.from_dict(payload["plan"]),
+        input_size=payload["input_size"],
+        leaf=payload.get("leaf", []),
+        **payload["create_kwargs"],
+    )
+    net.load_state_dict(payload["state_dict"])
+    return net.eval()
