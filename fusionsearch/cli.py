@@ -47,7 +47,7 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (FusionSearchError, FileNotFoundError) as e:
+        except (FusionSearchError, FileNotFoundError, ValueError) as e:
             err_console.print(f"[bold red]error:[/] {e}", highlight=False)
             raise typer.Exit(2) from None
 
@@ -138,6 +138,70 @@ def inspect(
         console.print(_points_table("Every cut point", g.cut_points))
     for note in g.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
+
+
+@app.command()
+@friendly_errors
+def build(
+    backbone: str = typer.Option(..., "--backbone", "-b", help="timm model name (or NAME1,NAME2 one per task)"),
+    tasks: str = typer.Option(..., help="task:outputs, comma separated, e.g. seg:40,normal:3"),
+    out: str = typer.Option(..., "--out", "-o", help="where to save the network (.pt)"),
+    unit: str = typer.Option("nddr", help="fusion unit at every point (see `fusionsearch units`)"),
+    at: str | None = typer.Option(None, help="comma separated cut points; default every stage boundary"),
+    init: str | None = typer.Option(None, help="alpha,beta of the unit's init (default 0.9,0.1) or xavier"),
+    lr_mult: float | None = typer.Option(None, help="fusion learning-rate multiplier (default 100)"),
+    shared_prefix: str | None = typer.Option(None, help="one shared trunk up to this cut point"),
+    shortcut: bool = typer.Option(False, help="NDDR-Shortcut head inputs"),
+    input_size: str | None = typer.Option(None, help="C,H,W used for tracing (default: the model's)"),
+    column_weights: list[str] = typer.Option([], help="per task, a single-task backbone checkpoint"),
+    leaf: list[str] = typer.Option([], "--leaf", help="module class name or path not to trace into"),
+) -> None:
+    """Build a stitched multi-task network and save it (weights, plan and backbone names)."""
+    from .graph import trace
+    from .inspect_model import print_net
+    from .stitch import StitchPlan, save
+    from .stitch import build as build_net
+
+    names = backbone.split(",")
+    size = parse_size(input_size)
+    if at is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            points = [b.name for b in trace(names[0], size, leaf=leaf).boundaries]
+    else:
+        points = [p.strip() for p in at.split(",") if p.strip()]
+    args: dict[str, Any] = {}
+    if init is not None:
+        args["init"] = "xavier" if init == "xavier" else tuple(float(v) for v in init.split(","))
+    if lr_mult is not None:
+        args["lr_mult"] = lr_mult
+    plan = StitchPlan(at=points, unit=unit, unit_args=args, shared_prefix=shared_prefix, shortcut=shortcut)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        net = build_net(
+            names if len(names) > 1 else names[0],
+            tasks,
+            plan,
+            input_size=size,
+            column_weights=column_weights or None,
+            leaf=leaf,
+        )
+    save(net, out)
+    print_net(net, console)
+    console.print(f"saved to {out}", highlight=False)
+
+
+@app.command()
+def units() -> None:
+    """List the registered fusion units."""
+    from .fusion import FUSION_UNITS
+
+    table = Table(title="Fusion units", title_justify="left")
+    table.add_column("name")
+    table.add_column("what")
+    for name, cls in sorted(FUSION_UNITS.items()):
+        table.add_row(name, (cls.__doc__ or "").strip().splitlines()[0])
+    console.print(table)
 
 
 def main() -> None:

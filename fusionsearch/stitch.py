@@ -526,7 +526,10 @@ def load(
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"stitched network {str(p)!r} does not exist")
-    payload = torch.load(p, map_location=map_location, weights_only=True)
+    try:
+        payload = torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as e:  # corrupt, truncated, or a pickle with code in it
+        raise PlanError(f"{str(p)!r} cannot be read as a stitched network: {type(e).__name__}: {e}") from e
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise PlanError(f"{str(p)!r} is not a fusionsearch stitched network (no {FORMAT!r} header)")
     if payload.get("version", 0) > FORMAT_VERSION:

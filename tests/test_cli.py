@@ -37,3 +37,54 @@ def test_bad_input_size():
     result = runner.invoke(app, ["inspect", "--backbone", "test_resnet", "--input-size", "224"])
     assert result.exit_code != 0
     assert "C,H,W" in result.output
+
+
+def test_build_then_inspect_model(tmp_path):
+    out = tmp_path / "net.pt"
+    result = runner.invoke(
+        app,
+        [
+            "build",
+            "--backbone",
+            "test_resnet",
+            "--tasks",
+            "seg:40,normal:3",
+            "--unit",
+            "nddr",
+            "--at",
+            "layer1,layer2",
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert out.is_file()
+    result = runner.invoke(app, ["inspect", "--model", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert [p["name"] for p in data["points"] if p["unit"] == "nddr"] == ["layer1", "layer2"]
+    # sum over tasks of K * C^2 (1x1 weights) + 2 * C per task (BatchNorm), K = 2, C = 32 and 48
+    assert data["params"]["fusion"] == sum(2 * 2 * c * c + 2 * 2 * c for c in (32, 48))
+    result = runner.invoke(app, ["inspect", "--model", str(out)])
+    assert "fusion adds" in result.output
+
+
+def test_build_errors_are_one_line(tmp_path):
+    result = runner.invoke(
+        app,
+        [
+            "build",
+            "--backbone",
+            "test_resnet",
+            "--tasks",
+            "seg:4,normal:3",
+            "--unit",
+            "nddx",
+            "--out",
+            str(tmp_path / "x.pt"),
+        ],
+    )
+    assert result.exit_code == 2
+    assert "unknown fusion unit 'nddx'" in result.output
+    result = runner.invoke(app, ["units"])
+    assert all(name in result.output for name in ("nddr", "cross_stitch", "sluice"))

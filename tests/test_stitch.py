@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
 import timm
 import torch
-import pytest
 from torch import nn
 
 import fusionsearch as fs
@@ -176,8 +176,11 @@ def test_save_and_load_round_trip(tmp_path, models):
         fs.load(tmp_path / "m.pt")
     fs.load(tmp_path / "m.pt", backbone=models["test_resnet"])
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(Exception):
+    with pytest.raises(fs.PlanError, match="bad.pt' cannot be read"):
         fs.load(tmp_path / "bad.pt")
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(fs.PlanError, match="not a fusionsearch stitched network"):
+        fs.load(tmp_path / "other.pt")
     with pytest.raises(FileNotFoundError, match="nope.pt"):
         fs.load(tmp_path / "nope.pt")
 

@@ -1,0 +1,72 @@
+"""Printing a saved stitched network: its plan, fusion points and the parameters fusion adds."""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+
+from rich.console import Console
+from rich.table import Table
+
+from .stitch import StitchedNet, load
+
+
+def _fmt(n: int) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}K"
+
+
+def fusion_table(net: StitchedNet) -> Table:
+    table = Table(title="Fusion points", title_justify="left")
+    for col in ("point", "unit", "shape", "layout", "params"):
+        table.add_column(col, justify="right" if col == "params" else "left")
+    units = net.fusion_units()
+    for p in net.points:
+        unit = units.get(p.name)
+        if unit is None:
+            continue
+        table.add_row(
+            p.name,
+            unit.unit_name,
+            "x".join(map(str, p.shape)),
+            p.layout,
+            _fmt(sum(q.numel() for q in unit.parameters())),
+        )
+    return table
+
+
+def print_net(net: StitchedNet, console: Console) -> None:
+    d = net.describe()
+    params = d["params"]
+    plan = d["plan"]
+    console.print(
+        f"[bold]stitched network[/]  backbones {', '.join(d['backbones'])}  tasks "
+        + ", ".join(f"{t}:{n}" for t, n in d["tasks"].items()),
+        highlight=False,
+    )
+    console.print(
+        f"unit {plan['unit']} {plan['unit_args'] or ''}  shared prefix {plan['shared_prefix'] or 'none'}"
+        f"  shortcut {'on' if plan['shortcut'] else 'off'}",
+        highlight=False,
+    )
+    console.print(fusion_table(net))
+    k = len(d["tasks"])
+    added = params["fusion"]
+    share = 100 * added / max(1, k * params["single_column"])
+    console.print(
+        f"parameters: total {_fmt(params['total'])}, backbone {_fmt(params['backbone'])}, heads"
+        f" {_fmt(params['heads'])}; fusion adds {_fmt(added)} = {share:.2f}%"
+        f" of {k} columns ({100 * added / max(1, params['single_column']):.2f}% of one column)",
+        highlight=False,
+    )
+
+
+def inspect_saved(path: str, console: Console, as_json: bool = False) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        net = load(path)
+    if as_json:
+        json.dump(net.describe(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return
+    print_net(net, console)
