@@ -334,6 +334,8 @@ def _run_graph(gm: fx.GraphModule, x: torch.Tensor, name: str) -> tuple[dict[fx.
 
 def _layout(shape: tuple[int, ...], hw: tuple[int, int], prev: str | None) -> str:
     h, w = hw
+    if 0 in shape:
+        return "other"
     if len(shape) == 3:  # (a, b, c) per sample
         a, b, c = shape
         nchw = b <= h and c <= w and _same_ratio(h / b, w / c)
