@@ -182,6 +182,13 @@ class Segment(nn.Module):
         graph = self.train_graph if self.training and self.train_graph is not None else self.eval_graph
         return graph(x, *side)
 
+    def step(self, x: torch.Tensor, side: tuple[Any, ...] = ()) -> tuple[Any, tuple[Any, ...]]:
+        """Run and split the result into the tensor and the side values for the next segment."""
+        out = self(x, *side)
+        if self.side_out:
+            return out[0], tuple(out[1:])
+        return out, ()
+
     def extra_repr(self) -> str:
         return f"start={self.start!r}, end={self.end!r}, side_in={self.side_in}, side_out={self.side_out}"
 
@@ -189,10 +196,6 @@ class Segment(nn.Module):
 def run_segments(segments: Sequence[Segment], x: torch.Tensor) -> Any:
     """Run segments in order, passing the side values along; equals the backbone's output."""
     side: tuple[Any, ...] = ()
-    for i, segment in enumerate(segments):
-        out = segment(x, *side)
-        if segment.side_out and i < len(segments) - 1:
-            x, side = out[0], tuple(out[1:])
-        else:
-            x, side = out, ()
+    for segment in segments:
+        x, side = segment.step(x, side)
     return x

@@ -132,12 +132,12 @@ class StitchedNet(nn.Module):
         h, side = x, ()
         n_shared = len(self.shared)
         for seg in self.shared:
-            h, side = _step(seg, h, side)
+            h, side = seg.step(h, side)
         feats, sides = [h] * k, [side] * k
         fused: list[list[Tensor]] = [[] for _ in range(k)]
         for j in range(len(self.columns[0])):
             for t in range(k):
-                feats[t], sides[t] = _step(self.columns[t][j], feats[t], sides[t])
+                feats[t], sides[t] = self.columns[t][j].step(feats[t], sides[t])
             key = str(n_shared + j)
             if key in self.units:
                 feats, e = self.units[key](feats)
@@ -262,13 +262,6 @@ def _unique(params: list[nn.Parameter]) -> list[nn.Parameter]:
             seen.add(id(p))
             out.append(p)
     return out
-
-
-def _step(seg: Segment, h: Tensor, side: tuple[Any, ...]) -> tuple[Tensor, tuple[Any, ...]]:
-    out = seg(h, *side)
-    if seg.side_out:
-        return out[0], tuple(out[1:])
-    return out, ()
 
 
 def _graphs_for(
