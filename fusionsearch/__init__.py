@@ -14,11 +14,17 @@ from .fusion import FUSION_UNITS, NDDR, CrossStitch, FusionUnit, Sluice, registe
 from .graph import BackboneGraph, Boundary, CutPoint, trace
 from .segments import Segment, run_segments
 from .stitch import StitchedNet, StitchPlan, build, load, save
+from .tasks import TASKS, Task, delta_m, get_task, register_task
 
 __version__ = "0.1.0"
 
 __all__ = [
     "FUSION_UNITS",
+    "TASKS",
+    "Task",
+    "delta_m",
+    "get_task",
+    "register_task",
     "NDDR",
     "CrossStitch",
     "FusionUnit",

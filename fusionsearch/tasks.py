@@ -1,0 +1,346 @@
+"""Tasks: what each task predicts, its head, its loss, and its metrics with their directions.
+
+A task is one class plus one ``@register_task`` line. Metrics accumulate over a whole evaluation
+set (a confusion matrix for segmentation, exact sums and a fine histogram for angles) instead of
+averaging per-batch values, which is how the papers report them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .errors import PlanError
+
+__all__ = [
+    "TASKS",
+    "Task",
+    "register_task",
+    "get_task",
+    "delta_m",
+    "ASPPHead",
+    "Segmentation",
+    "Normals",
+    "Depth",
+    "Classification",
+    "Age",
+    "Gender",
+]
+
+TASKS: dict[str, type[Task]] = {}
+
+
+def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
+    def add(cls: type[Task]) -> type[Task]:
+        if name in TASKS:
+            raise ValueError(f"task {name!r} is already registered")
+        TASKS[name] = cls
+        cls.task_name = name
+        return cls
+
+    return add
+
+
+def get_task(name: str, **kwargs: Any) -> Task:
+    """A task instance by registered name; keyword arguments go to its constructor."""
+    try:
+        cls = TASKS[name]
+    except KeyError:
+        raise PlanError(f"unknown task {name!r}; registered tasks: {', '.join(sorted(TASKS))}") from None
+    return cls(**kwargs)
+
+
+class Task:
+    """Base class. ``metrics`` maps each metric name to True when higher is better."""
+
+    task_name = "task"
+    kind = "dense"
+    metrics: dict[str, bool] = {}
+
+    def __init__(self, out_channels: int, loss_weight: float = 1.0) -> None:
+        self.out_channels = int(out_channels)
+        self.loss_weight = float(loss_weight)
+        self.reset()
+
+    def head(self, in_channels: int) -> nn.Module:
+        raise NotImplementedError
+
+    def loss(self, pred: Tensor, target: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        """Start a new evaluation."""
+
+    def update(self, pred: Tensor, target: Tensor) -> None:
+        raise NotImplementedError
+
+    def compute(self) -> dict[str, float]:
+        raise NotImplementedError
+
+
+class ASPPHead(nn.Module):
+    """DeepLab-style head: parallel atrous 3x3 convs (and a 1x1) summed, as in DeepLab-v2's ASPP,
+    each branch predicting the classes; the sum is upsampled to the input size by the caller."""
+
+    def __init__(self, in_channels: int, out_channels: int, rates: Sequence[int] = (1, 6, 12, 18)) -> None:
+        super().__init__()
+        self.branches = nn.ModuleList(
+            nn.Conv2d(in_channels, out_channels, 1 if r == 1 else 3, padding=0 if r == 1 else r, dilation=r)
+            for r in rates
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.branches[0](x)
+        for b in self.branches[1:]:
+            out = out + b(x)
+        return out
+
+
+class _DenseHead(nn.Module):
+    def __init__(self, body: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+
+    def forward(self, x: Tensor, size: tuple[int, int]) -> Tensor:
+        return F.interpolate(self.body(x), size=size, mode="bilinear", align_corners=False)
+
+
+class _ClsHead(nn.Module):
+    def __init__(self, in_channels: int, out: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(in_channels, out)
+
+    def forward(self, x: Tensor, size: tuple[int, int] | None = None) -> Tensor:
+        return self.fc(x.flatten(2).mean(-1) if x.dim() > 2 else x)
+
+
+@register_task("seg")
+class Segmentation(Task):
+    """Semantic segmentation: cross-entropy with an ignore index; mIoU and pixel accuracy from one
+    confusion matrix over the whole evaluation set (classes absent from both sides don't count)."""
+
+    metrics = {"miou": True, "pixel_acc": True}
+
+    def __init__(
+        self,
+        out_channels: int = 40,
+        loss_weight: float = 1.0,
+        ignore_index: int = 255,
+        rates: Sequence[int] = (1, 6, 12, 18),
+    ) -> None:
+        self.ignore_index = ignore_index
+        self.rates = tuple(rates)
+        super().__init__(out_channels, loss_weight)
+
+    def head(self, in_channels: int) -> nn.Module:
+        return _DenseHead(ASPPHead(in_channels, self.out_channels, self.rates))
+
+    def loss(self, pred: Tensor, target: Tensor) -> Tensor:
+        return F.cross_entropy(pred.float(), target.long(), ignore_index=self.ignore_index)
+
+    def reset(self) -> None:
+        self.confusion = torch.zeros(self.out_channels, self.out_channels, dtype=torch.long)
+
+    def update(self, pred: Tensor, target: Tensor) -> None:
+        label = pred.argmax(1).flatten().cpu()
+        target = target.flatten().cpu().long()
+        keep = (target != self.ignore_index) & (target >= 0) & (target < self.out_channels)
+        n = self.out_channels
+        self.confusion += torch.bincount(target[keep] * n + label[keep], minlength=n * n).view(n, n)
+
+    def compute(self) -> dict[str, float]:
+        cm = self.confusion.double()
+        tp = cm.diagonal()
+        union = cm.sum(0) + cm.sum(1) - tp
+        present = union > 0
+        miou = (tp[present] / union[present]).mean().item() if present.any() else 0.0
+        acc = (tp.sum() / cm.sum()).item() if cm.sum() > 0 else 0.0
+        return {"miou": 100 * miou, "pixel_acc": 100 * acc}
+
+
+_ANGLE_BINS = 18000  # 0.01 degree bins: the median is exact to 0.01 degrees
+
+
+@register_task("normal")
+class Normals(Task):
+    """Surface normals: predictions normalised to unit length; loss = squared L2 between unit
+    vectors on valid pixels (= 2 - 2 cos, the cosine loss); metrics in degrees over all valid
+    pixels of the evaluation set: mean, median, % within 11.25 / 22.5 / 30."""
+
+    metrics = {"mean": False, "median": False, "within_11.25": True, "within_22.5": True, "within_30": True}
+
+    def __init__(self, out_channels: int = 3, loss_weight: float = 1.0) -> None:
+        if out_channels != 3:
+            raise PlanError(f"normal predicts 3 channels, got {out_channels}")
+        super().__init__(out_channels, loss_weight)
+
+    def head(self, in_channels: int) -> nn.Module:
+        return _DenseHead(nn.Conv2d(in_channels, 3, 1))
+
+    @staticmethod
+    def _valid(target: Tensor) -> Tensor:
+        return target.norm(dim=1) > 0.5  # unlabelled pixels are stored as zero vectors
+
+    def loss(self, pred: Tensor, target: Tensor) -> Tensor:
+        valid = self._valid(target)
+        p = F.normalize(pred.float(), dim=1)
+        t = F.normalize(target.float(), dim=1)
+        err = (p - t).pow(2).sum(1)
+        return err[valid].mean() if valid.any() else err.sum() * 0
+
+    def reset(self) -> None:
+        self.hist = torch.zeros(_ANGLE_BINS, dtype=torch.long)
+        self.sum = 0.0
+        self.count = 0
+        self.within = {11.25: 0, 22.5: 0, 30.0: 0}
+
+    def update(self, pred: Tensor, target: Tensor) -> None:
+        valid = self._valid(target)
+        cos = (F.normalize(pred.float(), dim=1) * F.normalize(target.float(), dim=1)).sum(1)
+        ang = torch.rad2deg(torch.acos(cos[valid].clamp(-1, 1))).double().cpu()
+        self.sum += ang.sum().item()
+        self.count += ang.numel()
+        for t in self.within:
+            self.within[t] += int((ang < t).sum())
+        idx = (ang / 180 * _ANGLE_BINS).long().clamp(max=_ANGLE_BINS - 1)
+        self.hist += torch.bincount(idx, minlength=_ANGLE_BINS)
+
+    def compute(self) -> dict[str, float]:
+        n = max(self.count, 1)
+        cum = self.hist.cumsum(0)
+        median_bin = int(torch.searchsorted(cum, torch.tensor((self.count + 1) // 2)))
+        return {
+            "mean": self.sum / n,
+            "median": (median_bin + 0.5) * 180 / _ANGLE_BINS,
+            "within_11.25": 100 * self.within[11.25] / n,
+            "within_22.5": 100 * self.within[22.5] / n,
+            "within_30": 100 * self.within[30.0] / n,
+        }
+
+
+@register_task("depth")
+class Depth(Task):
+    """Depth: L1 on valid pixels (depth > 0); abs-rel and RMSE over the evaluation set."""
+
+    metrics = {"abs_rel": False, "rmse": False}
+
+    def __init__(self, out_channels: int = 1, loss_weight: float = 1.0) -> None:
+        super().__init__(1, loss_weight)
+
+    def head(self, in_channels: int) -> nn.Module:
+        return _DenseHead(nn.Conv2d(in_channels, 1, 1))
+
+    def loss(self, pred: Tensor, target: Tensor) -> Tensor:
+        target = target.reshape(pred.shape)
+        valid = target > 0
+        err = (pred.float() - target.float()).abs()
+        return err[valid].mean() if valid.any() else err.sum() * 0
+
+    def reset(self) -> None:
+        self.abs_rel = 0.0
+        self.sq = 0.0
+        self.count = 0
+
+    def update(self, pred: Tensor, target: Tensor) -> None:
+        target = target.reshape(pred.shape).double()
+        valid = target > 0
+        p, t = pred.double()[valid], target[valid]
+        self.abs_rel += ((p - t).abs() / t).sum().item()
+        self.sq += (p - t).pow(2).sum().item()
+        self.count += t.numel()
+
+    def compute(self) -> dict[str, float]:
+        n = max(self.count, 1)
+        return {"abs_rel": self.abs_rel / n, "rmse": math.sqrt(self.sq / n)}
+
+
+@register_task("cls")
+class Classification(Task):
+    """Image classification: cross-entropy; accuracy (%)."""
+
+    kind = "cls"
+    metrics = {"accuracy": True}
+
+    def head(self, in_channels: int) -> nn.Module:
+        return _ClsHead(in_channels, self.out_channels)
+
+    def loss(self, pred: Tensor, target: Tensor) -> Tensor:
+        return F.cross_entropy(pred.float(), target.long())
+
+    def reset(self) -> None:
+        self.correct = 0
+        self.count = 0
+
+    def update(self, pred: Tensor, target: Tensor) -> None:
+        self.correct += int((pred.argmax(1).cpu() == target.cpu().long()).sum())
+        self.count += target.numel()
+
+    def compute(self) -> dict[str, float]:
+        return {"accuracy": 100 * self.correct / max(self.count, 1)}
+
+
+@register_task("gender")
+class Gender(Classification):
+    """Gender (NDDR-CNN Sec. 5.2): 2-way classification, accuracy."""
+
+    def __init__(self, out_channels: int = 2, loss_weight: float = 1.0) -> None:
+        super().__init__(out_channels, loss_weight)
+
+
+@register_task("age")
+class Age(Task):
+    """Age (NDDR-CNN Sec. 5.2, after DEX): a 100-way softmax over ages 0..99 trained with
+    cross-entropy; the estimate is the expected age sum_k p_k k; mean and median absolute error."""
+
+    kind = "cls"
+    metrics = {"mae": False, "median_ae": False}
+
+    def __init__(self, out_channels: int = 100, loss_weight: float = 1.0) -> None:
+        super().__init__(out_channels, loss_weight)
+
+    def head(self, in_channels: int) -> nn.Module:
+        return _ClsHead(in_channels, self.out_channels)
+
+    def loss(self, pred: Tensor, target: Tensor) -> Tensor:
+        return F.cross_entropy(pred.float(), target.long().clamp(0, self.out_channels - 1))
+
+    def estimate(self, pred: Tensor) -> Tensor:
+        ages = torch.arange(self.out_channels, device=pred.device, dtype=torch.float32)
+        return (pred.float().softmax(1) * ages).sum(1)
+
+    def reset(self) -> None:
+        self.errors: list[Tensor] = []
+
+    def update(self, pred: Tensor, target: Tensor) -> None:
+        self.errors.append((self.estimate(pred) - target.float()).abs().cpu())
+
+    def compute(self) -> dict[str, float]:
+        err = torch.cat(self.errors) if self.errors else torch.zeros(1)
+        return {"mae": err.mean().item(), "median_ae": err.median().item()}
+
+
+def delta_m(
+    multi: Mapping[str, Mapping[str, float]],
+    single: Mapping[str, Mapping[str, float]],
+    directions: Mapping[str, Mapping[str, bool]],
+) -> float:
+    """Multi-task gain in %: mean over tasks and metrics of (-1)^lower_is_better (M_mt - M_st) / M_st.
+
+    ``directions[task][metric]`` is True when higher is better (``Task.metrics``).
+    """
+    terms = []
+    for task, metrics in directions.items():
+        for metric, higher in metrics.items():
+            base = single[task][metric]
+            if base == 0:
+                raise ValueError(f"single-task {task}/{metric} is 0: Delta-m is undefined")
+            sign = 1.0 if higher else -1.0
+            terms.append(sign * (multi[task][metric] - base) / abs(base) * 100)
+    if not terms:
+        raise ValueError("no metrics to compare")
+    return sum(terms) / len(terms)
