@@ -1,0 +1,274 @@
+"""Training a stitched network: parameter groups, schedule, AMP, evaluation, checkpoints.
+
+The data order and every random draw are functions of (seed, step), so a run resumed from a
+checkpoint continues exactly as the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .errors import FusionSearchError
+from .stitch import StitchedNet
+from .tasks import Task
+
+__all__ = ["TrainConfig", "NonFiniteLossError", "fit", "evaluate", "lr_factor"]
+
+
+class NonFiniteLossError(FusionSearchError, FloatingPointError):
+    """A NaN or infinite loss: the run stops (a search marks the trial failed)."""
+
+
+@dataclass
+class TrainConfig:
+    """How to train. Defaults follow the papers: SGD with momentum 0.9 and a poly schedule."""
+
+    steps: int = 300
+    batch_size: int = 8
+    base_lr: float = 0.01
+    optimizer: str = "sgd"  # or "adamw"
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    head_lr_mult: float = 1.0
+    warmup_steps: int = 0
+    poly_power: float = 0.9
+    eval_every: int = 100
+    grad_clip: float | None = None
+    amp: bool | None = None  # None: on for CUDA (bf16 where supported), off on CPU
+    channels_last: bool | None = None  # None: on for CUDA
+    num_workers: int = 0
+    seed: int = 0
+    progress: bool = True
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up from 10% to 100%, then poly decay (1 - p)^power to 0 at ``cfg.steps``."""
+    if step < cfg.warmup_steps:
+        return 0.1 + 0.9 * step / max(1, cfg.warmup_steps)
+    span = max(1, cfg.steps - cfg.warmup_steps)
+    return max(0.0, 1 - (step - cfg.warmup_steps) / span) ** cfg.poly_power
+
+
+class _StepSampler(Sampler[list[int]]):
+    """Batches of indices as a function of the step: epoch e is randperm(seed + e)."""
+
+    def __init__(self, n: int, batch: int, seed: int, start: int, steps: int) -> None:
+        self.n, self.batch, self.seed, self.start, self.steps = n, batch, seed, start, steps
+
+    def __iter__(self) -> Iterator[list[int]]:
+        perms: dict[int, Tensor] = {}
+        for step in range(self.start, self.steps):
+            out = []
+            for k in range(step * self.batch, (step + 1) * self.batch):
+                epoch, pos = divmod(k, self.n)
+                if epoch not in perms:
+                    perms.clear()
+                    perms[epoch] = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + epoch))
+                out.append(int(perms[epoch][pos]))
+            yield out
+
+    def __len__(self) -> int:
+        return max(0, self.steps - self.start)
+
+
+def _device(net: StitchedNet, device: str | torch.device | None) -> torch.device:
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _to(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
+
+
+def _autocast(device: torch.device, enabled: bool) -> Any:
+    dtype = torch.bfloat16 if device.type == "cpu" or torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast(device.type, dtype=dtype, enabled=enabled)
+
+
+@torch.no_grad()
+def evaluate(
+    net: StitchedNet,
+    tasks: Mapping[str, Task],
+    data: Dataset,
+    batch_size: int = 8,
+    device: str | torch.device | None = None,
+    amp: bool | None = None,
+    num_workers: int = 0,
+) -> dict[str, dict[str, float]]:
+    """Metrics of every task over the whole of ``data`` (accumulated, not averaged per batch)."""
+    dev = _device(net, device)
+    use_amp = dev.type == "cuda" if amp is None else amp
+    was_training = net.training
+    net.eval()
+    for t in tasks.values():
+        t.reset()
+    loader = DataLoader(data, batch_size=batch_size, num_workers=num_workers, pin_memory=dev.type == "cuda")
+    for batch in loader:
+        batch = _to(batch, dev)
+        with _autocast(dev, use_amp):
+            preds = net(batch["image"])
+        for name, task in tasks.items():
+            task.update(preds[name].float(), batch[name])
+    net.train(was_training)
+    return {name: task.compute() for name, task in tasks.items()}
+
+
+def _optimizer(net: StitchedNet, cfg: TrainConfig) -> torch.optim.Optimizer:
+    groups = net.param_groups(cfg.base_lr, cfg.weight_decay, cfg.head_lr_mult)
+    for g in groups:
+        g["initial_lr"] = g["lr"]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.base_lr, momentum=cfg.momentum)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.base_lr)
+    raise FusionSearchError(f"unknown optimizer {cfg.optimizer!r}: use 'sgd' or 'adamw'")
+
+
+def fit(
+    net: StitchedNet,
+    tasks: Mapping[str, Task],
+    train_data: Dataset,
+    val_data: Dataset | None = None,
+    cfg: TrainConfig | None = None,
+    *,
+    device: str | torch.device | None = None,
+    callback: Callable[[int, dict[str, dict[str, float]]], None] | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = True,
+    until: int | None = None,
+) -> dict[str, Any]:
+    """Train ``net`` on ``train_data``; evaluate on ``val_data`` every ``cfg.eval_every`` steps.
+
+    ``callback(step, metrics)`` receives each evaluation (a search reports it to Optuna, which
+    may raise ``TrialPruned`` to stop). With ``checkpoint`` set, the state is saved there every
+    ``checkpoint_every`` steps (default: at each evaluation) and at the end, and an existing file
+    is resumed from. ``until`` stops after that step (schedule still for ``cfg.steps``), saving a
+    checkpoint there: an interrupted run. Returns ``{"step", "losses", "evals"}``.
+    """
+    cfg = cfg or TrainConfig()
+    missing = [t for t in net.tasks if t not in tasks]
+    if missing:
+        raise FusionSearchError(f"no Task given for {missing}; tasks has {sorted(tasks)}")
+    dev = _device(net, device)
+    use_amp = dev.type == "cuda" if cfg.amp is None else cfg.amp
+    net.to(dev)
+    if (dev.type == "cuda") if cfg.channels_last is None else cfg.channels_last:
+        net.to(memory_format=torch.channels_last)
+    opt = _optimizer(net, cfg)
+    scaler = torch.amp.GradScaler(
+        dev.type, enabled=use_amp and dev.type == "cuda" and not torch.cuda.is_bf16_supported()
+    )
+    history: dict[str, Any] = {"losses": [], "evals": []}
+    start = 0
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    if ckpt is not None and resume and ckpt.is_file():
+        state = torch.load(ckpt, map_location=dev, weights_only=True)
+        net.load_state_dict(state["net"])
+        opt.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        start, history = int(state["step"]), state["history"]
+    every = checkpoint_every or cfg.eval_every
+
+    loader = DataLoader(
+        train_data,
+        batch_sampler=_StepSampler(len(train_data), cfg.batch_size, cfg.seed, start, cfg.steps),  # type: ignore[arg-type]
+        num_workers=cfg.num_workers,
+        pin_memory=dev.type == "cuda",
+    )
+    progress = _progress(cfg.progress, cfg.steps, start)
+    net.train()
+    step = start
+    with progress:
+        bar = progress.add_task("training", total=cfg.steps, completed=start, loss=float("nan"))
+        for batch in loader:
+            torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout etc.: a function of the step
+            for g in opt.param_groups:
+                g["lr"] = g["initial_lr"] * lr_factor(step, cfg)
+            batch = _to(batch, dev)
+            image = batch["image"]
+            if (dev.type == "cuda") if cfg.channels_last is None else cfg.channels_last:
+                image = image.contiguous(memory_format=torch.channels_last)
+            with _autocast(dev, use_amp):
+                preds, extra = net(image, return_extra=True)
+                losses = {t: tasks[t].loss(preds[t].float(), batch[t]) for t in net.tasks}
+                loss = sum(tasks[t].loss_weight * losses[t] for t in net.tasks) + extra.float()
+            if not torch.isfinite(loss):
+                parts = ", ".join(f"{t}={v.item():.4g}" for t, v in losses.items())
+                raise NonFiniteLossError(f"loss is {loss.item()} at step {step} ({parts}, extra={extra.item():.4g})")
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.grad_clip:
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            step += 1
+            history["losses"].append(loss.item())
+            progress.update(bar, advance=1, loss=loss.item())
+            if val_data is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
+                metrics = evaluate(net, tasks, val_data, cfg.batch_size, dev, use_amp, cfg.num_workers)
+                history["evals"].append({"step": step, "metrics": metrics})
+                if callback is not None:
+                    callback(step, metrics)
+            stop = until is not None and step >= until
+            if ckpt is not None and (step % every == 0 or step == cfg.steps or stop):
+                _save(ckpt, net, opt, scaler, step, history, cfg)
+            if stop:
+                break
+    history["step"] = step
+    return history
+
+
+def _save(path: Path, net: StitchedNet, opt: Any, scaler: Any, step: int, history: dict, cfg: TrainConfig) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(
+        {
+            "step": step,
+            "net": net.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scaler": scaler.state_dict(),
+            "history": history,
+            "config": asdict(cfg),
+        },
+        tmp,
+    )
+    os.replace(tmp, path)  # never leave a half-written checkpoint
+
+
+class _NoProgress:
+    def __enter__(self) -> _NoProgress:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+    def add_task(self, *args: Any, **kwargs: Any) -> int:
+        return 0
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def _progress(enabled: bool, total: int, start: int) -> Any:
+    if not enabled:
+        return _NoProgress()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TimeRemainingColumn(),
+    )
