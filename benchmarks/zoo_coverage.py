@@ -25,6 +25,7 @@ import os
 import re
 import sys
 import time
+import traceback
 import warnings
 from collections import defaultdict
 from collections.abc import Iterator
@@ -55,6 +56,12 @@ def family_of(name: str) -> str:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0][:400] if text else ""
+
+
+def _where(e: BaseException, frames: int = 4) -> list[str]:
+    """The innermost frames of an exception's traceback, as ``file:line function``."""
+    tb = traceback.extract_tb(e.__traceback__)[-frames:]
+    return [f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in tb]
 
 
 def count_params_meta(name: str) -> int | None:
@@ -196,7 +203,7 @@ def run_one(name: str, max_params: float, batch: int) -> dict[str, Any]:
     t_start = time.perf_counter()
 
     def fail(stage: str, e: BaseException) -> dict[str, Any]:
-        rec.update(error_stage=stage, error_type=type(e).__name__, error=_first_line(e))
+        rec.update(error_stage=stage, error_type=type(e).__name__, error=_first_line(e), where=_where(e))
         rec["seconds"] = round(time.perf_counter() - t_start, 2)
         return rec
 
@@ -251,7 +258,9 @@ def run_one(name: str, max_params: float, batch: int) -> dict[str, Any]:
             rec[f"split_exact_{key}"] = False
             rec[f"mismatch_{key}"] = f"{type(e).__name__}: {_first_line(e)}"
             if rec["error_stage"] is None:
-                rec.update(error_stage=f"split_{key}", error_type=type(e).__name__, error=_first_line(e))
+                rec.update(
+                    error_stage=f"split_{key}", error_type=type(e).__name__, error=_first_line(e), where=_where(e)
+                )
             continue
         mismatch = _compare(out, ref)
         rec[f"split_exact_{key}"] = mismatch is None

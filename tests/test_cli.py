@@ -88,3 +88,34 @@ def test_build_errors_are_one_line(tmp_path):
     assert "unknown fusion unit 'nddx'" in result.output
     result = runner.invoke(app, ["units"])
     assert all(name in result.output for name in ("nddr", "cross_stitch", "sluice"))
+
+
+def test_train_prints_the_metrics_table(tmp_path):
+    args = [
+        "train",
+        "--backbone",
+        "test_resnet",
+        "--steps",
+        "4",
+        "--size",
+        "48",
+        "--train-images",
+        "8",
+        "--val-images",
+        "4",
+        "--batch-size",
+        "2",
+        "--eval-every",
+        "2",
+        "--loss-weight",
+        "normal=20",
+        "--checkpoint",
+        str(tmp_path / "ck.pt"),
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    for metric in ("miou", "pixel_acc", "mean", "median", "within_11.25", "within_22.5", "within_30"):
+        assert metric in result.output
+    assert (tmp_path / "ck.pt").is_file()
+    result = runner.invoke(app, ["train", "--backbone", "test_resnet", "--tasks", "seg,age", "--steps", "1"])
+    assert result.exit_code == 2 and "'age'" in result.output
