@@ -23,6 +23,7 @@ import multiprocessing as mp
 import multiprocessing.connection as mp_connection
 import os
 import re
+import signal
 import sys
 import time
 import traceback
@@ -111,7 +112,7 @@ def select_models(
 ) -> tuple[list[str], dict[str, int | None], dict[str, str]]:
     import timm
 
-    names = timm.list_models(pattern) if pattern else timm.list_models()
+    names = timm.list_models(pattern.split(",")) if pattern else timm.list_models()
     counts = counts_for(names)
     families = {n: family_of(n) for n in names}
     # unknown sizes (meta build failed) go last
@@ -328,8 +329,18 @@ class Runner:
         self.ctx = mp.get_context(args.start_method)
 
     def run(self, names: list[str]) -> Iterator[dict[str, Any]]:
+        self.running: list[tuple[str, Any, Any, float]] = []
+        try:
+            yield from self._run(names)
+        finally:  # interrupted (Ctrl-C, SIGTERM): take the model processes down too
+            for _, proc, _, _ in self.running:
+                if proc.is_alive():
+                    proc.kill()
+                    proc.join()
+
+    def _run(self, names: list[str]) -> Iterator[dict[str, Any]]:
         pending = list(reversed(names))
-        running: list[tuple[str, Any, Any, float]] = []
+        running = self.running
         while pending or running:
             while pending and len(running) < max(1, self.args.jobs):
                 name = pending.pop()
@@ -376,7 +387,7 @@ class Runner:
                 recv.close()
                 rec.setdefault("family", family_of(name))
                 yield rec
-            running = still
+            running[:] = still
 
 
 def read_results(path: Path) -> dict[str, dict[str, Any]]:
@@ -478,7 +489,7 @@ def summarize(
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sample", type=int, default=None, help="the N smallest models of each timm module")
-    p.add_argument("--filter", default=None, help="timm.list_models pattern, e.g. 'resnet*'")
+    p.add_argument("--filter", default=None, help="timm.list_models patterns, comma separated: 'resnet*,vit_*'")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per model (default 120)")
     p.add_argument("--jobs", type=int, default=1, help="models run at the same time (default 1)")
     p.add_argument("--max-params", type=float, default=300.0, help="skip models above M million params")
@@ -525,6 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # runs the Runner's cleanup
     if args.start_method == "fork":
         import fusionsearch  # noqa: F401  (imported once here, inherited by every fork)
     with out.open("a") as fh:
