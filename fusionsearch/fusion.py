@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import PlanError
+from .registry import Registry
 
 __all__ = [
     "FUSION_UNITS",
@@ -37,30 +38,19 @@ __all__ = [
     "from_channels_first",
 ]
 
-FUSION_UNITS: dict[str, type[FusionUnit]] = {}
+FUSION_UNITS: Registry[type[FusionUnit]] = Registry("fusion unit", PlanError, name_attr="unit_name")
 
 
 def register_fusion(name: str) -> Callable[[type[FusionUnit]], type[FusionUnit]]:
     """Class decorator: make a unit available to plans, recipes and the CLI by ``name``."""
-
-    def add(cls: type[FusionUnit]) -> type[FusionUnit]:
-        if name in FUSION_UNITS:
-            raise ValueError(f"fusion unit {name!r} is already registered ({FUSION_UNITS[name].__name__})")
-        FUSION_UNITS[name] = cls
-        cls.unit_name = name
-        return cls
-
-    return add
+    return FUSION_UNITS.register(name)
 
 
 def get_fusion(name: str | type[FusionUnit]) -> type[FusionUnit]:
     """A unit class by registered name (or the class itself)."""
     if isinstance(name, type):
         return name
-    try:
-        return FUSION_UNITS[name]
-    except KeyError:
-        raise PlanError(f"unknown fusion unit {name!r}; registered units: {', '.join(sorted(FUSION_UNITS))}") from None
+    return FUSION_UNITS.get(name)
 
 
 def to_channels_first(x: Tensor, layout: str) -> Tensor:

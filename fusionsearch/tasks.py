@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import PlanError
+from .registry import Registry
 
 __all__ = [
     "TASKS",
@@ -32,27 +33,17 @@ __all__ = [
     "Gender",
 ]
 
-TASKS: dict[str, type[Task]] = {}
+TASKS: Registry[type[Task]] = Registry("task", PlanError, name_attr="task_name")
 
 
 def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
-    def add(cls: type[Task]) -> type[Task]:
-        if name in TASKS:
-            raise ValueError(f"task {name!r} is already registered")
-        TASKS[name] = cls
-        cls.task_name = name
-        return cls
-
-    return add
+    """Class decorator: make a task available to plans, recipes and the CLI by ``name``."""
+    return TASKS.register(name)
 
 
 def get_task(name: str, **kwargs: Any) -> Task:
     """A task instance by registered name; keyword arguments go to its constructor."""
-    try:
-        cls = TASKS[name]
-    except KeyError:
-        raise PlanError(f"unknown task {name!r}; registered tasks: {', '.join(sorted(TASKS))}") from None
-    return cls(**kwargs)
+    return TASKS.get(name)(**kwargs)
 
 
 class Task:

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from fusionsearch.data import CLASSES, get_dataset, render_scene
+from fusionsearch.errors import FusionSearchError
 
 
 def test_deterministic_by_seed_and_split():
@@ -89,3 +90,5 @@ def test_bad_arguments():
         get_dataset("synthetic", split="training")
     with pytest.raises(IndexError):
         get_dataset("synthetic", length=2)[5]
+    with pytest.raises(FusionSearchError, match="unknown data set 'nyu'; registered: synthetic"):
+        get_dataset("nyu")
