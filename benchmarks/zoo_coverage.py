@@ -60,7 +60,9 @@ def _first_line(e: BaseException) -> str:
 
 
 def _where(e: BaseException, frames: int = 4) -> list[str]:
-    """The innermost frames of an exception's traceback, as ``file:line function``."""
+    """The innermost frames of an exception's traceback (its root cause's), as ``file:line function``."""
+    while e.__cause__ is not None:
+        e = e.__cause__
     tb = traceback.extract_tb(e.__traceback__)[-frames:]
     return [f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in tb]
 
