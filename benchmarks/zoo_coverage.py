@@ -272,14 +272,15 @@ def run_one(name: str, max_params: float, batch: int) -> dict[str, Any]:
     return rec
 
 
-def child_main(name: str, max_params: float, batch: int, threads: int) -> None:
+def safe_run(name: str, max_params: float, batch: int, threads: int) -> dict[str, Any]:
+    """``run_one`` that always returns a record: never leave the parent without a result."""
     import torch
 
     torch.set_num_threads(threads)
     try:
-        rec = run_one(name, max_params, batch)
-    except BaseException as e:  # never leave the parent without a result line
-        rec = {
+        return run_one(name, max_params, batch)
+    except BaseException as e:
+        return {
             "name": name,
             "status": "done",
             "traced": False,
@@ -287,6 +288,10 @@ def child_main(name: str, max_params: float, batch: int, threads: int) -> None:
             "error_type": type(e).__name__,
             "error": _first_line(e),
         }
+
+
+def child_main(name: str, max_params: float, batch: int, threads: int) -> None:
+    rec = safe_run(name, max_params, batch, threads)
     sys.stdout.write("\n" + RESULT_TAG + json.dumps(rec) + "\n")
     sys.stdout.flush()
 
@@ -300,21 +305,7 @@ def _child_entry(name: str, max_params: float, batch: int, threads: int, conn: A
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)  # models that print would garble the progress lines
     os.dup2(devnull, 2)
-    import torch
-
-    torch.set_num_threads(threads)
-    try:
-        rec = run_one(name, max_params, batch)
-    except BaseException as e:
-        rec = {
-            "name": name,
-            "status": "done",
-            "traced": False,
-            "error_stage": "harness",
-            "error_type": type(e).__name__,
-            "error": _first_line(e),
-        }
-    conn.send(rec)
+    conn.send(safe_run(name, max_params, batch, threads))
     conn.close()
 
 
