@@ -191,87 +191,381 @@ def build(
     console.print(f"saved to {out}", highlight=False)
 
 
+RECIPE_HELP = "recipe name (recipes/NAME.yaml) or YAML file; other options override it"
+DATA_HELP = "synthetic, nyuv2:PATH or imdb_wiki:PATH (default: the recipe's)"
+
+
+def load_recipe_with(
+    recipe: str,
+    backbone: str | None,
+    tasks: str | None,
+    data: str | None,
+    size: int | None,
+    train_images: int | None = None,
+    val_images: int | None = None,
+) -> Any:
+    from .recipe import load_recipe, parse_data
+
+    r = load_recipe(recipe)
+    data_spec = parse_data(data, r.data)
+    for key, value in (("size", size), ("train_length", train_images), ("val_length", val_images)):
+        if value is not None:
+            data_spec[key] = value
+    return r.with_overrides(backbone=backbone, tasks=tasks.split(",") if tasks else None, data=data_spec)
+
+
+def parse_weights(items: list[str]) -> dict[str, float]:
+    out = {}
+    for item in items:
+        name, sep, w = item.partition("=")
+        try:
+            out[name.strip()] = float(w)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise typer.BadParameter(f"--loss-weight takes TASK=WEIGHT, e.g. normal=20; got {item!r}")
+    return out
+
+
 @app.command()
 @friendly_errors
 def train(
-    backbone: str = typer.Option("resnet18", "--backbone", "-b", help="timm model name"),
-    tasks: str = typer.Option("seg,normal", help="comma separated task names (see `fusionsearch units`)"),
-    data: str = typer.Option("synthetic", help="data set (built-in: synthetic)"),
-    plan: str = typer.Option("fused", help="fused (units at --at), single (K single-task nets), shared (one trunk)"),
-    unit: str = typer.Option("nddr", help="fusion unit"),
-    at: str | None = typer.Option(None, help="comma separated cut points; default every stage boundary"),
-    steps: int = typer.Option(300, help="training steps"),
-    batch_size: int = typer.Option(8, help="batch size"),
-    size: int = typer.Option(128, help="image size of the synthetic data"),
-    train_images: int = typer.Option(512, help="synthetic training scenes"),
-    val_images: int = typer.Option(64, help="synthetic validation scenes"),
-    lr: float = typer.Option(2e-3, help="base learning rate"),
-    optimizer: str = typer.Option("adamw", help="adamw or sgd (the papers' choice, momentum 0.9)"),
+    recipe: str = typer.Option("quick", help=RECIPE_HELP),
+    backbone: str | None = typer.Option(None, "--backbone", "-b", help="timm model name"),
+    tasks: str | None = typer.Option(None, help="comma separated task names, e.g. seg,normal"),
+    data: str | None = typer.Option(None, help=DATA_HELP),
+    plan: str = typer.Option(
+        "fused", help="fused (units at --at), single (K single-task nets), shared (one trunk), nddr_default"
+    ),
+    unit: str | None = typer.Option(None, help="fusion unit (default: the recipe plan's)"),
+    at: str | None = typer.Option(None, help="comma separated cut points; default: the recipe plan's"),
+    steps: int | None = typer.Option(None, help="training steps"),
+    batch_size: int | None = typer.Option(None, help="batch size"),
+    size: int | None = typer.Option(None, help="image size"),
+    train_images: int | None = typer.Option(None, help="training images (synthetic: scenes; real: the first N)"),
+    val_images: int | None = typer.Option(None, help="validation images"),
+    lr: float | None = typer.Option(None, help="base learning rate"),
+    optimizer: str | None = typer.Option(None, help="adamw or sgd (the papers' choice, momentum 0.9)"),
     loss_weight: list[str] = typer.Option([], help="TASK=W, e.g. normal=20 (the official NDDR code's weight)"),
-    eval_every: int = typer.Option(100, help="evaluate every N steps"),
+    eval_every: int | None = typer.Option(None, help="evaluate every N steps"),
     device: str = typer.Option("auto", help="auto, cpu or cuda[:N]"),
     checkpoint: str | None = typer.Option(None, help="save here and resume from here"),
     seed: int = typer.Option(0, help="random seed"),
+    save_metrics: str | None = typer.Option(None, help="write the final metrics as JSON here"),
+    baseline: str | None = typer.Option(
+        None, help="single-task metrics JSON (from --plan single --save-metrics F): prints Delta-m"
+    ),
+    out: str | None = typer.Option(None, help="save the trained network here (load with fusionsearch.load)"),
 ) -> None:
-    """Train one plan on the built-in data and print its metrics."""
-    from .data import SyntheticScenes
-    from .graph import trace
-    from .stitch import StitchPlan
-    from .stitch import build as build_net
-    from .tasks import get_task
-    from .train import TrainConfig, fit
+    """Train one plan and print its metrics (and Delta-m against single-task baselines)."""
+    from pathlib import Path
 
-    if data != "synthetic":
-        raise typer.BadParameter("only the built-in 'synthetic' data set is available so far")
-    weights = {}
-    for item in loss_weight:
-        name, _, w = item.partition("=")
-        weights[name] = float(w)
-    names = [t.strip() for t in tasks.split(",") if t.strip()]
-    outs = {"seg": SyntheticScenes.num_classes, "normal": 3, "depth": 1}
-    for t in names:
-        if t not in outs:
-            raise typer.BadParameter(f"the synthetic data has seg, normal and depth labels, not {t!r}")
-    task_objs = {t: get_task(t, out_channels=outs[t], loss_weight=weights.get(t, 1.0)) for t in names}
-    size3 = (3, size, size)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        bounds = [b.name for b in trace(backbone, size3).boundaries]
-        points = bounds if at is None else [p.strip() for p in at.split(",") if p.strip()]
-        stitch = {
-            "fused": StitchPlan(at=points, unit=unit),
-            "single": StitchPlan(at=[]),
-            "shared": StitchPlan(shared_prefix=bounds[-1]),
-        }.get(plan)
-        if stitch is None:
-            raise typer.BadParameter(f"--plan must be fused, single or shared, got {plan!r}")
-        net = build_net(backbone, {t: outs[t] for t in names}, stitch, input_size=size3)
-    torch_seed(seed)
-    cfg = TrainConfig(
+    from .experiment import Experiment, check_metrics
+    from .stitch import save
+
+    r = load_recipe_with(recipe, backbone, tasks, data, size, train_images, val_images)
+    exp = Experiment(r, seed)
+    if plan == "fused":
+        spec = dict(r.plan)
+        if unit is not None:
+            spec["unit"] = unit
+            if unit != r.plan.get("unit"):
+                spec.pop("unit_args", None)
+        if at is not None:
+            spec["at"] = [p.strip() for p in at.split(",") if p.strip()]
+        stitch = exp.plan_from(spec)
+    else:
+        stitch = exp.baseline_plan(plan)
+    base = None
+    if baseline is not None:
+        path = Path(baseline)
+        if not path.is_file():
+            raise FileNotFoundError(f"baseline metrics {baseline!r} do not exist")
+        base = json.loads(path.read_text())
+        check_metrics(base, exp.directions(), baseline)
+    cfg = r.train_config(
         steps=steps, batch_size=batch_size, base_lr=lr, optimizer=optimizer, eval_every=eval_every, seed=seed
     )
-    history = fit(
-        net,
-        task_objs,
-        SyntheticScenes("train", train_images, size, seed),
-        SyntheticScenes("val", val_images, size, seed),
-        cfg,
-        device=device,
-        checkpoint=checkpoint,
+    result = exp.train(
+        stitch, cfg=cfg, loss_weights=parse_weights(loss_weight) or None, device=device, checkpoint=checkpoint
     )
-    table = Table(title=f"{backbone} {plan} {unit if plan == 'fused' else ''} after {history['step']} steps")
-    for col in ("task", "metric", "value", "better"):
+    directions = exp.directions()
+    title = f"{r.backbone} {plan} {stitch.unit if plan == 'fused' else ''} after {result.step} steps"
+    table = Table(title=title)
+    for col in ("task", "metric", "value", "better", *(["single-task"] if base else [])):
         table.add_column(col)
-    for t, metrics in history["evals"][-1]["metrics"].items():
+    for t, metrics in result.metrics.items():
         for m, v in metrics.items():
-            table.add_row(t, m, f"{v:.2f}", "higher" if task_objs[t].metrics[m] else "lower")
+            row = [t, m, f"{v:.2f}", "higher" if directions[t][m] else "lower"]
+            table.add_row(*row, *([f"{base[t][m]:.2f}"] if base else []))
     console.print(table)
+    if base:
+        console.print(f"Delta-m vs single-task: {exp.delta_m(result.metrics, base):+.2f}%", highlight=False)
+    if save_metrics:
+        Path(save_metrics).parent.mkdir(parents=True, exist_ok=True)
+        Path(save_metrics).write_text(json.dumps(result.metrics, indent=2))
+    if out:
+        save(result.net, out)
+        console.print(f"saved to {out}", highlight=False)
 
 
-def torch_seed(seed: int) -> None:
+STORAGE_HELP = "Optuna storage URL (default: an SQLite file here; postgresql://... for many machines)"
+
+
+def _devices(spec: str, workers: int) -> list[str]:
     import torch
 
-    torch.manual_seed(seed)
+    if spec == "auto":
+        n = torch.cuda.device_count()
+        pool = [f"cuda:{i}" for i in range(n)] if n else ["cpu"]
+    else:
+        pool = [d.strip() for d in spec.split(",") if d.strip()]
+    return [pool[i % len(pool)] for i in range(workers)]
+
+
+@app.command()
+@friendly_errors
+def run(
+    recipe: str = typer.Option("quick", help=RECIPE_HELP),
+    backbone: str | None = typer.Option(None, "--backbone", "-b", help="timm model name (default: the recipe's)"),
+    tasks: str | None = typer.Option(None, help="comma separated tasks, e.g. seg,normal"),
+    data: str | None = typer.Option(None, help=DATA_HELP),
+    size: int | None = typer.Option(None, help="image size"),
+    trials: int | None = typer.Option(None, help="sampled trials after the baselines (default: the recipe's)"),
+    timeout: float | None = typer.Option(None, help="stop starting trials after this many seconds"),
+    study: str | None = typer.Option(None, help="study name (default from recipe, backbone, tasks): rerun resumes"),
+    storage: str | None = typer.Option(None, help=STORAGE_HELP),
+    workers: int = typer.Option(1, help="worker processes, each on one device"),
+    devices: str = typer.Option("auto", help="auto (every visible GPU, else CPU), cpu, or cuda:0,cuda:1"),
+    sampler: str | None = typer.Option(None, help="tpe, nsga2 or random"),
+    pruner: str | None = typer.Option(
+        None,
+        help="hyperband, median or none (pruning works for one objective only: Optuna cannot prune multi-objective)",
+    ),
+    objectives: str | None = typer.Option(
+        None, help="delta_m (default), or several: delta_m,params / delta_m,latency (NSGA-II, Pareto front, no pruning)"
+    ),
+    steps: int | None = typer.Option(None, help="training steps per trial"),
+    report: str | None = typer.Option(None, help="HTML report path (default STUDY-report.html)"),
+    artifacts: str | None = typer.Option(None, help="artifact folder (default: beside the SQLite file)"),
+    seed: int | None = typer.Option(None, help="study seed"),
+    quiet: bool = typer.Option(False, "--quiet", help="plain log lines instead of the live view"),
+) -> None:
+    """Run an architecture search: baselines first, then sampled plans, with pruning; resumable."""
+    import os
+    import subprocess
+    import time
+    from pathlib import Path
+
+    from .leaderboard import best_trial, live_view, plan_summary, trials_table
+    from .report import write_report
+    from .search import StudySettings, prepare_study, run_worker
+    from .storage import DEFAULT_STORAGE, artifact_dir, redact
+
+    r = load_recipe_with(recipe, backbone, tasks, data, size)
+    if steps is not None:
+        r.train = {**r.train, "steps": steps}
+    st = dict(r.study)
+    settings = StudySettings(
+        study=study or f"{r.name}-{r.backbone}-{'-'.join(r.tasks)}",
+        storage=storage or DEFAULT_STORAGE,
+        trials=trials if trials is not None else int(st.get("trials", 8)),
+        timeout=timeout if timeout is not None else st.get("timeout"),
+        sampler=sampler or st.get("sampler", "tpe"),
+        pruner=pruner or st.get("pruner", "hyperband"),
+        objectives=objectives.split(",") if objectives else list(st.get("objectives", ["delta_m"])),
+        artifacts=artifacts,
+        seed=seed if seed is not None else int(st.get("seed", 0)),
+    )
+    if settings.multi_objective and settings.sampler == "tpe" and sampler is None:
+        settings.sampler = "nsga2"
+    study_obj = prepare_study(r, settings)
+    url = redact(settings.storage)
+    queued = sum(t.state.name == "WAITING" for t in study_obj.get_trials(deepcopy=False))
+    total = len(study_obj.get_trials(deepcopy=False))
+    console.print(f"study [bold]{settings.study}[/] in {url}: {settings.trials} trials + baselines", highlight=False)
+    if total > queued:
+        console.print(f"resuming: {total - queued} trials there already, {queued} queued", highlight=False)
+    steps_total = r.train_config().steps
+    say = lambda m: console.print(m, highlight=False)
+    if workers <= 1:
+        run_worker(settings.study, settings.storage, device=_devices(devices, 1)[0], progress=not quiet, log=say)
+    else:
+        logs = artifact_dir(settings.storage, artifacts) / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        procs = []
+        for i, dev in enumerate(_devices(devices, workers)):
+            cmd = [
+                sys.executable,
+                "-m",
+                "fusionsearch.cli",
+                "worker",
+                "--study",
+                settings.study,
+                "--storage",
+                settings.storage,
+                "--device",
+                dev,
+                "--threads",
+                str(threads),
+                "--quiet",
+            ]
+            if artifacts:
+                cmd += ["--artifacts", artifacts]
+            log = open(logs / f"{settings.study}-worker{i}.log", "a")  # noqa: SIM115
+            procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log))
+        say(f"{workers} workers on {', '.join(_devices(devices, workers))}; logs in {logs}")
+        try:
+            if quiet:
+                while any(p.poll() is None for p, _ in procs):
+                    time.sleep(2)
+            else:
+                from rich.live import Live
+
+                with Live(live_view(study_obj, steps_total), console=console, refresh_per_second=1) as live:
+                    while any(p.poll() is None for p, _ in procs):
+                        time.sleep(1)
+                        live.update(live_view(study_obj, steps_total))
+        except KeyboardInterrupt:
+            for p, _ in procs:
+                p.terminate()
+            raise
+        finally:
+            for _, log in procs:
+                log.close()
+        bad = [i for i, (p, _) in enumerate(procs) if p.returncode not in (0, None)]
+        if bad:
+            err_console.print(f"workers {bad} exited with an error: see {logs}", highlight=False)
+    console.print(trials_table(study_obj, f"study {settings.study} (leaderboard)", compact=True))
+    best = best_trial(study_obj)
+    if best is not None:
+        console.print(
+            f"best: trial {best.number} ({best.user_attrs.get('baseline') or 'search'}), "
+            + ", ".join(f"{o} {v:+.3f}" for o, v in zip(settings.objectives, best.values))
+            + f": {plan_summary(best.user_attrs.get('plan'))}",
+            highlight=False,
+        )
+    out = Path(report or f"{settings.study}-report.html")
+    write_report(study_obj, out, settings.storage, artifacts)
+    console.print(f"report: {out}", highlight=False)
+
+
+@app.command()
+@friendly_errors
+def worker(
+    study: str = typer.Option(..., help="study name"),
+    storage: str = typer.Option(None, help=STORAGE_HELP),
+    device: str = typer.Option("auto", help="cpu or cuda:N"),
+    timeout: float | None = typer.Option(None, help="stop starting trials after this many seconds"),
+    threads: int | None = typer.Option(None, help="CPU threads for torch"),
+    artifacts: str | None = typer.Option(None, help="artifact folder (default: beside the SQLite file)"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+) -> None:
+    """Join a study (from this or another machine) and run its queued trials on one device."""
+    import torch
+
+    from .search import run_worker
+    from .storage import DEFAULT_STORAGE
+
+    if threads:
+        torch.set_num_threads(threads)
+    n = run_worker(
+        study,
+        storage or DEFAULT_STORAGE,
+        device=device,
+        timeout=timeout,
+        artifacts=artifacts,
+        progress=not quiet,
+        log=lambda m: console.print(m, highlight=False),
+    )
+    console.print(f"worker done: {n} trials", highlight=False)
+
+
+@app.command()
+@friendly_errors
+def trials(
+    study: str = typer.Option(..., help="study name"),
+    storage: str = typer.Option(None, help=STORAGE_HELP),
+    as_json: bool = typer.Option(False, "--json", help="one JSON list of trials"),
+) -> None:
+    """A table of the study's trials: plan, metrics, Delta-m, state and failure reason."""
+    from .leaderboard import trial_rows, trials_table
+    from .search import load_study
+    from .storage import DEFAULT_STORAGE
+
+    st, _, _ = load_study(study, storage or DEFAULT_STORAGE)
+    if as_json:
+        console.print_json(json.dumps(trial_rows(st), default=str))
+    else:
+        Console(width=200).print(trials_table(st))
+
+
+@app.command()
+@friendly_errors
+def best(
+    study: str = typer.Option(..., help="study name"),
+    storage: str = typer.Option(None, help=STORAGE_HELP),
+    out: str = typer.Option("best.pt", help="where to write the best trial's network"),
+    artifacts: str | None = typer.Option(None, help="artifact folder (default: beside the SQLite file)"),
+) -> None:
+    """Export the best trial's trained network (load it with fusionsearch.load)."""
+    from pathlib import Path
+
+    from optuna.artifacts import download_artifact
+
+    from .leaderboard import best_trial, plan_summary
+    from .search import load_study
+    from .storage import DEFAULT_STORAGE, artifact_store
+
+    url = storage or DEFAULT_STORAGE
+    st, _, _ = load_study(study, url)
+    b = best_trial(st)
+    if b is None:
+        raise FusionSearchError(f"study {study!r} has no complete trial yet")
+    if Path(out).exists():
+        Path(out).unlink()
+    download_artifact(
+        artifact_store=artifact_store(url, artifacts), file_path=out, artifact_id=b.user_attrs["model_artifact"]
+    )
+    console.print(f"trial {b.number}: {plan_summary(b.user_attrs.get('plan'))} -> {out}", highlight=False)
+
+
+@app.command()
+@friendly_errors
+def report(
+    study: str = typer.Option(..., help="study name"),
+    storage: str = typer.Option(None, help=STORAGE_HELP),
+    out: str = typer.Option("report.html", help="HTML file to write"),
+    artifacts: str | None = typer.Option(None, help="artifact folder (default: beside the SQLite file)"),
+) -> None:
+    """Write the study's HTML report (history, importances, Pareto front, parallel coordinates,
+    placement map, learned fusion weights)."""
+    from .report import write_report
+    from .search import load_study
+    from .storage import DEFAULT_STORAGE
+
+    url = storage or DEFAULT_STORAGE
+    st, _, _ = load_study(study, url)
+    console.print(f"report: {write_report(st, out, url, artifacts)}", highlight=False)
+
+
+@app.command()
+@friendly_errors
+def dashboard(
+    storage: str = typer.Option(None, help=STORAGE_HELP),
+    host: str = typer.Option("127.0.0.1", help="address to listen on (loopback by default)"),
+    port: int = typer.Option(8080, help="port"),
+    artifacts: str | None = typer.Option(None, help="artifact folder (default: beside the SQLite file)"),
+) -> None:
+    """Serve optuna-dashboard on the storage, with the trials' artefacts."""
+    from optuna_dashboard import run_server
+
+    from .storage import DEFAULT_STORAGE, artifact_store, open_storage, redact
+
+    url = storage or DEFAULT_STORAGE
+    console.print(f"optuna-dashboard for {redact(url)} on http://{host}:{port}/ (Ctrl-C stops)", highlight=False)
+    run_server(open_storage(url, heartbeat=False), host=host, port=port, artifact_store=artifact_store(url, artifacts))
 
 
 @app.command()

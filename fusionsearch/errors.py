@@ -7,6 +7,8 @@ and the command line can print a one-line reason instead of a traceback.
 from __future__ import annotations
 
 __all__ = [
+    "DataError",
+    "MissingDataError",
     "CutPointError",
     "FusionSearchError",
     "PlanError",
@@ -55,3 +57,11 @@ class CutPointError(FusionSearchError, KeyError):
 
 class PlanError(FusionSearchError, ValueError):
     """A stitch plan that cannot be built on the given backbones."""
+
+
+class DataError(FusionSearchError, ValueError):
+    """A data file that exists but holds the wrong thing (shape, struct, values); the message names it."""
+
+
+class MissingDataError(FusionSearchError, FileNotFoundError):
+    """A data file or folder that should exist and does not; the message names the path."""

@@ -1,6 +1,9 @@
-"""Simple per-task heads for stitched networks: a 1x1 conv for dense tasks, pooled linear for
-classification. They fix each task's output size; the papers' heads (DeepLab ASPP, the age
-softmax) come with the task registry.
+"""Task heads of stitched networks, and the adapter that feeds them any backbone layout.
+
+A registered task (``fusionsearch.tasks``) brings its own head (DeepLab ASPP for ``seg``, the
+100-way age softmax, ...); a task name the registry doesn't know gets ``SimpleHead``, so that
+``build`` still works for ad-hoc tasks. Heads see channels-first maps: ``LayoutAdapter`` turns
+NHWC maps and (B, N, C) tokens into them first.
 """
 
 from __future__ import annotations
@@ -12,15 +15,19 @@ from torch import Tensor, nn
 
 from .fusion import to_channels_first
 
-__all__ = ["CLASSIFICATION_TASKS", "task_kind", "SimpleHead"]
+__all__ = ["CLASSIFICATION_TASKS", "task_kind", "SimpleHead", "LayoutAdapter", "tokens_to_map"]
 
-# Task names that predict one label per image; every other task predicts a map.
+# Task names that predict one label per image; every other unregistered task predicts a map.
 CLASSIFICATION_TASKS = frozenset({"cls", "class", "classification", "age", "gender", "attr", "attribute"})
 
 
 def task_kind(name: str) -> str:
-    """``"cls"`` for image-level tasks (by name, or a ``cls_`` prefix), else ``"dense"``."""
+    """``"cls"`` for image-level tasks (registered kind, by name, or a ``cls_`` prefix), else ``"dense"``."""
+    from .tasks import TASKS
+
     base = name.split(":")[0]
+    if base in TASKS:
+        return TASKS[base].kind
     return "cls" if base in CLASSIFICATION_TASKS or base.startswith("cls_") else "dense"
 
 
@@ -34,16 +41,16 @@ def tokens_to_map(x: Tensor, prefix: int) -> Tensor:
     return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], h, h)
 
 
-class SimpleHead(nn.Module):
-    """``dense``: 1x1 conv to ``out`` channels, upsampled to the input size (bilinear);
-    ``cls``: global average pool (or mean over tokens) and a linear layer."""
+class LayoutAdapter(nn.Module):
+    """Runs ``body(x, size)`` on channels-first features whatever the backbone's layout:
+    tokens become a square map for dense heads (a (B, C, 1, 1) mean for image-level ones)."""
 
-    def __init__(self, in_channels: int, out: int, kind: str, layout: str, prefix_tokens: int = 0) -> None:
+    def __init__(self, body: nn.Module, kind: str, layout: str, prefix_tokens: int = 0) -> None:
         super().__init__()
+        self.body = body
         self.kind = kind
         self.layout = layout
         self.prefix_tokens = prefix_tokens
-        self.proj = nn.Conv2d(in_channels, out, 1) if kind == "dense" else nn.Linear(in_channels, out)
 
     def forward(self, x: Tensor, size: tuple[int, int]) -> Tensor:
         if self.layout == "NLC":
@@ -52,6 +59,26 @@ class SimpleHead(nn.Module):
             x = to_channels_first(x, self.layout)
         if x.dim() == 3:  # NCL
             x = x[..., None]
+        elif x.dim() == 2:  # NC: pooled features
+            x = x[:, :, None, None]
+        return self.body(x, size)
+
+
+class _Proj(nn.Module):
+    def __init__(self, in_channels: int, out: int, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.proj = nn.Conv2d(in_channels, out, 1) if kind == "dense" else nn.Linear(in_channels, out)
+
+    def forward(self, x: Tensor, size: tuple[int, int]) -> Tensor:
         if self.kind == "cls":
-            return self.proj(x.flatten(2).mean(-1) if x.dim() > 2 else x)
+            return self.proj(x.flatten(2).mean(-1))
         return F.interpolate(self.proj(x), size=size, mode="bilinear", align_corners=False)
+
+
+class SimpleHead(LayoutAdapter):
+    """For tasks the registry doesn't know. ``dense``: 1x1 conv to ``out`` channels, upsampled to
+    the input size (bilinear); ``cls``: global average pool (or mean over tokens) and a linear layer."""
+
+    def __init__(self, in_channels: int, out: int, kind: str, layout: str, prefix_tokens: int = 0) -> None:
+        super().__init__(_Proj(in_channels, out, kind), kind, layout, prefix_tokens)

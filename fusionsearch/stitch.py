@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from .errors import PlanError
 from .fusion import FusionUnit, ShortcutHead, SluiceHeadMix, get_fusion
 from .graph import BackboneGraph, CutPoint, trace
-from .heads import SimpleHead, task_kind
+from .heads import LayoutAdapter, SimpleHead, task_kind
 from .segments import Segment
 
 __all__ = ["StitchPlan", "StitchedNet", "build", "save", "load", "parse_tasks"]
@@ -312,6 +312,7 @@ def build(
     column_weights: Sequence[str | os.PathLike[str] | Mapping[str, Tensor] | None] | None = None,
     leaf: Sequence[Any] = (),
     pretrained: bool = False,
+    task_args: Mapping[str, Mapping[str, Any]] | None = None,
     **create_kwargs: Any,
 ) -> StitchedNet:
     """Build a stitched multi-task network.
@@ -325,6 +326,9 @@ def build(
         column_weights: per task, a checkpoint path or state dict of that task's single-task
             backbone (the papers' best start, NDDR-CNN Table 3), or None to keep the weights.
         leaf, pretrained, create_kwargs: passed to ``trace`` / ``timm.create_model``.
+        task_args: per task, constructor arguments of its registered ``Task`` that shape the head
+            (e.g. ``{"seg": {"rates": [1, 6]}}``). Registered tasks get their own head (ASPP for
+            ``seg``); other names get ``SimpleHead``.
 
     Example:
         >>> net = build("test_resnet", {"seg": 5, "normal": 3}, StitchPlan(at=["layer1", "layer2"]))
@@ -410,15 +414,10 @@ def build(
                 lr = float(plan.unit_args.get("lr_mult", 100.0))
                 mods.append(SluiceHeadMix(chans, finals[t].layout, lr_mult=lr))
         head_inputs = nn.ModuleList(mods)
+    prefixes = [int(getattr(g.model, "num_prefix_tokens", 0) or 0) for g in graphs]
     heads = nn.ModuleDict(
         {
-            task: SimpleHead(
-                in_channels[t],
-                n,
-                task_kind(task),
-                finals[t].layout,
-                int(getattr(graphs[t].model, "num_prefix_tokens", 0) or 0),
-            )
+            task: make_head(task, n, in_channels[t], finals[t].layout, prefixes[t], (task_args or {}).get(task, {}))
             for t, (task, n) in enumerate(task_sizes.items())
         }
     )
@@ -430,8 +429,22 @@ def build(
         "leaf": [x for x in leaf if isinstance(x, str)],
         "last_fusion_is_output": last_is_output,
         "column_params": graphs[0].num_params,
+        "task_args": {t: dict(a) for t, a in (task_args or {}).items()},
     }
     return StitchedNet(task_sizes, plan, points, shared, columns, units, head_inputs, heads, meta)
+
+
+def make_head(
+    task: str, out: int, in_channels: int, layout: str, prefix_tokens: int = 0, args: Mapping[str, Any] | None = None
+) -> nn.Module:
+    """The registered task's own head behind a layout adapter, or ``SimpleHead`` for other names."""
+    from .tasks import TASKS, get_task
+
+    base = task.split(":")[0]
+    if base not in TASKS:
+        return SimpleHead(in_channels, out, task_kind(task), layout, prefix_tokens)
+    spec = get_task(base, out_channels=out, **dict(args or {}))
+    return LayoutAdapter(spec.head(in_channels), spec.kind, layout, prefix_tokens)
 
 
 def _name_of(p: CutPoint, names: list[Any]) -> str:
@@ -500,6 +513,7 @@ def save(net: StitchedNet, path: str | os.PathLike[str]) -> None:
         "input_size": list(net.meta["input_size"]),
         "create_kwargs": dict(net.meta["create_kwargs"]),
         "leaf": list(net.meta["leaf"]),
+        "task_args": dict(net.meta.get("task_args", {})),
         "state_dict": net.state_dict(),
     }
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -541,6 +555,7 @@ def load(
         StitchPlan.from_dict(payload["plan"]),
         input_size=payload["input_size"],
         leaf=payload.get("leaf", []),
+        task_args=payload.get("task_args") or None,
         **payload["create_kwargs"],
     )
     net.load_state_dict(payload["state_dict"])

@@ -319,16 +319,21 @@ def delta_m(
     multi: Mapping[str, Mapping[str, float]],
     single: Mapping[str, Mapping[str, float]],
     directions: Mapping[str, Mapping[str, bool]],
+    skip_zero: bool = False,
 ) -> float:
     """Multi-task gain in %: mean over tasks and metrics of (-1)^lower_is_better (M_mt - M_st) / M_st.
 
-    ``directions[task][metric]`` is True when higher is better (``Task.metrics``).
+    ``directions[task][metric]`` is True when higher is better (``Task.metrics``). A single-task
+    value of 0 makes its term undefined: an error, or with ``skip_zero`` the term is left out (a
+    search on a tiny budget can have 0% of pixels within 11.25 degrees).
     """
     terms = []
     for task, metrics in directions.items():
         for metric, higher in metrics.items():
             base = single[task][metric]
             if base == 0:
+                if skip_zero:
+                    continue
                 raise ValueError(f"single-task {task}/{metric} is 0: Delta-m is undefined")
             sign = 1.0 if higher else -1.0
             terms.append(sign * (multi[task][metric] - base) / abs(base) * 100)

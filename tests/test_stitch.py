@@ -9,6 +9,7 @@ from torch import nn
 
 import fusionsearch as fs
 from fusionsearch.fusion import NDDR, CrossStitch, Sluice
+from fusionsearch.heads import SimpleHead
 
 IDENTITY = {"nddr": {"init": (1.0, 0.0)}, "cross_stitch": {"init": (1.0, 0.0)}, "sluice": {"init": (1.0, 0.0)}}
 
@@ -229,6 +230,28 @@ def test_heads_fix_output_shapes(models):
     out = net(torch.randn(2, 3, 160, 160))
     assert out["seg"].shape == (2, 7, 160, 160)
     assert out["gender"].shape == (2, 2)
+
+
+def test_registered_tasks_bring_their_own_heads(tmp_path, models):
+    from fusionsearch.tasks import ASPPHead
+
+    net = fs.build(
+        models["test_resnet"],
+        {"seg": 5, "age": 100, "mytask": 4},
+        fs.StitchPlan(at=["layer2"]),
+        task_args={"seg": {"rates": [1, 2]}},
+    )
+    aspp = net.heads["seg"].body.body
+    assert isinstance(aspp, ASPPHead) and [b.dilation[0] for b in aspp.branches] == [1, 2]
+    assert isinstance(net.heads["mytask"], SimpleHead)
+    out = net(_x(models["test_resnet"]))
+    assert out["age"].shape == (2, 100) and out["mytask"].shape[1] == 4
+    # the head's arguments survive save/load
+    fs.save(net, tmp_path / "n.pt")
+    again = fs.load(tmp_path / "n.pt", backbone=models["test_resnet"])
+    assert [b.dilation[0] for b in again.heads["seg"].body.body.branches] == [1, 2]
+    with pytest.raises(fs.PlanError, match="normal predicts 3 channels"):
+        fs.build(models["test_resnet"], {"seg": 5, "normal": 2})
 
 
 def test_torch_compile_and_export(models):

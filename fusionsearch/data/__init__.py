@@ -9,10 +9,24 @@ from torch.utils.data import Dataset
 
 from ..errors import FusionSearchError
 from ..registry import Registry
+from .imdb_wiki import IMDBWiki
+from .nyuv2 import NYUv2
 from .synthetic import CLASSES, render_scene
 from .synthetic_dataset import SyntheticScenes
+from .transforms import DataError, MissingDataError
 
-__all__ = ["DATASETS", "register_dataset", "get_dataset", "SyntheticScenes", "CLASSES", "render_scene"]
+__all__ = [
+    "DATASETS",
+    "register_dataset",
+    "get_dataset",
+    "SyntheticScenes",
+    "NYUv2",
+    "IMDBWiki",
+    "DataError",
+    "MissingDataError",
+    "CLASSES",
+    "render_scene",
+]
 
 DATASETS: Registry[Callable[..., Dataset]] = Registry("data set", FusionSearchError)
 
@@ -27,3 +41,5 @@ def get_dataset(name: str, **kwargs: Any) -> Dataset:
 
 
 register_dataset("synthetic")(SyntheticScenes)
+register_dataset("nyuv2")(NYUv2)
+register_dataset("imdb_wiki")(IMDBWiki)

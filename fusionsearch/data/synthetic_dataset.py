@@ -7,12 +7,11 @@ import torch
 from torch.utils.data import Dataset
 
 from .synthetic import CLASSES, render_scene
+from .transforms import normalize_image
 
 __all__ = ["SyntheticScenes"]
 
 _SPLITS = {"train": 0, "val": 1, "test": 2}
-_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
-_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
 
 
 class SyntheticScenes(Dataset):
@@ -26,6 +25,7 @@ class SyntheticScenes(Dataset):
 
     classes = CLASSES
     num_classes = len(CLASSES)
+    tasks: dict[str, int] = {"seg": len(CLASSES), "normal": 3, "depth": 1}
 
     def __init__(self, split: str = "train", length: int = 1000, size: int | tuple[int, int] = 128, seed: int = 0):
         if split not in _SPLITS:
@@ -49,7 +49,7 @@ class SyntheticScenes(Dataset):
         s = render_scene(self.scene_seed(index), *self.size)
         image = torch.from_numpy(s.image).permute(2, 0, 1)
         return {
-            "image": (image - _MEAN) / _STD,
+            "image": normalize_image(image),
             "seg": torch.from_numpy(s.seg),
             "normal": torch.from_numpy(s.normal).permute(2, 0, 1).contiguous(),
             "depth": torch.from_numpy(s.depth)[None],

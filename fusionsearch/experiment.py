@@ -1,0 +1,200 @@
+"""From a recipe to trained plans: the data sets, the task objects, the network and one training
+run. The ``train`` and ``run`` commands and the search's trials all go through here, so a plan
+trained by hand and the same plan trained in a study are trained identically.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from .data import get_dataset
+from .errors import FusionSearchError, PlanError
+from .graph import BackboneGraph, trace
+from .recipe import Recipe
+from .stitch import StitchedNet, StitchPlan, build
+from .tasks import Task, delta_m, get_task
+from .train import TrainConfig, evaluate, fit
+
+__all__ = ["Experiment", "BASELINES", "TrialResult"]
+
+# The baselines every study trains first: K single-task nets, the fully shared net, and the
+# papers' default plan (NDDR after every stage, init (0.9, 0.1), fusion lr x100; NDDR-CNN Tables 1-2).
+BASELINES = ("single", "shared", "nddr_default")
+
+
+@dataclass
+class TrialResult:
+    """One trained plan: final metrics, the step reached, and the net itself."""
+
+    metrics: dict[str, dict[str, float]]
+    step: int
+    net: StitchedNet
+    history: dict[str, Any]
+
+
+class Experiment:
+    """A recipe made concrete: data, tasks and a traced backbone, ready to train plans."""
+
+    def __init__(self, recipe: Recipe, seed: int | None = None) -> None:
+        self.recipe = recipe
+        self.seed = int(recipe.study.get("seed", 0) if seed is None else seed)
+        self._graph: BackboneGraph | None = None
+        self._data: tuple[Dataset, Dataset] | None = None
+
+    # ---- data and tasks -------------------------------------------------------------------
+    def datasets(self) -> tuple[Dataset, Dataset]:
+        if self._data is None:
+            d = dict(self.recipe.data)
+            name = d.pop("name")
+            train_len = d.pop("train_length", None)
+            val_len = d.pop("val_length", None)
+            size = d.pop("size", None)
+            common = {**d, "size": size} if size is not None else d
+            if name == "synthetic":
+                common.setdefault("seed", self.seed)
+                self._data = (
+                    get_dataset(name, split="train", length=train_len or 1000, **common),
+                    get_dataset(name, split="val", length=val_len or 100, **common),
+                )
+            else:
+                self._data = (
+                    get_dataset(name, split="train", length=train_len, **common),
+                    get_dataset(name, split="val", length=val_len, **common),
+                )
+        return self._data
+
+    def task_sizes(self) -> dict[str, int]:
+        """Output size of each task: what the data set provides (e.g. 13 or 40 NYUv2 classes)."""
+        provided: Mapping[str, int] = getattr(self.datasets()[0], "tasks", {})
+        missing = [t for t in self.recipe.tasks if t not in provided]
+        if missing:
+            data = self.recipe.data.get("name")
+            raise PlanError(f"the {data} data set has labels for {sorted(provided)}, not {missing}")
+        return {t: int(provided[t]) for t in self.recipe.tasks}
+
+    def tasks(self, loss_weights: Mapping[str, float] | None = None) -> dict[str, Task]:
+        out = {}
+        for t, n in self.task_sizes().items():
+            args = dict(self.recipe.task_args.get(t, {}))
+            if loss_weights and t in loss_weights:
+                args["loss_weight"] = float(loss_weights[t])
+            out[t] = get_task(t, out_channels=n, **args)
+        return out
+
+    def directions(self) -> dict[str, dict[str, bool]]:
+        return {t: dict(task.metrics) for t, task in self.tasks().items()}
+
+    # ---- the network ----------------------------------------------------------------------
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        return (3, self.recipe.image_size, self.recipe.image_size)
+
+    def graph(self) -> BackboneGraph:
+        if self._graph is None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self._graph = trace(self.recipe.backbone, self.input_size, **self.recipe.backbone_args)
+        return self._graph
+
+    def points(self, which: str | list[str] = "boundaries") -> list[str]:
+        """Candidate fusion points: ``boundaries`` (stage ends), ``cuts`` (every cut point) or names."""
+        g = self.graph()
+        if which == "boundaries":
+            return [b.name for b in g.boundaries]
+        if which == "cuts":
+            return [c.name for c in g.cut_points[:-1]] + [g.cut_points[-1].name]
+        if isinstance(which, list):
+            for n in which:
+                g.resolve(n)
+            return list(which)
+        raise PlanError(f"points must be 'boundaries', 'cuts' or a list of names, got {which!r}")
+
+    def plan_from(self, spec: Mapping[str, Any] | StitchPlan) -> StitchPlan:
+        """A StitchPlan from a recipe's ``plan`` mapping; ``at: boundaries`` means every boundary."""
+        if isinstance(spec, StitchPlan):
+            return spec
+        d = dict(spec)
+        at = d.get("at", [])
+        if isinstance(at, str):
+            d["at"] = self.points(at) if at in ("boundaries", "cuts") else [a.strip() for a in at.split(",")]
+        if d.get("shared_prefix") == "last":
+            d["shared_prefix"] = self.points("boundaries")[-1]
+        return StitchPlan.from_dict(d)
+
+    def baseline_plan(self, name: str) -> StitchPlan:
+        bounds = self.points("boundaries")
+        if name == "single":
+            return StitchPlan(at=[])
+        if name == "shared":
+            return StitchPlan(at=[], shared_prefix=bounds[-1])
+        if name == "nddr_default":
+            return StitchPlan(at=bounds, unit="nddr", unit_args={"init": (0.9, 0.1), "lr_mult": 100.0})
+        raise PlanError(f"unknown baseline {name!r}; baselines: {', '.join(BASELINES)}")
+
+    def build(self, plan: StitchPlan, column_weights: Any = None) -> StitchedNet:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return build(
+                self.recipe.backbone,
+                self.task_sizes(),
+                plan,
+                input_size=self.input_size,
+                pretrained=self.recipe.pretrained,
+                task_args={t: _head_args(a) for t, a in self.recipe.task_args.items()},
+                column_weights=column_weights,
+                **self.recipe.backbone_args,
+            )
+
+    # ---- training -------------------------------------------------------------------------
+    def train(
+        self,
+        plan: StitchPlan,
+        *,
+        cfg: TrainConfig | None = None,
+        loss_weights: Mapping[str, float] | None = None,
+        device: str | torch.device | None = None,
+        callback: Callable[[int, dict[str, dict[str, float]]], None] | None = None,
+        checkpoint: str | None = None,
+        progress: bool = True,
+    ) -> TrialResult:
+        """Build ``plan`` with the recipe's backbone and train it on the recipe's data."""
+        cfg = cfg or self.recipe.train_config()
+        cfg.progress = progress and cfg.progress
+        torch.manual_seed(cfg.seed)
+        net = self.build(plan)
+        tasks = self.tasks(loss_weights)
+        train, val = self.datasets()
+        history = fit(net, tasks, train, val, cfg, device=device, callback=callback, checkpoint=checkpoint)
+        if history["evals"] and history["evals"][-1]["step"] == history["step"]:
+            metrics = history["evals"][-1]["metrics"]
+        else:
+            metrics = evaluate(net, tasks, val, cfg.batch_size, device)
+        return TrialResult(metrics, history["step"], net, history)
+
+    def delta_m(
+        self,
+        metrics: Mapping[str, Mapping[str, float]],
+        single: Mapping[str, Mapping[str, float]],
+        skip_zero: bool = True,
+    ) -> float:
+        """Delta-m against ``single``; terms whose single-task value is 0 are left out."""
+        return delta_m(metrics, single, self.directions(), skip_zero=skip_zero)
+
+
+def _head_args(args: Mapping[str, Any]) -> dict[str, Any]:
+    """Task arguments that shape the head (``loss_weight`` changes only the loss)."""
+    return {k: v for k, v in args.items() if k != "loss_weight"}
+
+
+def check_metrics(metrics: Any, directions: Mapping[str, Mapping[str, bool]], source: str) -> None:
+    """A baseline file must hold every metric of every task."""
+    for t, ms in directions.items():
+        for m in ms:
+            if not isinstance(metrics, Mapping) or m not in metrics.get(t, {}):
+                raise FusionSearchError(f"{source} lacks {t}/{m}: it is not a metrics file of these tasks")

@@ -1,0 +1,151 @@
+"""What a person reads about a study: the leaderboard rows, the live view while it runs, and the
+trials table. Everything is read from the storage, so it works for a study that runs elsewhere."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+__all__ = ["plan_summary", "trial_rows", "trials_table", "live_view", "best_trial", "headline_metrics"]
+
+_SHORT = {"nddr": "nddr", "cross_stitch": "cs", "sluice": "sluice"}
+
+
+def plan_summary(plan: dict[str, Any] | None) -> str:
+    """``nddr@layer1,layer2 cs@layer3 | shared to act1 | shortcut``."""
+    if not plan:
+        return "-"
+    by_unit: dict[str, list[str]] = {}
+    for p in plan.get("at", []):
+        unit = plan.get("per_point", {}).get(p, {}).get("unit", plan.get("unit", "nddr"))
+        by_unit.setdefault(_SHORT.get(unit, unit), []).append(str(p))
+    parts = [f"{u}@{','.join(ps)}" for u, ps in by_unit.items()] or ["no fusion"]
+    if plan.get("shared_prefix"):
+        parts.append(f"shared to {plan['shared_prefix']}")
+    if plan.get("shortcut"):
+        parts.append("shortcut")
+    return " | ".join(parts)
+
+
+def headline_metrics(metrics: dict[str, dict[str, float]] | None, compact: bool = False) -> str:
+    """``seg: miou 12.3, pixel_acc 45.6; normal: ...``; ``compact``: each task's first metric only."""
+    if not metrics:
+        return "-"
+    return "; ".join(
+        f"{t}: " + ", ".join(f"{m} {v:.3g}" for m, v in list(ms.items())[: 1 if compact else None])
+        for t, ms in metrics.items()
+    )
+
+
+def _kind(t: FrozenTrial) -> str:
+    return f"baseline:{t.user_attrs['baseline']}" if t.user_attrs.get("baseline") else "search"
+
+
+def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
+    """One dict per trial: number, kind, state, plan, metrics, objective values, reason."""
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        reason = t.user_attrs.get("fail_reason") or t.system_attrs.get("fail_reason")
+        if t.state == TrialState.FAIL and reason is None:
+            reason = "worker died (stale heartbeat)"
+        retry_of = t.system_attrs.get("failed_trial")
+        rows.append(
+            {
+                "number": t.number,
+                "kind": _kind(t),
+                "state": t.state.name.lower(),
+                "plan": t.user_attrs.get("plan"),
+                "metrics": t.user_attrs.get("metrics"),
+                "delta_m": t.user_attrs.get("delta_m"),
+                "params": t.user_attrs.get("params"),
+                "values": t.values,
+                "step": t.user_attrs.get("step"),
+                "reason": reason,
+                "retry_of": retry_of,
+                "duration_s": t.duration.total_seconds() if t.duration else None,
+            }
+        )
+    return rows
+
+
+def best_trial(study: optuna.Study, with_fusion: bool = False) -> FrozenTrial | None:
+    """Single objective: the best complete trial; several: the Pareto trial with the best first
+    objective. ``with_fusion``: only trials whose network has fusion units."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values]
+    if with_fusion:
+        done = [t for t in done if t.user_attrs.get("fusion_artifact")]
+    if not done:
+        return None
+    pool = done
+    if len(study.directions) > 1:
+        pareto = {t.number for t in study.best_trials}
+        pool = [t for t in done if t.number in pareto] or done
+    sign = 1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1
+    return max(pool, key=lambda t: sign * t.values[0])
+
+
+def _fmt(v: Any, digits: int = 2) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:+.{digits}f}" if digits else f"{v:.3g}"
+    return str(v)
+
+
+def trials_table(study: optuna.Study, title: str | None = None, compact: bool = False) -> Table:
+    """``compact`` (the leaderboard ``run`` prints): each task's first metric, no failure reasons."""
+    objectives = study.user_attrs.get("settings", {}).get("objectives", ["value"])
+    table = Table(title=title or f"study {study.study_name}", title_justify="left")
+    cols = ("#", "kind", "state", "plan", *objectives, "metrics", *(() if compact else ("reason",)))
+    for col in cols:
+        table.add_column(col, overflow="fold")
+    best = best_trial(study)
+    for r in trial_rows(study):
+        values = r["values"] or [None] * len(objectives)
+        style = "bold green" if best is not None and r["number"] == best.number else None
+        table.add_row(
+            str(r["number"]),
+            r["kind"],
+            r["state"] + (f" (retry of {r['retry_of']})" if r["retry_of"] is not None else ""),
+            plan_summary(r["plan"]),
+            *[_fmt(v) if o == "delta_m" else _fmt(v, 0) for o, v in zip(objectives, values)],
+            headline_metrics(r["metrics"], compact),
+            *(() if compact else (r["reason"] or "",)),
+            style=style,
+        )
+    return table
+
+
+def live_view(study: optuna.Study, steps: int) -> Group:
+    """Counts, the best so far with its plan, and each running trial's progress."""
+    trials = study.get_trials(deepcopy=False)
+    n = {s: sum(t.state == s for t in trials) for s in TrialState}
+    head = Text(
+        f"study {study.study_name}: {n[TrialState.COMPLETE]} done, {n[TrialState.RUNNING]} running,"
+        f" {n[TrialState.PRUNED]} pruned, {n[TrialState.FAIL]} failed, {n[TrialState.WAITING]} queued"
+    )
+    best = best_trial(study)
+    lines: list[Any] = [head]
+    if best is not None:
+        lines.append(
+            Text(
+                f"best: trial {best.number} ({_kind(best)}) value {best.values[0]:+.3f}"
+                f"  {plan_summary(best.user_attrs.get('plan'))}"
+            )
+        )
+    running = Table(show_header=True, box=None)
+    for col in ("#", "kind", "step", "plan"):
+        running.add_column(col)
+    for t in trials:
+        if t.state == TrialState.RUNNING:
+            step = t.user_attrs.get("step", 0)
+            running.add_row(str(t.number), _kind(t), f"{step}/{steps}", plan_summary(t.user_attrs.get("plan")))
+    if running.row_count:
+        lines.append(running)
+    return Group(*lines)

@@ -1,0 +1,147 @@
+"""Recipes: one YAML file holds everything a study needs (backbone, tasks, data, training budget,
+the default plan, the search space and the study's settings), so that a run is reproducible from
+the file alone and a paper's set-up is one file in ``recipes/``.
+
+Unknown keys are errors that name the key: a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import FusionSearchError
+from .train import TrainConfig
+
+__all__ = ["Recipe", "RecipeError", "load_recipe", "recipe_dirs", "list_recipes", "parse_data"]
+
+DEFAULT_RECIPE = "quick"
+
+
+class RecipeError(FusionSearchError, ValueError):
+    """A recipe that can't be read or has a wrong or unknown field."""
+
+
+@dataclass
+class Recipe:
+    """A study's set-up. ``data`` keys other than ``name``, ``size``, ``train_length`` and
+    ``val_length`` go to the data set's constructor (``root``, ``layout``, ...)."""
+
+    name: str = "custom"
+    about: str = ""
+    reproduces: str = ""
+    paper: dict[str, Any] = field(default_factory=dict)
+    backbone: str = "resnet18"
+    backbone_args: dict[str, Any] = field(default_factory=dict)
+    pretrained: bool = False
+    tasks: list[str] = field(default_factory=lambda: ["seg", "normal"])
+    task_args: dict[str, dict[str, Any]] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=lambda: {"name": "synthetic"})
+    train: dict[str, Any] = field(default_factory=dict)
+    plan: dict[str, Any] = field(default_factory=lambda: {"at": "boundaries", "unit": "nddr"})
+    search: dict[str, Any] = field(default_factory=dict)
+    study: dict[str, Any] = field(default_factory=dict)
+    compare: dict[str, Any] = field(default_factory=dict)
+    path: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tasks, str):
+            self.tasks = [t.strip() for t in self.tasks.split(",") if t.strip()]
+        if not self.tasks:
+            raise RecipeError(f"recipe {self.name!r}: tasks is empty")
+        if "name" not in self.data:
+            raise RecipeError(f"recipe {self.name!r}: data needs a name (synthetic, nyuv2, imdb_wiki, ...)")
+        known = {f.name for f in fields(TrainConfig)}
+        bad = set(self.train) - known
+        if bad:
+            raise RecipeError(
+                f"recipe {self.name!r}: unknown train field(s) {sorted(bad)}; known: {', '.join(sorted(known))}"
+            )
+        for t in self.task_args:
+            if t not in self.tasks:
+                raise RecipeError(f"recipe {self.name!r}: task_args names {t!r}, which is not in tasks {self.tasks}")
+
+    @property
+    def image_size(self) -> int:
+        return int(self.data.get("size", 128))
+
+    def train_config(self, **overrides: Any) -> TrainConfig:
+        args = {**self.train, **{k: v for k, v in overrides.items() if v is not None}}
+        return TrainConfig(**args)
+
+    def with_overrides(self, **changes: Any) -> Recipe:
+        """A copy with top-level fields replaced (None values are ignored)."""
+        r = copy.deepcopy(self)
+        for k, v in changes.items():
+            if v is not None:
+                setattr(r, k, v)
+        r.__post_init__()
+        return r
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name != "path"}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], path: str | None = None) -> Recipe:
+        if not isinstance(d, Mapping):
+            raise RecipeError(f"recipe {path or ''} must be a mapping of fields, got {type(d).__name__}")
+        names = {f.name for f in fields(cls)} - {"path"}
+        unknown = set(d) - names
+        if unknown:
+            where = f" in {path}" if path else ""
+            raise RecipeError(f"unknown recipe field(s) {sorted(unknown)}{where}; known: {', '.join(sorted(names))}")
+        return cls(**dict(d), path=path)
+
+
+def recipe_dirs() -> list[Path]:
+    """Where recipe names are looked up: ``$FUSIONSEARCH_RECIPES``, ./recipes, the project's recipes/."""
+    dirs = [Path(p) for p in os.environ.get("FUSIONSEARCH_RECIPES", "").split(os.pathsep) if p]
+    dirs += [Path.cwd() / "recipes", Path(__file__).resolve().parents[1] / "recipes"]
+    return list(dict.fromkeys(d for d in dirs))
+
+
+def list_recipes() -> dict[str, Path]:
+    """Recipe name -> file, first directory wins."""
+    out: dict[str, Path] = {}
+    for d in recipe_dirs():
+        if d.is_dir():
+            for p in sorted(d.glob("*.yaml")):
+                out.setdefault(p.stem, p)
+    return out
+
+
+def load_recipe(name_or_path: str | os.PathLike[str] = DEFAULT_RECIPE) -> Recipe:
+    """A recipe by file path or by name (``quick`` -> ``recipes/quick.yaml``)."""
+    p = Path(name_or_path)
+    if not p.is_file():
+        found = list_recipes().get(str(name_or_path))
+        if found is None:
+            names = ", ".join(list_recipes()) or "none found"
+            raise RecipeError(f"no recipe {str(name_or_path)!r}: not a file, nor a known recipe ({names})")
+        p = found
+    try:
+        d = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{p} is not valid YAML: {e}") from None
+    d = dict(d or {})
+    d.setdefault("name", p.stem)
+    return Recipe.from_dict(d, str(p))
+
+
+def parse_data(spec: str | None, base: Mapping[str, Any]) -> dict[str, Any]:
+    """``--data`` on the command line: ``synthetic``, ``nyuv2:PATH`` or ``imdb_wiki:PATH``
+    replaces the recipe's data set (keeping its size and lengths)."""
+    if not spec:
+        return dict(base)
+    name, sep, root = spec.partition(":")
+    keep = {k: v for k, v in base.items() if k in ("size", "train_length", "val_length")}
+    out: dict[str, Any] = {**keep, "name": name}
+    if sep:
+        out["root"] = root
+    return out

@@ -1,0 +1,364 @@
+"""The study: queue slots, workers, heartbeats, failures, artefacts, report, dashboard."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+from typer.testing import CliRunner
+
+import fusionsearch as fs
+from fusionsearch.cli import app
+from fusionsearch.recipe import Recipe, RecipeError, load_recipe
+from fusionsearch.report import FIGURES, write_report
+from fusionsearch.search import StudySettings, load_study, prepare_study, run_worker
+from fusionsearch.space import SearchSpace
+from fusionsearch.storage import redact
+
+runner = CliRunner()
+
+
+def tiny_recipe(steps: int = 4, **search) -> Recipe:
+    return load_recipe("quick").with_overrides(
+        backbone="test_resnet",
+        data={"name": "synthetic", "size": 32, "train_length": 16, "val_length": 4},
+        train={"steps": steps, "batch_size": 4, "base_lr": 0.002, "optimizer": "adamw", "eval_every": 2},
+        search={**load_recipe("quick").search, **search},
+    )
+
+
+def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in study.get_trials() if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+
+
+def jobs(trials: list[optuna.trial.FrozenTrial]) -> list[str]:
+    """What each trial was queued for: a baseline name or a slot number (retries share it)."""
+    return [t.user_attrs.get("baseline") or f"slot{t.user_attrs['slot']}" for t in trials]
+
+
+def worker_cmd(study: str, url: str, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "fusionsearch.cli",
+        "worker",
+        "--study",
+        study,
+        "--storage",
+        url,
+        "--quiet",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        *extra,
+    ]
+
+
+# ---- the search space ---------------------------------------------------------------------------
+
+
+def test_space_turns_choices_into_plans():
+    space = SearchSpace.from_dict(
+        {
+            "units": ["none", "nddr", "cross_stitch"],
+            "fixed": {"unit@a": "nddr", "unit@b": "cross_stitch", "unit@c": "nddr", "shared_prefix": "none"},
+        }
+    )
+    study = optuna.create_study()
+    trial = study.ask()
+    s = space.sample(trial, ["a", "b", "c"], 2)
+    assert s.plan.at == ["a", "b", "c"] and s.plan.unit == "nddr"
+    assert s.plan.per_point["b"]["unit"] == "cross_stitch"
+    alpha, beta = s.plan.unit_args["init"]
+    assert 0.5 <= alpha <= 1 and beta == pytest.approx(1 - alpha)
+    assert 1 <= s.plan.unit_args["lr_mult"] <= 1000
+    # a shared trunk up to b leaves only c to fuse
+    space.fixed["shared_prefix"] = "b"
+    s = space.sample(study.ask(), ["a", "b", "c"], 2)
+    assert s.plan.at == ["c"] and s.plan.shared_prefix == "b"
+    with pytest.raises(fs.PlanError, match="search units name 'nddx'"):
+        SearchSpace.from_dict({"units": ["nddx"]})
+    with pytest.raises(fs.PlanError, match="unknown search field"):
+        SearchSpace.from_dict({"lr_multiplier": [1, 10]})
+
+
+def test_recipe_errors_name_the_field(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("backbone: resnet18\ntrian: {steps: 3}\n")
+    with pytest.raises(RecipeError, match=r"unknown recipe field\(s\) \['trian'\] in .*bad.yaml"):
+        load_recipe(bad)
+    bad.write_text("train: {stpes: 3}\n")
+    with pytest.raises(RecipeError, match="unknown train field"):
+        load_recipe(bad)
+    with pytest.raises(RecipeError, match="no recipe 'nope'"):
+        load_recipe("nope")
+
+
+def test_passwords_are_never_printed():
+    assert redact("postgresql://me:s3cret@db:5432/x") == "postgresql://me:***@db:5432/x"
+
+
+# ---- one worker in this process -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_study(tmp_path_factory):
+    """Baselines + 3 trials, with one out-of-memory and one NaN failure injected."""
+    d = tmp_path_factory.mktemp("study")
+    url = f"sqlite:///{d}/s.db"
+    study = prepare_study(tiny_recipe(), StudySettings(study="s", storage=url, trials=4))
+    nan_trial = {}
+
+    def inject(trial):
+        if trial.user_attrs.get("slot") == 0:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        nan_trial["on"] = trial.user_attrs.get("slot") == 1
+
+    original = fs.tasks.Normals.loss
+
+    def loss(self, pred, target):
+        out = original(self, pred, target)
+        return out * float("nan") if nan_trial.get("on") else out
+
+    fs.tasks.Normals.loss = loss
+    try:
+        ran = run_worker("s", url, device="cpu", before_trial=inject)
+    finally:
+        fs.tasks.Normals.loss = original
+    return study, url, ran
+
+
+def test_injected_failures_fail_one_trial_each_and_the_study_goes_on(small_study):
+    study, url, ran = small_study
+    assert ran == 7
+    trials = study.get_trials()
+    failed = {t.user_attrs["slot"]: t.user_attrs["fail_reason"] for t in trials if t.state == TrialState.FAIL}
+    assert set(failed) == {0, 1}
+    assert failed[0].startswith("out of memory: CUDA out of memory")
+    assert "NonFiniteLossError" in failed[1] and "nan" in failed[1]
+    assert len(finished(study)) == 5  # 3 baselines + slots 2, 3
+    result = runner.invoke(app, ["trials", "--study", "s", "--storage", url], terminal_width=250)
+    assert result.exit_code == 0, result.output
+    assert "out of memory" in result.output and "NonFiniteLossError" in result.output
+
+
+def test_baselines_and_delta_m(small_study):
+    study, _, _ = small_study
+    by = {t.user_attrs.get("baseline"): t for t in study.get_trials() if t.user_attrs.get("baseline")}
+    assert set(by) == {"single", "shared", "nddr_default"}
+    assert by["single"].values == [0.0]
+    assert by["single"].user_attrs["plan"]["at"] == []
+    assert by["shared"].user_attrs["plan"]["shared_prefix"] == "layer4"
+    assert by["nddr_default"].user_attrs["plan"]["unit_args"] == {"init": [0.9, 0.1], "lr_mult": 100.0}
+    single = by["single"].user_attrs["metrics"]
+    dirs = {t: dict(fs.get_task(t, out_channels=3 if t == "normal" else 6).metrics) for t in single}
+    for t in finished(study):
+        if t.state == TrialState.COMPLETE:
+            assert t.values[0] == pytest.approx(fs.delta_m(t.user_attrs["metrics"], single, dirs, skip_zero=True))
+
+
+def test_best_network_is_exported_and_loads(small_study, tmp_path):
+    study, url, _ = small_study
+    out = tmp_path / "best.pt"
+    result = runner.invoke(app, ["best", "--study", "s", "--storage", url, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    net = fs.load(out)
+    assert set(net.tasks) == {"seg", "normal"}
+    assert net(torch.randn(1, 3, 32, 32))["seg"].shape == (1, 6, 32, 32)
+
+
+def test_report_contains_every_figure(small_study, tmp_path):
+    study, url, _ = small_study
+    path = write_report(study, tmp_path / "r.html", url)
+    html = path.read_text()
+    for name in FIGURES:
+        assert f'id="{name.replace(" ", "-")}"' in html
+    assert "Not drawn" not in html, html[html.find("Not drawn") - 200 : html.find("Not drawn") + 300]
+    assert html.count("Plotly.newPlot") >= len(FIGURES)
+
+
+def test_rerun_resumes_instead_of_restarting(small_study):
+    study, url, _ = small_study
+    before = len(study.get_trials())
+    prepare_study(tiny_recipe(), StudySettings(study="s", storage=url, trials=4))
+    assert run_worker("s", url, device="cpu") == 0
+    assert len(study.get_trials()) == before
+    with pytest.raises(fs.FusionSearchError, match="different recipe"):
+        prepare_study(tiny_recipe(steps=6), StudySettings(study="s", storage=url, trials=4))
+    with pytest.raises(fs.FusionSearchError, match="no study 'x'.*studies there: s"):
+        load_study("x", url)
+
+
+# ---- several worker processes -------------------------------------------------------------------
+
+
+def _two_workers(url: str, study: str, n: int) -> None:
+    prepare_study(tiny_recipe(), StudySettings(study=study, storage=url, trials=n, pruner="none"))
+    procs = [
+        subprocess.Popen(worker_cmd(study, url), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert not any("locked" in o for o in outs), outs
+    st = optuna.load_study(study_name=study, storage=fs.storage.open_storage(url, heartbeat=False))
+    trials = st.get_trials()
+    assert all(t.state == TrialState.COMPLETE for t in trials), [(t.number, t.state) for t in trials]
+    assert sorted(jobs(trials)) == sorted(["single", "shared", "nddr_default"] + [f"slot{i}" for i in range(n)])
+    ran = [int(o.split("worker done: ")[1].split()[0]) for o in outs]
+    assert sum(ran) == n + 3 and min(ran) >= 1, outs  # both workers took work
+
+
+def test_two_local_workers_on_the_default_storage(tmp_path):
+    _two_workers(f"sqlite:///{tmp_path}/fusionsearch.db", "two", 5)
+
+
+def _initdb() -> str | None:
+    found = shutil.which("initdb") or next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))), None)
+    return found
+
+
+@pytest.fixture
+def postgres(tmp_path):
+    """A throw-away PostgreSQL server on 127.0.0.1 (CI installs Debian's postgresql)."""
+    initdb = _initdb()
+    if initdb is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is not installed: .ci/run installs it")
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    bindir = Path(initdb).parent
+    # not under tmp_path: pytest's base folder is private to root, and the server runs as postgres
+    data = Path(tempfile.mkdtemp(prefix="fusionsearch-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # the server refuses to run as root
+        shutil.chown(data, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    subprocess.run(
+        [*as_user, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            *as_user,
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-w",
+            "-l",
+            str(data / "log"),
+            "-o",
+            f"-p {port} -k {data} -c listen_addresses=127.0.0.1",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run(
+            [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True
+        )
+
+
+def test_two_workers_on_postgresql(postgres, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # artefacts go to ./fusionsearch-artifacts for server storages
+    _two_workers(postgres, "pg", 4)
+
+
+def test_a_killed_worker_is_retried_by_heartbeat(tmp_path, monkeypatch):
+    monkeypatch.setenv("FUSIONSEARCH_HEARTBEAT", "1")
+    monkeypatch.setenv("FUSIONSEARCH_GRACE", "3")
+    url = f"sqlite:///{tmp_path}/k.db"
+    study = prepare_study(
+        tiny_recipe(steps=60), StudySettings(study="k", storage=url, trials=1, baselines=["single"], pruner="none")
+    )
+    victim = subprocess.Popen(worker_cmd("k", url), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # kill it in the middle of its first trial
+        running = [t for t in study.get_trials() if t.state == TrialState.RUNNING and t.user_attrs.get("step")]
+        if running:
+            break
+        time.sleep(0.3)
+    assert running, "the worker never started training"
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    survivor = subprocess.run(worker_cmd("k", url), capture_output=True, text=True, timeout=600)
+    assert survivor.returncode == 0, survivor.stdout + survivor.stderr
+    trials = study.get_trials()
+    dead = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(dead) == 1 and dead[0].number == running[0].number
+    retry = [t for t in trials if t.system_attrs.get("failed_trial") == dead[0].number]
+    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
+    assert sorted(jobs(finished(study))) == ["single", "slot0"]  # the study ends complete
+    result = runner.invoke(app, ["trials", "--study", "k", "--storage", url], terminal_width=250)
+    assert "stale heartbeat" in result.output and f"retry of {dead[0].number}" in result.output
+
+
+# ---- dashboards and the command line ------------------------------------------------------------
+
+
+def test_dashboard_serves_the_study(small_study):
+    _, url, _ = small_study
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fusionsearch.cli", "dashboard", "--storage", url, "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        data = None
+        for _ in range(120):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as r:
+                    data = json.loads(r.read())
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert data is not None, "optuna-dashboard did not answer"
+        names = [s["study_name"] for s in data["study_summaries"]]
+        assert names == ["s"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_run_command_end_to_end_and_resume(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    recipe = tmp_path / "tiny.yaml"
+    d = tiny_recipe().to_dict()
+    d["name"] = "tiny"
+    d["study"] = {"trials": 2, "pruner": "none"}
+    recipe.write_text(__import__("yaml").safe_dump(d))
+    args = ["run", "--recipe", str(recipe), "--quiet", "--report", "r.html"]
+    result = runner.invoke(app, args, terminal_width=250)
+    assert result.exit_code == 0, result.output
+    assert "baseline:single" in result.output and "best: trial" in result.output
+    assert (tmp_path / "r.html").is_file() and (tmp_path / "fusionsearch.db").is_file()
+    again = runner.invoke(app, args, terminal_width=250)
+    assert again.exit_code == 0, again.output
+    assert "started" not in again.output  # nothing left to run: resumed, not restarted
+    st, _, _ = load_study("tiny-test_resnet-seg-normal", "sqlite:///fusionsearch.db")
+    assert len(st.get_trials()) == 5
