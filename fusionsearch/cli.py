@@ -323,71 +323,20 @@ def _devices(spec: str, workers: int) -> list[str]:
     return [pool[i % len(pool)] for i in range(workers)]
 
 
-@app.command()
-@friendly_errors
-def run(
-    recipe: str = typer.Option("quick", help=RECIPE_HELP),
-    backbone: str | None = typer.Option(None, "--backbone", "-b", help="timm model name (default: the recipe's)"),
-    tasks: str | None = typer.Option(None, help="comma separated tasks, e.g. seg,normal"),
-    data: str | None = typer.Option(None, help=DATA_HELP),
-    size: int | None = typer.Option(None, help="image size"),
-    trials: int | None = typer.Option(None, help="sampled trials after the baselines (default: the recipe's)"),
-    timeout: float | None = typer.Option(None, help="stop starting trials after this many seconds"),
-    study: str | None = typer.Option(None, help="study name (default from recipe, backbone, tasks): rerun resumes"),
-    storage: str | None = typer.Option(None, help=STORAGE_HELP),
-    workers: int = typer.Option(1, help="worker processes, each on one device"),
-    devices: str = typer.Option("auto", help="auto (every visible GPU, else CPU), cpu, or cuda:0,cuda:1"),
-    sampler: str | None = typer.Option(None, help="tpe, nsga2 or random"),
-    pruner: str | None = typer.Option(
-        None,
-        help="hyperband, median or none (pruning works for one objective only: Optuna cannot prune multi-objective)",
-    ),
-    objectives: str | None = typer.Option(
-        None, help="delta_m (default), or several: delta_m,params / delta_m,latency (NSGA-II, Pareto front, no pruning)"
-    ),
-    steps: int | None = typer.Option(None, help="training steps per trial"),
-    report: str | None = typer.Option(None, help="HTML report path (default STUDY-report.html)"),
-    artifacts: str | None = typer.Option(None, help="artifact folder (default: beside the SQLite file)"),
-    seed: int | None = typer.Option(None, help="study seed"),
-    quiet: bool = typer.Option(False, "--quiet", help="plain log lines instead of the live view"),
+def run_study(
+    study_obj: Any, settings: Any, workers: int, devices: str, quiet: bool, artifacts: str | None, steps_total: int
 ) -> None:
-    """Run an architecture search: baselines first, then sampled plans, with pruning; resumable."""
+    """Run the queued trials: in this process for one worker, else in N worker processes (one per
+    device, round-robin) while this one shows the live view."""
     import os
     import subprocess
     import time
-    from pathlib import Path
 
-    from .leaderboard import best_trial, live_view, plan_summary, trials_table
-    from .report import write_report
-    from .search import StudySettings, prepare_study, run_worker
-    from .storage import DEFAULT_STORAGE, artifact_dir, redact
+    from .leaderboard import live_view
+    from .search import run_worker
+    from .storage import artifact_dir
 
-    r = load_recipe_with(recipe, backbone, tasks, data, size)
-    if steps is not None:
-        r.train = {**r.train, "steps": steps}
-    st = dict(r.study)
-    settings = StudySettings(
-        study=study or f"{r.name}-{r.backbone}-{'-'.join(r.tasks)}",
-        storage=storage or DEFAULT_STORAGE,
-        trials=trials if trials is not None else int(st.get("trials", 8)),
-        timeout=timeout if timeout is not None else st.get("timeout"),
-        sampler=sampler or st.get("sampler", "tpe"),
-        pruner=pruner or st.get("pruner", "hyperband"),
-        objectives=objectives.split(",") if objectives else list(st.get("objectives", ["delta_m"])),
-        artifacts=artifacts,
-        seed=seed if seed is not None else int(st.get("seed", 0)),
-    )
-    if settings.multi_objective and settings.sampler == "tpe" and sampler is None:
-        settings.sampler = "nsga2"
-    study_obj = prepare_study(r, settings)
-    url = redact(settings.storage)
-    queued = sum(t.state.name == "WAITING" for t in study_obj.get_trials(deepcopy=False))
-    total = len(study_obj.get_trials(deepcopy=False))
-    console.print(f"study [bold]{settings.study}[/] in {url}: {settings.trials} trials + baselines", highlight=False)
-    if total > queued:
-        console.print(f"resuming: {total - queued} trials there already, {queued} queued", highlight=False)
-    steps_total = r.train_config().steps
-    say = lambda m: console.print(m, highlight=False)
+    say = lambda m: console.print(m, highlight=False)  # noqa: E731
     if workers <= 1:
         run_worker(settings.study, settings.storage, device=_devices(devices, 1)[0], progress=not quiet, log=say)
     else:
@@ -437,7 +386,84 @@ def run(
         bad = [i for i, (p, _) in enumerate(procs) if p.returncode not in (0, None)]
         if bad:
             err_console.print(f"workers {bad} exited with an error: see {logs}", highlight=False)
-    console.print(trials_table(study_obj, f"study {settings.study} (leaderboard)", compact=True))
+
+
+def _study_trials(r: Any, n: Any) -> int:
+    """A recipe's ``study.trials``: a number, or ``grid`` for every point of its grid."""
+    if n != "grid":
+        return int(n)
+    from .search import grid_points
+
+    return len(grid_points(r))
+
+
+@app.command()
+@friendly_errors
+def run(
+    recipe: str = typer.Option("quick", help=RECIPE_HELP),
+    backbone: str | None = typer.Option(None, "--backbone", "-b", help="timm model name (default: the recipe's)"),
+    tasks: str | None = typer.Option(None, help="comma separated tasks, e.g. seg,normal"),
+    data: str | None = typer.Option(None, help=DATA_HELP),
+    size: int | None = typer.Option(None, help="image size"),
+    trials: int | None = typer.Option(None, help="sampled trials after the baselines (default: the recipe's)"),
+    timeout: float | None = typer.Option(None, help="stop starting trials after this many seconds"),
+    study: str | None = typer.Option(None, help="study name (default from recipe, backbone, tasks): rerun resumes"),
+    storage: str | None = typer.Option(None, help=STORAGE_HELP),
+    workers: int = typer.Option(1, help="worker processes, each on one device"),
+    devices: str = typer.Option("auto", help="auto (every visible GPU, else CPU), cpu, or cuda:0,cuda:1"),
+    sampler: str | None = typer.Option(
+        None, help="tpe, nsga2, random, or grid (every combination of the recipe's choice lists)"
+    ),
+    pruner: str | None = typer.Option(
+        None,
+        help="hyperband, median or none (pruning works for one objective only: Optuna cannot prune multi-objective)",
+    ),
+    objectives: str | None = typer.Option(
+        None, help="delta_m (default), or several: delta_m,params / delta_m,latency (NSGA-II, Pareto front, no pruning)"
+    ),
+    steps: int | None = typer.Option(None, help="training steps per trial"),
+    report: str | None = typer.Option(None, help="HTML report path (default STUDY-report.html)"),
+    artifacts: str | None = typer.Option(None, help="artifact folder (default: beside the SQLite file)"),
+    seed: int | None = typer.Option(None, help="study seed"),
+    quiet: bool = typer.Option(False, "--quiet", help="plain log lines instead of the live view"),
+) -> None:
+    """Run an architecture search: baselines first, then sampled plans, with pruning; resumable."""
+    from pathlib import Path
+
+    from .leaderboard import best_trial, plan_summary, trials_table
+    from .report import write_report
+    from .search import StudySettings, prepare_study
+    from .storage import DEFAULT_STORAGE, redact
+
+    r = load_recipe_with(recipe, backbone, tasks, data, size)
+    if steps is not None:
+        r.train = {**r.train, "steps": steps}
+    st = dict(r.study)
+    settings = StudySettings(
+        study=study or f"{r.name}-{r.backbone}-{'-'.join(r.tasks)}",
+        storage=storage or DEFAULT_STORAGE,
+        trials=trials if trials is not None else _study_trials(r, st.get("trials", 8)),
+        timeout=timeout if timeout is not None else st.get("timeout"),
+        sampler=sampler or st.get("sampler", "tpe"),
+        pruner=pruner or st.get("pruner", "hyperband"),
+        objectives=objectives.split(",") if objectives else list(st.get("objectives", ["delta_m"])),
+        artifacts=artifacts,
+        seed=seed if seed is not None else int(st.get("seed", 0)),
+    )
+    if settings.multi_objective and settings.sampler == "tpe" and sampler is None:
+        settings.sampler = "nsga2"
+    study_obj = prepare_study(r, settings)
+    url = redact(settings.storage)
+    queued = sum(t.state.name == "WAITING" for t in study_obj.get_trials(deepcopy=False))
+    total = len(study_obj.get_trials(deepcopy=False))
+    console.print(f"study [bold]{settings.study}[/] in {url}: {settings.trials} trials + baselines", highlight=False)
+    if total > queued:
+        console.print(f"resuming: {total - queued} trials there already, {queued} queued", highlight=False)
+    steps_total = r.train_config().steps
+    run_study(study_obj, settings, workers, devices, quiet, artifacts, steps_total)
+    Console(width=max(console.width, 140)).print(
+        trials_table(study_obj, f"study {settings.study} (leaderboard)", compact=True)
+    )
     best = best_trial(study_obj)
     if best is not None:
         console.print(
@@ -449,6 +475,64 @@ def run(
     out = Path(report or f"{settings.study}-report.html")
     write_report(study_obj, out, settings.storage, artifacts)
     console.print(f"report: {out}", highlight=False)
+
+
+@app.command()
+@friendly_errors
+def compare(
+    recipe: str = typer.Option("quick", help=RECIPE_HELP),
+    data: str | None = typer.Option(None, help=DATA_HELP),
+    size: int | None = typer.Option(None, help="image size"),
+    steps: int | None = typer.Option(None, help="training steps of every row (the same budget for all)"),
+    trials: int | None = typer.Option(None, help="searched trials for the 'search_best' row (default: the recipe's)"),
+    study: str | None = typer.Option(None, help="study name (default RECIPE-compare): rerun resumes"),
+    storage: str | None = typer.Option(None, help=STORAGE_HELP),
+    workers: int = typer.Option(1, help="worker processes, each on one device"),
+    devices: str = typer.Option("auto", help="auto (every visible GPU, else CPU), cpu, or cuda:0,cuda:1"),
+    out: str = typer.Option(".", help="folder for RECIPE-compare.md and .csv"),
+    artifacts: str | None = typer.Option(None, help="artifact folder (default: beside the SQLite file)"),
+    quiet: bool = typer.Option(False, "--quiet", help="plain log lines"),
+) -> None:
+    """Train the rows of the paper's table (single-task, multi-task baseline, cross-stitch, sluice,
+    NDDR, our search's best) under one budget; print them next to the paper's numbers."""
+    from pathlib import Path
+
+    from .compare import build_comparison, compare_rows
+    from .search import StudySettings, prepare_study
+    from .storage import DEFAULT_STORAGE
+
+    r = load_recipe_with(recipe, None, None, data, size)
+    if steps is not None:
+        r.train = {**r.train, "steps": steps}
+    baselines = list(dict.fromkeys(["single", *compare_rows(r).values()]))
+    settings = StudySettings(
+        study=study or f"{r.name}-compare",
+        storage=storage or DEFAULT_STORAGE,
+        trials=trials if trials is not None else int(r.compare.get("search_trials", 4)),
+        sampler=r.study.get("sampler", "tpe") if r.study.get("sampler") != "grid" else "tpe",
+        pruner="none",  # every row of a table runs its whole budget
+        baselines=baselines,
+        artifacts=artifacts,
+        seed=int(r.study.get("seed", 0)),
+    )
+    study_obj = prepare_study(r, settings)
+    console.print(
+        f"comparison {settings.study}: rows {', '.join(baselines)} + {settings.trials} searched trials", highlight=False
+    )
+    run_study(study_obj, settings, workers, devices, quiet, artifacts, r.train_config().steps)
+    table = build_comparison(study_obj, r)
+    rich_table = Table(title=table.title + "  (ours, the paper's in brackets)", title_justify="left")
+    for col in table.header():
+        rich_table.add_column(col, overflow="fold")
+    for row in table.cells():
+        rich_table.add_row(*row)
+    Console(width=max(console.width, 160)).print(rich_table)
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    md, csv_path = folder / f"{r.name}-compare.md", folder / f"{r.name}-compare.csv"
+    md.write_text(table.markdown())
+    csv_path.write_text(table.csv())
+    console.print(f"written: {md}, {csv_path}", highlight=False)
 
 
 @app.command()

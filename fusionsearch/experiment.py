@@ -13,19 +13,24 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from .data import get_dataset
+from .data import DATASETS, get_dataset
 from .errors import FusionSearchError, PlanError
+from .fusion import FUSION_UNITS
 from .graph import BackboneGraph, trace
 from .recipe import Recipe
 from .stitch import StitchedNet, StitchPlan, build
-from .tasks import Task, delta_m, get_task
+from .tasks import TASKS, Task, delta_m, get_task
 from .train import TrainConfig, evaluate, fit
 
-__all__ = ["Experiment", "BASELINES", "TrialResult"]
+__all__ = ["Experiment", "BASELINES", "COMPARE_ROWS", "TrialResult", "column_weights_of"]
 
 # The baselines every study trains first: K single-task nets, the fully shared net, and the
 # papers' default plan (NDDR after every stage, init (0.9, 0.1), fusion lr x100; NDDR-CNN Tables 1-2).
 BASELINES = ("single", "shared", "nddr_default")
+# The rows of the papers' comparison tables (NDDR-CNN Tables 4-7): cross-stitch and sluice at the
+# same points as NDDR with their papers' best settings ((0.9, 0.1), lr x100; sluice with 2 subspaces).
+COMPARE_ROWS = ("single", "shared", "cross_stitch_default", "sluice_default", "nddr_default")
+PAPER_DEFAULTS = {"init": (0.9, 0.1), "lr_mult": 100.0}
 
 
 @dataclass
@@ -69,9 +74,16 @@ class Experiment:
                 )
         return self._data
 
-    def task_sizes(self) -> dict[str, int]:
-        """Output size of each task: what the data set provides (e.g. 13 or 40 NYUv2 classes)."""
-        provided: Mapping[str, int] = getattr(self.datasets()[0], "tasks", {})
+    def task_sizes(self, read_data: bool = True) -> dict[str, int]:
+        """Output size of each task: what the data set provides (e.g. 13 or 40 NYUv2 classes).
+        ``read_data=False`` asks the data set class (``tasks_for``), so that a recipe's network can
+        be built without its data on disk."""
+        if read_data or self._data is not None:
+            provided: Mapping[str, int] = getattr(self.datasets()[0], "tasks", {})
+        else:
+            cls = DATASETS.get(self.recipe.data["name"])
+            args = {k: v for k, v in self.recipe.data.items() if k != "name"}
+            provided = cls.tasks_for(**args) if hasattr(cls, "tasks_for") else getattr(cls, "tasks", {})
         missing = [t for t in self.recipe.tasks if t not in provided]
         if missing:
             data = self.recipe.data.get("name")
@@ -88,7 +100,8 @@ class Experiment:
         return out
 
     def directions(self) -> dict[str, dict[str, bool]]:
-        return {t: dict(task.metrics) for t, task in self.tasks().items()}
+        """Task -> metric -> higher is better (class attributes: no data needed)."""
+        return {t: dict(TASKS.get(t).metrics) for t in self.recipe.tasks}
 
     # ---- the network ----------------------------------------------------------------------
     @property
@@ -128,21 +141,39 @@ class Experiment:
         return StitchPlan.from_dict(d)
 
     def baseline_plan(self, name: str) -> StitchPlan:
+        """``single``, ``shared``, or ``UNIT_default``: that unit at the recipe plan's points (every
+        boundary by default) with the papers' settings, keeping the recipe's shortcut choice."""
         bounds = self.points("boundaries")
         if name == "single":
             return StitchPlan(at=[])
         if name == "shared":
             return StitchPlan(at=[], shared_prefix=bounds[-1])
-        if name == "nddr_default":
-            return StitchPlan(at=bounds, unit="nddr", unit_args={"init": (0.9, 0.1), "lr_mult": 100.0})
-        raise PlanError(f"unknown baseline {name!r}; baselines: {', '.join(BASELINES)}")
+        if name.startswith("split@"):  # the cross-stitch paper's split architectures
+            point = name.removeprefix("split@")
+            self.graph().resolve(point)
+            return StitchPlan(at=[], shared_prefix=point)
+        unit = name.removesuffix("_default")
+        if name.endswith("_default") and unit in FUSION_UNITS:
+            paper = self.plan_from(self.recipe.plan)
+            args = dict(PAPER_DEFAULTS)
+            if paper.unit == unit:  # the recipe's own settings for its unit win (e.g. the shortcut's width)
+                args.update(paper.unit_args)
+            return StitchPlan(
+                at=paper.at or bounds,
+                unit=unit,
+                unit_args=args,
+                shortcut=paper.shortcut,
+                shortcut_channels=paper.shortcut_channels,
+            )
+        units = ", ".join(f"{u}_default" for u in sorted(FUSION_UNITS))
+        raise PlanError(f"unknown baseline {name!r}; baselines: single, shared, split@POINT, {units}")
 
-    def build(self, plan: StitchPlan, column_weights: Any = None) -> StitchedNet:
+    def build(self, plan: StitchPlan, column_weights: Any = None, read_data: bool = True) -> StitchedNet:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return build(
                 self.recipe.backbone,
-                self.task_sizes(),
+                self.task_sizes(read_data),
                 plan,
                 input_size=self.input_size,
                 pretrained=self.recipe.pretrained,
@@ -162,12 +193,14 @@ class Experiment:
         callback: Callable[[int, dict[str, dict[str, float]]], None] | None = None,
         checkpoint: str | None = None,
         progress: bool = True,
+        column_weights: Any = None,
     ) -> TrialResult:
-        """Build ``plan`` with the recipe's backbone and train it on the recipe's data."""
+        """Build ``plan`` with the recipe's backbone (columns from ``column_weights`` if given) and
+        train it on the recipe's data."""
         cfg = cfg or self.recipe.train_config()
         cfg.progress = progress and cfg.progress
         torch.manual_seed(cfg.seed)
-        net = self.build(plan)
+        net = self.build(plan, column_weights)
         tasks = self.tasks(loss_weights)
         train, val = self.datasets()
         history = fit(net, tasks, train, val, cfg, device=device, callback=callback, checkpoint=checkpoint)
@@ -185,6 +218,20 @@ class Experiment:
     ) -> float:
         """Delta-m against ``single``; terms whose single-task value is 0 are left out."""
         return delta_m(metrics, single, self.directions(), skip_zero=skip_zero)
+
+
+def column_weights_of(net: StitchedNet) -> list[dict[str, torch.Tensor]]:
+    """Each task column's backbone weights under timm's names: the start of NDDR-CNN Table 3's
+    "single-task initialisation" when ``net`` is the trained single-task baseline."""
+    out = []
+    for t in range(len(net.tasks)):
+        sd: dict[str, torch.Tensor] = {}
+        for seg in [*net.shared, *net.columns[t]]:
+            for graph in (seg.eval_graph, seg.train_graph):
+                if graph is not None:
+                    sd.update({k: v.detach().clone() for k, v in graph.state_dict().items()})
+        out.append(sd)
+    return out
 
 
 def _head_args(args: Mapping[str, Any]) -> dict[str, Any]:

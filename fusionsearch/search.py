@@ -70,8 +70,8 @@ class StudySettings:
             raise FusionSearchError(f"unknown objective(s) {bad}; choose from {', '.join(OBJECTIVES)}")
         if "delta_m" in self.objectives and "single" not in self.baselines:
             raise FusionSearchError("the delta_m objective needs the 'single' baseline")
-        if self.sampler not in ("tpe", "nsga2", "random"):
-            raise FusionSearchError(f"unknown sampler {self.sampler!r}: tpe, nsga2 or random")
+        if self.sampler not in ("tpe", "nsga2", "random", "grid"):
+            raise FusionSearchError(f"unknown sampler {self.sampler!r}: tpe, nsga2, random or grid")
         if self.pruner not in ("hyperband", "median", "none"):
             raise FusionSearchError(f"unknown pruner {self.pruner!r}: hyperband, median or none")
         if self.trials < 0:
@@ -90,6 +90,8 @@ def make_sampler(settings: StudySettings, recipe: Recipe, worker_seed: int = 0) 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if settings.sampler == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        if settings.sampler == "grid":  # every trial's values are queued with it (see grid_points)
             return optuna.samplers.RandomSampler(seed=seed)
         if settings.sampler == "nsga2" or (settings.multi_objective and settings.sampler != "tpe"):
             return optuna.samplers.NSGAIISampler(seed=seed)
@@ -137,9 +139,25 @@ def prepare_study(recipe: Recipe, settings: StudySettings) -> optuna.Study:
     study.set_user_attr("settings", {**asdict(settings), "storage": redact(settings.storage)})
     for name in settings.baselines:
         study.enqueue_trial({"baseline": name}, user_attrs={"baseline": name}, skip_if_exists=True)
+    if settings.sampler == "grid":
+        for i, point in enumerate(grid_points(recipe)):
+            study.enqueue_trial(point, user_attrs={"slot": i}, skip_if_exists=True)
+        return study
     for i in range(settings.trials):
         study.enqueue_trial({"slot": i}, user_attrs={"slot": i}, skip_if_exists=True)
     return study
+
+
+def grid_points(recipe: Recipe) -> list[dict[str, Any]]:
+    """Every combination of the recipe's choice lists, in a fixed order. A grid study queues each
+    with all its values fixed, so N workers run each point exactly once (Optuna's GridSampler
+    picks points at random and may repeat one under parallel workers)."""
+    import itertools
+
+    space = SearchSpace.from_dict(recipe.search)
+    grid = space.grid(Experiment(recipe).points(space.points))
+    names = list(grid)
+    return [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
 
 
 def load_study(name: str, storage: str = DEFAULT_STORAGE) -> tuple[optuna.Study, Recipe, StudySettings]:
@@ -340,11 +358,32 @@ class Objective:
                 continue
             time.sleep(self.wait_s)
 
+    def single_columns(self) -> list[dict[str, torch.Tensor]]:
+        """The trained single-task baseline's columns (waiting for it like Delta-m does)."""
+        from optuna.artifacts import download_artifact
+
+        from .experiment import column_weights_of
+        from .stitch import load
+
+        self.single(wait=True)
+        done = [
+            t
+            for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if is_baseline(t) == "single"
+        ]
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / "single.pt"
+            download_artifact(
+                artifact_store=self.store, file_path=str(path), artifact_id=done[0].user_attrs["model_artifact"]
+            )
+            return column_weights_of(load(path))
+
     def __call__(self, trial: optuna.Trial) -> list[float]:
         if self.before_trial is not None:
             self.before_trial(trial)
         baseline = trial.user_attrs.get("baseline")
         cfg = self.recipe.train_config(seed=self.settings.seed)
+        columns = None
         if baseline:
             plan, weights = self.exp.baseline_plan(baseline), None
         else:
@@ -352,6 +391,8 @@ class Objective:
             plan, weights = s.plan, s.loss_weights
             if s.base_lr is not None:
                 cfg.base_lr = s.base_lr
+            if s.column_init == "single":
+                columns = self.single_columns()
         trial.set_user_attr("plan", _jsonable(plan.to_dict()))
         if weights:
             trial.set_user_attr("loss_weights", weights)
@@ -372,7 +413,13 @@ class Objective:
                 raise optuna.TrialPruned(f"pruned at step {step}")
 
         result = self.exp.train(
-            plan, cfg=cfg, loss_weights=weights, device=self.device, callback=report, progress=self.progress
+            plan,
+            cfg=cfg,
+            loss_weights=weights,
+            device=self.device,
+            callback=report,
+            progress=self.progress,
+            column_weights=columns,
         )
         params = sum(p.numel() for p in result.net.parameters())
         trial.set_user_attr("metrics", result.metrics)

@@ -32,6 +32,7 @@ class Sampled:
     plan: StitchPlan
     loss_weights: dict[str, float]
     base_lr: float | None
+    column_init: str = "generic"
 
 
 @dataclass
@@ -49,6 +50,43 @@ class SearchSpace:
     loss_weights: dict[str, tuple[float, float]] = field(default_factory=dict)
     unit_args: dict[str, dict[str, Any]] = field(default_factory=dict)
     fixed: dict[str, Any] = field(default_factory=dict)
+    # choice lists instead of ranges, for grids over the papers' ablation values
+    init: list[Any] | None = None  # e.g. [[1, 0], [0.9, 0.1], xavier] (NDDR-CNN Table 1)
+    lr_mult_choices: list[float] | None = None  # e.g. [1, 10, 100, 1000] (Table 2)
+    column_init: list[str] | None = None  # [generic, single]: start columns from the single-task nets (Table 3)
+
+    def grid(self, points: Sequence[str]) -> dict[str, list[Any]]:
+        """The categorical choices as a grid for Optuna's GridSampler. Every choice that is not
+        fixed must be a list; a free float range cannot be gridded, so that is an error."""
+        g: dict[str, list[Any]] = {}
+        free = [p for p in points if f"unit@{p}" not in self.fixed]
+        for p in free:
+            g[f"unit@{p}"] = list(self.units)
+        if self.shared_prefix and "shared_prefix" not in self.fixed:
+            g["shared_prefix"] = [NONE, *points[:-1]]
+        if "shortcut" not in self.fixed:
+            g["shortcut"] = list(self.shortcut)
+        for name, values in (
+            ("init", [_init_label(v) for v in self.init] if self.init else None),
+            ("lr_mult", self.lr_mult_choices),
+            ("column_init", self.column_init),
+        ):
+            if values is not None and name not in self.fixed:
+                g[name] = list(values)
+        ranges = {
+            "init_alpha": None if self.init else self.init_alpha,
+            "fusion_weight_decay": self.fusion_weight_decay,
+            "base_lr": self.base_lr,
+            **{f"loss_weight@{t}": r for t, r in self.loss_weights.items()},
+        }
+        if not self.lr_mult_choices:
+            ranges["lr_mult"] = self.lr_mult
+        for name, r in ranges.items():
+            if r is not None and name not in self.fixed and float(r[0]) != float(r[1]):
+                raise PlanError(
+                    f"a grid search needs fixed values: {name} is a range {list(r)}; fix it or give choices"
+                )
+        return g
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SearchSpace:
@@ -62,8 +100,12 @@ class SearchSpace:
                 raise PlanError(f"search units name {u!r}; registered units: {', '.join(sorted(FUSION_UNITS))}, none")
         for name in ("init_alpha", "lr_mult", "fusion_weight_decay", "base_lr"):
             r = getattr(space, name)
-            if r is not None and not (isinstance(r, (list, tuple)) and len(r) == 2 and 0 < r[0] <= r[1]):
-                raise PlanError(f"search {name} must be a [low, high] range with 0 < low <= high, got {r!r}")
+            ok = isinstance(r, (list, tuple)) and len(r) == 2 and 0 <= r[0] <= r[1] and (r[0] > 0 or r[0] == r[1])
+            if r is not None and not ok:
+                raise PlanError(
+                    f"search {name} must be a [low, high] range with 0 < low <= high (log scale), or [v, v] to fix"
+                    f" it, got {r!r}"
+                )
         return space
 
     def _pick(self, trial: optuna.Trial, name: str, suggest: Any) -> Any:
@@ -97,10 +139,20 @@ class SearchSpace:
         shortcut = bool(self._pick(trial, "shortcut", lambda: trial.suggest_categorical("shortcut", self.shortcut)))
         common: dict[str, Any] = {}
         if at:
-            alpha = self._range(trial, "init_alpha", self.init_alpha, log=False)
+            if self.init:
+                labels = [_init_label(v) for v in self.init]
+                init: Any = _parse_init(self._pick(trial, "init", lambda: trial.suggest_categorical("init", labels)))
+            else:
+                alpha = self._range(trial, "init_alpha", self.init_alpha, log=False)
+                init = (alpha, 1.0 - alpha)
+            if self.lr_mult_choices:
+                choices = [float(v) for v in self.lr_mult_choices]
+                lr_mult = float(self._pick(trial, "lr_mult", lambda: trial.suggest_categorical("lr_mult", choices)))
+            else:
+                lr_mult = self._range(trial, "lr_mult", self.lr_mult)
             common = {
-                "init": (alpha, 1.0 - alpha),
-                "lr_mult": self._range(trial, "lr_mult", self.lr_mult),
+                "init": init,
+                "lr_mult": lr_mult,
                 "weight_decay": self._range(trial, "fusion_weight_decay", self.fusion_weight_decay),
             }
         chosen = [units[p] for p in at]
@@ -118,4 +170,21 @@ class SearchSpace:
         base_lr = self._range(trial, "base_lr", self.base_lr) if self.base_lr is not None else None
         if k < 2 and at:
             raise PlanError("fusion needs at least 2 tasks")
-        return Sampled(plan, weights, base_lr)
+        column_init = "generic"
+        if self.column_init:
+            column_init = self._pick(
+                trial, "column_init", lambda: trial.suggest_categorical("column_init", list(self.column_init))
+            )
+        return Sampled(plan, weights, base_lr, column_init)
+
+
+def _init_label(v: Any) -> str:
+    """[0.9, 0.1] -> "0.9,0.1"; "xavier" stays: categorical choices must be plain values."""
+    return v if isinstance(v, str) else ",".join(f"{float(x):g}" for x in v)
+
+
+def _parse_init(label: str) -> Any:
+    if label == "xavier":
+        return label
+    a, b = (float(x) for x in str(label).split(","))
+    return (a, b)

@@ -362,3 +362,119 @@ def test_run_command_end_to_end_and_resume(tmp_path, monkeypatch):
     assert "started" not in again.output  # nothing left to run: resumed, not restarted
     st, _, _ = load_study("tiny-test_resnet-seg-normal", "sqlite:///fusionsearch.db")
     assert len(st.get_trials()) == 5
+
+
+# ---- recipes and the papers' tables ---------------------------------------------------------------
+
+
+RECIPES = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_every_recipe_loads_validates_and_builds(name):
+    from fusionsearch.compare import compare_rows
+    from fusionsearch.experiment import Experiment
+
+    r = load_recipe(name)
+    assert r.reproduces and r.about, "a recipe says what it reproduces"
+    small = dict(r.data, size=64)
+    exp = Experiment(r.with_overrides(data=small))
+    plan = exp.plan_from(r.plan)
+    for p in plan.at:
+        exp.graph().resolve(p)
+    space = SearchSpace.from_dict(r.search)
+    points = exp.points(space.points)
+    if r.study.get("sampler") == "grid":
+        assert space.grid(points), "a grid recipe has something to grid over"
+    for baseline in compare_rows(r).values():
+        exp.baseline_plan(baseline)
+    directions = exp.directions()
+    for row, tasks in r.paper.get("rows", {}).items():
+        for task, metrics in tasks.items():
+            assert task in directions, (row, task)
+            assert set(metrics) - {"fwiou"} <= set(directions[task]), (row, metrics)
+    net = exp.build(plan, read_data=False)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        out = net.eval()(x)
+    assert set(out) == set(r.tasks)
+
+
+def test_grid_study_runs_every_point_once(tmp_path):
+    recipe = tiny_recipe(
+        units=["nddr"],
+        init=[[1, 0], [0.9, 0.1]],
+        lr_mult=[100.0, 100.0],
+        fusion_weight_decay=[1e-4, 1e-4],
+        base_lr=[0.002, 0.002],
+        loss_weights={},
+        column_init=["generic", "single"],
+        fixed={
+            **{f"unit@{p}": "nddr" for p in ("layer1", "layer2")},
+            "unit@act1": "none",
+            "unit@layer3": "none",
+            "unit@layer4": "none",
+            "shared_prefix": "none",
+            "shortcut": False,
+        },
+    )
+    url = f"sqlite:///{tmp_path}/g.db"
+    prepare_study(
+        recipe, StudySettings(study="g", storage=url, trials=4, sampler="grid", pruner="none", baselines=["single"])
+    )
+    assert run_worker("g", url, device="cpu") == 5
+    st, _, _ = load_study("g", url)
+    searched = [t for t in st.get_trials() if not t.user_attrs.get("baseline")]
+    assert all(t.state == TrialState.COMPLETE for t in st.get_trials())
+    assert sorted((t.params["init"], t.params["column_init"]) for t in searched) == [
+        ("0.9,0.1", "generic"),
+        ("0.9,0.1", "single"),
+        ("1,0", "generic"),
+        ("1,0", "single"),
+    ]
+
+
+def test_compare_prints_the_papers_table(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    d = tiny_recipe().to_dict()
+    d.update(
+        name="tiny",
+        paper={
+            "table": "Tiny table",
+            "rows": {
+                "single_task": {"seg": {"miou": 30.0, "pixel_acc": 60.0}},
+                "nddr": {"seg": {"miou": 33.0, "pixel_acc": 66.0}},
+            },
+        },
+        compare={"search_trials": 1, "columns": {"seg": ["miou", "pixel_acc"], "normal": ["mean"]}},
+    )
+    (tmp_path / "tiny.yaml").write_text(__import__("yaml").safe_dump(d, sort_keys=False))
+    result = runner.invoke(
+        app, ["compare", "--recipe", str(tmp_path / "tiny.yaml"), "--quiet", "--out", "out"], terminal_width=250
+    )
+    assert result.exit_code == 0, result.output
+    md = (tmp_path / "out" / "tiny-compare.md").read_text()
+    for row in ("single_task", "multi_task_baseline", "cross_stitch", "sluice", "nddr", "search_best"):
+        assert row in md and row in result.output
+    assert "(33)" in md and "(66)" in md  # the paper's numbers beside ours
+    assert "(+10.00)" in md  # the paper's own Delta-m of its NDDR row: (33/30 - 1 + 66/60 - 1) / 2
+    csv_text = (tmp_path / "out" / "tiny-compare.csv").read_text().splitlines()
+    assert csv_text[0].startswith("row,source,seg/miou,seg/pixel_acc,normal/mean")
+    assert sum(line.startswith("nddr,") for line in csv_text) == 2  # ours and the paper's
+
+
+def test_columns_start_from_the_single_task_nets():
+    from fusionsearch.experiment import Experiment, column_weights_of
+
+    exp = Experiment(tiny_recipe())
+    single = exp.build(exp.baseline_plan("single"))
+    with torch.no_grad():
+        for p in single.parameters():
+            p.add_(torch.randn_like(p))  # "trained"
+    fused = exp.build(exp.baseline_plan("nddr_default"), column_weights=column_weights_of(single))
+    x = torch.randn(2, 3, 32, 32)
+    single.eval(), fused.eval()
+    for got, want in zip(fused.columns[1][0].eval_graph.parameters(), single.columns[1][0].eval_graph.parameters()):
+        torch.testing.assert_close(got, want)
+    with torch.no_grad():  # NDDR at (1, 0) would be the identity; at (0.9, 0.1) the nets differ
+        assert not torch.allclose(fused(x)["normal"], single(x)["normal"])

@@ -187,6 +187,13 @@ class NYUv2(Dataset):
 
     tasks: dict[str, int] = {"seg": len(MTAN_CLASSES), "normal": 3, "depth": 1}  # per instance: by layout
 
+    @staticmethod
+    def tasks_for(layout: str | None = None, **_: object) -> dict[str, int]:
+        """The labels a layout provides, without reading files (recipes build nets from this)."""
+        if layout is None:
+            raise ValueError("the NYUv2 layout is found from the files: give layout: mtan or nyud to skip reading them")
+        return {"seg": len(LAYOUTS[layout]), "normal": 3, "depth": 1}
+
     def __init__(
         self,
         root: str | Path,

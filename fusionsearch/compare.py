@@ -1,0 +1,172 @@
+"""The papers' comparison tables, ours beside theirs.
+
+A comparison is a study whose baselines are the table's rows (single-task, the multi-task
+baseline, cross-stitch, sluice and NDDR at the recipe's points, all under the same budget), plus a
+few searched trials whose best plan is the last row. Each cell shows our value and, where the
+recipe quotes it, the paper's; Delta-m is against the single-task row of the same source.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from .experiment import COMPARE_ROWS, Experiment
+from .leaderboard import plan_summary
+from .recipe import Recipe
+from .tasks import delta_m
+
+__all__ = ["Comparison", "compare_rows", "build_comparison", "DEFAULT_ROWS"]
+
+# paper row name -> the baseline that trains it
+DEFAULT_ROWS = {
+    "single_task": "single",
+    "multi_task_baseline": "shared",
+    "cross_stitch": "cross_stitch_default",
+    "sluice": "sluice_default",
+    "nddr": "nddr_default",
+}
+SEARCH_ROW = "search_best"
+
+
+def compare_rows(recipe: Recipe) -> dict[str, str]:
+    """Paper row -> baseline name, from the recipe's ``compare.rows`` or the NDDR-CNN table order."""
+    rows = dict(recipe.compare.get("rows", DEFAULT_ROWS))
+    bad = [
+        b
+        for b in rows.values()
+        if b not in COMPARE_ROWS and not str(b).endswith("_default") and not str(b).startswith("split@")
+    ]
+    if bad:
+        raise ValueError(f"compare rows name unknown baselines {bad}; use {', '.join(COMPARE_ROWS)}")
+    return rows
+
+
+@dataclass
+class Comparison:
+    """The table: columns (task, metric, higher is better) and rows of our / the paper's values."""
+
+    title: str
+    columns: list[tuple[str, str, bool]]
+    rows: list[dict[str, Any]]
+
+    def _cell(self, ours: float | None, paper: float | None) -> str:
+        a = "-" if ours is None else f"{ours:.2f}"
+        return a if paper is None else f"{a} ({paper:g})"
+
+    def _dm(self, v: float | None) -> str:
+        return "-" if v is None else f"{v:+.2f}"
+
+    def header(self) -> list[str]:
+        return ["row", *[f"{t} {m} {'↑' if hi else '↓'}" for t, m, hi in self.columns], "Delta-m %", "plan"]
+
+    def cells(self) -> list[list[str]]:
+        out = []
+        for r in self.rows:
+            vals = [self._cell(r["ours"].get(t, {}).get(m), r["paper"].get(t, {}).get(m)) for t, m, _ in self.columns]
+            dm = self._dm(r["dm"]) + (f" ({r['paper_dm']:+.2f})" if r["paper_dm"] is not None else "")
+            out.append([r["label"], *vals, dm, r["plan"]])
+        return out
+
+    def markdown(self) -> str:
+        lines = [f"## {self.title}", "", "Ours (the paper's in brackets).", ""]
+        head = self.header()
+        lines.append("| " + " | ".join(head) + " |")
+        lines.append("|" + "---|" * len(head))
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |" for cells in self.cells()]
+        return "\n".join(lines) + "\n"
+
+    def csv(self) -> str:
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["row", "source", *[f"{t}/{m}" for t, m, _ in self.columns], "delta_m", "plan"])
+        for r in self.rows:
+            w.writerow(
+                [
+                    r["label"],
+                    "ours",
+                    *[r["ours"].get(t, {}).get(m, "") for t, m, _ in self.columns],
+                    "" if r["dm"] is None else r["dm"],
+                    r["plan"],
+                ]
+            )
+            if r["paper"]:
+                w.writerow(
+                    [
+                        r["label"],
+                        "paper",
+                        *[r["paper"].get(t, {}).get(m, "") for t, m, _ in self.columns],
+                        "" if r["paper_dm"] is None else r["paper_dm"],
+                        "",
+                    ]
+                )
+        return buf.getvalue()
+
+
+def _columns(recipe: Recipe, exp: Experiment) -> list[tuple[str, str, bool]]:
+    directions = exp.directions()
+    wanted: Mapping[str, list[str]] = recipe.compare.get("columns") or {t: list(d) for t, d in directions.items()}
+    cols = []
+    for t, metrics in wanted.items():
+        for m in metrics:
+            if t not in directions or m not in directions[t]:
+                raise ValueError(f"compare column {t}/{m} is not a metric of the recipe's tasks")
+            cols.append((t, m, directions[t][m]))
+    return cols
+
+
+def build_comparison(study: optuna.Study, recipe: Recipe) -> Comparison:
+    """The comparison table from a finished comparison study."""
+    exp = Experiment(recipe)
+    directions = exp.directions()
+    paper_rows: Mapping[str, Any] = recipe.paper.get("rows", {})
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    by_baseline = {t.user_attrs.get("baseline"): t for t in trials if t.user_attrs.get("baseline")}
+    single = by_baseline.get("single")
+    paper_single = paper_rows.get("single_task")
+
+    def paper_dm(metrics: Mapping[str, Any] | None) -> float | None:
+        if not metrics or not paper_single:
+            return None
+        shared = {t: {m: v for m, v in ms.items() if m in paper_single.get(t, {})} for t, ms in metrics.items()}
+        dirs = {t: {m: directions[t][m] for m in ms if m in directions.get(t, {})} for t, ms in shared.items()}
+        try:
+            return delta_m(shared, paper_single, dirs, skip_zero=True)
+        except (KeyError, ValueError):
+            return None
+
+    rows = []
+    for label, baseline in compare_rows(recipe).items():
+        t = by_baseline.get(baseline)
+        ours = t.user_attrs["metrics"] if t is not None else {}
+        rows.append(
+            {
+                "label": label,
+                "ours": ours,
+                "paper": paper_rows.get(label, {}),
+                "dm": exp.delta_m(ours, single.user_attrs["metrics"]) if t is not None and single else None,
+                "paper_dm": paper_dm(paper_rows.get(label)),
+                "plan": plan_summary(t.user_attrs.get("plan")) if t is not None else "not run",
+            }
+        )
+    searched = [t for t in trials if not t.user_attrs.get("baseline") and t.user_attrs.get("delta_m") is not None]
+    if searched:
+        best = max(searched, key=lambda t: t.user_attrs["delta_m"])
+        rows.append(
+            {
+                "label": f"{SEARCH_ROW} (trial {best.number})",
+                "ours": best.user_attrs["metrics"],
+                "paper": {},
+                "dm": best.user_attrs["delta_m"],
+                "paper_dm": None,
+                "plan": plan_summary(best.user_attrs.get("plan")),
+            }
+        )
+    title = recipe.paper.get("table") or f"{recipe.name}: {recipe.backbone}, {', '.join(recipe.tasks)}"
+    return Comparison(str(title), _columns(recipe, exp), rows)
