@@ -478,3 +478,16 @@ def test_columns_start_from_the_single_task_nets():
         torch.testing.assert_close(got, want)
     with torch.no_grad():  # NDDR at (1, 0) would be the identity; at (0.9, 0.1) the nets differ
         assert not torch.allclose(fused(x)["normal"], single(x)["normal"])
+
+
+def test_multi_objective_study_has_a_pareto_front_and_no_pruning(tmp_path):
+    url = f"sqlite:///{tmp_path}/mo.db"
+    settings = StudySettings(study="mo", storage=url, trials=2, objectives=["delta_m", "params"], sampler="nsga2")
+    study = prepare_study(tiny_recipe(), settings)
+    assert run_worker("mo", url, device="cpu") == 5
+    done = study.get_trials()
+    assert all(t.state == TrialState.COMPLETE and len(t.values) == 2 for t in done)
+    assert all(t.values[1] == t.user_attrs["params"] for t in done)
+    assert all(not t.intermediate_values for t in done)  # Optuna cannot prune multi-objective studies
+    html = write_report(study, tmp_path / "mo.html", url).read_text()
+    assert 'id="pareto-front"' in html and "Not drawn" not in html.split('id="pareto-front"')[1].split("</section>")[0]
