@@ -497,27 +497,33 @@ def compare(
     NDDR, our search's best) under one budget; print them next to the paper's numbers."""
     from pathlib import Path
 
-    from .compare import build_comparison, compare_rows
-    from .search import StudySettings, prepare_study
+    from .compare import build_comparison, compare_rows, is_grid
+    from .search import StudySettings, grid_points, prepare_study
     from .storage import DEFAULT_STORAGE
 
     r = load_recipe_with(recipe, None, None, data, size)
     if steps is not None:
         r.train = {**r.train, "steps": steps}
     baselines = list(dict.fromkeys(["single", *compare_rows(r).values()]))
+    grid = is_grid(r)
     settings = StudySettings(
         study=study or f"{r.name}-compare",
         storage=storage or DEFAULT_STORAGE,
-        trials=trials if trials is not None else int(r.compare.get("search_trials", 4)),
-        sampler=r.study.get("sampler", "tpe") if r.study.get("sampler") != "grid" else "tpe",
+        trials=len(grid_points(r))
+        if grid
+        else trials
+        if trials is not None
+        else int(r.compare.get("search_trials", 4)),
+        sampler="grid" if grid else r.study.get("sampler", "tpe"),
         pruner="none",  # every row of a table runs its whole budget
         baselines=baselines,
         artifacts=artifacts,
         seed=int(r.study.get("seed", 0)),
     )
     study_obj = prepare_study(r, settings)
+    what = "grid points" if grid else "searched trials"
     console.print(
-        f"comparison {settings.study}: rows {', '.join(baselines)} + {settings.trials} searched trials", highlight=False
+        f"comparison {settings.study}: rows {', '.join(baselines)} + {settings.trials} {what}", highlight=False
     )
     run_study(study_obj, settings, workers, devices, quiet, artifacts, r.train_config().steps)
     table = build_comparison(study_obj, r)

@@ -22,7 +22,7 @@ from .leaderboard import plan_summary
 from .recipe import Recipe
 from .tasks import delta_m
 
-__all__ = ["Comparison", "compare_rows", "build_comparison", "DEFAULT_ROWS"]
+__all__ = ["Comparison", "compare_rows", "build_comparison", "is_grid", "DEFAULT_ROWS"]
 
 # paper row name -> the baseline that trains it
 DEFAULT_ROWS = {
@@ -35,8 +35,16 @@ DEFAULT_ROWS = {
 SEARCH_ROW = "search_best"
 
 
+def is_grid(recipe: Recipe) -> bool:
+    """An ablation recipe: its rows are the points of a grid study (``compare.grid_rows``)."""
+    return recipe.study.get("sampler") == "grid"
+
+
 def compare_rows(recipe: Recipe) -> dict[str, str]:
-    """Paper row -> baseline name, from the recipe's ``compare.rows`` or the NDDR-CNN table order."""
+    """Paper row -> baseline name, from the recipe's ``compare.rows`` or the NDDR-CNN table order
+    (a grid recipe's only baseline is the single-task one, for Delta-m)."""
+    if is_grid(recipe):
+        return {"single_task": "single"}
     rows = dict(recipe.compare.get("rows", DEFAULT_ROWS))
     bad = [
         b
@@ -156,7 +164,19 @@ def build_comparison(study: optuna.Study, recipe: Recipe) -> Comparison:
             }
         )
     searched = [t for t in trials if not t.user_attrs.get("baseline") and t.user_attrs.get("delta_m") is not None]
-    if searched:
+    for label, params in recipe.compare.get("grid_rows", {}).items():  # ablation rows: points of the grid
+        t = next((t for t in searched if all(str(t.params.get(k)) == str(v) for k, v in params.items())), None)
+        rows.append(
+            {
+                "label": label,
+                "ours": t.user_attrs["metrics"] if t is not None else {},
+                "paper": paper_rows.get(label, {}),
+                "dm": t.user_attrs["delta_m"] if t is not None else None,
+                "paper_dm": paper_dm(paper_rows.get(label)),
+                "plan": ", ".join(f"{k}={v}" for k, v in params.items()) + ("" if t is not None else " (not run)"),
+            }
+        )
+    if searched and not is_grid(recipe):
         best = max(searched, key=lambda t: t.user_attrs["delta_m"])
         rows.append(
             {

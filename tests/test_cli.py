@@ -119,3 +119,35 @@ def test_train_prints_the_metrics_table(tmp_path):
     assert (tmp_path / "ck.pt").is_file()
     result = runner.invoke(app, ["train", "--backbone", "test_resnet", "--tasks", "seg,age", "--steps", "1"])
     assert result.exit_code == 2 and "'age'" in result.output
+
+
+def test_train_shows_delta_m_against_single_task_metrics(tmp_path):
+    common = [
+        "train",
+        "--backbone",
+        "test_resnet",
+        "--steps",
+        "2",
+        "--size",
+        "32",
+        "--train-images",
+        "4",
+        "--val-images",
+        "2",
+        "--batch-size",
+        "2",
+        "--eval-every",
+        "2",
+    ]
+    single = tmp_path / "single.json"
+    result = runner.invoke(app, [*common, "--plan", "single", "--save-metrics", str(single)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(single.read_text())
+    assert set(metrics) == {"seg", "normal"} and "miou" in metrics["seg"]
+    result = runner.invoke(app, [*common, "--unit", "cross_stitch", "--baseline", str(single)], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "Delta-m vs single-task:" in result.output and "single-task" in result.output
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"seg": {"miou": 1.0}}))
+    result = runner.invoke(app, [*common, "--baseline", str(bad)])
+    assert result.exit_code == 2 and "lacks seg/pixel_acc" in result.output

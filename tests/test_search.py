@@ -383,9 +383,16 @@ def test_every_recipe_loads_validates_and_builds(name):
     for p in plan.at:
         exp.graph().resolve(p)
     space = SearchSpace.from_dict(r.search)
-    points = exp.points(space.points)
+    assert exp.points(space.points)
     if r.study.get("sampler") == "grid":
-        assert space.grid(points), "a grid recipe has something to grid over"
+        from fusionsearch.search import grid_points
+
+        grid = [{k: str(v) for k, v in p.items()} for p in grid_points(r.with_overrides(data=small))]
+        rows = r.compare["grid_rows"]
+        assert len(rows) == len(grid) == len(r.paper["rows"]), "one table row per grid point"
+        for label, params in rows.items():
+            assert label in r.paper["rows"]
+            assert any(all(p[k] == str(v) for k, v in params.items()) for p in grid), (label, params)
     for baseline in compare_rows(r).values():
         exp.baseline_plan(baseline)
     directions = exp.directions()
@@ -491,3 +498,39 @@ def test_multi_objective_study_has_a_pareto_front_and_no_pruning(tmp_path):
     assert all(not t.intermediate_values for t in done)  # Optuna cannot prune multi-objective studies
     html = write_report(study, tmp_path / "mo.html", url).read_text()
     assert 'id="pareto-front"' in html and "Not drawn" not in html.split('id="pareto-front"')[1].split("</section>")[0]
+
+
+def test_compare_on_an_ablation_grid(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    d = tiny_recipe(
+        units=["nddr"],
+        init=[[1, 0], [0.9, 0.1]],
+        lr_mult=[100.0, 100.0],
+        fusion_weight_decay=[1e-4, 1e-4],
+        base_lr=[0.002, 0.002],
+        loss_weights={},
+        fixed={
+            "unit@act1": "none",
+            "unit@layer1": "nddr",
+            "unit@layer2": "none",
+            "unit@layer3": "none",
+            "unit@layer4": "nddr",
+            "shared_prefix": "none",
+            "shortcut": False,
+        },
+    ).to_dict()
+    d.update(
+        name="grid",
+        study={"sampler": "grid", "trials": "grid"},
+        paper={"rows": {"init_1_0": {"seg": {"miou": 36.2}}, "init_0.9_0.1": {"seg": {"miou": 36.2}}}},
+        compare={
+            "columns": {"seg": ["miou"]},
+            "grid_rows": {"init_1_0": {"init": "1,0"}, "init_0.9_0.1": {"init": "0.9,0.1"}},
+        },
+    )
+    (tmp_path / "grid.yaml").write_text(__import__("yaml").safe_dump(d, sort_keys=False))
+    result = runner.invoke(app, ["compare", "--recipe", "grid.yaml", "--quiet"], terminal_width=250)
+    assert result.exit_code == 0, result.output
+    assert "+ 2 grid points" in result.output
+    md = (tmp_path / "grid-compare.md").read_text()
+    assert "init_1_0" in md and "init_0.9_0.1" in md and "(36.2)" in md and "not run" not in md
