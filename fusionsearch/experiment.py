@@ -61,17 +61,13 @@ class Experiment:
             val_len = d.pop("val_length", None)
             size = d.pop("size", None)
             common = {**d, "size": size} if size is not None else d
-            if name == "synthetic":
+            if name == "synthetic":  # generated scenes have no natural length: give one
                 common.setdefault("seed", self.seed)
-                self._data = (
-                    get_dataset(name, split="train", length=train_len or 1000, **common),
-                    get_dataset(name, split="val", length=val_len or 100, **common),
-                )
-            else:
-                self._data = (
-                    get_dataset(name, split="train", length=train_len, **common),
-                    get_dataset(name, split="val", length=val_len, **common),
-                )
+                train_len, val_len = train_len or 1000, val_len or 100
+            self._data = (
+                get_dataset(name, split="train", length=train_len, **common),
+                get_dataset(name, split="val", length=val_len, **common),
+            )
         return self._data
 
     def task_sizes(self, read_data: bool = True) -> dict[str, int]:

@@ -12,7 +12,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-__all__ = ["plan_summary", "trial_rows", "trials_table", "live_view", "best_trial", "headline_metrics"]
+__all__ = ["counts", "plan_summary", "trial_rows", "trials_table", "live_view", "best_trial", "headline_metrics"]
 
 _SHORT = {"nddr": "nddr", "cross_stitch": "cs", "sluice": "sluice"}
 
@@ -72,6 +72,14 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def counts(study: optuna.Study) -> dict[str, int]:
+    """Trials per state: ``{"complete": 5, "pruned": 2, ...}``."""
+    out = {s.name.lower(): 0 for s in TrialState}
+    for t in study.get_trials(deepcopy=False):
+        out[t.state.name.lower()] += 1
+    return out
 
 
 def best_trial(study: optuna.Study, with_fusion: bool = False) -> FrozenTrial | None:

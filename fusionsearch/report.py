@@ -16,10 +16,9 @@ from typing import Any
 
 import optuna
 import plotly.graph_objects as go
-from optuna.trial import TrialState
 from plotly.subplots import make_subplots
 
-from .leaderboard import best_trial, plan_summary, trial_rows
+from .leaderboard import best_trial, counts, plan_summary, trial_rows
 from .storage import artifact_store
 
 __all__ = ["write_report", "FIGURES", "placement_map", "fusion_weight_figure"]
@@ -178,10 +177,7 @@ def write_report(study: optuna.Study, out: str | Path, storage_url: str, artifac
         else:
             parts.append(f"<p class='missing'>Not drawn: {html.escape(str(err))}</p>")
         parts.append("</section>")
-    n = {s.name.lower(): 0 for s in TrialState}
-    for t in study.get_trials(deepcopy=False):
-        n[t.state.name.lower()] += 1
-    summary = ", ".join(f"{v} {k}" for k, v in n.items() if v)
+    summary = ", ".join(f"{v} {k}" for k, v in counts(study).items() if v)
     head = f"<h1>fusionsearch study {html.escape(study.study_name)}</h1><p>{html.escape(summary)}</p>"
     if best is not None:
         head += (

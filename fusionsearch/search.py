@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gc
 import json
-import math
 import os
 import tempfile
 import threading
@@ -556,14 +555,3 @@ def heartbeat_interval(storage: Any) -> int | None:
     """The storage's heartbeat interval (RDB storages, also behind Optuna's cache), or None."""
     get = getattr(storage, "get_heartbeat_interval", None)
     return get() if get is not None else None
-
-
-def counts(study: optuna.Study) -> dict[str, int]:
-    out = {s.name.lower(): 0 for s in TrialState}
-    for t in study.get_trials(deepcopy=False):
-        out[t.state.name.lower()] += 1
-    return out
-
-
-def finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and math.isfinite(v)

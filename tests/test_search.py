@@ -407,24 +407,27 @@ def test_every_recipe_loads_validates_and_builds(name):
     assert set(out) == set(r.tasks)
 
 
-def test_grid_study_runs_every_point_once(tmp_path):
-    recipe = tiny_recipe(
+def grid_recipe(fused: list[str], **search) -> Recipe:
+    """A grid over NDDR's init at the ``fused`` points of test_resnet; every other choice fixed."""
+    points = ("act1", "layer1", "layer2", "layer3", "layer4")
+    return tiny_recipe(
         units=["nddr"],
         init=[[1, 0], [0.9, 0.1]],
         lr_mult=[100.0, 100.0],
         fusion_weight_decay=[1e-4, 1e-4],
         base_lr=[0.002, 0.002],
         loss_weights={},
-        column_init=["generic", "single"],
         fixed={
-            **{f"unit@{p}": "nddr" for p in ("layer1", "layer2")},
-            "unit@act1": "none",
-            "unit@layer3": "none",
-            "unit@layer4": "none",
+            **{f"unit@{p}": "nddr" if p in fused else "none" for p in points},
             "shared_prefix": "none",
             "shortcut": False,
         },
+        **search,
     )
+
+
+def test_grid_study_runs_every_point_once(tmp_path):
+    recipe = grid_recipe(["layer1", "layer2"], column_init=["generic", "single"])
     url = f"sqlite:///{tmp_path}/g.db"
     prepare_study(
         recipe, StudySettings(study="g", storage=url, trials=4, sampler="grid", pruner="none", baselines=["single"])
@@ -502,23 +505,7 @@ def test_multi_objective_study_has_a_pareto_front_and_no_pruning(tmp_path):
 
 def test_compare_on_an_ablation_grid(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    d = tiny_recipe(
-        units=["nddr"],
-        init=[[1, 0], [0.9, 0.1]],
-        lr_mult=[100.0, 100.0],
-        fusion_weight_decay=[1e-4, 1e-4],
-        base_lr=[0.002, 0.002],
-        loss_weights={},
-        fixed={
-            "unit@act1": "none",
-            "unit@layer1": "nddr",
-            "unit@layer2": "none",
-            "unit@layer3": "none",
-            "unit@layer4": "nddr",
-            "shared_prefix": "none",
-            "shortcut": False,
-        },
-    ).to_dict()
+    d = grid_recipe(["layer1", "layer4"]).to_dict()
     d.update(
         name="grid",
         study={"sampler": "grid", "trials": "grid"},
