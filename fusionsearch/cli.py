@@ -416,7 +416,7 @@ def run(
     ),
     pruner: str | None = typer.Option(
         None,
-        help="hyperband, median or none (pruning works for one objective only: Optuna cannot prune multi-objective)",
+        help="successive_halving, hyperband, median or none (one objective only: Optuna cannot prune multi-objective)",
     ),
     objectives: str | None = typer.Option(
         None, help="delta_m (default), or several: delta_m,params / delta_m,latency (NSGA-II, Pareto front, no pruning)"
@@ -425,14 +425,24 @@ def run(
     report: str | None = typer.Option(None, help="HTML report path (default STUDY-report.html)"),
     artifacts: str | None = typer.Option(None, help="artifact folder (default: beside the SQLite file)"),
     seed: int | None = typer.Option(None, help="study seed"),
+    confirm: int | None = typer.Option(
+        None,
+        help="fresh seeds that retrain the winners and baselines after the search (default: the recipe's, 3; 0 skips)",
+    ),
+    confirm_top: int | None = typer.Option(None, help="searched plans to confirm (default: the recipe's, 2)"),
+    keep_nets: str = typer.Option(
+        "confirmed", help="trained nets kept as artefacts: confirmed (baselines and confirmed plans) or all"
+    ),
     quiet: bool = typer.Option(False, "--quiet", help="plain log lines instead of the live view"),
 ) -> None:
-    """Run an architecture search: baselines first, then sampled plans, with pruning; resumable."""
+    """Run an architecture search: warm start and baselines first, then sampled plans with pruning,
+    then the winners and baselines confirmed over fresh seeds; resumable."""
     from pathlib import Path
 
-    from .leaderboard import best_trial, plan_summary, trials_table
+    from .confirm import summarize
+    from .leaderboard import confirmation_table, trials_table
     from .report import write_report
-    from .search import StudySettings, prepare_study
+    from .search import StudySettings, prepare_confirmation, prepare_study
     from .storage import DEFAULT_STORAGE, redact
 
     r = load_recipe_with(recipe, backbone, tasks, data, size)
@@ -449,6 +459,9 @@ def run(
         objectives=objectives.split(",") if objectives else list(st.get("objectives", ["delta_m"])),
         artifacts=artifacts,
         seed=seed if seed is not None else int(st.get("seed", 0)),
+        confirm_top=confirm_top if confirm_top is not None else r.confirm_config()["top"],
+        confirm_seeds=confirm if confirm is not None else r.confirm_config()["seeds"],
+        keep_nets=keep_nets,
     )
     if settings.multi_objective and settings.sampler == "tpe" and sampler is None:
         settings.sampler = "nsga2"
@@ -461,17 +474,24 @@ def run(
         console.print(f"resuming: {total - queued} trials there already, {queued} queued", highlight=False)
     steps_total = r.train_config().steps
     run_study(study_obj, settings, workers, devices, quiet, artifacts, steps_total)
-    Console(width=max(console.width, 140)).print(
-        trials_table(study_obj, f"study {settings.study} (leaderboard)", compact=True)
-    )
-    best = best_trial(study_obj)
-    if best is not None:
+    added, why_not = prepare_confirmation(study_obj, settings)
+    if why_not is None and any(t.state.name == "WAITING" for t in study_obj.get_trials(deepcopy=False)):
+        say = f"confirmation: {added} trials queued" if added else "confirmation: resuming"
         console.print(
-            f"best: trial {best.number} ({best.user_attrs.get('baseline') or 'search'}), "
-            + ", ".join(f"{o} {v:+.3f}" for o, v in zip(settings.objectives, best.values))
-            + f": {plan_summary(best.user_attrs.get('plan'))}",
+            f"{say} (top {settings.confirm_top} plans and the baselines, {settings.confirm_seeds} fresh seeds)",
             highlight=False,
         )
+        run_study(study_obj, settings, workers, devices, quiet, artifacts, steps_total)
+    elif why_not is not None and settings.confirm_seeds:
+        err_console.print(f"note: {why_not}", highlight=False)
+    wide = Console(width=max(console.width, 160))
+    wide.print(trials_table(study_obj, f"study {settings.study}: the search (one run per plan)", compact=True))
+    conf = summarize(study_obj)
+    table = confirmation_table(study_obj, conf)
+    if table is not None:
+        wide.print(table)
+    console.print(study_obj.user_attrs.get("delta_m_convention", ""), highlight=False)
+    console.print(f"[bold]{conf.verdict()}[/]", highlight=False)
     out = Path(report or f"{settings.study}-report.html")
     write_report(study_obj, out, settings.storage, artifacts)
     console.print(f"report: {out}", highlight=False)
@@ -491,6 +511,7 @@ def compare(
     devices: str = typer.Option("auto", help="auto (every visible GPU, else CPU), cpu, or cuda:0,cuda:1"),
     out: str = typer.Option(".", help="folder for RECIPE-compare.md and .csv"),
     artifacts: str | None = typer.Option(None, help="artifact folder (default: beside the SQLite file)"),
+    confirm: int | None = typer.Option(None, help="fresh seeds for every row (default: the recipe's, 3; 0 skips)"),
     quiet: bool = typer.Option(False, "--quiet", help="plain log lines"),
 ) -> None:
     """Train the rows of the paper's table (single-task, multi-task baseline, cross-stitch, sluice,
@@ -498,7 +519,7 @@ def compare(
     from pathlib import Path
 
     from .compare import build_comparison, compare_rows, is_grid
-    from .search import StudySettings, grid_points, prepare_study
+    from .search import StudySettings, grid_points, prepare_confirmation, prepare_study
     from .storage import DEFAULT_STORAGE
 
     r = load_recipe_with(recipe, None, None, data, size)
@@ -519,6 +540,8 @@ def compare(
         baselines=baselines,
         artifacts=artifacts,
         seed=int(r.study.get("seed", 0)),
+        confirm_top=r.confirm_config()["top"],
+        confirm_seeds=confirm if confirm is not None else r.confirm_config()["seeds"],
     )
     study_obj = prepare_study(r, settings)
     what = "grid points" if grid else "searched trials"
@@ -526,6 +549,10 @@ def compare(
         f"comparison {settings.study}: rows {', '.join(baselines)} + {settings.trials} {what}", highlight=False
     )
     run_study(study_obj, settings, workers, devices, quiet, artifacts, r.train_config().steps)
+    added, why_not = prepare_confirmation(study_obj, settings)
+    if why_not is None:
+        console.print(f"confirmation over {settings.confirm_seeds} fresh seeds: {added} trials queued", highlight=False)
+        run_study(study_obj, settings, workers, devices, quiet, artifacts, r.train_config().steps)
     table = build_comparison(study_obj, r)
     rich_table = Table(title=table.title + "  (ours, the paper's in brackets)", title_justify="left")
     for col in table.header():
@@ -533,6 +560,7 @@ def compare(
     for row in table.cells():
         rich_table.add_row(*row)
     Console(width=max(console.width, 160)).print(rich_table)
+    console.print(table.convention, highlight=False)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     md, csv_path = folder / f"{r.name}-compare.md", folder / f"{r.name}-compare.csv"
@@ -579,16 +607,25 @@ def trials(
     storage: str = typer.Option(None, help=STORAGE_HELP),
     as_json: bool = typer.Option(False, "--json", help="one JSON list of trials"),
 ) -> None:
-    """A table of the study's trials: plan, metrics, Delta-m, state and failure reason."""
-    from .leaderboard import trial_rows, trials_table
+    """A table of the study's trials (plan, metrics, Delta-m, state, failure reason) and the
+    confirmation: mean ± 95% interval per plan and the paired test against the best baseline."""
+    from .confirm import summarize
+    from .leaderboard import confirmation_table, trial_rows, trials_table
     from .search import load_study
     from .storage import DEFAULT_STORAGE
 
     st, _, _ = load_study(study, storage or DEFAULT_STORAGE)
     if as_json:
         console.print_json(json.dumps(trial_rows(st), default=str))
-    else:
-        Console(width=200).print(trials_table(st))
+        return
+    wide = Console(width=200)
+    wide.print(trials_table(st))
+    conf = summarize(st)
+    table = confirmation_table(st, conf)
+    if table is not None:
+        wide.print(table)
+    console.print(st.user_attrs.get("delta_m_convention", ""), highlight=False)
+    console.print(conf.verdict(), highlight=False)
 
 
 @app.command()
@@ -596,29 +633,57 @@ def trials(
 def best(
     study: str = typer.Option(..., help="study name"),
     storage: str = typer.Option(None, help=STORAGE_HELP),
-    out: str = typer.Option("best.pt", help="where to write the best trial's network"),
+    out: str = typer.Option("best.pt", help="where to write the best plan's network"),
     artifacts: str | None = typer.Option(None, help="artifact folder (default: beside the SQLite file)"),
 ) -> None:
-    """Export the best trial's trained network (load it with fusionsearch.load)."""
+    """Export the network of the plan that is best after confirmation (the highest mean Delta-m over
+    the fresh seeds), or of the best single run when the study ran no confirmation."""
+    import os
+    import tempfile
     from pathlib import Path
 
     from optuna.artifacts import download_artifact
 
+    from .confirm import summarize
     from .leaderboard import best_trial, plan_summary
     from .search import load_study
     from .storage import DEFAULT_STORAGE, artifact_store
 
     url = storage or DEFAULT_STORAGE
     st, _, _ = load_study(study, url)
-    b = best_trial(st)
-    if b is None:
-        raise FusionSearchError(f"study {study!r} has no complete trial yet")
-    if Path(out).exists():
-        Path(out).unlink()
-    download_artifact(
-        artifact_store=artifact_store(url, artifacts), file_path=out, artifact_id=b.user_attrs["model_artifact"]
-    )
-    console.print(f"trial {b.number}: {plan_summary(b.user_attrs.get('plan'))} -> {out}", highlight=False)
+    conf = summarize(st)
+    top = conf.best
+    if top is not None and top.net_trial is not None:
+        chosen = st.trials[top.net_trial]
+        what = f"{top.label}, confirmed Delta-m {top.interval} over seeds ({conf.verdict()})"
+    else:
+        chosen = best_trial(st)
+        if chosen is None:
+            raise FusionSearchError(f"study {study!r} has no complete trial yet")
+        what = f"trial {chosen.number}, one run, not confirmed over seeds"
+    if "model_artifact" not in chosen.user_attrs:
+        raise FusionSearchError(
+            f"trial {chosen.number} kept no network (studies keep the baselines' and the confirmed plans'; "
+            "run with --keep-nets all to keep every one, or let the confirmation finish)"
+        )
+    target = Path(out)
+    if target.is_dir():
+        raise FusionSearchError(f"--out {out!r} is a directory: give a file name such as best.pt")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    os.close(fd)
+    os.unlink(tmp)  # download_artifact refuses an existing file
+    try:  # the user's file is replaced only by a complete download
+        download_artifact(
+            artifact_store=artifact_store(url, artifacts),
+            file_path=tmp,
+            artifact_id=chosen.user_attrs["model_artifact"],
+        )
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    console.print(f"{what}: {plan_summary(chosen.user_attrs.get('plan'))} -> {out}", highlight=False)
 
 
 @app.command()

@@ -17,10 +17,10 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from .confirm import summarize
 from .experiment import COMPARE_ROWS, Experiment
 from .leaderboard import plan_summary
 from .recipe import Recipe
-from .tasks import delta_m
 
 __all__ = ["Comparison", "compare_rows", "build_comparison", "is_grid", "DEFAULT_ROWS"]
 
@@ -63,6 +63,7 @@ class Comparison:
     title: str
     columns: list[tuple[str, str, bool]]
     rows: list[dict[str, Any]]
+    convention: str = ""  # how Delta-m averages, for ours and the paper's alike
 
     def _cell(self, ours: float | None, paper: float | None) -> str:
         a = "-" if ours is None else f"{ours:.2f}"
@@ -72,18 +73,19 @@ class Comparison:
         return "-" if v is None else f"{v:+.2f}"
 
     def header(self) -> list[str]:
-        return ["row", *[f"{t} {m} {'↑' if hi else '↓'}" for t, m, hi in self.columns], "Delta-m %", "plan"]
+        cols = [f"{t} {m} {'↑' if hi else '↓'}" for t, m, hi in self.columns]
+        return ["row", *cols, "Delta-m %", "Delta-m over seeds (mean ± 95% CI)", "beats best baseline", "plan"]
 
     def cells(self) -> list[list[str]]:
         out = []
         for r in self.rows:
             vals = [self._cell(r["ours"].get(t, {}).get(m), r["paper"].get(t, {}).get(m)) for t, m, _ in self.columns]
             dm = self._dm(r["dm"]) + (f" ({r['paper_dm']:+.2f})" if r["paper_dm"] is not None else "")
-            out.append([r["label"], *vals, dm, r["plan"]])
+            out.append([r["label"], *vals, dm, r.get("confirmed", "-"), r.get("beats", "-"), r["plan"]])
         return out
 
     def markdown(self) -> str:
-        lines = [f"## {self.title}", "", "Ours (the paper's in brackets).", ""]
+        lines = [f"## {self.title}", "", "Ours (the paper's in brackets). " + self.convention, ""]
         head = self.header()
         lines.append("| " + " | ".join(head) + " |")
         lines.append("|" + "---|" * len(head))
@@ -93,14 +95,17 @@ class Comparison:
     def csv(self) -> str:
         buf = io.StringIO()
         w = csv.writer(buf)
-        w.writerow(["row", "source", *[f"{t}/{m}" for t, m, _ in self.columns], "delta_m", "plan"])
+        cols = [f"{t}/{m}" for t, m, _ in self.columns]
+        w.writerow(["row", "source", *cols, "delta_m", "delta_m_mean", "delta_m_ci_low", "delta_m_ci_high", "plan"])
         for r in self.rows:
+            iv = r.get("interval")
             w.writerow(
                 [
                     r["label"],
                     "ours",
                     *[r["ours"].get(t, {}).get(m, "") for t, m, _ in self.columns],
                     "" if r["dm"] is None else r["dm"],
+                    *(("", "", "") if iv is None else (iv.mean, iv.low, iv.high)),
                     r["plan"],
                 ]
             )
@@ -111,6 +116,9 @@ class Comparison:
                         "paper",
                         *[r["paper"].get(t, {}).get(m, "") for t, m, _ in self.columns],
                         "" if r["paper_dm"] is None else r["paper_dm"],
+                        "",
+                        "",
+                        "",
                         "",
                     ]
                 )
@@ -135,7 +143,7 @@ def build_comparison(study: optuna.Study, recipe: Recipe) -> Comparison:
     directions = exp.directions()
     paper_rows: Mapping[str, Any] = recipe.paper.get("rows", {})
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    by_baseline = {t.user_attrs.get("baseline"): t for t in trials if t.user_attrs.get("baseline")}
+    by_baseline = {t.user_attrs["baseline"]: t for t in trials if t.user_attrs.get("baseline")}
     single = by_baseline.get("single")
     paper_single = paper_rows.get("single_task")
 
@@ -145,7 +153,7 @@ def build_comparison(study: optuna.Study, recipe: Recipe) -> Comparison:
         shared = {t: {m: v for m, v in ms.items() if m in paper_single.get(t, {})} for t, ms in metrics.items()}
         dirs = {t: {m: directions[t][m] for m in ms if m in directions.get(t, {})} for t, ms in shared.items()}
         try:
-            return delta_m(shared, paper_single, dirs, skip_zero=True)
+            return recipe.gain(shared, paper_single, dirs, skip_zero=True)
         except (KeyError, ValueError):
             return None
 
@@ -161,9 +169,10 @@ def build_comparison(study: optuna.Study, recipe: Recipe) -> Comparison:
                 "dm": exp.delta_m(ours, single.user_attrs["metrics"]) if t is not None and single else None,
                 "paper_dm": paper_dm(paper_rows.get(label)),
                 "plan": plan_summary(t.user_attrs.get("plan")) if t is not None else "not run",
+                "confirm_label": baseline,
             }
         )
-    searched = [t for t in trials if not t.user_attrs.get("baseline") and t.user_attrs.get("delta_m") is not None]
+    searched = [t for t in trials if "slot" in t.user_attrs and t.user_attrs.get("delta_m") is not None]
     for label, params in recipe.compare.get("grid_rows", {}).items():  # ablation rows: points of the grid
         t = next((t for t in searched if all(str(t.params.get(k)) == str(v) for k, v in params.items())), None)
         rows.append(
@@ -174,6 +183,7 @@ def build_comparison(study: optuna.Study, recipe: Recipe) -> Comparison:
                 "dm": t.user_attrs["delta_m"] if t is not None else None,
                 "paper_dm": paper_dm(paper_rows.get(label)),
                 "plan": ", ".join(f"{k}={v}" for k, v in params.items()) + ("" if t is not None else " (not run)"),
+                "confirm_label": f"trial {t.number}" if t is not None else "",
             }
         )
     if searched and not is_grid(recipe):
@@ -186,7 +196,17 @@ def build_comparison(study: optuna.Study, recipe: Recipe) -> Comparison:
                 "dm": best.user_attrs["delta_m"],
                 "paper_dm": None,
                 "plan": plan_summary(best.user_attrs.get("plan")),
+                "confirm_label": f"trial {best.number}",
             }
         )
+    conf = summarize(study)
+    by_label = {p.label: p for p in conf.plans if p.interval is not None}
+    for r in rows:
+        p = by_label.get(r.pop("confirm_label", ""))
+        if p is None:
+            continue
+        r["interval"] = p.interval
+        r["confirmed"] = f"{p.interval} ({p.interval.n} seeds)"
+        r["beats"] = "reference" if p.label == conf.best_baseline else "yes" if p.test and p.test.beats else "no"
     title = recipe.paper.get("table") or f"{recipe.name}: {recipe.backbone}, {', '.join(recipe.tasks)}"
-    return Comparison(str(title), _columns(recipe, exp), rows)
+    return Comparison(str(title), _columns(recipe, exp), rows, recipe.gain.describe())

@@ -19,14 +19,17 @@ from .fusion import FUSION_UNITS
 from .graph import BackboneGraph, trace
 from .recipe import Recipe
 from .stitch import StitchedNet, StitchPlan, build
-from .tasks import TASKS, Task, delta_m, get_task
+from .tasks import TASKS, Task, get_task
 from .train import TrainConfig, evaluate, fit
 
-__all__ = ["Experiment", "BASELINES", "COMPARE_ROWS", "TrialResult", "column_weights_of"]
+__all__ = ["Experiment", "BASELINES", "WARMSTART", "COMPARE_ROWS", "TrialResult", "WarmStart", "column_weights_of"]
 
 # The baselines every study trains first: K single-task nets, the fully shared net, and the
 # papers' default plan (NDDR after every stage, init (0.9, 0.1), fusion lr x100; NDDR-CNN Tables 1-2).
 BASELINES = ("single", "shared", "nddr_default")
+# The single-task nets trained once at the full budget: every warm-started trial begins from them
+# (NDDR-CNN Table 3 and cross-stitch Table 3: the papers' best initialisation).
+WARMSTART = "warmstart"
 # The rows of the papers' comparison tables (NDDR-CNN Tables 4-7): cross-stitch and sluice at the
 # same points as NDDR with their papers' best settings ((0.9, 0.1), lr x100; sluice with 2 subspaces).
 COMPARE_ROWS = ("single", "shared", "cross_stitch_default", "sluice_default", "nddr_default")
@@ -65,8 +68,8 @@ class Experiment:
                 common.setdefault("seed", self.seed)
                 train_len, val_len = train_len or 1000, val_len or 100
             self._data = (
-                get_dataset(name, split="train", length=train_len, **common),
-                get_dataset(name, split="val", length=val_len, **common),
+                _cached(get_dataset(name, split="train", length=train_len, **common)),
+                _cached(get_dataset(name, split="val", length=val_len, **common)),
             )
         return self._data
 
@@ -164,19 +167,32 @@ class Experiment:
         units = ", ".join(f"{u}_default" for u in sorted(FUSION_UNITS))
         raise PlanError(f"unknown baseline {name!r}; baselines: single, shared, split@POINT, {units}")
 
-    def build(self, plan: StitchPlan, column_weights: Any = None, read_data: bool = True) -> StitchedNet:
+    def build(
+        self,
+        plan: StitchPlan,
+        column_weights: Any = None,
+        read_data: bool = True,
+        start: WarmStart | None = None,
+        init_seed: int | None = None,
+    ) -> StitchedNet:
+        """``plan`` on the recipe's backbone. ``start``: columns and heads from trained single-task
+        nets; ``init_seed``: every new module drawn from (seed, its name), see ``stitch.build``."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return build(
+            net = build(
                 self.recipe.backbone,
                 self.task_sizes(read_data),
                 plan,
                 input_size=self.input_size,
                 pretrained=self.recipe.pretrained,
                 task_args={t: _head_args(a) for t, a in self.recipe.task_args.items()},
-                column_weights=column_weights,
+                column_weights=start.columns if start is not None else column_weights,
+                init_seed=init_seed,
                 **self.recipe.backbone_args,
             )
+        if start is not None:
+            start.load_heads(net)
+        return net
 
     # ---- training -------------------------------------------------------------------------
     def train(
@@ -190,13 +206,15 @@ class Experiment:
         checkpoint: str | None = None,
         progress: bool = True,
         column_weights: Any = None,
+        start: WarmStart | None = None,
     ) -> TrialResult:
-        """Build ``plan`` with the recipe's backbone (columns from ``column_weights`` if given) and
-        train it on the recipe's data."""
+        """Build ``plan`` with the recipe's backbone (columns from ``column_weights``, or columns and
+        heads from ``start``) and train it on the recipe's data. New modules are drawn from
+        ``cfg.seed`` and their names, so plans trained with one seed share their random start."""
         cfg = cfg or self.recipe.train_config()
         cfg.progress = progress and cfg.progress
         torch.manual_seed(cfg.seed)
-        net = self.build(plan, column_weights)
+        net = self.build(plan, column_weights, start=start, init_seed=cfg.seed)
         tasks = self.tasks(loss_weights)
         train, val = self.datasets()
         history = fit(net, tasks, train, val, cfg, device=device, callback=callback, checkpoint=checkpoint)
@@ -212,8 +230,64 @@ class Experiment:
         single: Mapping[str, Mapping[str, float]],
         skip_zero: bool = True,
     ) -> float:
-        """Delta-m against ``single``; terms whose single-task value is 0 are left out."""
-        return delta_m(metrics, single, self.directions(), skip_zero=skip_zero)
+        """Delta-m against ``single`` under the recipe's convention (``recipe.gain``); terms whose
+        single-task value is 0 are left out."""
+        return self.recipe.gain(metrics, single, self.directions(), skip_zero=skip_zero)
+
+
+@dataclass
+class WarmStart:
+    """Trained single-task networks as the start of other plans: each column's backbone weights
+    (under timm's names, whatever the plan's cut points) and each task's head."""
+
+    columns: list[dict[str, torch.Tensor]]
+    heads: dict[str, dict[str, torch.Tensor]]
+
+    @classmethod
+    def of(cls, net: StitchedNet) -> WarmStart:
+        heads = {t: {k: v.detach().clone() for k, v in net.heads[t].state_dict().items()} for t in net.tasks}
+        return cls(column_weights_of(net), heads)
+
+    def load_heads(self, net: StitchedNet) -> None:
+        """Copy the heads in. Shortcut and sluice head inputs start as the identity on the last
+        stage, so the single-task head fits them as it is."""
+        for t in net.tasks:
+            net.heads[t].load_state_dict(self.heads[t])
+
+
+def _cached(data: Dataset) -> Dataset:
+    """``data`` behind a memory cache when its items are a pure function of the index (no random
+    augmentation): every trial of a study reads the same items, so they are read or generated once."""
+    pure = getattr(data, "deterministic", False) or getattr(data, "augment", True) is False
+    return _Cached(data) if pure else data
+
+
+class _Cached(Dataset):
+    """Keeps what it has read in memory up to ``limit`` bytes: a study reads the same items in every
+    trial (the validation set at every evaluation), and generating or decoding them again costs
+    more than the forward pass of a small net."""
+
+    def __init__(self, data: Dataset, limit: int = 1 << 29) -> None:
+        self.data, self.limit, self.size = data, limit, 0
+        self.items: dict[int, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.data)  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> Any:  # tasks, classes, ... of the wrapped set
+        if name in ("data", "items", "limit", "size"):
+            raise AttributeError(name)
+        return getattr(self.data, name)
+
+    def __getitem__(self, i: int) -> Any:
+        if i in self.items:
+            return self.items[i]
+        item = self.data[i]
+        n = sum(v.numel() * v.element_size() for v in item.values() if isinstance(v, torch.Tensor))
+        if self.size + n <= self.limit:
+            self.items[i] = item
+            self.size += n
+        return item
 
 
 def column_weights_of(net: StitchedNet) -> list[dict[str, torch.Tensor]]:

@@ -12,7 +12,20 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-__all__ = ["counts", "plan_summary", "trial_rows", "trials_table", "live_view", "best_trial", "headline_metrics"]
+from .confirm import Confirmation, summarize
+from .experiment import WARMSTART
+
+__all__ = [
+    "counts",
+    "plan_summary",
+    "trial_rows",
+    "trials_table",
+    "confirmation_table",
+    "live_view",
+    "best_trial",
+    "headline_metrics",
+    "is_ranked",
+]
 
 _SHORT = {"nddr": "nddr", "cross_stitch": "cs", "sluice": "sluice"}
 
@@ -44,7 +57,15 @@ def headline_metrics(metrics: dict[str, dict[str, float]] | None, compact: bool 
 
 
 def _kind(t: FrozenTrial) -> str:
+    if t.user_attrs.get("confirm") is not None:
+        return f"confirm:{t.user_attrs['confirm']}"
     return f"baseline:{t.user_attrs['baseline']}" if t.user_attrs.get("baseline") else "search"
+
+
+def is_ranked(t: FrozenTrial) -> bool:
+    """Trials of the search's leaderboard: baselines and sampled plans, not the warm start (the
+    others' start) nor the confirmation's repeats (summarised per plan instead)."""
+    return t.user_attrs.get("baseline") != WARMSTART and t.user_attrs.get("confirm") is None
 
 
 def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
@@ -63,6 +84,7 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
                 "plan": t.user_attrs.get("plan"),
                 "metrics": t.user_attrs.get("metrics"),
                 "delta_m": t.user_attrs.get("delta_m"),
+                "seed": t.user_attrs.get("seed"),
                 "params": t.user_attrs.get("params"),
                 "values": t.values,
                 "step": t.user_attrs.get("step"),
@@ -83,19 +105,40 @@ def counts(study: optuna.Study) -> dict[str, int]:
 
 
 def best_trial(study: optuna.Study, with_fusion: bool = False) -> FrozenTrial | None:
-    """Single objective: the best complete trial; several: the Pareto trial with the best first
+    """The search's best single run (one seed; ``confirm.summarize`` says what holds over seeds).
+    Single objective: the best complete trial; several: the Pareto trial with the best first
     objective. ``with_fusion``: only trials whose network has fusion units."""
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values]
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values and is_ranked(t)]
     if with_fusion:
         done = [t for t in done if t.user_attrs.get("fusion_artifact")]
     if not done:
         return None
     pool = done
     if len(study.directions) > 1:
-        pareto = {t.number for t in study.best_trials}
-        pool = [t for t in done if t.number in pareto] or done
+        pool = [t for t in done if not any(_dominates(o, t, study.directions) for o in done)] or done
     sign = 1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1
     return max(pool, key=lambda t: sign * t.values[0])
+
+
+def _dominates(a: FrozenTrial, b: FrozenTrial, directions: list[optuna.study.StudyDirection]) -> bool:
+    """Whether ``a`` is at least as good as ``b`` in every objective and better in one."""
+    signs = [1 if d == optuna.study.StudyDirection.MAXIMIZE else -1 for d in directions]
+    pairs = [(s * x, s * y) for s, x, y in zip(signs, a.values, b.values)]
+    return all(x >= y for x, y in pairs) and any(x > y for x, y in pairs)
+
+
+def search_only(study: optuna.Study, sampled: bool = False) -> optuna.Study:
+    """An in-memory copy of the study's ranked trials (``sampled``: only the sampled plans), for
+    Optuna's figures: the warm start and the confirmation's repeats would otherwise count as
+    trials of the search."""
+    copy = optuna.create_study(directions=study.directions, study_name=study.study_name)
+    keep = [
+        t
+        for t in study.get_trials(deepcopy=False)
+        if is_ranked(t) and (not sampled or "slot" in t.user_attrs) and t.state.is_finished()
+    ]
+    copy.add_trials(keep)
+    return copy
 
 
 def _fmt(v: Any, digits: int = 2) -> str:
@@ -115,7 +158,11 @@ def trials_table(study: optuna.Study, title: str | None = None, compact: bool = 
         table.add_column(col, overflow="fold")
     best = best_trial(study)
     for r in trial_rows(study):
+        if compact and (r["kind"].startswith("confirm:") or r["kind"] == f"baseline:{WARMSTART}"):
+            continue  # the leaderboard shows the confirmation per plan (confirmation_table)
         values = r["values"] or [None] * len(objectives)
+        if r["kind"] == f"baseline:{WARMSTART}":
+            values = [None if o == "delta_m" else v for o, v in zip(objectives, values)]
         style = "bold green" if best is not None and r["number"] == best.number else None
         table.add_row(
             str(r["number"]),
@@ -157,3 +204,49 @@ def live_view(study: optuna.Study, steps: int) -> Group:
     if running.row_count:
         lines.append(running)
     return Group(*lines)
+
+
+def confirmation_table(study: optuna.Study, confirmation: Confirmation | None = None) -> Table | None:
+    """Per confirmed plan: Delta-m per seed, mean ± 95% t interval, and the paired test against the
+    best baseline (difference, its interval, p); None when the study ran no confirmation."""
+    c = confirmation or summarize(study)
+    if not c.plans:
+        return None
+    convention = study.user_attrs.get("delta_m_convention", "Delta-m (%)")
+    table = Table(
+        title=f"confirmation over seeds ({convention}); paired against the best baseline, {c.best_baseline}",
+        title_justify="left",
+    )
+    for col in (
+        "plan",
+        "kind",
+        "seeds",
+        "Delta-m mean ± 95% CI",
+        f"vs {c.best_baseline}: diff [95% CI], p",
+        "beats",
+        "search Delta-m",
+        "what",
+    ):
+        table.add_column(col, overflow="fold")
+    best = c.best
+    for p in c.plans:
+        if p.interval is None:
+            table.add_row(p.label, "baseline" if p.baseline else "search", "0", "(not run yet)", "", "", "", "")
+            continue
+        if p.label == c.best_baseline:
+            vs, beats = "reference", ""
+        else:
+            vs = str(p.test) if p.test is not None else "-"
+            beats = "yes" if p.test is not None and p.test.beats else "no"
+        table.add_row(
+            p.label,
+            "baseline" if p.baseline else "search",
+            str(p.interval.n),
+            str(p.interval),
+            vs,
+            beats,
+            _fmt(p.search_delta_m),
+            plan_summary(p.plan),
+            style="bold green" if best is not None and p is best else None,
+        )
+    return table

@@ -17,11 +17,13 @@ from typing import Any
 import yaml
 
 from .errors import FusionSearchError
+from .tasks import DeltaM, primary_metric
 from .train import TrainConfig
 
 __all__ = ["Recipe", "RecipeError", "load_recipe", "recipe_dirs", "list_recipes", "parse_data"]
 
 DEFAULT_RECIPE = "quick"
+CONFIRM_DEFAULTS = {"top": 2, "seeds": 3}
 
 
 class RecipeError(FusionSearchError, ValueError):
@@ -48,6 +50,8 @@ class Recipe:
     search: dict[str, Any] = field(default_factory=dict)
     study: dict[str, Any] = field(default_factory=dict)
     compare: dict[str, Any] = field(default_factory=dict)
+    delta_m: dict[str, Any] = field(default_factory=dict)
+    confirm: dict[str, Any] = field(default_factory=dict)
     path: str | None = None
 
     def __post_init__(self) -> None:
@@ -66,6 +70,31 @@ class Recipe:
         for t in self.task_args:
             if t not in self.tasks:
                 raise RecipeError(f"recipe {self.name!r}: task_args names {t!r}, which is not in tasks {self.tasks}")
+        try:
+            gain = DeltaM.from_dict(self.delta_m)
+            if gain.metrics == "primary":
+                for t in self.tasks:
+                    primary_metric(t)
+        except FusionSearchError as e:
+            raise RecipeError(f"recipe {self.name!r}: {e}") from None
+        self.confirm_config()
+
+    @property
+    def gain(self) -> DeltaM:
+        """The recipe's Delta-m convention (``delta_m: {average: tasks|metrics, metrics: all|primary}``)."""
+        return DeltaM.from_dict(self.delta_m)
+
+    def confirm_config(self) -> dict[str, int]:
+        """``confirm: {top: N, seeds: S}``: after the search, the N best searched plans and every
+        baseline are trained again with S fresh seeds (defaults 2 and 3; ``seeds: 0`` skips it)."""
+        unknown = set(self.confirm) - set(CONFIRM_DEFAULTS)
+        if unknown:
+            raise RecipeError(f"recipe {self.name!r}: unknown confirm field(s) {sorted(unknown)}; known: top, seeds")
+        out = {**CONFIRM_DEFAULTS, **self.confirm}
+        for k, v in out.items():
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise RecipeError(f"recipe {self.name!r}: confirm {k} must be a whole number >= 0, got {v!r}")
+        return out
 
     @property
     def image_size(self) -> int:

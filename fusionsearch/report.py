@@ -11,19 +11,23 @@ from __future__ import annotations
 import html
 import json
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
 import optuna
 import plotly.graph_objects as go
+from optuna.trial import TrialState
 from plotly.subplots import make_subplots
 
-from .leaderboard import best_trial, counts, plan_summary, trial_rows
+from .confirm import Confirmation, summarize
+from .leaderboard import best_trial, counts, plan_summary, search_only, trial_rows
 from .storage import artifact_store
 
-__all__ = ["write_report", "FIGURES", "placement_map", "fusion_weight_figure"]
+__all__ = ["write_report", "FIGURES", "placement_map", "fusion_weight_figure", "confirmation_figure", "importances"]
 
 FIGURES = (
+    "confirmation",
     "optimization history",
     "parameter importances",
     "pareto front",
@@ -31,11 +35,23 @@ FIGURES = (
     "placement map",
     "fusion weights",
 )
+# Fewer complete searched trials than this give importances that are noise (6 trials drew 12 bars
+# all at 0.08): the report says so instead of drawing them.
+MIN_TRIALS_FOR_IMPORTANCES = 10
+
+
+def _ranked_rows(study: optuna.Study) -> list[dict[str, Any]]:
+    """Complete trials of the search with a Delta-m (not the warm start, not confirmation repeats)."""
+    return [
+        r
+        for r in trial_rows(study)
+        if r["state"] == "complete" and r["delta_m"] is not None and not r["kind"].startswith("confirm:")
+    ]
 
 
 def placement_map(study: optuna.Study) -> go.Figure:
     """Mean Delta-m of finished trials with and without fusion at each candidate point."""
-    rows = [r for r in trial_rows(study) if r["state"] == "complete" and r["delta_m"] is not None and r["plan"]]
+    rows = [r for r in _ranked_rows(study) if r["plan"]]
     points: list[str] = []
     for t in study.get_trials(deepcopy=False):
         for name in t.params:
@@ -96,10 +112,76 @@ def fusion_weight_figure(weights: dict[str, Any], title: str) -> go.Figure:
     return fig
 
 
-def _pareto(study: optuna.Study) -> go.Figure:
+def confirmation_figure(study: optuna.Study, confirmation: Confirmation | None = None) -> go.Figure:
+    """Delta-m per confirmed plan: each seed as a dot, the mean with its 95% t interval, and the
+    baselines' intervals as bands across the plot, so a reader sees at once whether a plan's
+    interval clears them."""
+    c = confirmation or summarize(study)
+    done = [p for p in c.plans if p.interval is not None]
+    if not done:
+        raise ValueError("the study ran no confirmation (or none finished): nothing to draw")
+    labels = [p.label for p in done]
+    fig = go.Figure()
+    palette = ["#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
+    for i, p in enumerate(q for q in done if q.baseline):
+        iv = p.interval
+        assert iv is not None
+        low, high = (iv.low, iv.high) if iv.n > 1 else (iv.mean, iv.mean)
+        color = palette[i % len(palette)]
+        fig.add_hrect(y0=low, y1=high, fillcolor=color, opacity=0.12, line_width=0)
+        fig.add_hline(y=iv.mean, line_dash="dot", line_color=color, annotation_text=f"{p.label} (baseline)")
+    means = [p.mean for p in done]
+    err = [p.interval.half_width if p.interval and p.interval.n > 1 else 0.0 for p in done]
+    fig.add_trace(
+        go.Scatter(
+            x=labels,
+            y=means,
+            error_y={"type": "data", "array": err, "visible": True},
+            mode="markers",
+            marker={"size": 12, "color": ["#d62728" if not p.baseline else "#555" for p in done]},
+            name="mean ± 95% CI",
+            text=[f"{plan_summary(p.plan)}; vs {c.best_baseline}: {p.test or 'reference'}" for p in done],
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=[p.label for p in done for _ in p.by_seed],
+            y=[v for p in done for v in p.by_seed.values()],
+            mode="markers",
+            marker={"size": 6, "symbol": "circle-open", "color": "#333"},
+            name="one seed",
+        )
+    )
+    fig.update_layout(
+        title=f"Confirmation over seeds: {c.verdict()}",
+        yaxis_title=str(study.user_attrs.get("delta_m_convention", "Delta-m (%)")),
+    )
+    return fig
+
+
+def importances(study: optuna.Study) -> go.Figure:
+    """Importances of the searched parameters for Delta-m, over the complete sampled trials and the
+    parameters they all have (with define-by-run, the ones every trial draws). Too few trials give
+    noise (6 trials drew 12 bars all at 0.08), so that is an error the report prints instead."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "slot" in t.user_attrs]
+    if len(done) < MIN_TRIALS_FOR_IMPORTANCES:
+        raise ValueError(
+            f"{len(done)} complete searched trials; importances need at least {MIN_TRIALS_FOR_IMPORTANCES}"
+            " to mean anything (run more --trials)"
+        )
+    # a single-objective copy that maximises Delta-m: the evaluator reads the direction from the
+    # study (PED-ANOVA, Optuna's default, assumes minimisation for a custom target)
+    dm = optuna.create_study(direction="maximize")
+    dm.add_trials(
+        optuna.trial.create_trial(value=t.values[0], params=t.params, distributions=t.distributions) for t in done
+    )
+    return optuna.visualization.plot_param_importances(dm, target_name="Delta-m")
+
+
+def _pareto(study: optuna.Study, ranked: optuna.Study) -> go.Figure:
     if len(study.directions) > 1:
-        return optuna.visualization.plot_pareto_front(study)
-    rows = [r for r in trial_rows(study) if r["state"] == "complete" and r["delta_m"] is not None]
+        return optuna.visualization.plot_pareto_front(ranked)
+    rows = _ranked_rows(study)
     rows.sort(key=lambda r: r["params"] or 0)
     front, best = [], -float("inf")
     for r in rows:  # fewer parameters first: a trial is on the front if it beats all smaller ones
@@ -140,15 +222,31 @@ def write_report(study: optuna.Study, out: str | Path, storage_url: str, artifac
     """Write the study's HTML report; returns its path. Figures that need more finished trials
     than there are say so in place of the plot."""
     vis = optuna.visualization
+    conf = summarize(study)
+    ranked, sampled = search_only(study), search_only(study, sampled=True)
+    hist_target = None if len(study.directions) == 1 else (lambda t: t.values[0])
     figs = [
-        _safe("optimization history", lambda: vis.plot_optimization_history(study, target_name="Delta-m")),
-        _safe("parameter importances", lambda: vis.plot_param_importances(study)),
-        _safe("pareto front", lambda: _pareto(study)),
-        _safe("parallel coordinates", lambda: vis.plot_parallel_coordinate(study)),
+        _safe("confirmation", lambda: confirmation_figure(study, conf)),
+        _safe(
+            "optimization history",
+            lambda: vis.plot_optimization_history(ranked, target=hist_target, target_name="Delta-m"),
+        ),
+        _safe("parameter importances", lambda: importances(study)),
+        _safe("pareto front", lambda: _pareto(study, ranked)),
+        _safe(
+            "parallel coordinates",
+            lambda: vis.plot_parallel_coordinate(sampled, target=hist_target, target_name="Delta-m"),
+        ),
         _safe("placement map", lambda: placement_map(study)),
     ]
     best = best_trial(study)
     fused = best_trial(study, with_fusion=True)
+    confirmed = [p for p in conf.plans if p.interval is not None and p.net_trial is not None]
+    for p in confirmed:  # the best confirmed plan with fusion units speaks for the study
+        t = study.trials[p.net_trial]  # type: ignore[index]
+        if t.user_attrs.get("fusion_artifact"):
+            fused = t
+            break
     fw_fig, fw_err = None, "no complete trial has fusion units"
     if fused is not None:
         from optuna.artifacts import download_artifact
@@ -179,9 +277,16 @@ def write_report(study: optuna.Study, out: str | Path, storage_url: str, artifac
         parts.append("</section>")
     summary = ", ".join(f"{v} {k}" for k, v in counts(study).items() if v)
     head = f"<h1>fusionsearch study {html.escape(study.study_name)}</h1><p>{html.escape(summary)}</p>"
+    head += f"<p>{html.escape(str(study.user_attrs.get('delta_m_convention', 'Delta-m (%)')))}</p>"
+    head += f"<p><b>{html.escape(conf.verdict())}</b></p>"
+    if conf.best is not None:
+        head += (
+            f"<p>Best after confirmation: {html.escape(conf.best.label)}, Delta-m {conf.best.interval}"
+            f" over seeds: {html.escape(plan_summary(conf.best.plan))}</p>"
+        )
     if best is not None:
         head += (
-            f"<p>Best: trial {best.number}, value {best.values[0]:+.3f}:"
+            f"<p>Best single run of the search: trial {best.number}, value {best.values[0]:+.3f}:"
             f" {html.escape(plan_summary(best.user_attrs.get('plan')))}</p>"
         )
     doc = (
@@ -194,4 +299,21 @@ def write_report(study: optuna.Study, out: str | Path, storage_url: str, artifac
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(doc)
+    for name, fig, _ in figs:
+        if fig is not None and name in DASHBOARD_FIGURES:
+            try:
+                _to_dashboard(study, name, fig)
+            except Exception as e:  # the HTML file is written; the dashboard copy is a bonus
+                warnings.warn(f"{name} not saved for optuna-dashboard: {type(e).__name__}: {e}", stacklevel=2)
     return out
+
+
+DASHBOARD_FIGURES = ("confirmation", "placement map", "fusion weights")
+
+
+def _to_dashboard(study: optuna.Study, name: str, fig: go.Figure) -> None:
+    """Show one of our figures in optuna-dashboard too (its plotly graph objects panel); a fixed id
+    per figure, so a later report replaces it instead of adding another."""
+    from optuna_dashboard import save_plotly_graph_object
+
+    save_plotly_graph_object(study, fig, graph_object_id="fusionsearch-" + name.replace(" ", "-"))

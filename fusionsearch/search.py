@@ -25,15 +25,18 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
+from .confirm import confirm_seeds, queue_confirmation
 from .errors import FusionSearchError
-from .experiment import BASELINES, Experiment
+from .experiment import BASELINES, WARMSTART, Experiment, WarmStart
 from .recipe import Recipe
 from .space import SearchSpace
+from .stitch import StitchPlan
 from .storage import DEFAULT_STORAGE, HEARTBEAT_INTERVAL, artifact_store, open_storage, redact
 
 __all__ = [
     "StudySettings",
     "prepare_study",
+    "prepare_confirmation",
     "load_study",
     "run_worker",
     "OBJECTIVES",
@@ -46,6 +49,9 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 # objective name -> maximise?
 OBJECTIVES = {"delta_m": True, "params": False, "latency": False}
+METRIC_NAMES = {"delta_m": "Delta-m (%)", "params": "parameters", "latency": "latency (ms)"}
+PRUNERS = ("successive_halving", "hyperband", "median", "none")
+KEEP_NETS = ("confirmed", "all")
 
 
 @dataclass
@@ -62,6 +68,9 @@ class StudySettings:
     baselines: list[str] = field(default_factory=lambda: list(BASELINES))
     artifacts: str | None = None
     seed: int = 0
+    confirm_top: int = 2  # searched plans confirmed over seeds after the search
+    confirm_seeds: int = 3  # fresh seeds of the confirmation (0: no confirmation)
+    keep_nets: str = "confirmed"  # trained nets kept: baselines and confirmed plans, or "all"
 
     def __post_init__(self) -> None:
         bad = [o for o in self.objectives if o not in OBJECTIVES]
@@ -71,10 +80,14 @@ class StudySettings:
             raise FusionSearchError("the delta_m objective needs the 'single' baseline")
         if self.sampler not in ("tpe", "nsga2", "random", "grid"):
             raise FusionSearchError(f"unknown sampler {self.sampler!r}: tpe, nsga2, random or grid")
-        if self.pruner not in ("hyperband", "median", "none"):
-            raise FusionSearchError(f"unknown pruner {self.pruner!r}: hyperband, median or none")
+        if self.pruner not in PRUNERS:
+            raise FusionSearchError(f"unknown pruner {self.pruner!r}: {', '.join(PRUNERS)}")
         if self.trials < 0:
             raise FusionSearchError(f"trials must be >= 0, got {self.trials}")
+        if self.confirm_top < 0 or self.confirm_seeds < 0:
+            raise FusionSearchError("confirm top and seeds must be >= 0")
+        if self.keep_nets not in KEEP_NETS:
+            raise FusionSearchError(f"unknown keep_nets {self.keep_nets!r}: {', '.join(KEEP_NETS)}")
 
     @property
     def multi_objective(self) -> bool:
@@ -100,13 +113,42 @@ def make_sampler(settings: StudySettings, recipe: Recipe, worker_seed: int = 0) 
         )
 
 
+REDUCTION = 3  # successive halving and Hyperband keep the best third at each rung
+
+
+def trial_steps(recipe: Recipe) -> int:
+    """Training steps of a searched trial: ``finetune_steps`` when it starts from the trained
+    single-task nets, the full ``train.steps`` from scratch."""
+    space = SearchSpace.from_dict(recipe.search)
+    steps = recipe.train_config().steps
+    return space.finetune(steps) if space.baseline_init == "single" else steps
+
+
+def rungs(recipe: Recipe, settings: StudySettings) -> list[int] | None:
+    """Where searched trials are evaluated: the pruner's rungs (``eval_every`` x 3^k below the
+    trial's budget) for successive halving and Hyperband, so no evaluation is spent where no
+    decision reads it; None (every ``eval_every`` steps) otherwise."""
+    if settings.pruner not in ("successive_halving", "hyperband") or settings.multi_objective:
+        return None
+    first, last = recipe.train_config().eval_every, trial_steps(recipe)
+    out = []
+    while first < last:
+        out.append(first)
+        first *= REDUCTION
+    return out
+
+
 def make_pruner(settings: StudySettings, recipe: Recipe) -> optuna.pruners.BasePruner:
     if settings.multi_objective or settings.pruner == "none":
         return optuna.pruners.NopPruner()
     cfg = recipe.train_config()
     if settings.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=cfg.eval_every)
-    return optuna.pruners.HyperbandPruner(min_resource=cfg.eval_every, max_resource=cfg.steps, reduction_factor=3)
+    if settings.pruner == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=cfg.eval_every, reduction_factor=REDUCTION)
+    return optuna.pruners.HyperbandPruner(
+        min_resource=cfg.eval_every, max_resource=trial_steps(recipe), reduction_factor=REDUCTION
+    )
 
 
 def prepare_study(recipe: Recipe, settings: StudySettings) -> optuna.Study:
@@ -125,7 +167,9 @@ def prepare_study(recipe: Recipe, settings: StudySettings) -> optuna.Study:
     if old is not None:
         mine = recipe.to_dict()
         changed = [
-            k for k in ("backbone", "tasks", "data", "backbone_args", "train", "search") if old.get(k) != mine.get(k)
+            k
+            for k in ("backbone", "tasks", "data", "backbone_args", "train", "search", "delta_m")
+            if old.get(k, {} if k == "delta_m" else None) != mine.get(k)
         ]
         if changed:
             raise FusionSearchError(
@@ -136,7 +180,10 @@ def prepare_study(recipe: Recipe, settings: StudySettings) -> optuna.Study:
             raise FusionSearchError(f"study {settings.study!r} has other objectives: choose another --study name")
     study.set_user_attr("recipe", recipe.to_dict())
     study.set_user_attr("settings", {**asdict(settings), "storage": redact(settings.storage)})
-    for name in settings.baselines:
+    study.set_metric_names([METRIC_NAMES[o] for o in settings.objectives])
+    study.set_user_attr("delta_m_convention", recipe.gain.describe())
+    warm = [WARMSTART] if SearchSpace.from_dict(recipe.search).warm else []
+    for name in [*warm, *settings.baselines]:
         study.enqueue_trial({"baseline": name}, user_attrs={"baseline": name}, skip_if_exists=True)
     if settings.sampler == "grid":
         for i, point in enumerate(grid_points(recipe)):
@@ -147,6 +194,26 @@ def prepare_study(recipe: Recipe, settings: StudySettings) -> optuna.Study:
     return study
 
 
+def prepare_confirmation(study: optuna.Study, settings: StudySettings) -> tuple[int, str | None]:
+    """Queue the confirmation once the search has finished; returns (trials added, why not).
+
+    Call from the process that ran ``prepare_study``. While searched trials are still queued or
+    running the winners are not known yet, so nothing is queued and the reason says so."""
+    if settings.confirm_seeds == 0:
+        return 0, "confirmation is off (--confirm 0)"
+    if "delta_m" not in settings.objectives:
+        return 0, "confirmation compares Delta-m, which this study does not measure"
+    left = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))
+        if "confirm" not in t.user_attrs
+    ]
+    if left:
+        return 0, f"the search has {len(left)} trials left: confirmation waits for them"
+    seeds = confirm_seeds(settings.seed, settings.confirm_seeds)
+    return queue_confirmation(study, settings.baselines, settings.confirm_top, seeds), None
+
+
 def grid_points(recipe: Recipe) -> list[dict[str, Any]]:
     """Every combination of the recipe's choice lists, in a fixed order. A grid study queues each
     with all its values fixed, so N workers run each point exactly once (Optuna's GridSampler
@@ -154,9 +221,15 @@ def grid_points(recipe: Recipe) -> list[dict[str, Any]]:
     import itertools
 
     space = SearchSpace.from_dict(recipe.search)
-    grid = space.grid(Experiment(recipe).points(space.points))
+    points = Experiment(recipe).points(space.points)
+    grid = space.grid(points)
     names = list(grid)
-    return [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
+    out: list[dict[str, Any]] = []
+    for values in itertools.product(*(grid[n] for n in names)):
+        point = space.effective(dict(zip(names, values)), points)
+        if point not in out:  # choices define-by-run never reads make no new trial
+            out.append(point)
+    return out
 
 
 def load_study(name: str, storage: str = DEFAULT_STORAGE) -> tuple[optuna.Study, Recipe, StudySettings]:
@@ -189,16 +262,34 @@ def is_baseline(t: optuna.trial.FrozenTrial) -> str | None:
     return t.user_attrs.get("baseline")
 
 
-def single_metrics(study: optuna.Study) -> tuple[dict[str, Any] | None, bool]:
-    """The single-task baseline's final metrics and its evaluations, and whether it may still come."""
+def is_reference(t: optuna.trial.FrozenTrial, confirm: bool, seed: int | None) -> bool:
+    """The single-task run that Delta-m of a trial is measured against: the ``single`` baseline in
+    the search, the confirmation's ``single`` with the same seed in the confirmation."""
+    if confirm:
+        return t.user_attrs.get("confirm") == "single" and t.user_attrs.get("seed") == seed
+    return t.user_attrs.get("baseline") == "single"
+
+
+def _find(study: optuna.Study, match: Callable[[Any], bool]) -> tuple[Any, bool]:
+    """The complete trial that ``match`` picks, and whether one may still come (queued or running)."""
     pending = False
     for t in study.get_trials(deepcopy=False):
-        if is_baseline(t) == "single":
+        if match(t):
             if t.state == TrialState.COMPLETE:
-                return {"metrics": t.user_attrs["metrics"], "evals": t.user_attrs.get("evals", [])}, False
+                return t, False
             if t.state in (TrialState.RUNNING, TrialState.WAITING):
                 pending = True
     return None, pending
+
+
+def single_metrics(
+    study: optuna.Study, confirm: bool = False, seed: int | None = None
+) -> tuple[dict[str, Any] | None, bool]:
+    """The single-task reference's final metrics and its evaluations, and whether it may still come."""
+    t, pending = _find(study, lambda t: is_reference(t, confirm, seed))
+    if t is None:
+        return None, pending
+    return {"metrics": t.user_attrs["metrics"], "evals": t.user_attrs.get("evals", [])}, False
 
 
 def _reference(single: Mapping[str, Any], step: int) -> Mapping[str, Any]:
@@ -207,6 +298,17 @@ def _reference(single: Mapping[str, Any], step: int) -> Mapping[str, Any]:
         if e["step"] == step:
             return e["metrics"]
     return single["metrics"]
+
+
+def _rank(t: optuna.trial.FrozenTrial) -> int:
+    """Queue order: the warm start that all others begin from, the single-task reference, the
+    other baselines, sampled slots, then each seed's confirmation reference before its plans."""
+    b, c = t.user_attrs.get("baseline"), t.user_attrs.get("confirm")
+    if b is not None:
+        return 0 if b == WARMSTART else 1 if b == "single" else 2
+    if c is not None:
+        return 4 if c == "single" else 5
+    return 3
 
 
 class _Heartbeat:
@@ -238,14 +340,14 @@ class _Heartbeat:
             self.thread.join()
 
 
-def _pop(study: optuna.Study, baseline: str | None = None) -> optuna.Trial | None:
-    """Take one WAITING trial (atomically: a trial another worker took is skipped), baselines
-    first (every Delta-m needs the single-task one); with ``baseline``, only that baseline."""
+def _pop(study: optuna.Study, match: Callable[[Any], bool] | None = None) -> optuna.Trial | None:
+    """Take one WAITING trial (atomically: a trial another worker took is skipped) in ``_rank``
+    order; with ``match``, only a trial it picks."""
     storage = study._storage
     waiting = storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,))
-    waiting = sorted(waiting, key=lambda t: (t.user_attrs.get("baseline") is None, t.number))
-    if baseline is not None:
-        waiting = [t for t in waiting if t.user_attrs.get("baseline") == baseline]
+    waiting = sorted(waiting, key=lambda t: (_rank(t), t.number))
+    if match is not None:
+        waiting = [t for t in waiting if match(t)]
     for t in waiting:
         try:
             if storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
@@ -319,7 +421,13 @@ def failure_reason(e: BaseException) -> str:
 
 
 class Objective:
-    """Trains one queued trial: a baseline (by its user attribute) or a sampled plan."""
+    """Trains one queued trial: the warm start, a baseline, a sampled plan or a confirmation run.
+
+    Warm-started trials (``search.column_init: single``, the default) begin from the study's
+    trained single-task nets (columns and heads) and train ``finetune_steps``; the baselines they
+    are compared with start there too and train as long. Every trial of the search uses the study
+    seed (the same data order and the same draws for new modules); a confirmation trial uses its own.
+    """
 
     def __init__(
         self,
@@ -340,75 +448,112 @@ class Objective:
         self.wait_s = wait_s
         self.store = artifact_store(settings.storage, settings.artifacts)
         self.execute: Callable[[optuna.Trial], None] | None = None  # set by run_worker
+        self.rungs = rungs(recipe, settings)
+        self._warm: WarmStart | None = None
 
-    def single(self, wait: bool) -> dict[str, Any] | None:
-        """The single-task baseline's results. Waiting for them, this worker runs the baseline
-        itself if it is queued (e.g. retried after its worker died): nobody else may be left."""
+    def _await(self, match: Callable[[Any], bool], what: str) -> Any:
+        """The complete trial ``match`` picks. Waiting for it, this worker runs it itself if it is
+        queued (e.g. retried after its worker died): nobody else may be left to."""
         while True:
-            ref, pending = single_metrics(self.study)
-            if ref is not None or not wait:
-                return ref
+            t, pending = _find(self.study, match)
+            if t is not None:
+                return t
             if not pending:
-                raise FusionSearchError("the single-task baseline failed: Delta-m is undefined (see its trial)")
+                raise FusionSearchError(f"{what} failed, so this trial cannot be measured (see its trial)")
             reap_stale(self.study)
-            queued = _pop(self.study, baseline="single")
-            if queued is not None and self.execute is not None:
-                self.execute(queued)
+            queued = _pop(self.study, match) if self.execute is not None else None
+            if queued is not None:
+                self.execute(queued)  # type: ignore[misc]
                 continue
             time.sleep(self.wait_s)
 
-    def single_columns(self) -> list[dict[str, torch.Tensor]]:
-        """The trained single-task baseline's columns (waiting for it like Delta-m does)."""
-        from optuna.artifacts import download_artifact
+    def single(self, wait: bool, confirm: bool = False, seed: int | None = None) -> dict[str, Any] | None:
+        """The single-task reference's results (the search's, or the confirmation's for ``seed``)."""
+        ref, _ = single_metrics(self.study, confirm, seed)
+        if ref is not None or not wait:
+            return ref
+        self._await(lambda t: is_reference(t, confirm, seed), "the single-task reference: Delta-m is undefined")
+        return single_metrics(self.study, confirm, seed)[0]
 
-        from .experiment import column_weights_of
-        from .stitch import load
+    def warm_start(self) -> WarmStart:
+        """The trained single-task nets every warm-started trial begins from (downloaded once per
+        worker from the artefact store, so workers on other machines get them too)."""
+        if self._warm is None:
+            from optuna.artifacts import download_artifact
 
-        self.single(wait=True)
-        done = [
-            t
-            for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if is_baseline(t) == "single"
-        ]
-        with tempfile.TemporaryDirectory() as d:
-            path = Path(d) / "single.pt"
-            download_artifact(
-                artifact_store=self.store, file_path=str(path), artifact_id=done[0].user_attrs["model_artifact"]
+            from .stitch import load
+
+            done = self._await(lambda t: is_baseline(t) == WARMSTART, "the warm start (single-task nets)")
+            with tempfile.TemporaryDirectory() as d:
+                path = Path(d) / "warmstart.pt"
+                download_artifact(
+                    artifact_store=self.store, file_path=str(path), artifact_id=done.user_attrs["model_artifact"]
+                )
+                self._warm = WarmStart.of(load(path))
+        return self._warm
+
+    def _what(self, trial: optuna.Trial) -> tuple[StitchPlan, dict[str, float] | None, float | None, str]:
+        """(plan, loss weights, base lr, column start) of a trial of any kind."""
+        attrs = trial.user_attrs
+        baseline, confirm = attrs.get("baseline"), attrs.get("confirm")
+        if baseline == WARMSTART:
+            return self.exp.baseline_plan("single"), None, None, "scratch"
+        if baseline is not None:
+            return self.exp.baseline_plan(baseline), None, None, self.space.baseline_init
+        if confirm is not None:
+            if "source" not in attrs:
+                return self.exp.baseline_plan(confirm), None, None, self.space.baseline_init
+            src = self.study.get_trials(deepcopy=False)[attrs["source"]].user_attrs
+            return (
+                StitchPlan.from_dict(src["plan"]),
+                src.get("loss_weights"),
+                src.get("base_lr"),
+                src.get("column_init", self.space.baseline_init),
             )
-            return column_weights_of(load(path))
+        s = self.space.sample(trial, self.exp.points(self.space.points), len(self.recipe.tasks))
+        return s.plan, s.loss_weights or None, s.base_lr, s.column_init
 
     def __call__(self, trial: optuna.Trial) -> list[float]:
         if self.before_trial is not None:
             self.before_trial(trial)
-        baseline = trial.user_attrs.get("baseline")
-        cfg = self.recipe.train_config(seed=self.settings.seed)
-        columns = None
-        if baseline:
-            plan, weights = self.exp.baseline_plan(baseline), None
-        else:
-            s = self.space.sample(trial, self.exp.points(self.space.points), len(self.recipe.tasks))
-            plan, weights = s.plan, s.loss_weights
-            if s.base_lr is not None:
-                cfg.base_lr = s.base_lr
-            if s.column_init == "single":
-                columns = self.single_columns()
+        baseline, confirm = trial.user_attrs.get("baseline"), trial.user_attrs.get("confirm")
+        seed = int(trial.user_attrs.get("seed", self.settings.seed))
+        cfg = self.recipe.train_config(seed=seed)
+        plan, weights, base_lr, column_init = self._what(trial)
+        if base_lr is not None:
+            cfg.base_lr = base_lr
+        start = None
+        if column_init == "single":
+            start = self.warm_start()
+            cfg.steps = self.space.finetune(cfg.steps)
+            cfg.base_lr *= self.space.finetune_lr_mult
+        # only the last evaluation is read for the warm start and the confirmation; the search
+        # evaluates at the pruner's rungs (or where the recipe's train.eval_steps says)
+        if baseline == WARMSTART or confirm is not None:
+            cfg.eval_steps = []
+        elif self.rungs is not None:
+            cfg.eval_steps = self.rungs
         trial.set_user_attr("plan", _jsonable(plan.to_dict()))
+        trial.set_user_attr("column_init", column_init)
         if weights:
             trial.set_user_attr("loss_weights", weights)
-        directions = self.exp.directions()
-        prune = not self.settings.multi_objective and baseline is None
+        if base_lr is not None:
+            trial.set_user_attr("base_lr", base_lr)
+        prune = not self.settings.multi_objective and baseline is None and confirm is None
+        measured = "delta_m" in self.settings.objectives and baseline != WARMSTART
 
         def report(step: int, metrics: dict[str, dict[str, float]]) -> None:
             trial.set_user_attr("step", step)
-            if self.settings.multi_objective or "delta_m" not in self.settings.objectives:
+            if self.settings.multi_objective or not measured or confirm is not None:
                 return
             ref = {"metrics": metrics, "evals": []} if baseline == "single" else self.single(wait=False)
             if ref is None:
                 return
-            from .tasks import delta_m
-
-            trial.report(delta_m(metrics, _reference(ref, step), directions, skip_zero=True), step)
-            if prune and trial.should_prune():
+            trial.report(self.exp.delta_m(metrics, _reference(ref, step)), step)
+            # only sampled plans compete at the rungs: a warm-started plan starts below the
+            # single-task nets it came from, so with the baselines as the bar at 4 steps every
+            # plan was stopped and the confirmation had no searched plan to check
+            if prune and step < cfg.steps and trial.should_prune():  # a finished plan is never "pruned"
                 raise optuna.TrialPruned(f"pruned at step {step}")
 
         result = self.exp.train(
@@ -418,17 +563,22 @@ class Objective:
             device=self.device,
             callback=report,
             progress=self.progress,
-            column_weights=columns,
+            start=start,
         )
         params = sum(p.numel() for p in result.net.parameters())
         trial.set_user_attr("metrics", result.metrics)
         trial.set_user_attr("evals", result.history["evals"])
         trial.set_user_attr("params", params)
+        trial.set_user_attr("steps", result.step)
         self._save_artifacts(trial, result.net)
         values: list[float] = []
         for o in self.settings.objectives:
             if o == "delta_m":
-                ref = {"metrics": result.metrics} if baseline == "single" else self.single(wait=True)
+                if baseline == WARMSTART:  # the others' start, not a competitor: no Delta-m, ranked nowhere
+                    values.append(0.0)
+                    continue
+                own = (baseline == "single") or (confirm == "single")
+                ref = {"metrics": result.metrics} if own else self.single(True, confirm is not None, seed)
                 assert ref is not None
                 dm = self.exp.delta_m(result.metrics, ref["metrics"])
                 trial.set_user_attr("delta_m", dm)
@@ -443,24 +593,34 @@ class Objective:
         del result
         return values
 
+    def _keeps_net(self, trial: optuna.Trial) -> bool:
+        """Nets kept (~90 MB each for two resnet18 columns): the warm start (every worker's start),
+        the first confirmation seed of each baseline and confirmed plan (what ``best`` exports),
+        or the search's baselines when there is no confirmation; ``keep_nets: all`` keeps all."""
+        attrs = trial.user_attrs
+        if self.settings.keep_nets == "all" or attrs.get("baseline") == WARMSTART or attrs.get("keep_net"):
+            return True
+        return "baseline" in attrs and self.settings.confirm_seeds == 0
+
     def _save_artifacts(self, trial: optuna.Trial, net: Any) -> None:
         from optuna.artifacts import upload_artifact
 
         from .stitch import save
 
         with tempfile.TemporaryDirectory() as d:
-            model = Path(d) / f"trial-{trial.number}.pt"
-            save(net.cpu(), model)
-            trial.set_user_attr(
-                "model_artifact",
-                upload_artifact(
-                    artifact_store=self.store,
-                    file_path=str(model),
-                    study_or_trial=trial,
-                    mimetype="application/octet-stream",
-                ),
-            )
-            if net.fusion_units():
+            if self._keeps_net(trial):
+                model = Path(d) / f"trial-{trial.number}.pt"
+                save(net.cpu(), model)
+                trial.set_user_attr(
+                    "model_artifact",
+                    upload_artifact(
+                        artifact_store=self.store,
+                        file_path=str(model),
+                        study_or_trial=trial,
+                        mimetype="application/octet-stream",
+                    ),
+                )
+            if net.fusion_units():  # a few kB: kept for every trial (the report draws them)
                 fw = Path(d) / f"trial-{trial.number}-fusion.json"
                 fw.write_text(json.dumps(fusion_weights(net)))
                 trial.set_user_attr(
@@ -496,7 +656,7 @@ def run_worker(
     log = log or (lambda s: None)
 
     def execute(trial: optuna.Trial) -> None:
-        label = trial.user_attrs.get("baseline") or f"trial {trial.number}"
+        label = trial_label(trial)
         log(f"{label}: started on {device}")
         with _Heartbeat(study._storage, trial._trial_id):
             try:
@@ -536,6 +696,14 @@ def run_worker(
         ran += 1
         execute(trial)
     return ran
+
+
+def trial_label(t: Any) -> str:
+    """``warmstart``, ``single``, ``trial 7`` or ``confirm trial 7 (seed 1002)`` for log lines."""
+    a = t.user_attrs
+    if a.get("confirm") is not None:
+        return f"confirm {a['confirm']} (seed {a['seed']})"
+    return a.get("baseline") or f"trial {t.number}"
 
 
 def reap_stale(study: optuna.Study) -> None:

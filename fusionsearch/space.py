@@ -1,9 +1,10 @@
 """The search space: what a trial decides and how its choices become a StitchPlan.
 
 Every choice has a fixed name and a fixed set of values for the whole study (TPE and NSGA-II model
-each parameter by name), so choices that depend on each other are resolved after sampling: fusion
-points at or before the shared prefix are dropped, and the unit arguments of a point apply only
-when a unit is placed there. Defaults and ranges come from the papers' ablations: NDDR-CNN
+each parameter by name). Choices that depend on each other are drawn define-by-run: the shared
+prefix first, then a unit only for the points after it, and the unit arguments only when some
+unit is placed, so no trial carries a parameter that did nothing (the sampler and the importances
+would learn from it). Defaults and ranges come from the papers' ablations: NDDR-CNN
 Table 1 (init alpha in 0.5..1, best near 0.9) and Table 2 (fusion lr multiplier 1..1000, best
 x100); the cross-stitch paper's init (0.9, 0.1) and lr x10^2..10^3.
 """
@@ -20,9 +21,10 @@ from .errors import PlanError
 from .fusion import FUSION_UNITS
 from .stitch import StitchPlan
 
-__all__ = ["SearchSpace", "Sampled", "NONE"]
+__all__ = ["SearchSpace", "Sampled", "NONE", "COLUMN_INITS"]
 
 NONE = "none"
+COLUMN_INITS = ("single", "scratch")
 
 
 @dataclass
@@ -32,7 +34,7 @@ class Sampled:
     plan: StitchPlan
     loss_weights: dict[str, float]
     base_lr: float | None
-    column_init: str = "generic"
+    column_init: str = "single"
 
 
 @dataclass
@@ -53,7 +55,14 @@ class SearchSpace:
     # choice lists instead of ranges, for grids over the papers' ablation values
     init: list[Any] | None = None  # e.g. [[1, 0], [0.9, 0.1], xavier] (NDDR-CNN Table 1)
     lr_mult_choices: list[float] | None = None  # e.g. [1, 10, 100, 1000] (Table 2)
-    column_init: list[str] | None = None  # [generic, single]: start columns from the single-task nets (Table 3)
+    # where columns start: "single" (the study's trained single-task nets, then finetune_steps
+    # steps; NDDR-CNN Table 3's best) or "scratch" (the backbone's own weights, the full budget);
+    # a list makes it a searched choice (the Table 3 grid), its first value the baselines' start
+    column_init: str | list[str] = "single"
+    finetune_steps: int | None = None  # steps of a warm-started trial (default: a quarter of train.steps)
+    # a warm-started trial's learning rate is base_lr x this: restarting trained nets at the peak
+    # rate of a fresh run undoes much of their training in the first steps (AdamW especially)
+    finetune_lr_mult: float = 1.0
 
     def grid(self, points: Sequence[str]) -> dict[str, list[Any]]:
         """The categorical choices as a grid for Optuna's GridSampler. Every choice that is not
@@ -69,7 +78,7 @@ class SearchSpace:
         for name, values in (
             ("init", [_init_label(v) for v in self.init] if self.init else None),
             ("lr_mult", self.lr_mult_choices),
-            ("column_init", self.column_init),
+            ("column_init", self.column_init if isinstance(self.column_init, list) else None),
         ):
             if values is not None and name not in self.fixed:
                 g[name] = list(values)
@@ -106,7 +115,44 @@ class SearchSpace:
                     f"search {name} must be a [low, high] range with 0 < low <= high (log scale), or [v, v] to fix"
                     f" it, got {r!r}"
                 )
+        inits = space.column_init if isinstance(space.column_init, list) else [space.column_init]
+        bad = [v for v in inits if v not in COLUMN_INITS]
+        if bad or not inits:
+            raise PlanError(f"search column_init must be single, scratch or a list of them, got {space.column_init!r}")
+        f = space.finetune_steps
+        if f is not None and (not isinstance(f, int) or isinstance(f, bool) or f < 1):
+            raise PlanError(f"search finetune_steps must be a whole number >= 1, got {f!r}")
+        m = space.finetune_lr_mult
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not m > 0:
+            raise PlanError(f"search finetune_lr_mult must be a number > 0, got {m!r}")
         return space
+
+    def effective(self, params: Mapping[str, Any], points: Sequence[str]) -> dict[str, Any]:
+        """``params`` without the choices ``sample`` would not read: units at or before the shared
+        prefix, and the unit arguments when no unit is placed."""
+        prefix = params.get("shared_prefix", self.fixed.get("shared_prefix", NONE))
+        dead = set(points[: list(points).index(prefix) + 1]) if prefix in points else set()
+        out = {k: v for k, v in params.items() if not (k.startswith("unit@") and k[5:] in dead)}
+        units = [out.get(f"unit@{p}", self.fixed.get(f"unit@{p}")) for p in points if p not in dead]
+        if all(u in (None, NONE) for u in units):
+            for k in ("init", "init_alpha", "lr_mult", "fusion_weight_decay"):
+                out.pop(k, None)
+        return out
+
+    @property
+    def baseline_init(self) -> str:
+        """Where the baselines' columns start: the study-wide choice, or a searched list's first value."""
+        return self.column_init[0] if isinstance(self.column_init, list) else self.column_init
+
+    @property
+    def warm(self) -> bool:
+        """Whether any trial starts from the trained single-task nets (the study trains them first)."""
+        inits = self.column_init if isinstance(self.column_init, list) else [self.column_init]
+        return "single" in inits
+
+    def finetune(self, steps: int) -> int:
+        """Steps of a warm-started trial when the full budget is ``steps``."""
+        return self.finetune_steps or max(1, steps // 4)
 
     def _pick(self, trial: optuna.Trial, name: str, suggest: Any) -> Any:
         if name in self.fixed:
@@ -123,18 +169,17 @@ class SearchSpace:
 
     def sample(self, trial: optuna.Trial, points: Sequence[str], k: int) -> Sampled:
         """Draw a plan for ``k`` tasks over the candidate ``points`` (in network order)."""
-        units = {
-            p: self._pick(trial, f"unit@{p}", lambda p=p: trial.suggest_categorical(f"unit@{p}", self.units))
-            for p in points
-        }
         prefix = NONE
         if self.shared_prefix:
             prefix = self._pick(
                 trial, "shared_prefix", lambda: trial.suggest_categorical("shared_prefix", [NONE, *points[:-1]])
             )
-        if prefix != NONE:  # the trunk is one network up to the prefix: nothing to fuse there
-            cut = list(points).index(prefix)
-            units = {p: (u if i > cut else NONE) for i, (p, u) in enumerate(units.items())}
+        # the trunk is one network up to the prefix: nothing to fuse there, so nothing is drawn
+        after = list(points)[list(points).index(prefix) + 1 :] if prefix != NONE else list(points)
+        units = {
+            p: self._pick(trial, f"unit@{p}", lambda p=p: trial.suggest_categorical(f"unit@{p}", self.units))
+            for p in after
+        }
         at = [p for p, u in units.items() if u != NONE]
         shortcut = bool(self._pick(trial, "shortcut", lambda: trial.suggest_categorical("shortcut", self.shortcut)))
         common: dict[str, Any] = {}
@@ -170,12 +215,11 @@ class SearchSpace:
         base_lr = self._range(trial, "base_lr", self.base_lr) if self.base_lr is not None else None
         if k < 2 and at:
             raise PlanError("fusion needs at least 2 tasks")
-        column_init = "generic"
-        if self.column_init:
-            column_init = self._pick(
-                trial, "column_init", lambda: trial.suggest_categorical("column_init", list(self.column_init))
-            )
-        return Sampled(plan, weights, base_lr, column_init)
+        column_init = self.column_init
+        if isinstance(column_init, list):
+            choices = list(column_init)
+            column_init = self._pick(trial, "column_init", lambda: trial.suggest_categorical("column_init", choices))
+        return Sampled(plan, weights, base_lr, str(column_init))
 
 
 def _init_label(v: Any) -> str:

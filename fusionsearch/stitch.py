@@ -8,9 +8,11 @@ before the columns begin (the cross-stitch paper's "split" architectures).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
-from collections.abc import Mapping, Sequence
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -313,6 +315,7 @@ def build(
     leaf: Sequence[Any] = (),
     pretrained: bool = False,
     task_args: Mapping[str, Mapping[str, Any]] | None = None,
+    init_seed: int | None = None,
     **create_kwargs: Any,
 ) -> StitchedNet:
     """Build a stitched multi-task network.
@@ -324,11 +327,15 @@ def build(
         plan: where fusion goes; default ``StitchPlan()``: no fusion, K single-task networks.
         input_size: (C, H, W) for tracing (default: the backbone's own).
         column_weights: per task, a checkpoint path or state dict of that task's single-task
-            backbone (the papers' best start, NDDR-CNN Table 3), or None to keep the weights.
+            backbone (the papers' best start, NDDR-CNN Table 3), or None to keep the weights. With a
+            ``shared_prefix`` the trunk starts from the first task's weights.
         leaf, pretrained, create_kwargs: passed to ``trace`` / ``timm.create_model``.
         task_args: per task, constructor arguments of its registered ``Task`` that shape the head
             (e.g. ``{"seg": {"rates": [1, 6]}}``). Registered tasks get their own head (ASPP for
             ``seg``); other names get ``SimpleHead``.
+        init_seed: seeds each new module (fusion unit, head input, head) from this number and its
+            own name, so that two plans that share a module start it identically whatever else
+            they hold (common random numbers: their difference is the plan's, not the draw's).
 
     Example:
         >>> net = build("test_resnet", {"seg": 5, "normal": 3}, StitchPlan(at=["layer1", "layer2"]))
@@ -365,8 +372,6 @@ def build(
                 " are one trunk there, so there is nothing to fuse; move the prefix earlier or drop those points"
             )
         n_shared = points.index(by_node[prefix.node]) + 1
-        if column_weights is not None:
-            raise PlanError("column_weights and shared_prefix exclude each other: the trunk has one set of weights")
 
     col_points = [[p for p in per_col[c] if p.node in {q.node for q in per_col[c]}] for c in range(k)]
     col_points = [sorted(cp, key=lambda p: p.index) for cp in col_points]
@@ -391,7 +396,8 @@ def build(
         chans = [col_points[c][i].channels for c in range(k)]
         nonneg = all(col_points[c][i].nonnegative for c in range(k))
         try:
-            units[str(i)] = cls(chans, p.layout, nonnegative=nonneg, **args)
+            with _seeded(init_seed, f"unit:{label}"):
+                units[str(i)] = cls(chans, p.layout, nonnegative=nonneg, **args)
         except TypeError as e:
             raise PlanError(f"bad arguments for fusion unit {unit_name!r} at {label!r}: {e}") from None
         unit_channels.append(chans)
@@ -406,21 +412,22 @@ def build(
         mods = []
         for t in range(k):
             chans = [ch[t] for ch in unit_channels] + ([] if last_is_output else [finals[t].channels])
-            if plan.shortcut:
-                out = plan.shortcut_channels or finals[t].channels
-                mods.append(ShortcutHead(chans, out, finals[t].layout))
-                in_channels[t] = out
-            else:
-                lr = float(plan.unit_args.get("lr_mult", 100.0))
-                mods.append(SluiceHeadMix(chans, finals[t].layout, lr_mult=lr))
+            with _seeded(init_seed, f"head_input:{t}"):
+                if plan.shortcut:
+                    out = plan.shortcut_channels or finals[t].channels
+                    mods.append(ShortcutHead(chans, out, finals[t].layout))
+                    in_channels[t] = out
+                else:
+                    lr = float(plan.unit_args.get("lr_mult", 100.0))
+                    mods.append(SluiceHeadMix(chans, finals[t].layout, lr_mult=lr))
         head_inputs = nn.ModuleList(mods)
     prefixes = [int(getattr(g.model, "num_prefix_tokens", 0) or 0) for g in graphs]
-    heads = nn.ModuleDict(
-        {
-            task: make_head(task, n, in_channels[t], finals[t].layout, prefixes[t], (task_args or {}).get(task, {}))
-            for t, (task, n) in enumerate(task_sizes.items())
-        }
-    )
+    heads = nn.ModuleDict()
+    for t, (task, n) in enumerate(task_sizes.items()):
+        with _seeded(init_seed, f"head:{task}"):
+            heads[task] = make_head(
+                task, n, in_channels[t], finals[t].layout, prefixes[t], (task_args or {}).get(task, {})
+            )
     meta = {
         "backbones": [n if n is not None else g.name for n, g in zip(names, graphs)],
         "backbone_is_module": [n is None for n in names],
@@ -461,6 +468,17 @@ def _final_point(g: BackboneGraph) -> CutPoint:
     if last is None or sink is None or last.node != sink.name:
         raise PlanError(f"{g.name}'s forward_features does not return one tensor; it cannot be stitched")
     return last
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None, name: str) -> Iterator[None]:
+    """Draw a module's initial weights from (seed, name) and leave the global generator as it was."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed((int(seed) * 1_000_003 + zlib.crc32(name.encode())) % 2**63)
+        yield
 
 
 def _segments(g: BackboneGraph, points: list[CutPoint]) -> list[Segment]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,6 +25,8 @@ __all__ = [
     "register_task",
     "get_task",
     "delta_m",
+    "DeltaM",
+    "primary_metric",
     "ASPPHead",
     "Segmentation",
     "Normals",
@@ -47,11 +50,14 @@ def get_task(name: str, **kwargs: Any) -> Task:
 
 
 class Task:
-    """Base class. ``metrics`` maps each metric name to True when higher is better."""
+    """Base class. ``metrics`` maps each metric name to True when higher is better; ``primary``
+    names the one metric that stands for the task when Delta-m uses one metric per task (the
+    survey of Vandenhende et al.: mIoU, mean angle error, RMSE, accuracy, MAE)."""
 
     task_name = "task"
     kind = "dense"
     metrics: dict[str, bool] = {}
+    primary: str = ""
 
     def __init__(self, out_channels: int, loss_weight: float = 1.0) -> None:
         self.out_channels = int(out_channels)
@@ -116,6 +122,7 @@ class Segmentation(Task):
     confusion matrix over the whole evaluation set (classes absent from both sides don't count)."""
 
     metrics = {"miou": True, "pixel_acc": True}
+    primary = "miou"
 
     def __init__(
         self,
@@ -164,6 +171,7 @@ class Normals(Task):
     pixels of the evaluation set: mean, median, % within 11.25 / 22.5 / 30."""
 
     metrics = {"mean": False, "median": False, "within_11.25": True, "within_22.5": True, "within_30": True}
+    primary = "mean"
 
     def __init__(self, out_channels: int = 3, loss_weight: float = 1.0) -> None:
         if out_channels != 3:
@@ -219,6 +227,7 @@ class Depth(Task):
     """Depth: L1 on valid pixels (depth > 0); abs-rel and RMSE over the evaluation set."""
 
     metrics = {"abs_rel": False, "rmse": False}
+    primary = "rmse"
 
     def __init__(self, out_channels: int = 1, loss_weight: float = 1.0) -> None:
         super().__init__(1, loss_weight)
@@ -256,6 +265,7 @@ class Classification(Task):
 
     kind = "cls"
     metrics = {"accuracy": True}
+    primary = "accuracy"
 
     def head(self, in_channels: int) -> nn.Module:
         return _ClsHead(in_channels, self.out_channels)
@@ -290,6 +300,7 @@ class Age(Task):
 
     kind = "cls"
     metrics = {"mae": False, "median_ae": False}
+    primary = "mae"
 
     def __init__(self, out_channels: int = 100, loss_weight: float = 1.0) -> None:
         super().__init__(out_channels, loss_weight)
@@ -315,28 +326,99 @@ class Age(Task):
         return {"mae": err.mean().item(), "median_ae": err.median().item()}
 
 
+@dataclass(frozen=True)
+class DeltaM:
+    """How Delta-m, the multi-task gain in % over the single-task networks, averages its terms.
+
+    Each term is (-1)^lower_is_better (M_mt - M_st) / M_st * 100 for one metric of one task.
+
+    - ``average="tasks"`` (default): the mean of each task's terms, then the mean over tasks, so
+      each task counts once however many metrics it reports (LibMTL's Delta_p,
+      ``count_improvement``). ``"metrics"``: the flat mean over every term (Maninis et al.,
+      Nash-MTL), where surface normals' five metrics outweigh segmentation's two.
+    - ``metrics="all"`` (default): every metric the task reports. ``"primary"``: only each task's
+      ``Task.primary`` metric (the survey of Vandenhende et al.); then both averages agree.
+    """
+
+    average: str = "tasks"
+    metrics: str = "all"
+
+    def __post_init__(self) -> None:
+        if self.average not in ("tasks", "metrics"):
+            raise PlanError(f"delta_m average must be 'tasks' or 'metrics', got {self.average!r}")
+        if self.metrics not in ("all", "primary"):
+            raise PlanError(f"delta_m metrics must be 'all' or 'primary', got {self.metrics!r}")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> DeltaM:
+        d = dict(d or {})
+        unknown = set(d) - {"average", "metrics"}
+        if unknown:
+            raise PlanError(f"unknown delta_m field(s) {sorted(unknown)}; known: average, metrics")
+        return cls(**d)
+
+    def describe(self) -> str:
+        """One line for reports and tables: which convention produced the numbers."""
+        what = "each task's primary metric" if self.metrics == "primary" else "all metrics"
+        if self.metrics == "primary" or self.average == "tasks":
+            how = "mean over tasks" + ("" if self.metrics == "primary" else " of each task's mean")
+            src = "Vandenhende et al." if self.metrics == "primary" else "LibMTL's Delta_p"
+        else:
+            how, src = "flat mean over metrics", "Maninis et al. / Nash-MTL"
+        return f"Delta-m (%): {how} relative gain over single-task, {what} ({src})"
+
+    def __call__(
+        self,
+        multi: Mapping[str, Mapping[str, float]],
+        single: Mapping[str, Mapping[str, float]],
+        directions: Mapping[str, Mapping[str, bool]],
+        skip_zero: bool = False,
+    ) -> float:
+        return delta_m(multi, single, directions, skip_zero, average=self.average, metrics=self.metrics)
+
+
+def primary_metric(task: str) -> str:
+    """The metric that stands for ``task`` when Delta-m uses one per task."""
+    cls = TASKS.get(task.split(":")[0])
+    if not cls.primary:
+        raise PlanError(f"task {task!r} declares no primary metric (Task.primary): use delta_m metrics: all")
+    return cls.primary
+
+
 def delta_m(
     multi: Mapping[str, Mapping[str, float]],
     single: Mapping[str, Mapping[str, float]],
     directions: Mapping[str, Mapping[str, bool]],
     skip_zero: bool = False,
+    *,
+    average: str = "tasks",
+    metrics: str = "all",
 ) -> float:
-    """Multi-task gain in %: mean over tasks and metrics of (-1)^lower_is_better (M_mt - M_st) / M_st.
+    """Multi-task gain in %: (-1)^lower_is_better (M_mt - M_st) / M_st averaged as ``DeltaM`` says
+    (by default within each task, then over tasks: LibMTL's Delta_p).
 
     ``directions[task][metric]`` is True when higher is better (``Task.metrics``). A single-task
     value of 0 makes its term undefined: an error, or with ``skip_zero`` the term is left out (a
     search on a tiny budget can have 0% of pixels within 11.25 degrees).
     """
-    terms = []
-    for task, metrics in directions.items():
-        for metric, higher in metrics.items():
+    DeltaM(average, metrics)  # validates
+    per_task: list[list[float]] = []
+    for task, dirs in directions.items():
+        names = [primary_metric(task)] if metrics == "primary" else list(dirs)
+        terms = []
+        for metric in names:
             base = single[task][metric]
             if base == 0:
                 if skip_zero:
                     continue
                 raise ValueError(f"single-task {task}/{metric} is 0: Delta-m is undefined")
-            sign = 1.0 if higher else -1.0
+            sign = 1.0 if dirs[metric] else -1.0
             terms.append(sign * (multi[task][metric] - base) / abs(base) * 100)
-    if not terms:
+        if terms:
+            per_task.append(terms)
+    if not per_task:
         raise ValueError("no metrics to compare")
-    return sum(terms) / len(terms)
+    if average == "tasks":
+        return sum(sum(t) / len(t) for t in per_task) / len(per_task)
+    flat = [x for t in per_task for x in t]
+    return sum(flat) / len(flat)

@@ -20,7 +20,7 @@ from .errors import FusionSearchError
 from .stitch import StitchedNet
 from .tasks import Task
 
-__all__ = ["TrainConfig", "NonFiniteLossError", "fit", "evaluate", "lr_factor"]
+__all__ = ["TrainConfig", "NonFiniteLossError", "fit", "evaluate", "evaluates_at", "lr_factor"]
 
 
 class NonFiniteLossError(FusionSearchError, FloatingPointError):
@@ -41,6 +41,7 @@ class TrainConfig:
     warmup_steps: int = 0
     poly_power: float = 0.9
     eval_every: int = 100
+    eval_steps: list[int] | None = None  # evaluate at exactly these steps (and the last) instead
     grad_clip: float | None = None
     amp: bool | None = None  # None: on for CUDA (bf16 where supported), off on CPU
     channels_last: bool | None = None  # None: on for CUDA
@@ -77,6 +78,17 @@ class _StepSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         return max(0, self.steps - self.start)
+
+
+def evaluates_at(step: int, cfg: TrainConfig) -> bool:
+    """Whether ``fit`` evaluates after ``step`` steps: the last step always; otherwise each of
+    ``eval_steps`` (a pruner's rungs: no evaluation is spent where nobody reads it) or every
+    ``eval_every`` steps."""
+    if step == cfg.steps:
+        return True
+    if cfg.eval_steps is not None:
+        return step in cfg.eval_steps
+    return step % cfg.eval_every == 0
 
 
 def _device(net: StitchedNet, device: str | torch.device | None) -> torch.device:
@@ -215,7 +227,7 @@ def fit(
             step += 1
             history["losses"].append(loss.item())
             progress.update(bar, advance=1, loss=loss.item())
-            if val_data is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
+            if val_data is not None and evaluates_at(step, cfg):
                 metrics = evaluate(net, tasks, val_data, cfg.batch_size, dev, use_amp, cfg.num_workers)
                 history["evals"].append({"step": step, "metrics": metrics})
                 if callback is not None:

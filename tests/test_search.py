@@ -33,11 +33,13 @@ runner = CliRunner()
 
 
 def tiny_recipe(steps: int = 4, **search) -> Recipe:
+    """The quick recipe on test_resnet at 32 px; warm-started trials fine-tune steps // 4 steps."""
+    quick = {k: v for k, v in load_recipe("quick").search.items() if not k.startswith("finetune")}
     return load_recipe("quick").with_overrides(
         backbone="test_resnet",
         data={"name": "synthetic", "size": 32, "train_length": 16, "val_length": 4},
         train={"steps": steps, "batch_size": 4, "base_lr": 0.002, "optimizer": "adamw", "eval_every": 2},
-        search={**load_recipe("quick").search, **search},
+        search={**quick, **search},
     )
 
 
@@ -121,7 +123,7 @@ def small_study(tmp_path_factory):
     """Baselines + 3 trials, with one out-of-memory and one NaN failure injected."""
     d = tmp_path_factory.mktemp("study")
     url = f"sqlite:///{d}/s.db"
-    study = prepare_study(tiny_recipe(), StudySettings(study="s", storage=url, trials=4))
+    study = prepare_study(tiny_recipe(), StudySettings(study="s", storage=url, trials=4, keep_nets="all"))
     nan_trial = {}
 
     def inject(trial):
@@ -145,13 +147,13 @@ def small_study(tmp_path_factory):
 
 def test_injected_failures_fail_one_trial_each_and_the_study_goes_on(small_study):
     study, url, ran = small_study
-    assert ran == 7
+    assert ran == 8  # the warm start, 3 baselines, 4 slots
     trials = study.get_trials()
     failed = {t.user_attrs["slot"]: t.user_attrs["fail_reason"] for t in trials if t.state == TrialState.FAIL}
     assert set(failed) == {0, 1}
     assert failed[0].startswith("out of memory: CUDA out of memory")
     assert "NonFiniteLossError" in failed[1] and "nan" in failed[1]
-    assert len(finished(study)) == 5  # 3 baselines + slots 2, 3
+    assert len(finished(study)) == 6  # warm start + 3 baselines + slots 2, 3
     result = runner.invoke(app, ["trials", "--study", "s", "--storage", url], terminal_width=250)
     assert result.exit_code == 0, result.output
     assert "out of memory" in result.output and "NonFiniteLossError" in result.output
@@ -160,15 +162,19 @@ def test_injected_failures_fail_one_trial_each_and_the_study_goes_on(small_study
 def test_baselines_and_delta_m(small_study):
     study, _, _ = small_study
     by = {t.user_attrs.get("baseline"): t for t in study.get_trials() if t.user_attrs.get("baseline")}
-    assert set(by) == {"single", "shared", "nddr_default"}
+    assert set(by) == {"warmstart", "single", "shared", "nddr_default"}
     assert by["single"].values == [0.0]
+    # the warm start trains the full budget; everything else starts from it and fine-tunes
+    assert by["warmstart"].user_attrs["steps"] == 4 and by["warmstart"].user_attrs["column_init"] == "scratch"
+    for name in ("single", "shared", "nddr_default"):
+        assert by[name].user_attrs["steps"] == 1 and by[name].user_attrs["column_init"] == "single"
     assert by["single"].user_attrs["plan"]["at"] == []
     assert by["shared"].user_attrs["plan"]["shared_prefix"] == "layer4"
     assert by["nddr_default"].user_attrs["plan"]["unit_args"] == {"init": [0.9, 0.1], "lr_mult": 100.0}
     single = by["single"].user_attrs["metrics"]
     dirs = {t: dict(fs.get_task(t, out_channels=3 if t == "normal" else 6).metrics) for t in single}
     for t in finished(study):
-        if t.state == TrialState.COMPLETE:
+        if t.state == TrialState.COMPLETE and t.user_attrs.get("baseline") != "warmstart":
             assert t.values[0] == pytest.approx(fs.delta_m(t.user_attrs["metrics"], single, dirs, skip_zero=True))
 
 
@@ -186,10 +192,21 @@ def test_report_contains_every_figure(small_study, tmp_path):
     study, url, _ = small_study
     path = write_report(study, tmp_path / "r.html", url)
     html = path.read_text()
-    for name in FIGURES:
-        assert f'id="{name.replace(" ", "-")}"' in html
-    assert "Not drawn" not in html, html[html.find("Not drawn") - 200 : html.find("Not drawn") + 300]
-    assert html.count("Plotly.newPlot") >= len(FIGURES)
+    sections = {name: html.split(f'id="{name.replace(" ", "-")}"')[1].split("</section>")[0] for name in FIGURES}
+    # too few trials for importances and no confirmation: each says why instead of drawing noise
+    assert "importances need at least 10" in sections["parameter importances"]
+    assert "ran no confirmation" in sections["confirmation"]
+    for name in set(FIGURES) - {"parameter importances", "confirmation"}:
+        assert "Not drawn" not in sections[name], (name, sections[name][:300])
+        assert "Plotly.newPlot" in sections[name], name
+    assert "LibMTL&#x27;s Delta_p" in html and "no confirmation was run" in html
+    # our figures also reach optuna-dashboard, once each however often the report is written
+    write_report(study, tmp_path / "r.html", url)
+    from optuna_dashboard._custom_plot_data import list_graph_object_ids
+
+    st = load_study("s", url)[0]
+    ids = sorted(list_graph_object_ids(st._storage.get_study_system_attrs(st._study_id)))
+    assert ids == ["fusionsearch-fusion-weights", "fusionsearch-placement-map"]
 
 
 def test_rerun_resumes_instead_of_restarting(small_study):
@@ -219,9 +236,10 @@ def _two_workers(url: str, study: str, n: int) -> None:
     st = optuna.load_study(study_name=study, storage=fs.storage.open_storage(url, heartbeat=False))
     trials = st.get_trials()
     assert all(t.state == TrialState.COMPLETE for t in trials), [(t.number, t.state) for t in trials]
-    assert sorted(jobs(trials)) == sorted(["single", "shared", "nddr_default"] + [f"slot{i}" for i in range(n)])
+    expected = ["warmstart", "single", "shared", "nddr_default"] + [f"slot{i}" for i in range(n)]
+    assert sorted(jobs(trials)) == sorted(expected)
     ran = [int(o.split("worker done: ")[1].split()[0]) for o in outs]
-    assert sum(ran) == n + 3 and min(ran) >= 1, outs  # both workers took work
+    assert sum(ran) == n + 4 and min(ran) >= 1, outs  # both workers took work
 
 
 def test_two_local_workers_on_the_default_storage(tmp_path):
@@ -309,7 +327,7 @@ def test_a_killed_worker_is_retried_by_heartbeat(tmp_path, monkeypatch):
     assert len(dead) == 1 and dead[0].number == running[0].number
     retry = [t for t in trials if t.system_attrs.get("failed_trial") == dead[0].number]
     assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
-    assert sorted(jobs(finished(study))) == ["single", "slot0"]  # the study ends complete
+    assert sorted(jobs(finished(study))) == ["single", "slot0", "warmstart"]  # the study ends complete
     result = runner.invoke(app, ["trials", "--study", "k", "--storage", url], terminal_width=250)
     assert "stale heartbeat" in result.output and f"retry of {dead[0].number}" in result.output
 
@@ -351,17 +369,29 @@ def test_run_command_end_to_end_and_resume(tmp_path, monkeypatch):
     d = tiny_recipe().to_dict()
     d["name"] = "tiny"
     d["study"] = {"trials": 2, "pruner": "none"}
+    d["confirm"] = {"top": 1, "seeds": 2}
     recipe.write_text(__import__("yaml").safe_dump(d))
     args = ["run", "--recipe", str(recipe), "--quiet", "--report", "r.html"]
     result = runner.invoke(app, args, terminal_width=250)
     assert result.exit_code == 0, result.output
-    assert "baseline:single" in result.output and "best: trial" in result.output
+    assert "baseline:single" in result.output and "confirmation: 8 trials queued" in result.output
+    assert "Delta-m mean ± 95% CI" in result.output and "LibMTL's Delta_p" in result.output
+    assert "beats the" in result.output or "no searched plan beats" in result.output
     assert (tmp_path / "r.html").is_file() and (tmp_path / "fusionsearch.db").is_file()
+    confirmation = (tmp_path / "r.html").read_text().split('id="confirmation"')[1].split("</section>")[0]
+    assert "Plotly.newPlot" in confirmation and "Not drawn" not in confirmation
     again = runner.invoke(app, args, terminal_width=250)
     assert again.exit_code == 0, again.output
     assert "started" not in again.output  # nothing left to run: resumed, not restarted
     st, _, _ = load_study("tiny-test_resnet-seg-normal", "sqlite:///fusionsearch.db")
-    assert len(st.get_trials()) == 5
+    assert len(st.get_trials()) == 14  # warm start, 3 baselines, 2 slots, (3 baselines + 1 winner) x 2 seeds
+    assert st.metric_names == ["Delta-m (%)"]
+    # the confirmed best is what `best` exports; sampled trials kept no network
+    kept = [t for t in st.get_trials() if "model_artifact" in t.user_attrs]
+    assert all("slot" not in t.user_attrs for t in kept)
+    exported = runner.invoke(app, ["best", "--study", st.study_name, "--out", "best.pt"], terminal_width=250)
+    assert exported.exit_code == 0, exported.output
+    assert "confirmed Delta-m" in exported.output and fs.load("best.pt").tasks
 
 
 # ---- recipes and the papers' tables ---------------------------------------------------------------
@@ -427,21 +457,23 @@ def grid_recipe(fused: list[str], **search) -> Recipe:
 
 
 def test_grid_study_runs_every_point_once(tmp_path):
-    recipe = grid_recipe(["layer1", "layer2"], column_init=["generic", "single"])
+    recipe = grid_recipe(["layer1", "layer2"], column_init=["scratch", "single"])
     url = f"sqlite:///{tmp_path}/g.db"
     prepare_study(
         recipe, StudySettings(study="g", storage=url, trials=4, sampler="grid", pruner="none", baselines=["single"])
     )
-    assert run_worker("g", url, device="cpu") == 5
+    assert run_worker("g", url, device="cpu") == 6  # the warm start, single, 4 points
     st, _, _ = load_study("g", url)
     searched = [t for t in st.get_trials() if not t.user_attrs.get("baseline")]
     assert all(t.state == TrialState.COMPLETE for t in st.get_trials())
     assert sorted((t.params["init"], t.params["column_init"]) for t in searched) == [
-        ("0.9,0.1", "generic"),
+        ("0.9,0.1", "scratch"),
         ("0.9,0.1", "single"),
-        ("1,0", "generic"),
+        ("1,0", "scratch"),
         ("1,0", "single"),
     ]
+    steps = {t.params["column_init"]: t.user_attrs["steps"] for t in searched}
+    assert steps == {"scratch": 4, "single": 1}  # scratch: the full budget; warm: finetune_steps
 
 
 def test_compare_prints_the_papers_table(tmp_path, monkeypatch):
@@ -457,6 +489,7 @@ def test_compare_prints_the_papers_table(tmp_path, monkeypatch):
             },
         },
         compare={"search_trials": 1, "columns": {"seg": ["miou", "pixel_acc"], "normal": ["mean"]}},
+        confirm={"top": 1, "seeds": 2},
     )
     (tmp_path / "tiny.yaml").write_text(__import__("yaml").safe_dump(d, sort_keys=False))
     result = runner.invoke(
@@ -468,8 +501,9 @@ def test_compare_prints_the_papers_table(tmp_path, monkeypatch):
         assert row in md and row in result.output
     assert "(33)" in md and "(66)" in md  # the paper's numbers beside ours
     assert "(+10.00)" in md  # the paper's own Delta-m of its NDDR row: (33/30 - 1 + 66/60 - 1) / 2
+    assert "(2 seeds)" in md and "reference" in md  # every row confirmed over seeds, tested against the best
     csv_text = (tmp_path / "out" / "tiny-compare.csv").read_text().splitlines()
-    assert csv_text[0].startswith("row,source,seg/miou,seg/pixel_acc,normal/mean")
+    assert csv_text[0].startswith("row,source,seg/miou,seg/pixel_acc,normal/mean,delta_m,delta_m_mean")
     assert sum(line.startswith("nddr,") for line in csv_text) == 2  # ours and the paper's
 
 
@@ -494,7 +528,7 @@ def test_multi_objective_study_has_a_pareto_front_and_no_pruning(tmp_path):
     url = f"sqlite:///{tmp_path}/mo.db"
     settings = StudySettings(study="mo", storage=url, trials=2, objectives=["delta_m", "params"], sampler="nsga2")
     study = prepare_study(tiny_recipe(), settings)
-    assert run_worker("mo", url, device="cpu") == 5
+    assert run_worker("mo", url, device="cpu") == 6
     done = study.get_trials()
     assert all(t.state == TrialState.COMPLETE and len(t.values) == 2 for t in done)
     assert all(t.values[1] == t.user_attrs["params"] for t in done)
@@ -509,6 +543,7 @@ def test_compare_on_an_ablation_grid(tmp_path, monkeypatch):
     d.update(
         name="grid",
         study={"sampler": "grid", "trials": "grid"},
+        confirm={"seeds": 0},
         paper={"rows": {"init_1_0": {"seg": {"miou": 36.2}}, "init_0.9_0.1": {"seg": {"miou": 36.2}}}},
         compare={
             "columns": {"seg": ["miou"]},
@@ -521,3 +556,107 @@ def test_compare_on_an_ablation_grid(tmp_path, monkeypatch):
     assert "+ 2 grid points" in result.output
     md = (tmp_path / "grid-compare.md").read_text()
     assert "init_1_0" in md and "init_0.9_0.1" in md and "(36.2)" in md and "not run" not in md
+
+
+# ---- warm start, common random numbers, define-by-run ----------------------------------------------
+
+
+def _trained_single(exp):
+    single = exp.build(exp.baseline_plan("single"))
+    with torch.no_grad():
+        for p in single.parameters():
+            p.add_(0.1 * torch.randn_like(p))  # "trained": anything but the initial weights
+    return single.eval()
+
+
+def test_a_warm_started_net_at_identity_is_the_single_task_net():
+    from fusionsearch.experiment import Experiment, WarmStart
+
+    exp = Experiment(tiny_recipe())
+    single = _trained_single(exp)
+    start = WarmStart.of(single)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want = single(x)
+        for unit, exact in (("cross_stitch", True), ("nddr", False), ("sluice", True)):
+            plan = fs.StitchPlan(at=["layer1", "layer3"], unit=unit, unit_args={"init": (1.0, 0.0)})
+            got = exp.build(plan, start=start, init_seed=0).eval()(x)
+            for t in want:  # columns and heads both come from the single-task nets
+                if exact:
+                    assert torch.equal(got[t], want[t]), (unit, t)
+                else:  # NDDR's BatchNorm divides by sqrt(1 + eps)
+                    torch.testing.assert_close(got[t], want[t], rtol=1e-4, atol=1e-4)
+        # the split baselines start the same way: the trunk from the first task's column
+        shared = exp.build(fs.StitchPlan(shared_prefix="layer2"), start=start).eval()(x)
+        torch.testing.assert_close(shared["seg"], want["seg"])
+
+
+def test_new_modules_start_alike_in_every_plan_of_a_seed():
+    """Common random numbers: the unit at layer2 is drawn from (seed, its name) only."""
+    from fusionsearch.experiment import Experiment
+
+    exp = Experiment(tiny_recipe())
+    args = {"init": "xavier"}
+
+    def unit_at_layer2(at, seed):
+        net = exp.build(fs.StitchPlan(at=at, unit="nddr", unit_args=args), init_seed=seed)
+        return next(u for p, u in net.fusion_units().items() if p == "layer2").weights[0].detach()
+
+    a = unit_at_layer2(["layer2"], 0)
+    assert torch.equal(a, unit_at_layer2(["act1", "layer1", "layer2", "layer4"], 0))
+    assert not torch.equal(a, unit_at_layer2(["layer2"], 1))
+
+
+def test_space_draws_no_unit_where_the_shared_prefix_leaves_nothing_to_fuse():
+    space = SearchSpace.from_dict({"units": ["none", "nddr"]})
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen_prefixes = set()
+    for _ in range(30):
+        trial = study.ask()
+        s = space.sample(trial, ["a", "b", "c", "d"], 2)
+        prefix = trial.params["shared_prefix"]
+        seen_prefixes.add(prefix)
+        drawn = sorted(k.removeprefix("unit@") for k in trial.params if k.startswith("unit@"))
+        after = ["a", "b", "c", "d"][["none", "a", "b", "c"].index(prefix) :]
+        assert drawn == after, (prefix, drawn)
+        if not s.plan.at:  # no unit placed: no unit arguments drawn either
+            assert not {"init_alpha", "lr_mult", "fusion_weight_decay"} & set(trial.params)
+        study.tell(trial, 0.0)
+    assert len(seen_prefixes) > 2
+    with pytest.raises(fs.PlanError, match="column_init must be single, scratch"):
+        SearchSpace.from_dict({"column_init": "generic"})
+
+
+def test_confirmation_is_queued_once_and_resumes_after_a_kill(tmp_path):
+    """Kill `fusionsearch run` in the middle of the confirmation; the same command again finishes
+    it: the killed trial is retried, nothing is queued twice, every plan has each seed once."""
+    d = tiny_recipe(steps=60).to_dict()
+    d.update(name="kill", study={"trials": 1, "pruner": "none"}, confirm={"top": 1, "seeds": 2})
+    (tmp_path / "kill.yaml").write_text(__import__("yaml").safe_dump(d))
+    env = {**os.environ, "FUSIONSEARCH_HEARTBEAT": "1", "FUSIONSEARCH_GRACE": "3"}
+    url = f"sqlite:///{tmp_path}/k.db"
+    cmd = [sys.executable, "-m", "fusionsearch.cli", "run", "--recipe", "kill.yaml", "--storage", url, "--quiet"]
+    victim = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    storage = fs.storage.open_storage(url, heartbeat=False)
+    deadline, running = time.time() + 300, []
+    while time.time() < deadline and not running and victim.poll() is None:
+        time.sleep(0.3)
+        try:
+            st = optuna.load_study(study_name="kill-test_resnet-seg-normal", storage=storage)
+        except KeyError:
+            continue
+        running = [t for t in st.get_trials() if t.state == TrialState.RUNNING and "confirm" in t.user_attrs]
+    assert running, "the run never reached the confirmation"
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "resuming:" in again.stdout and "confirmation over seeds" in again.stdout
+    trials = optuna.load_study(study_name="kill-test_resnet-seg-normal", storage=storage).get_trials()
+    confirm = [t for t in trials if "confirm" in t.user_attrs]
+    done = sorted((t.user_attrs["confirm"], t.user_attrs["seed"]) for t in confirm if t.state == TrialState.COMPLETE)
+    labels = ["nddr_default", "shared", "single", "trial 4"]
+    assert done == sorted((label, seed) for label in labels for seed in (1, 2))
+    failed = [t for t in confirm if t.state == TrialState.FAIL]
+    assert [t.number for t in failed] == [running[0].number]
+    assert len(confirm) == 8 + 1  # 4 plans x 2 seeds, plus the killed trial (its retry is one of the 8)

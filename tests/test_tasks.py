@@ -91,6 +91,46 @@ def test_delta_m_signs_follow_directions():
     assert delta_m(single, single, directions) == 0.0
 
 
+def test_delta_m_conventions_against_hand_computed_values():
+    """seg gains +10% (miou) and +20% (pixel_acc); normal gains +10% (mean), -10% (median) and
+    +40% (within_11.25, a rare bin with big relative swings) and 0 on the two other bins."""
+    from fusionsearch.tasks import DeltaM
+
+    directions = {
+        "seg": {"miou": True, "pixel_acc": True},
+        "normal": {"mean": False, "median": False, "within_11.25": True, "within_22.5": True, "within_30": True},
+    }
+    single = {
+        "seg": {"miou": 40.0, "pixel_acc": 50.0},
+        "normal": {"mean": 20.0, "median": 10.0, "within_11.25": 5.0, "within_22.5": 30.0, "within_30": 40.0},
+    }
+    multi = {
+        "seg": {"miou": 44.0, "pixel_acc": 60.0},
+        "normal": {"mean": 18.0, "median": 11.0, "within_11.25": 7.0, "within_22.5": 30.0, "within_30": 40.0},
+    }
+    seg, normal = (10 + 20) / 2, (10 - 10 + 40 + 0 + 0) / 5
+    # default: each task counts once (LibMTL's Delta_p)
+    assert delta_m(multi, single, directions) == pytest.approx((seg + normal) / 2) == pytest.approx(11.5)
+    assert DeltaM()(multi, single, directions) == pytest.approx(11.5)
+    # flat mean over the 7 metrics: normals carry 5/7 of the weight
+    flat = (10 + 20 + 10 - 10 + 40 + 0 + 0) / 7
+    assert delta_m(multi, single, directions, average="metrics") == pytest.approx(flat) == pytest.approx(10.0)
+    # one primary metric per task (mIoU, mean angle): (+10 + +10) / 2, under either average
+    for average in ("tasks", "metrics"):
+        assert DeltaM(average, "primary")(multi, single, directions) == pytest.approx(10.0)
+    assert "LibMTL" in DeltaM().describe() and "flat" in DeltaM("metrics").describe()
+    assert "primary" in DeltaM(metrics="primary").describe()
+    with pytest.raises(fs.PlanError, match="average must be 'tasks' or 'metrics'"):
+        DeltaM("task")
+    with pytest.raises(fs.PlanError, match="unknown delta_m field"):
+        DeltaM.from_dict({"averge": "tasks"})
+
+
+def test_every_registered_task_declares_a_primary_metric():
+    for name, cls in TASKS.items():
+        assert cls.primary in cls.metrics, name
+
+
 def test_metrics_match_torchmetrics_where_available():
     tm = pytest.importorskip("torchmetrics")
     torch.manual_seed(0)

@@ -23,6 +23,7 @@ class SyntheticScenes(Dataset):
     ``depth`` (1, H, W) in scene units.
     """
 
+    deterministic = True  # item i is a pure function of (seed, split, i, size): safe to cache
     classes = CLASSES
     num_classes = len(CLASSES)
     tasks: dict[str, int] = {"seg": len(CLASSES), "normal": 3, "depth": 1}
