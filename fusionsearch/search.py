@@ -23,6 +23,7 @@ from typing import Any
 
 import optuna
 import torch
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from .confirm import confirm_seeds, queue_confirmation
@@ -665,9 +666,10 @@ def run_worker(
                 study.tell(trial, state=TrialState.PRUNED)
                 log(f"{label}: {e}")
                 return
-            except KeyboardInterrupt:
-                trial.set_user_attr("fail_reason", "interrupted")
-                study.tell(trial, state=TrialState.FAIL)
+            except KeyboardInterrupt:  # an interruption is no verdict on the plan: queue it again
+                trial.set_user_attr("fail_reason", "interrupted (queued again)")
+                frozen = study.tell(trial, state=TrialState.FAIL)
+                RetryHeartbeatStaleTrialCallback(max_retry=None)(study, frozen)
                 raise
             except Exception as e:
                 reason = failure_reason(e)

@@ -660,3 +660,24 @@ def test_confirmation_is_queued_once_and_resumes_after_a_kill(tmp_path):
     failed = [t for t in confirm if t.state == TrialState.FAIL]
     assert [t.number for t in failed] == [running[0].number]
     assert len(confirm) == 8 + 1  # 4 plans x 2 seeds, plus the killed trial (its retry is one of the 8)
+
+
+def test_an_interrupted_trial_is_queued_again(tmp_path):
+    """Ctrl-C is no verdict on the plan: the trial is failed as interrupted and a copy queued, so
+    the same command again runs it (and queues nothing twice)."""
+    url = f"sqlite:///{tmp_path}/i.db"
+    settings = StudySettings(study="i", storage=url, trials=1, baselines=["single"], pruner="none")
+    study = prepare_study(tiny_recipe(), settings)
+
+    def interrupt(trial):
+        if trial.user_attrs.get("slot") == 0:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_worker("i", url, device="cpu", before_trial=interrupt)
+    failed = [t for t in study.get_trials() if t.state == TrialState.FAIL]
+    assert [t.user_attrs["fail_reason"] for t in failed] == ["interrupted (queued again)"]
+    prepare_study(tiny_recipe(), settings)  # the same command again
+    assert run_worker("i", url, device="cpu") == 1
+    assert sorted(jobs(finished(study))) == ["single", "slot0", "warmstart"]
+    assert len(study.get_trials()) == 4  # warm start, single, the interrupted slot and its copy
