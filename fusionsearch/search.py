@@ -9,6 +9,7 @@ worker's trial is failed by heartbeat and Optuna's retry callback puts a copy ba
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -16,7 +17,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -345,17 +346,42 @@ def _pop(study: optuna.Study, match: Callable[[Any], bool] | None = None) -> opt
     """Take one WAITING trial (atomically: a trial another worker took is skipped) in ``_rank``
     order; with ``match``, only a trial it picks."""
     storage = study._storage
-    waiting = storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,))
-    waiting = sorted(waiting, key=lambda t: (_rank(t), t.number))
-    if match is not None:
-        waiting = [t for t in waiting if match(t)]
-    for t in waiting:
-        try:
-            if storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
-                return optuna.Trial(study, t._trial_id)
-        except RuntimeError:  # finished meanwhile
-            continue
+    with _queue_lock(storage):
+        waiting = storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,))
+        waiting = sorted(waiting, key=lambda t: (_rank(t), t.number))
+        if match is not None:
+            waiting = [t for t in waiting if match(t)]
+        for t in waiting:
+            try:
+                if storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
+                    return optuna.Trial(study, t._trial_id)
+            except RuntimeError:  # finished meanwhile
+                continue
     return None
+
+
+@contextlib.contextmanager
+def _queue_lock(storage: Any) -> Iterator[None]:
+    """One pop at a time among the processes sharing an SQLite file. SQLite has no row locks
+    (``SELECT ... FOR UPDATE`` is ignored), so two workers could both see a trial WAITING and both
+    take it, or one fail with "database is locked" on a stale snapshot; seen under load with two
+    workers. A file lock beside the database serialises the read-and-claim; server databases
+    lock the row themselves."""
+    url = getattr(getattr(getattr(storage, "_backend", storage), "engine", None), "url", None)
+    if url is None or not url.drivername.startswith("sqlite") or not url.database:
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: SQLite's own locking only
+        yield
+        return
+    with open(f"{url.database}.queue-lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def fusion_weights(net: Any) -> dict[str, Any]:
