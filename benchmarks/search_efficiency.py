@@ -97,7 +97,9 @@ def main() -> None:
     if args.steps:
         recipe.train = {**recipe.train, "steps": args.steps}
     seeds = [int(s) for s in args.seeds.split(",")]
-    print(f"{recipe.backbone}, {recipe.image_size} px, {trial_steps(recipe)} steps a trial, {args.trials} trials")
+    print(
+        f"{recipe.backbone}, {'x'.join(map(str, recipe.image_size))} px, {trial_steps(recipe)} steps a trial, {args.trials} trials"
+    )
     print(recipe.gain.describe())
     print(
         f"{'method':28s} {'seed':>4s} {'default dm':>10s} {'to beat':>7s} {'search best':>11s} {'confirmed':>9s}"

@@ -14,7 +14,7 @@ import timm
 import torch
 from torch import nn
 
-from .errors import UnknownBackboneError
+from .errors import CheckpointError, UnknownBackboneError
 
 __all__ = ["create_backbone", "input_size_of", "load_weights", "suggest_names"]
 
@@ -57,7 +57,11 @@ def load_weights(model: nn.Module, checkpoint: str | os.PathLike[str], strict: b
     path = Path(checkpoint)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    timm.models.load_checkpoint(model, str(path), strict=strict, weights_only=True)
+    try:
+        timm.models.load_checkpoint(model, str(path), strict=strict, weights_only=True)
+    except Exception as e:  # truncated, refused by weights_only (code in the pickle), or another model's
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"checkpoint {str(path)!r} cannot be loaded: {type(e).__name__}: {first}") from None
 
 
 def input_size_of(model: nn.Module) -> tuple[int, int, int]:

@@ -1,57 +1,92 @@
 """The ``fusionsearch`` command line.
 
-Each command is a thin layer over the Python API: parse, call, print. Errors that fusionsearch
-raises on purpose are printed as one line (``error: ...``) with exit code 2, never a traceback.
+Each command is a thin layer over the Python API: parse, call, print. There is one error path,
+``_Commands.invoke``: an error the user caused (every ``FusionSearchError``, and the operating
+system's refusals: a missing file, a full disk, a permission) is printed as one unwrapped line
+(``error: ...``) with exit code 2; Ctrl-C says how to resume and exits 130; anything else is a bug,
+printed as one line with exit code 1, its traceback only with ``--debug`` or ``FUSIONSEARCH_DEBUG=1``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
+import traceback
 import warnings
-from collections.abc import Callable
-from functools import wraps
 from typing import Any
 
+import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperGroup
 
-from .errors import FusionSearchError
+from .errors import ArgumentError, FusionSearchError
+
+console = Console()
+err_console = Console(stderr=True, soft_wrap=True)  # an error is one line, also in a log file
+_debug = {"on": os.environ.get("FUSIONSEARCH_DEBUG", "") not in ("", "0")}
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(part.strip() for part in str(e).splitlines() if part.strip())
+    return text or type(e).__name__
+
+
+class _Commands(TyperGroup):
+    """The one place where exceptions become exit codes (see the module docstring)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except KeyboardInterrupt:
+            err_console.print(
+                "interrupted: the running trial is queued again; run the same command to resume", highlight=False
+            )
+            raise typer.Exit(130) from None
+        except (FusionSearchError, OSError) as e:
+            if _debug["on"]:
+                traceback.print_exc()
+            err_console.print(f"[bold red]error:[/] {escape(_one_line(e))}", highlight=False)
+            raise typer.Exit(2) from None
+        except Exception as e:
+            if _debug["on"]:
+                traceback.print_exc()
+            hint = "" if _debug["on"] else " (--debug or FUSIONSEARCH_DEBUG=1 shows the traceback)"
+            err_console.print(
+                f"[bold red]internal error:[/] {escape(type(e).__name__)}: {escape(_one_line(e))}{hint}",
+                highlight=False,
+            )
+            raise typer.Exit(1) from None
+
 
 app = typer.Typer(
+    cls=_Commands,
     name="fusionsearch",
     help="Architecture search for multi-task networks over timm backbones.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err_console = Console(stderr=True)
 
 
 @app.callback()
 def _root(
     version: bool = typer.Option(False, "--version", help="print the version and exit", is_eager=True),
+    debug: bool = typer.Option(False, "--debug", help="print the traceback of an unexpected error"),
 ) -> None:
     """Architecture search for multi-task networks over timm backbones."""
+    if debug:
+        _debug["on"] = True
     if version:
         from . import __version__
 
         console.print(f"fusionsearch {__version__}")
         raise typer.Exit()
-
-
-def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except (FusionSearchError, FileNotFoundError, ValueError) as e:
-            err_console.print(f"[bold red]error:[/] {e}", highlight=False)
-            raise typer.Exit(2) from None
-
-    return wrapper
 
 
 def parse_size(text: str | None) -> tuple[int, int, int] | None:
@@ -62,7 +97,9 @@ def parse_size(text: str | None) -> tuple[int, int, int] | None:
     except ValueError:
         parts = ()
     if len(parts) != 3:
-        raise typer.BadParameter(f"expected C,H,W such as 3,224,224, got {text!r}")
+        raise ArgumentError(f"--input-size: expected C,H,W such as 3,224,224, got {text!r}")
+    if min(parts) < 1:
+        raise ArgumentError(f"--input-size: every dimension must be >= 1, got {text!r}")
     return parts  # type: ignore[return-value]
 
 
@@ -91,7 +128,6 @@ def _points_table(title: str, points: list[Any]) -> Table:
 
 
 @app.command()
-@friendly_errors
 def inspect(
     backbone: str | None = typer.Option(None, "--backbone", "-b", help="timm model name"),
     model: str | None = typer.Option(None, "--model", "-m", help="a stitched network saved by `build`"),
@@ -101,14 +137,17 @@ def inspect(
     leaf: list[str] = typer.Option([], "--leaf", help="module class name or path not to trace into"),
     pretrained: bool = typer.Option(False, help="load timm's pretrained weights (needs network)"),
     checkpoint: str | None = typer.Option(None, help="local weights to load into the backbone"),
+    trust: bool = typer.Option(
+        False, "--trust", help="a --model file you made: let it ask timm for any model and arguments"
+    ),
 ) -> None:
     """Show a backbone's stage boundaries (where fusion can go), or a saved stitched network."""
     if (backbone is None) == (model is None):
-        raise typer.BadParameter("give exactly one of --backbone NAME or --model PATH")
+        raise ArgumentError("give exactly one of --backbone NAME or --model PATH")
     if model is not None:
         from .inspect_model import inspect_saved
 
-        inspect_saved(model, console=console, as_json=as_json)
+        inspect_saved(model, console=console, as_json=as_json, trust=trust)
         return
     from .graph import trace
 
@@ -141,7 +180,6 @@ def inspect(
 
 
 @app.command()
-@friendly_errors
 def build(
     backbone: str = typer.Option(..., "--backbone", "-b", help="timm model name (or NAME1,NAME2 one per task)"),
     tasks: str = typer.Option(..., help="task:outputs, comma separated, e.g. seg:40,normal:3"),
@@ -206,12 +244,49 @@ def load_recipe_with(
 ) -> Any:
     from .recipe import load_recipe, parse_data
 
+    for flag, value in (("--size", size), ("--train-images", train_images), ("--val-images", val_images)):
+        at_least(flag, value, 1)
+    names = task_list(tasks)
     r = load_recipe(recipe)
     data_spec = parse_data(data, r.data)
     for key, value in (("size", size), ("train_length", train_images), ("val_length", val_images)):
         if value is not None:
             data_spec[key] = value
-    return r.with_overrides(backbone=backbone, tasks=tasks.split(",") if tasks else None, data=data_spec)
+    return r.with_overrides(backbone=backbone, tasks=names, data=data_spec)
+
+
+def at_least(flag: str, value: float | None, low: float) -> None:
+    """An option's lower bound, checked before anything is built or stored."""
+    if value is not None and value < low:
+        raise ArgumentError(f"{flag} must be >= {low:g}, got {value:g}")
+
+
+def task_list(tasks: str | None) -> list[str] | None:
+    """``--tasks``: None keeps the recipe's; an empty or repeating list is an error, not a default."""
+    if tasks is None:
+        return None
+    names = [t.strip() for t in tasks.split(",")]
+    if not any(names):
+        raise ArgumentError("--tasks is empty: give task names such as seg,normal (or leave it out for the recipe's)")
+    if "" in names:
+        raise ArgumentError(f"--tasks {tasks!r} has an empty name: separate names with single commas")
+    twice = sorted({t for t in names if names.count(t) > 1})
+    if twice:
+        raise ArgumentError(f"--tasks names {', '.join(twice)} more than once: each task is one column")
+    return names
+
+
+def fusion_tasks(r: Any) -> None:
+    """Before a study exists: a fusion search or comparison needs two tasks to fuse (one task has
+    nothing to search), and the data set must be there and label every task."""
+    from .experiment import Experiment
+
+    if len(r.tasks) < 2:
+        raise ArgumentError(
+            f"fusion needs at least 2 tasks, the study has {len(r.tasks)} ({', '.join(r.tasks)}):"
+            " add one with --tasks, or train a single-task net with `fusionsearch train --plan single`"
+        )
+    Experiment(r).task_sizes()
 
 
 def parse_weights(items: list[str]) -> dict[str, float]:
@@ -223,12 +298,11 @@ def parse_weights(items: list[str]) -> dict[str, float]:
         except ValueError:
             sep = ""
         if not sep:
-            raise typer.BadParameter(f"--loss-weight takes TASK=WEIGHT, e.g. normal=20; got {item!r}")
+            raise ArgumentError(f"--loss-weight takes TASK=WEIGHT, e.g. normal=20; got {item!r}")
     return out
 
 
 @app.command()
-@friendly_errors
 def train(
     recipe: str = typer.Option("quick", help=RECIPE_HELP),
     backbone: str | None = typer.Option(None, "--backbone", "-b", help="timm model name"),
@@ -260,9 +334,13 @@ def train(
     """Train one plan and print its metrics (and Delta-m against single-task baselines)."""
     from pathlib import Path
 
+    from .devices import check_device
     from .experiment import Experiment, check_metrics
     from .stitch import save
 
+    for flag, value in (("--steps", steps), ("--batch-size", batch_size), ("--eval-every", eval_every)):
+        at_least(flag, value, 1)
+    check_device(device)
     r = load_recipe_with(recipe, backbone, tasks, data, size, train_images, val_images)
     exp = Experiment(r, seed)
     if plan == "fused":
@@ -281,7 +359,10 @@ def train(
         path = Path(baseline)
         if not path.is_file():
             raise FileNotFoundError(f"baseline metrics {baseline!r} do not exist")
-        base = json.loads(path.read_text())
+        try:
+            base = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ArgumentError(f"--baseline {baseline!r} is not a metrics JSON file: {e}") from None
         check_metrics(base, exp.directions(), baseline)
     cfg = r.train_config(
         steps=steps, batch_size=batch_size, base_lr=lr, optimizer=optimizer, eval_every=eval_every, seed=seed
@@ -309,17 +390,24 @@ def train(
         console.print(f"saved to {out}", highlight=False)
 
 
-STORAGE_HELP = "Optuna storage URL (default: an SQLite file here; postgresql://... for many machines)"
+STORAGE_HELP = (
+    "Optuna storage URL (default: an SQLite file here; postgresql://... for many machines);"
+    " FUSIONSEARCH_STORAGE keeps a password off the command line"
+)
 
 
 def _devices(spec: str, workers: int) -> list[str]:
-    import torch
+    from .devices import check_device
 
-    if spec == "auto":
+    at_least("--workers", workers, 1)
+    pool = [check_device(d.strip()) for d in spec.split(",") if d.strip()]
+    if not pool:
+        raise ArgumentError("--devices is empty: give auto, cpu or cuda:0,cuda:1")
+    if pool == ["auto"]:
+        import torch
+
         n = torch.cuda.device_count()
         pool = [f"cuda:{i}" for i in range(n)] if n else ["cpu"]
-    else:
-        pool = [d.strip() for d in spec.split(",") if d.strip()]
     return [pool[i % len(pool)] for i in range(workers)]
 
 
@@ -352,8 +440,6 @@ def run_study(
                 "worker",
                 "--study",
                 settings.study,
-                "--storage",
-                settings.storage,
                 "--device",
                 dev,
                 "--threads",
@@ -363,7 +449,9 @@ def run_study(
             if artifacts:
                 cmd += ["--artifacts", artifacts]
             log = open(logs / f"{settings.study}-worker{i}.log", "a")  # noqa: SIM115
-            procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log))
+            # the storage URL may hold a password: the environment, not argv (which `ps` shows anyone)
+            env = {**os.environ, "FUSIONSEARCH_STORAGE": settings.storage}
+            procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
         say(f"{workers} workers on {', '.join(_devices(devices, workers))}; logs in {logs}")
         try:
             if quiet:
@@ -398,7 +486,6 @@ def _study_trials(r: Any, n: Any) -> int:
 
 
 @app.command()
-@friendly_errors
 def run(
     recipe: str = typer.Option("quick", help=RECIPE_HELP),
     backbone: str | None = typer.Option(None, "--backbone", "-b", help="timm model name (default: the recipe's)"),
@@ -408,7 +495,7 @@ def run(
     trials: int | None = typer.Option(None, help="sampled trials after the baselines (default: the recipe's)"),
     timeout: float | None = typer.Option(None, help="stop starting trials after this many seconds"),
     study: str | None = typer.Option(None, help="study name (default from recipe, backbone, tasks): rerun resumes"),
-    storage: str | None = typer.Option(None, help=STORAGE_HELP),
+    storage: str | None = typer.Option(None, envvar="FUSIONSEARCH_STORAGE", help=STORAGE_HELP),
     workers: int = typer.Option(1, help="worker processes, each on one device"),
     devices: str = typer.Option("auto", help="auto (every visible GPU, else CPU), cpu, or cuda:0,cuda:1"),
     sampler: str | None = typer.Option(
@@ -445,7 +532,12 @@ def run(
     from .search import StudySettings, prepare_confirmation, prepare_study
     from .storage import DEFAULT_STORAGE, redact
 
+    at_least("--steps", steps, 1)
+    at_least("--trials", trials, 0)
+    at_least("--timeout", timeout, 0)
     r = load_recipe_with(recipe, backbone, tasks, data, size)
+    fusion_tasks(r)
+    _devices(devices, workers)  # a missing GPU is an error now, not a failure of every trial
     if steps is not None:
         r.train = {**r.train, "steps": steps}
     st = dict(r.study)
@@ -472,6 +564,13 @@ def run(
     console.print(f"study [bold]{settings.study}[/] in {url}: {settings.trials} trials + baselines", highlight=False)
     if total > queued:
         console.print(f"resuming: {total - queued} trials there already, {queued} queued", highlight=False)
+    running = sum(t.state.name == "RUNNING" for t in study_obj.get_trials(deepcopy=False))
+    if running and settings.storage.startswith("journal:"):
+        err_console.print(
+            f"note: {running} trial(s) RUNNING in a journal storage, which has no heartbeats: if their worker"
+            " died they stay RUNNING and are not retried (an SQLite or PostgreSQL storage retries them)",
+            highlight=False,
+        )
     steps_total = r.train_config().steps
     run_study(study_obj, settings, workers, devices, quiet, artifacts, steps_total)
     added, why_not = prepare_confirmation(study_obj, settings)
@@ -498,7 +597,6 @@ def run(
 
 
 @app.command()
-@friendly_errors
 def compare(
     recipe: str = typer.Option("quick", help=RECIPE_HELP),
     data: str | None = typer.Option(None, help=DATA_HELP),
@@ -506,7 +604,7 @@ def compare(
     steps: int | None = typer.Option(None, help="training steps of every row (the same budget for all)"),
     trials: int | None = typer.Option(None, help="searched trials for the 'search_best' row (default: the recipe's)"),
     study: str | None = typer.Option(None, help="study name (default RECIPE-compare): rerun resumes"),
-    storage: str | None = typer.Option(None, help=STORAGE_HELP),
+    storage: str | None = typer.Option(None, envvar="FUSIONSEARCH_STORAGE", help=STORAGE_HELP),
     workers: int = typer.Option(1, help="worker processes, each on one device"),
     devices: str = typer.Option("auto", help="auto (every visible GPU, else CPU), cpu, or cuda:0,cuda:1"),
     out: str = typer.Option(".", help="folder for RECIPE-compare.md and .csv"),
@@ -522,7 +620,11 @@ def compare(
     from .search import StudySettings, grid_points, prepare_confirmation, prepare_study
     from .storage import DEFAULT_STORAGE
 
+    at_least("--steps", steps, 1)
+    at_least("--trials", trials, 0)
     r = load_recipe_with(recipe, None, None, data, size)
+    fusion_tasks(r)
+    _devices(devices, workers)
     if steps is not None:
         r.train = {**r.train, "steps": steps}
     baselines = list(dict.fromkeys(["single", *compare_rows(r).values()]))
@@ -570,10 +672,9 @@ def compare(
 
 
 @app.command()
-@friendly_errors
 def worker(
     study: str = typer.Option(..., help="study name"),
-    storage: str = typer.Option(None, help=STORAGE_HELP),
+    storage: str = typer.Option(None, envvar="FUSIONSEARCH_STORAGE", help=STORAGE_HELP),
     device: str = typer.Option("auto", help="cpu or cuda:N"),
     timeout: float | None = typer.Option(None, help="stop starting trials after this many seconds"),
     threads: int | None = typer.Option(None, help="CPU threads for torch"),
@@ -583,9 +684,12 @@ def worker(
     """Join a study (from this or another machine) and run its queued trials on one device."""
     import torch
 
+    from .devices import check_device
     from .search import run_worker
     from .storage import DEFAULT_STORAGE
 
+    check_device(device)
+    at_least("--threads", threads, 1)
     if threads:
         torch.set_num_threads(threads)
     n = run_worker(
@@ -601,10 +705,9 @@ def worker(
 
 
 @app.command()
-@friendly_errors
 def trials(
     study: str = typer.Option(..., help="study name"),
-    storage: str = typer.Option(None, help=STORAGE_HELP),
+    storage: str = typer.Option(None, envvar="FUSIONSEARCH_STORAGE", help=STORAGE_HELP),
     as_json: bool = typer.Option(False, "--json", help="one JSON list of trials"),
 ) -> None:
     """A table of the study's trials (plan, metrics, Delta-m, state, failure reason) and the
@@ -629,10 +732,9 @@ def trials(
 
 
 @app.command()
-@friendly_errors
 def best(
     study: str = typer.Option(..., help="study name"),
-    storage: str = typer.Option(None, help=STORAGE_HELP),
+    storage: str = typer.Option(None, envvar="FUSIONSEARCH_STORAGE", help=STORAGE_HELP),
     out: str = typer.Option("best.pt", help="where to write the best plan's network"),
     artifacts: str | None = typer.Option(None, help="artifact folder (default: beside the SQLite file)"),
 ) -> None:
@@ -647,6 +749,7 @@ def best(
     from .confirm import summarize
     from .leaderboard import best_trial, plan_summary
     from .search import load_study
+    from .stitch import load
     from .storage import DEFAULT_STORAGE, artifact_store
 
     url = storage or DEFAULT_STORAGE
@@ -673,12 +776,26 @@ def best(
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
     os.close(fd)
     os.unlink(tmp)  # download_artifact refuses an existing file
-    try:  # the user's file is replaced only by a complete download
-        download_artifact(
-            artifact_store=artifact_store(url, artifacts),
-            file_path=tmp,
-            artifact_id=chosen.user_attrs["model_artifact"],
-        )
+    try:  # the user's file is replaced only by a complete download that loads as a network
+        try:
+            download_artifact(
+                artifact_store=artifact_store(url, artifacts, create=False),
+                file_path=tmp,
+                artifact_id=chosen.user_attrs["model_artifact"],
+            )
+        except Exception as e:
+            raise FusionSearchError(
+                f"the network of trial {chosen.number} cannot be read from the artefact store"
+                f" ({type(e).__name__}: {e}); {out!r} is left as it was"
+            ) from None
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                load(tmp, trust=True)  # this study's own worker wrote it: check it is whole
+        except FusionSearchError as e:
+            raise FusionSearchError(
+                f"the network of trial {chosen.number} is damaged ({e}); {out!r} is left as it was"
+            ) from None
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
@@ -687,10 +804,9 @@ def best(
 
 
 @app.command()
-@friendly_errors
 def report(
     study: str = typer.Option(..., help="study name"),
-    storage: str = typer.Option(None, help=STORAGE_HELP),
+    storage: str = typer.Option(None, envvar="FUSIONSEARCH_STORAGE", help=STORAGE_HELP),
     out: str = typer.Option("report.html", help="HTML file to write"),
     artifacts: str | None = typer.Option(None, help="artifact folder (default: beside the SQLite file)"),
 ) -> None:
@@ -706,9 +822,8 @@ def report(
 
 
 @app.command()
-@friendly_errors
 def dashboard(
-    storage: str = typer.Option(None, help=STORAGE_HELP),
+    storage: str = typer.Option(None, envvar="FUSIONSEARCH_STORAGE", help=STORAGE_HELP),
     host: str = typer.Option("127.0.0.1", help="address to listen on (loopback by default)"),
     port: int = typer.Option(8080, help="port"),
     artifacts: str | None = typer.Option(None, help="artifact folder (default: beside the SQLite file)"),
@@ -720,7 +835,12 @@ def dashboard(
 
     url = storage or DEFAULT_STORAGE
     console.print(f"optuna-dashboard for {redact(url)} on http://{host}:{port}/ (Ctrl-C stops)", highlight=False)
-    run_server(open_storage(url, heartbeat=False), host=host, port=port, artifact_store=artifact_store(url, artifacts))
+    run_server(
+        open_storage(url, heartbeat=False, create=False),
+        host=host,
+        port=port,
+        artifact_store=artifact_store(url, artifacts),
+    )
 
 
 @app.command()

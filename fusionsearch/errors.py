@@ -7,7 +7,12 @@ and the command line can print a one-line reason instead of a traceback.
 from __future__ import annotations
 
 __all__ = [
+    "ArgumentError",
+    "CheckpointError",
     "DataError",
+    "DependencyError",
+    "StorageError",
+    "UntrustedFileError",
     "MissingDataError",
     "CutPointError",
     "FusionSearchError",
@@ -65,3 +70,25 @@ class DataError(FusionSearchError, ValueError):
 
 class MissingDataError(FusionSearchError, FileNotFoundError):
     """A data file or folder that should exist and does not; the message names the path."""
+
+
+class ArgumentError(FusionSearchError, ValueError):
+    """A command-line or API argument outside its range (size, steps, tasks, devices, ...)."""
+
+
+class StorageError(FusionSearchError):
+    """A study storage that cannot be opened, is not a database, or does not exist for a read."""
+
+
+class CheckpointError(FusionSearchError, ValueError):
+    """A weights or training-state file that is truncated, corrupt, or refused by ``weights_only``."""
+
+
+class UntrustedFileError(PlanError):
+    """A saved network that asks timm for more than a plain model name and safe arguments
+    (pretrained weights, a hub name, a path): refused unless the caller trusts the file."""
+
+
+class DependencyError(FusionSearchError):
+    """A trial that cannot be measured because the trial it depends on (the single-task
+    reference, the warm start) failed for good."""

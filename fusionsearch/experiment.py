@@ -105,7 +105,7 @@ class Experiment:
     # ---- the network ----------------------------------------------------------------------
     @property
     def input_size(self) -> tuple[int, int, int]:
-        return (3, self.recipe.image_size, self.recipe.image_size)
+        return (3, *self.recipe.image_size)
 
     def graph(self) -> BackboneGraph:
         if self._graph is None:

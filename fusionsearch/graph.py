@@ -325,10 +325,19 @@ def _trace_failure(name: str, tracer: BackboneTracer, e: Exception) -> TraceErro
 def _run_graph(gm: fx.GraphModule, x: torch.Tensor, name: str) -> tuple[dict[fx.Node, Any], Any]:
     try:
         return record_values(gm, x)
-    except Exception as e:
+    except (torch.OutOfMemoryError, MemoryError) as e:
+        size = "x".join(map(str, x.shape[1:]))
         raise TraceError(
-            f"the traced graph of {name} fails when run ({type(e).__name__}: {e}); a Python branch"
-            " was baked in at trace time. Mark the module holding it as a leaf."
+            f"out of memory running {name} on one {size} input to find its cut points: trace at a smaller"
+            " input size (--input-size / --size), on a machine with more memory"
+        ) from e
+    except Exception as e:
+        size = "x".join(map(str, x.shape[1:]))
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise TraceError(
+            f"the traced graph of {name} fails on a {size} input ({type(e).__name__}: {first}). If the model"
+            " itself runs at this size, a Python branch was baked in at trace time: mark the module holding it"
+            " as a leaf (--leaf); otherwise give an input size the model accepts."
         ) from e
 
 

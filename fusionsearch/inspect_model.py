@@ -61,10 +61,10 @@ def print_net(net: StitchedNet, console: Console) -> None:
     )
 
 
-def inspect_saved(path: str, console: Console, as_json: bool = False) -> None:
+def inspect_saved(path: str, console: Console, as_json: bool = False, trust: bool = False) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        net = load(path)
+        net = load(path, trust=trust)
     if as_json:
         json.dump(net.describe(), sys.stdout, indent=2)
         sys.stdout.write("\n")

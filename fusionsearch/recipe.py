@@ -12,11 +12,12 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from .errors import FusionSearchError
+from .schema import check_fields
 from .tasks import DeltaM, primary_metric
 from .train import TrainConfig
 
@@ -28,6 +29,46 @@ CONFIRM_DEFAULTS = {"top": 2, "seeds": 3}
 
 class RecipeError(FusionSearchError, ValueError):
     """A recipe that can't be read or has a wrong or unknown field."""
+
+
+@dataclass
+class StudySection:
+    """The recipe's ``study`` section: how ``fusionsearch run`` searches by default."""
+
+    trials: int | Literal["grid"] = 8  # sampled trials after the baselines; grid: every grid point
+    timeout: float | None = None  # seconds after which no trial starts
+    sampler: Literal["tpe", "nsga2", "random", "grid"] = "tpe"
+    pruner: Literal["successive_halving", "hyperband", "median", "none"] = "hyperband"
+    objectives: list[str] = field(default_factory=lambda: ["delta_m"])
+    seed: int = 0
+
+
+@dataclass
+class CompareSection:
+    """The recipe's ``compare`` section: the rows and columns of ``fusionsearch compare``."""
+
+    rows: dict[str, str] = field(default_factory=dict)  # paper row -> baseline that trains it
+    columns: dict[str, list[str]] = field(default_factory=dict)  # task -> metrics shown
+    grid_rows: dict[str, dict[str, Any]] = field(default_factory=dict)  # paper row -> grid point
+    search_trials: int = 4
+
+
+@dataclass
+class PaperSection:
+    """The recipe's ``paper`` section: the published table that ``compare`` sets beside ours."""
+
+    table: str = ""
+    rows: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # row -> task -> metric -> value
+
+
+@dataclass
+class DataSection:
+    """The fields of ``data`` that every data set reads; others go to its constructor."""
+
+    name: str = "synthetic"
+    size: int | tuple[int, int] = 128  # square side, or [height, width]
+    train_length: int | None = None
+    val_length: int | None = None
 
 
 @dataclass
@@ -57,16 +98,23 @@ class Recipe:
     def __post_init__(self) -> None:
         if isinstance(self.tasks, str):
             self.tasks = [t.strip() for t in self.tasks.split(",") if t.strip()]
+        where = f"recipe {self.name!r}:" if isinstance(self.name, str) else "recipe:"
+        self._check_types(where)
         if not self.tasks:
-            raise RecipeError(f"recipe {self.name!r}: tasks is empty")
+            raise RecipeError(f"{where} tasks is empty: name at least one task, e.g. [seg, normal]")
+        twice = sorted({t for t in self.tasks if self.tasks.count(t) > 1})
+        if twice:
+            raise RecipeError(f"{where} tasks name {', '.join(twice)} more than once: each task is one column")
         if "name" not in self.data:
-            raise RecipeError(f"recipe {self.name!r}: data needs a name (synthetic, nyuv2, imdb_wiki, ...)")
-        known = {f.name for f in fields(TrainConfig)}
-        bad = set(self.train) - known
-        if bad:
-            raise RecipeError(
-                f"recipe {self.name!r}: unknown train field(s) {sorted(bad)}; known: {', '.join(sorted(known))}"
-            )
+            raise RecipeError(f"{where} data needs a name (synthetic, nyuv2, imdb_wiki, ...)")
+        for key in ("size", "train_length", "val_length"):
+            value = self.data.get(key)
+            if value is not None and min(value if isinstance(value, (list, tuple)) else [value]) < 1:
+                raise RecipeError(f"{where} data.{key} must be >= 1, got {value!r}")
+        try:
+            self.train_config()
+        except FusionSearchError as e:
+            raise RecipeError(f"{where} {e}") from None
         for t in self.task_args:
             if t not in self.tasks:
                 raise RecipeError(f"recipe {self.name!r}: task_args names {t!r}, which is not in tasks {self.tasks}")
@@ -78,6 +126,26 @@ class Recipe:
         except FusionSearchError as e:
             raise RecipeError(f"recipe {self.name!r}: {e}") from None
         self.confirm_config()
+
+    def _check_types(self, where: str) -> None:
+        """Every section against its dataclass: a wrong type or an unknown field names itself."""
+
+        def check(values: Any, cls: type, name: str) -> None:
+            try:
+                check_fields(values, cls, name, RecipeError)
+            except RecipeError as e:
+                raise RecipeError(f"{where} {e}") from None
+
+        top = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "path"}
+        check(top, type(self), "recipe")
+        check({k: v for k, v in self.data.items() if k in DataSection.__dataclass_fields__}, DataSection, "data")
+        check(self.train, TrainConfig, "train")
+        check(self.study, StudySection, "study")
+        check(self.compare, CompareSection, "compare")
+        check(self.paper, PaperSection, "paper")
+        from .space import SearchSpace  # imports the fusion units: only when a recipe is checked
+
+        check(self.search, SearchSpace, "search")
 
     @property
     def gain(self) -> DeltaM:
@@ -97,8 +165,10 @@ class Recipe:
         return out
 
     @property
-    def image_size(self) -> int:
-        return int(self.data.get("size", 128))
+    def image_size(self) -> tuple[int, int]:
+        """(H, W) of the images: ``data.size`` is a side or [height, width] (default 128)."""
+        size = self.data.get("size", 128)
+        return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
     def train_config(self, **overrides: Any) -> TrainConfig:
         args = {**self.train, **{k: v for k, v in overrides.items() if v is not None}}
@@ -119,7 +189,8 @@ class Recipe:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], path: str | None = None) -> Recipe:
         if not isinstance(d, Mapping):
-            raise RecipeError(f"recipe {path or ''} must be a mapping of fields, got {type(d).__name__}")
+            where = f"recipe {path}" if path else "a recipe"
+            raise RecipeError(f"{where} must be a mapping of fields (name: value), got a {type(d).__name__}")
         names = {f.name for f in fields(cls)} - {"path"}
         unknown = set(d) - names
         if unknown:
@@ -158,6 +229,10 @@ def load_recipe(name_or_path: str | os.PathLike[str] = DEFAULT_RECIPE) -> Recipe
         d = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
         raise RecipeError(f"{p} is not valid YAML: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise RecipeError(f"recipe {p} cannot be read: {e}") from None
+    if d is not None and not isinstance(d, Mapping):
+        raise RecipeError(f"recipe {p} must be a mapping of fields (name: value), got a {type(d).__name__}")
     d = dict(d or {})
     d.setdefault("name", p.stem)
     return Recipe.from_dict(d, str(p))

@@ -24,16 +24,16 @@ from typing import Any
 
 import optuna
 import torch
-from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from .confirm import confirm_seeds, queue_confirmation
-from .errors import FusionSearchError
+from .errors import DependencyError, FusionSearchError
 from .experiment import BASELINES, WARMSTART, Experiment, WarmStart
 from .recipe import Recipe
+from .recovery import INTERRUPTED, PLAN, failed_for_good, failure_kind, requeue_failed, retry
 from .space import SearchSpace
 from .stitch import StitchPlan
-from .storage import DEFAULT_STORAGE, HEARTBEAT_INTERVAL, artifact_store, open_storage, redact
+from .storage import DEFAULT_STORAGE, HEARTBEAT_INTERVAL, artifact_store, check_url, open_storage, redact, study_lock
 
 __all__ = [
     "StudySettings",
@@ -154,8 +154,18 @@ def make_pruner(settings: StudySettings, recipe: Recipe) -> optuna.pruners.BaseP
 
 
 def prepare_study(recipe: Recipe, settings: StudySettings) -> optuna.Study:
-    """Create (or resume) the study, store its recipe and settings, and enqueue the baselines and
-    trial slots that are not there yet. Call from one process only."""
+    """Create (or resume) the study, store its recipe and settings, queue the baselines and trial
+    slots that are not there yet, and queue again the trials an accident failed (``recovery``).
+
+    Safe to call from several processes at once (two ``run`` commands on one new database): the
+    whole read-then-write runs under the storage's lock, so the second finds the first's slots
+    and adds none; each slot is identified by its fixed ``slot`` number."""
+    check_url(settings.storage)
+    with study_lock(settings.storage):
+        return _prepare(recipe, settings)
+
+
+def _prepare(recipe: Recipe, settings: StudySettings) -> optuna.Study:
     storage = open_storage(settings.storage)
     study = optuna.create_study(
         study_name=settings.study,
@@ -190,9 +200,11 @@ def prepare_study(recipe: Recipe, settings: StudySettings) -> optuna.Study:
     if settings.sampler == "grid":
         for i, point in enumerate(grid_points(recipe)):
             study.enqueue_trial(point, user_attrs={"slot": i}, skip_if_exists=True)
+        requeue_failed(study)
         return study
     for i in range(settings.trials):
         study.enqueue_trial({"slot": i}, user_attrs={"slot": i}, skip_if_exists=True)
+    requeue_failed(study)
     return study
 
 
@@ -236,7 +248,7 @@ def grid_points(recipe: Recipe) -> list[dict[str, Any]]:
 
 def load_study(name: str, storage: str = DEFAULT_STORAGE) -> tuple[optuna.Study, Recipe, StudySettings]:
     """An existing study with its recipe and settings (what a worker on another machine needs)."""
-    st = open_storage(storage)
+    st = open_storage(storage, create=False)
     names = [s.study_name for s in optuna.get_all_study_summaries(st)]
     if name not in names:
         raise FusionSearchError(f"no study {name!r} in {redact(storage)}; studies there: {', '.join(names) or 'none'}")
@@ -360,28 +372,28 @@ def _pop(study: optuna.Study, match: Callable[[Any], bool] | None = None) -> opt
     return None
 
 
+def storage_url(storage: Any) -> str | None:
+    """The URL (or ``journal:PATH``) of an opened storage, behind Optuna's cache, for ``study_lock``."""
+    backend = getattr(storage, "_backend", storage)
+    engine = getattr(backend, "engine", None)
+    if engine is not None:
+        return engine.url.render_as_string(hide_password=False)
+    path = getattr(getattr(backend, "_backend", None), "_file_path", None)
+    return f"journal:{path}" if path else None
+
+
 @contextlib.contextmanager
 def _queue_lock(storage: Any) -> Iterator[None]:
-    """One pop at a time among the processes sharing an SQLite file. SQLite has no row locks
-    (``SELECT ... FOR UPDATE`` is ignored), so two workers could both see a trial WAITING and both
-    take it, or one fail with "database is locked" on a stale snapshot; seen under load with two
-    workers. A file lock beside the database serialises the read-and-claim; server databases
-    lock the row themselves."""
-    url = getattr(getattr(getattr(storage, "_backend", storage), "engine", None), "url", None)
-    if url is None or not url.drivername.startswith("sqlite") or not url.database:
+    """One read-and-claim at a time among the processes sharing a storage. SQLite has no row
+    locks (``SELECT ... FOR UPDATE`` is ignored), so two workers could both see a trial WAITING
+    and both take it, or one fail with "database is locked" on a stale snapshot (seen under load
+    with two workers); re-queueing a failed trial is check-then-act on every storage."""
+    url = storage_url(storage)
+    if url is None:
         yield
         return
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: SQLite's own locking only
+    with study_lock(url):
         yield
-        return
-    with open(f"{url.database}.queue-lock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def fusion_weights(net: Any) -> dict[str, Any]:
@@ -480,19 +492,61 @@ class Objective:
 
     def _await(self, match: Callable[[Any], bool], what: str) -> Any:
         """The complete trial ``match`` picks. Waiting for it, this worker runs it itself if it is
-        queued (e.g. retried after its worker died): nobody else may be left to."""
+        queued (e.g. retried after its worker died): nobody else may be left to. One that an
+        accident failed is queued again first; one that failed for good is a DependencyError."""
         while True:
             t, pending = _find(self.study, match)
             if t is not None:
                 return t
             if not pending:
-                raise FusionSearchError(f"{what} failed, so this trial cannot be measured (see its trial)")
+                if requeue_failed(self.study):
+                    continue
+                raise DependencyError(self._dependency_failed(match, what))
             reap_stale(self.study)
             queued = _pop(self.study, match) if self.execute is not None else None
             if queued is not None:
                 self.execute(queued)  # type: ignore[misc]
                 continue
             time.sleep(self.wait_s)
+
+    def _dependency_failed(self, match: Callable[[Any], bool], what: str) -> str:
+        failed = [t for t in self.study.get_trials(deepcopy=False) if match(t) and t.state == TrialState.FAIL]
+        why = f" (trial {failed[-1].number}: {failed[-1].user_attrs.get('fail_reason', 'failed')})" if failed else ""
+        return (
+            f"{what} failed for good{why}, so the other trials of study {self.settings.study!r} cannot be"
+            " measured; fix the cause and start a new study (another --study name)"
+        )
+
+    def blocked(self) -> str | None:
+        """Why no trial of this study can be measured any more (the warm start or the search's
+        single-task reference failed for good), or None; a worker checks before it takes one."""
+        fake = type("Queued", (), {"user_attrs": {"slot": -1}})()
+        try:
+            self.check_dependencies(fake)
+        except DependencyError as e:
+            return str(e)
+        return None
+
+    def check_dependencies(self, trial: Any) -> None:
+        """Before a trial trains: the trials it will need (the warm start, the single-task
+        reference) must be complete, pending, or coming back; a sampled plan never trains for
+        nothing after its reference failed for good."""
+        attrs = trial.user_attrs
+        baseline, confirm = attrs.get("baseline"), attrs.get("confirm")
+        needs: list[tuple[Callable[[Any], bool], str]] = []
+        if baseline != WARMSTART and self.space.warm:
+            needs.append((lambda t: is_baseline(t) == WARMSTART, "the warm start (single-task nets)"))
+        own = baseline in ("single", WARMSTART) or confirm == "single"
+        if "delta_m" in self.settings.objectives and not own:
+            seed = attrs.get("seed")
+            needs.append((lambda t: is_reference(t, confirm is not None, seed), "the single-task reference"))
+        for match, what in needs:
+            trials = self.study.get_trials(deepcopy=False)
+            mine = [t for t in trials if match(t)]
+            if mine and all(failed_for_good(t, trials) for t in mine):
+                if requeue_failed(self.study):
+                    continue
+                raise DependencyError(self._dependency_failed(match, what))
 
     def single(self, wait: bool, confirm: bool = False, seed: int | None = None) -> dict[str, Any] | None:
         """The single-task reference's results (the search's, or the confirmation's for ``seed``)."""
@@ -516,7 +570,7 @@ class Objective:
                 download_artifact(
                     artifact_store=self.store, file_path=str(path), artifact_id=done.user_attrs["model_artifact"]
                 )
-                self._warm = WarmStart.of(load(path))
+                self._warm = WarmStart.of(load(path, trust=True))  # written by a worker of this study
         return self._warm
 
     def _what(self, trial: optuna.Trial) -> tuple[StitchPlan, dict[str, float] | None, float | None, str]:
@@ -541,6 +595,7 @@ class Objective:
         return s.plan, s.loss_weights or None, s.base_lr, s.column_init
 
     def __call__(self, trial: optuna.Trial) -> list[float]:
+        self.check_dependencies(trial)
         if self.before_trial is not None:
             self.before_trial(trial)
         baseline, confirm = trial.user_attrs.get("baseline"), trial.user_attrs.get("confirm")
@@ -692,16 +747,17 @@ def run_worker(
                 study.tell(trial, state=TrialState.PRUNED)
                 log(f"{label}: {e}")
                 return
-            except KeyboardInterrupt:  # an interruption is no verdict on the plan: queue it again
-                trial.set_user_attr("fail_reason", "interrupted (queued again)")
-                frozen = study.tell(trial, state=TrialState.FAIL)
-                RetryHeartbeatStaleTrialCallback(max_retry=None)(study, frozen)
+            except (KeyboardInterrupt, SystemExit, DependencyError) as e:
+                # no verdict on the plan: queue it again now, then stop this worker
+                kind = failure_kind(e)
+                reason = "interrupted (queued again)" if kind == INTERRUPTED else f"{e} (queued again)"
+                _fail(study, trial, reason, kind, requeue=True)
                 raise
             except Exception as e:
-                reason = failure_reason(e)
-                trial.set_user_attr("fail_reason", reason)
-                study.tell(trial, state=TrialState.FAIL)
-                log(f"{label}: failed: {reason}")
+                reason, kind = failure_reason(e), failure_kind(e)
+                _fail(study, trial, reason, kind)
+                again = "" if kind == PLAN else " (an accident, not the plan's: the next run queues it again)"
+                log(f"{label}: failed: {reason}{again}")
                 _free_memory()
                 return
         study.tell(trial, values if len(values) > 1 else values[0])
@@ -709,21 +765,58 @@ def run_worker(
         _free_memory()
 
     objective.execute = execute
+    requeue_failed(study)  # what an accident failed last time comes back before anything else runs
     start, ran = time.monotonic(), 0
-    while max_trials is None or ran < max_trials:
-        if timeout is not None and time.monotonic() - start > timeout:
-            log("timeout reached")
-            break
-        reap_stale(study)
-        trial = _pop(study)
-        if trial is None:
-            if any(t.state == TrialState.RUNNING for t in study.get_trials(deepcopy=False)) and _stale_possible(study):
-                time.sleep(1.0)  # a dead worker's trial may come back to the queue
-                continue
-            break
-        ran += 1
-        execute(trial)
+    with _terminate_as_interrupt():
+        while max_trials is None or ran < max_trials:
+            if timeout is not None and time.monotonic() - start > timeout:
+                log("timeout reached")
+                break
+            reap_stale(study)
+            why = objective.blocked()
+            if why is not None:
+                raise DependencyError(why)
+            trial = _pop(study)
+            if trial is None:
+                if any(t.state == TrialState.RUNNING for t in study.get_trials(deepcopy=False)) and _stale_possible(
+                    study
+                ):
+                    time.sleep(1.0)  # a dead worker's trial may come back to the queue
+                    continue
+                break
+            ran += 1
+            execute(trial)
     return ran
+
+
+def _fail(study: optuna.Study, trial: optuna.Trial, reason: str, kind: str, requeue: bool = False) -> None:
+    """Fail ``trial`` with its reason and kind (``recovery``); with ``requeue``, queue its copy now."""
+    trial.set_user_attr("fail_reason", reason)
+    trial.set_user_attr("fail_kind", kind)
+    frozen = study.tell(trial, state=TrialState.FAIL)
+    if requeue:
+        with _queue_lock(study._storage):
+            retry(study, frozen)
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``, a scheduler's stop, ``run`` stopping its workers) is handled as Ctrl-C:
+    the running trial is failed as interrupted and queued again instead of left RUNNING."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    old = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def trial_label(t: Any) -> str:

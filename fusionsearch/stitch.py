@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .errors import PlanError
+from .errors import CheckpointError, PlanError
 from .fusion import FusionUnit, ShortcutHead, SluiceHeadMix, get_fusion
 from .graph import BackboneGraph, CutPoint, trace
 from .heads import LayoutAdapter, SimpleHead, task_kind
@@ -491,7 +491,11 @@ def _load_column(segments: list[Segment], weights: Any, task: str) -> None:
         path = Path(weights)
         if not path.is_file():
             raise FileNotFoundError(f"column weights for task {task!r}: {str(path)!r} does not exist")
-        sd = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise CheckpointError(f"column weights for task {task!r}: {str(path)!r} cannot be read: {first}") from None
         for key in ("state_dict", "model", "state_dict_ema"):
             if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
                 sd = sd[key]
@@ -538,15 +542,77 @@ def save(net: StitchedNet, path: str | os.PathLike[str]) -> None:
     torch.save(payload, path)
 
 
+# timm.create_model arguments a saved net may carry without ``trust``: shapes and regularisation,
+# nothing that names a file, a URL, a hub repository or pretrained weights to fetch
+SAFE_CREATE_KWARGS = frozenset(
+    {
+        "output_stride",
+        "img_size",
+        "in_chans",
+        "patch_size",
+        "num_classes",
+        "global_pool",
+        "drop_rate",
+        "drop_path_rate",
+        "dynamic_img_size",
+        "dynamic_img_pad",
+        "class_token",
+        "reg_tokens",
+        "no_embed_class",
+        "window_size",
+    }
+)
+
+
+def _plain(value: Any) -> bool:
+    """A number, a bool, a short string without a path, or a list of them."""
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    if isinstance(value, str):
+        return len(value) < 64 and not any(c in value for c in "/\\:")
+    return isinstance(value, (int, float, bool)) or value is None
+
+
+def _check_untrusted(payload: Mapping[str, Any], where: str) -> None:
+    """Refuse what a crafted file could use to steer timm (see ``load``)."""
+    import timm
+
+    from .errors import UntrustedFileError
+
+    hint = "load it with trust=True (--trust) only if you made the file yourself"
+    for name in payload.get("backbones", []):
+        if not isinstance(name, str) or not _plain(name) or not timm.is_model(name):
+            raise UntrustedFileError(f"{where} names backbone {name!r}, not a plain timm model name: {hint}")
+    kwargs = payload.get("create_kwargs", {})
+    if not isinstance(kwargs, Mapping):
+        raise UntrustedFileError(f"{where} has malformed create_kwargs: {hint}")
+    bad = sorted(k for k, v in kwargs.items() if k not in SAFE_CREATE_KWARGS or not _plain(v))
+    if bad:
+        raise UntrustedFileError(f"{where} asks timm for {', '.join(map(str, bad))}: {hint}")
+    size = payload.get("input_size", [])
+    if not (
+        isinstance(size, (list, tuple)) and len(size) == 3 and all(isinstance(v, int) and 0 < v <= 8192 for v in size)
+    ):
+        raise UntrustedFileError(
+            f"{where} has input size {size!r}: three whole numbers from 1 to 8192 expected: {hint}"
+        )
+
+
 def load(
     path: str | os.PathLike[str],
     backbone: nn.Module | Sequence[nn.Module] | None = None,
     map_location: str | torch.device = "cpu",
+    trust: bool = False,
 ) -> StitchedNet:
     """Rebuild a saved stitched net (read with ``weights_only=True``: no pickled code runs).
 
     A net built from timm names needs nothing else; one built from ``nn.Module`` backbones needs
     the same module(s) again as ``backbone`` (their weights are overwritten by the saved ones).
+
+    The file says which timm models to create, and a file from elsewhere is not to be trusted
+    with that: unless ``trust=True``, only names ``timm.is_model`` knows and the shape arguments
+    in ``SAFE_CREATE_KWARGS`` are accepted, and pretrained weights are never fetched (no hub name,
+    checkpoint path or ``pretrained_cfg_overlay`` comes from the file).
     """
     p = Path(path)
     if not p.is_file():
@@ -557,24 +623,42 @@ def load(
         raise PlanError(f"{str(p)!r} cannot be read as a stitched network: {type(e).__name__}: {e}") from e
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise PlanError(f"{str(p)!r} is not a fusionsearch stitched network (no {FORMAT!r} header)")
-    if payload.get("version", 0) > FORMAT_VERSION:
-        raise PlanError(f"{str(p)!r} was saved by a newer fusionsearch (format {payload['version']})")
+    if not isinstance(payload.get("version", 0), int) or payload.get("version", 0) > FORMAT_VERSION:
+        raise PlanError(f"{str(p)!r} was saved by a newer fusionsearch (format {payload.get('version')!r})")
+    missing = [k for k in ("tasks", "plan", "backbones", "input_size", "state_dict") if k not in payload]
+    if missing:
+        raise PlanError(f"{str(p)!r} is an incomplete stitched network: it lacks {', '.join(missing)}")
     specs: Any = payload["backbones"]
     if any(payload.get("backbone_is_module", [])):
         if backbone is None:
             raise PlanError(
-                f"{str(p)!r} was built from nn.Module backbones ({', '.join(specs)}): pass them again as"
+                f"{str(p)!r} was built from nn.Module backbones ({', '.join(map(str, specs))}): pass them again as"
                 " load(path, backbone=...)"
             )
         specs = backbone
-    net = build(
-        specs,
-        payload["tasks"],
-        StitchPlan.from_dict(payload["plan"]),
-        input_size=payload["input_size"],
-        leaf=payload.get("leaf", []),
-        task_args=payload.get("task_args") or None,
-        **payload["create_kwargs"],
-    )
-    net.load_state_dict(payload["state_dict"])
+    elif not trust:
+        _check_untrusted(payload, repr(str(p)))
+    try:
+        net = build(
+            specs,
+            payload["tasks"],
+            StitchPlan.from_dict(payload["plan"]),
+            input_size=payload["input_size"],
+            leaf=payload.get("leaf", []),
+            task_args=payload.get("task_args") or None,
+            pretrained=False,
+            **{k: v for k, v in (payload.get("create_kwargs") or {}).items() if k != "pretrained"},
+        )
+    except PlanError:
+        raise
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        raise PlanError(f"{str(p)!r} holds a network that cannot be rebuilt: {type(e).__name__}: {e}") from None
+    state = payload["state_dict"]
+    if not isinstance(state, Mapping):
+        raise PlanError(f"{str(p)!r} holds no weights (state_dict is a {type(state).__name__})")
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "mismatch"
+        raise PlanError(f"{str(p)!r} holds weights that do not fit its network: {first}") from None
     return net.eval()

@@ -10,17 +10,24 @@ URL works (PostgreSQL for many machines); ``journal:PATH`` picks the journal fil
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import sqlite3
+import threading
+import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 import optuna
 from optuna.artifacts import FileSystemArtifactStore
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import RDBStorage
 
-from .errors import FusionSearchError
+from .errors import FusionSearchError, StorageError
+from .recovery import retry
 
 __all__ = [
     "DEFAULT_STORAGE",
@@ -30,11 +37,11 @@ __all__ = [
     "artifact_dir",
     "HEARTBEAT_INTERVAL",
     "heartbeat_settings",
+    "study_lock",
 ]
 
 DEFAULT_STORAGE = "sqlite:///fusionsearch.db"
 HEARTBEAT_INTERVAL = 10  # seconds; FUSIONSEARCH_HEARTBEAT overrides (tests use 1)
-MAX_RETRY = 2
 
 
 def heartbeat_settings() -> tuple[int, int]:
@@ -43,16 +50,31 @@ def heartbeat_settings() -> tuple[int, int]:
     return interval, int(os.environ.get("FUSIONSEARCH_GRACE", 3 * interval))
 
 
+_SECRET_KEY = re.compile(r"pass|pwd|secret|token|key|auth|credential", re.IGNORECASE)
+
+
 def redact(url: str) -> str:
-    """The URL with any password replaced by ***: URLs are printed, credentials never."""
+    """The URL with every credential replaced by ***: URLs are printed and stored, credentials never.
+
+    The password is everything between the user name and the *last* ``@`` before the host (a
+    password with an unescaped ``@`` parses wrongly in SQLAlchemy's ``make_url``, which then
+    prints its tail as the host), and query parameters whose name says secret (``password=``,
+    ``sslpassword=``, ``token=``, ...) are hidden too.
+    """
     if url.startswith("journal:"):
         return url
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url.split("@")[-1] if "@" in url else url
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    main, q, query = rest.partition("?")
+    at = main.rfind("@")
+    if at >= 0:
+        user, colon, _ = main[:at].partition(":")
+        main = f"{user}:***@{main[at + 1 :]}" if colon else main
+    if q:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = "&".join(f"{k}={'***' if _SECRET_KEY.search(k) else v}" for k, v in pairs)
+    return f"{scheme}://{main}{q}{query}"
 
 
 def _sqlite_path(url: str) -> Path | None:
@@ -62,23 +84,82 @@ def _sqlite_path(url: str) -> Path | None:
     return None if rest in ("", ":memory:") else Path(rest)
 
 
-def open_storage(url: str = DEFAULT_STORAGE, heartbeat: bool = True) -> optuna.storages.BaseStorage:
-    """An Optuna storage for ``url``; RDB storages get heartbeats and a retry-on-stale callback."""
+def _check_sqlite_file(path: Path, url: str) -> None:
+    """A path that exists must be an SQLite database: a typo pointing at a YAML file or a folder
+    is one line, not SQLAlchemy's traceback (and the file is never touched)."""
+    if path.is_dir():
+        raise StorageError(f"storage {url}: {str(path)!r} is a folder; give an SQLite file such as {path / 'study.db'}")
+    if path.is_file() and path.stat().st_size > 0:
+        with open(path, "rb") as f:
+            if f.read(16) != b"SQLite format 3\x00":
+                raise StorageError(f"storage {url}: {str(path)!r} exists and is not an SQLite database")
+
+
+def check_url(url: str, create: bool = True) -> None:
+    """What can be said of a storage URL before opening it (and before taking its lock, which
+    would leave a ``.lock`` file beside a mistyped path): a file storage's path is not a folder,
+    an existing SQLite path is a database, and a reader's file exists."""
+    shown = redact(url)
+    if url.startswith("journal:"):
+        path = Path(url[len("journal:") :])
+        if path.is_dir():
+            raise StorageError(f"storage {shown}: {str(path)!r} is a folder; give a journal file")
+        if not create and not path.is_file():
+            raise StorageError(f"storage {shown}: no journal file {str(path)!r} (a mistyped path?)")
+        return
+    path = _sqlite_path(url)
+    if path is not None:
+        _check_sqlite_file(path, shown)
+        if not create and not path.is_file():
+            raise StorageError(f"storage {shown}: no database file {str(path)!r} (a mistyped path?)")
+    elif url.startswith("sqlite"):
+        raise StorageError(f"in-memory SQLite cannot be shared by workers: give a file, e.g. {DEFAULT_STORAGE}")
+    elif "://" not in url:
+        raise StorageError(
+            f"storage {shown!r} is not a URL: give sqlite:///FILE.db, journal:FILE or postgresql://USER@HOST/DB"
+        )
+
+
+def open_storage(
+    url: str = DEFAULT_STORAGE, heartbeat: bool = True, create: bool = True
+) -> optuna.storages.BaseStorage:
+    """An Optuna storage for ``url``; RDB storages get heartbeats and a retry-on-stale callback.
+
+    ``create=False`` is for commands that only read (``trials``, ``best``, ``report``): a file
+    that is not there is an error naming it, never a new empty database (a mistyped path would
+    otherwise leave one behind and then report "no study"). Creating the schema is serialised by
+    ``study_lock``: two ``run`` commands on a new database raced on "table already exists".
+    """
+    shown = redact(url)
+    check_url(url, create)
     if url.startswith("journal:"):
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
         path = Path(url[len("journal:") :])
+        if path.is_dir():
+            raise StorageError(f"storage {shown}: {str(path)!r} is a folder; give a journal file")
+        if not create and not path.is_file():
+            raise StorageError(f"storage {shown}: no journal file {str(path)!r} (a mistyped path?)")
         path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
+        try:
+            return JournalStorage(JournalFileBackend(str(path)))
+        except Exception as e:
+            raise StorageError(f"storage {shown}: cannot read the journal: {type(e).__name__}: {e}") from None
     engine_kwargs: dict[str, Any] = {}
     path = _sqlite_path(url)
     if path is not None:
+        _check_sqlite_file(path, shown)
+        if not create and not path.is_file():
+            raise StorageError(f"storage {shown}: no database file {str(path)!r} (a mistyped path?)")
         path.parent.mkdir(parents=True, exist_ok=True)
-        with sqlite3.connect(path, timeout=120) as con:  # WAL is a property of the file: set once
-            con.execute("PRAGMA journal_mode=WAL")
+        try:
+            with sqlite3.connect(path, timeout=120) as con:  # WAL is a property of the file: set once
+                con.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.DatabaseError as e:
+            raise StorageError(f"storage {shown}: {str(path)!r} cannot be used as an SQLite database: {e}") from None
         engine_kwargs = {"connect_args": {"timeout": 120}}
     elif url.startswith("sqlite"):
-        raise FusionSearchError(f"in-memory SQLite cannot be shared by workers: give a file, e.g. {DEFAULT_STORAGE}")
+        raise StorageError(f"in-memory SQLite cannot be shared by workers: give a file, e.g. {DEFAULT_STORAGE}")
     kwargs: dict[str, Any] = {}
     if heartbeat:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -86,16 +167,118 @@ def open_storage(url: str = DEFAULT_STORAGE, heartbeat: bool = True) -> optuna.s
         kwargs = {
             "heartbeat_interval": interval,
             "grace_period": grace,
-            "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
+            "heartbeat_stale_trial_callback": retry,  # a dead worker's trial: a copy, same plan
         }
     try:
-        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.8
+        with study_lock(url), warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.8
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
     except ImportError as e:
-        raise FusionSearchError(f"storage {redact(url)}: a database driver is missing ({e})") from None
+        raise StorageError(f"storage {shown}: a database driver is missing ({e})") from None
+    except FusionSearchError:
+        raise
     except Exception as e:
-        raise FusionSearchError(f"cannot open storage {redact(url)}: {type(e).__name__}: {e}") from None
+        raise StorageError(f"cannot open storage {shown}: {type(e).__name__}: {_first_line(e)}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0]
+
+
+# ---- one process at a time ---------------------------------------------------------------------
+_held: dict[str, list[Any]] = {}  # lock key -> [depth, release]: re-entrant within a process
+_held_guard = threading.Lock()
+_PG_LOCK_KEY = 0x66757369  # "fusi": the advisory lock id fusionsearch takes on PostgreSQL
+
+
+def _lock_key(url: str) -> str | None:
+    path = _sqlite_path(url) or (Path(url[len("journal:") :]) if url.startswith("journal:") else None)
+    if path is not None:
+        return str(path.resolve())
+    if url.startswith(("postgresql", "mysql", "mariadb")):
+        return redact(url)
+    return None
+
+
+def _file_lock(path: Path) -> Any:
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: the database's own locking only
+        return lambda: None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path, "a")  # noqa: SIM115 - held until release
+    fcntl.flock(f, fcntl.LOCK_EX)
+
+    def release() -> None:
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
+
+    return release
+
+
+def _server_lock(url: str) -> Any:
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.pool import NullPool
+
+    engine = create_engine(url, poolclass=NullPool)
+    deadline = time.monotonic() + 60
+    while True:  # the server may still be starting (a test's throw-away one, a pod's sidecar)
+        try:
+            conn = engine.connect()
+            break
+        except Exception as e:
+            if time.monotonic() > deadline:
+                raise StorageError(f"cannot open storage {redact(url)}: {type(e).__name__}: {_first_line(e)}") from None
+            time.sleep(1)
+    if url.startswith("postgresql"):
+        conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _PG_LOCK_KEY})
+        unlock = text("SELECT pg_advisory_unlock(:k)")
+    else:
+        conn.execute(text("SELECT GET_LOCK('fusionsearch', 600)"))
+        unlock = text("SELECT RELEASE_LOCK('fusionsearch')")
+
+    def release() -> None:
+        try:
+            conn.execute(unlock, {"k": _PG_LOCK_KEY})
+        finally:
+            conn.close()
+            engine.dispose()
+
+    return release
+
+
+@contextlib.contextmanager
+def study_lock(url: str) -> Iterator[None]:
+    """Hold the storage's advisory lock: what one process reads and then writes (creating the
+    schema, queueing slots, popping or re-queueing a trial) is not interleaved with another's.
+
+    SQLite and journal files get a ``flock`` on ``FILE.lock``; PostgreSQL ``pg_advisory_lock``
+    and MySQL ``GET_LOCK`` on a connection of their own. Re-entrant within a process."""
+    key = _lock_key(url)
+    if key is None:
+        yield
+        return
+    with _held_guard:
+        mine = _held.get(key)
+        if mine is not None:
+            mine[0] += 1
+    if mine is not None:
+        try:
+            yield
+        finally:
+            mine[0] -= 1
+        return
+    release = _file_lock(Path(key + ".lock")) if not url.startswith(("postgresql", "mysql", "mariadb")) else None
+    if release is None:
+        release = _server_lock(url)
+    with _held_guard:
+        _held[key] = [1, release]
+    try:
+        yield
+    finally:
+        with _held_guard:
+            del _held[key]
+        release()
 
 
 def artifact_dir(url: str, override: str | os.PathLike[str] | None = None) -> Path:
@@ -108,7 +291,12 @@ def artifact_dir(url: str, override: str | os.PathLike[str] | None = None) -> Pa
     return Path("fusionsearch-artifacts")
 
 
-def artifact_store(url: str, override: str | os.PathLike[str] | None = None) -> FileSystemArtifactStore:
+def artifact_store(
+    url: str, override: str | os.PathLike[str] | None = None, create: bool = True
+) -> FileSystemArtifactStore:
+    """The study's artefact folder as an Optuna store; ``create=False`` (readers) never makes it."""
     d = artifact_dir(url, override)
+    if not create and not d.is_dir():
+        raise StorageError(f"no artefact folder {str(d)!r} (give --artifacts if the study keeps them elsewhere)")
     d.mkdir(parents=True, exist_ok=True)
     return FileSystemArtifactStore(str(d))

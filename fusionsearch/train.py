@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .errors import FusionSearchError
+from .errors import CheckpointError, FusionSearchError
 from .stitch import StitchedNet
 from .tasks import Task
 
@@ -48,6 +48,23 @@ class TrainConfig:
     num_workers: int = 0
     seed: int = 0
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        """Values no run can use stop here, before any study or net exists (a study of 0-step
+        trials would train nothing and still declare a "best")."""
+        at_least = {"steps": 1, "batch_size": 1, "eval_every": 1, "warmup_steps": 0, "num_workers": 0}
+        for name, low in at_least.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise FusionSearchError(f"train {name} must be a whole number >= {low}, got {value!r}")
+        for name in ("base_lr", "momentum", "weight_decay", "head_lr_mult", "poly_power"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or value != value:
+                raise FusionSearchError(f"train {name} must be a number >= 0, got {value!r}")
+        if not self.base_lr > 0:
+            raise FusionSearchError(f"train base_lr must be > 0, got {self.base_lr!r}")
+        if self.optimizer not in ("sgd", "adamw"):
+            raise FusionSearchError(f"train optimizer must be sgd or adamw, got {self.optimizer!r}")
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -184,11 +201,18 @@ def fit(
     start = 0
     ckpt = Path(checkpoint) if checkpoint is not None else None
     if ckpt is not None and resume and ckpt.is_file():
-        state = torch.load(ckpt, map_location=dev, weights_only=True)
-        net.load_state_dict(state["net"])
-        opt.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        start, history = int(state["step"]), state["history"]
+        try:
+            state = torch.load(ckpt, map_location=dev, weights_only=True)
+            net.load_state_dict(state["net"])
+            opt.load_state_dict(state["optimizer"])
+            scaler.load_state_dict(state["scaler"])
+            start, history = int(state["step"]), state["history"]
+        except Exception as e:  # truncated, refused by weights_only, another net's, or not ours at all
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise CheckpointError(
+                f"checkpoint {str(ckpt)!r} cannot be resumed ({type(e).__name__}: {first}):"
+                " move it away to start over, or give the --checkpoint of this run"
+            ) from None
     every = checkpoint_every or cfg.eval_every
 
     loader = DataLoader(

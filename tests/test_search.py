@@ -105,7 +105,7 @@ def test_recipe_errors_name_the_field(tmp_path):
     with pytest.raises(RecipeError, match=r"unknown recipe field\(s\) \['trian'\] in .*bad.yaml"):
         load_recipe(bad)
     bad.write_text("train: {stpes: 3}\n")
-    with pytest.raises(RecipeError, match="unknown train field"):
+    with pytest.raises(RecipeError, match=r"unknown field train\.stpes"):
         load_recipe(bad)
     with pytest.raises(RecipeError, match="no recipe 'nope'"):
         load_recipe("nope")

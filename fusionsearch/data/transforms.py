@@ -54,7 +54,7 @@ def as_hw(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
         return None
     hw = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
     if min(hw) < 1:
-        raise ValueError(f"size must be positive, got {size!r}")
+        raise DataError(f"size must be positive, got {size!r}")
     return hw
 
 

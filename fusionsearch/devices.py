@@ -1,0 +1,36 @@
+"""Device names the user gives (``auto``, ``cpu``, ``cuda:1``), checked before anything starts.
+
+A study run with ``--devices cuda:0`` on a machine without CUDA used to start, fail every trial on
+its first tensor, and leave those failures in the study. Whether a device exists is known before
+the first trial, so it is asked once, here.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import ArgumentError
+
+__all__ = ["check_device"]
+
+
+def check_device(name: str) -> str:
+    """``name`` if this machine has it (``auto`` always), else ArgumentError saying what it has."""
+    if name == "auto":
+        return name
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ArgumentError(f"unknown device {name!r}: use auto, cpu or cuda[:N]") from None
+    if dev.type == "cpu":
+        return name
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ArgumentError(f"device {name!r} asked for, but this machine has no CUDA device: use cpu or auto")
+        if dev.index is not None and dev.index >= n:
+            raise ArgumentError(f"device {name!r} asked for, but this machine has {n} CUDA device(s): cuda:0..{n - 1}")
+        return name
+    if dev.type == "mps" and torch.backends.mps.is_available():
+        return name
+    raise ArgumentError(f"device {name!r} is not available here: use auto, cpu or cuda[:N]")

@@ -1,0 +1,439 @@
+"""What a careless or hostile user can do to a study, each turned into a test: interruptions and
+accidents come back, plan failures stay final, N processes queue exactly N slots, no password on a
+command line, no crafted file steering timm, no user file lost, and one line with exit code 2."""
+
+from __future__ import annotations
+
+import errno
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.artifacts import upload_artifact
+from optuna.trial import TrialState
+from test_search import finished, jobs, postgres, tiny_recipe  # noqa: F401 - postgres is a fixture
+from typer.testing import CliRunner
+
+import fusionsearch as fs
+from fusionsearch.cli import app
+from fusionsearch.errors import DependencyError, UntrustedFileError
+from fusionsearch.recovery import MAX_RETRY
+from fusionsearch.search import StudySettings, prepare_study, run_worker
+from fusionsearch.storage import artifact_store, open_storage, redact
+from fusionsearch.train import NonFiniteLossError
+
+runner = CliRunner()
+
+
+def _once(match, error):
+    """A ``before_trial`` hook that raises ``error`` the first time ``match(trial)`` holds."""
+    fired = []
+
+    def hook(trial):
+        if not fired and match(trial):
+            fired.append(trial.number)
+            raise error
+
+    return hook
+
+
+def _settings(url, **kw):
+    return StudySettings(**{"study": "r", "storage": url, "trials": 2, "baselines": ["single"], "pruner": "none", **kw})
+
+
+# ---- recovery -------------------------------------------------------------------------------------
+
+
+def test_ctrl_c_in_the_baseline_then_the_same_command_completes_every_trial(tmp_path):
+    url = f"sqlite:///{tmp_path}/a.db"
+    study = prepare_study(tiny_recipe(), _settings(url))
+    hook = _once(lambda t: t.user_attrs.get("baseline") == "single", KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        run_worker("r", url, device="cpu", before_trial=hook)
+    prepare_study(tiny_recipe(), _settings(url))  # the same command again
+    run_worker("r", url, device="cpu")
+    assert sorted(jobs(finished(study))) == ["single", "slot0", "slot1", "warmstart"]
+    failed = [t for t in study.get_trials() if t.state == TrialState.FAIL]
+    assert [(t.user_attrs["baseline"], t.user_attrs["fail_kind"]) for t in failed] == [("single", "interrupted")]
+
+
+def test_ctrl_c_in_a_sampled_trial_keeps_its_plan_and_the_count(tmp_path, monkeypatch):
+    url = f"sqlite:///{tmp_path}/b.db"
+    study = prepare_study(tiny_recipe(), _settings(url))
+    now, original = {}, fs.tasks.Normals.loss
+
+    def hook(trial):
+        now["slot"] = trial.user_attrs.get("slot")
+
+    def loss(self, pred, target):  # Ctrl-C in the middle of training, after the plan was drawn
+        if now.pop("slot", None) == 1:
+            raise KeyboardInterrupt
+        return original(self, pred, target)
+
+    monkeypatch.setattr(fs.tasks.Normals, "loss", loss)
+    with pytest.raises(KeyboardInterrupt):
+        run_worker("r", url, device="cpu", before_trial=hook)
+    prepare_study(tiny_recipe(), _settings(url))
+    run_worker("r", url, device="cpu")
+    done = finished(study)
+    assert sorted(jobs(done)) == ["single", "slot0", "slot1", "warmstart"]  # exactly the 2 slots asked for
+    failed = next(t for t in study.get_trials() if t.state == TrialState.FAIL)
+    copy = next(t for t in done if t.system_attrs.get("failed_trial") == failed.number)
+    assert failed.params and copy.params == failed.params and copy.system_attrs["retry_history"] == [failed.number]
+    assert "fail_reason" not in copy.user_attrs  # the copy is a fresh run, not the failure's record
+
+
+def test_an_accident_is_queued_again_by_the_next_run_and_a_plan_failure_stays_final(tmp_path):
+    url = f"sqlite:///{tmp_path}/c.db"
+    study = prepare_study(tiny_recipe(), _settings(url, trials=3))
+    disk_full = _once(lambda t: t.user_attrs.get("slot") == 0, OSError(errno.ENOSPC, "No space left on device"))
+    nan = _once(lambda t: t.user_attrs.get("slot") == 1, NonFiniteLossError("loss is nan at step 2"))
+
+    def both(trial):
+        disk_full(trial)
+        nan(trial)
+
+    run_worker("r", url, device="cpu", before_trial=both)  # the worker goes on after each failure
+    kinds = {t.user_attrs["slot"]: t.user_attrs["fail_kind"] for t in study.get_trials() if t.state == TrialState.FAIL}
+    assert kinds == {0: "infrastructure", 1: "plan"}
+    prepare_study(tiny_recipe(), _settings(url, trials=3))  # the next run
+    assert run_worker("r", url, device="cpu") == 1  # the disk-full trial only
+    assert sorted(jobs(finished(study))) == ["single", "slot0", "slot2", "warmstart"]
+    prepare_study(tiny_recipe(), _settings(url, trials=3))
+    assert run_worker("r", url, device="cpu") == 0  # nothing more: the NaN plan failed on its merits
+
+
+def test_retries_are_bounded(tmp_path):
+    url = f"sqlite:///{tmp_path}/d.db"
+    study = prepare_study(tiny_recipe(), _settings(url, trials=1))
+
+    def always(trial):
+        if trial.user_attrs.get("slot") == 0:
+            raise OSError(errno.EIO, "Input/output error")
+
+    for _ in range(MAX_RETRY + 2):
+        prepare_study(tiny_recipe(), _settings(url, trials=1))
+        run_worker("r", url, device="cpu", before_trial=always)
+    slot = [t for t in study.get_trials() if t.user_attrs.get("slot") == 0]
+    assert len(slot) == MAX_RETRY + 1 and all(t.state == TrialState.FAIL for t in slot)
+
+
+def test_no_trial_trains_after_its_reference_failed_for_good(tmp_path):
+    url = f"sqlite:///{tmp_path}/e.db"
+    study = prepare_study(tiny_recipe(), _settings(url))
+    hook = _once(lambda t: t.user_attrs.get("baseline") == "single", NonFiniteLossError("loss is nan at step 1"))
+    with pytest.raises(DependencyError, match="the single-task reference failed for good.*start a new study"):
+        run_worker("r", url, device="cpu", before_trial=hook)
+    states = {t.user_attrs.get("slot"): t.state for t in study.get_trials() if "slot" in t.user_attrs}
+    assert states == {0: TrialState.WAITING, 1: TrialState.WAITING}  # nothing trained for nothing, nothing lost
+    result = runner.invoke(app, ["worker", "--study", "r", "--storage", url, "--device", "cpu", "--quiet"])
+    assert result.exit_code == 2 and "failed for good" in result.output and "Traceback" not in result.output
+
+
+# ---- exactly N under races -------------------------------------------------------------------------
+
+
+def _prepare_at(url: str, start: float, trials: int) -> None:
+    time.sleep(max(0.0, start - time.time()))
+    prepare_study(tiny_recipe(), StudySettings(study="race", storage=url, trials=trials))
+
+
+def _race(url: str, n: int = 4, trials: int = 30) -> list[optuna.trial.FrozenTrial]:
+    ctx = multiprocessing.get_context("spawn")
+    start = time.time() + 6  # after every process has imported torch
+    procs = [ctx.Process(target=_prepare_at, args=(url, start, trials)) for _ in range(n)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=180)
+    assert [p.exitcode for p in procs] == [0] * n
+    st = optuna.load_study(study_name="race", storage=open_storage(url, heartbeat=False))
+    return st.get_trials()
+
+
+EVERY_SLOT = sorted(["warmstart", "single", "shared", "nddr_default"] + [f"slot{i}" for i in range(30)])
+
+
+def test_runs_started_together_queue_exactly_the_requested_slots_on_sqlite(tmp_path):
+    trials = _race(f"sqlite:///{tmp_path}/race.db")
+    assert sorted(jobs(trials)) == EVERY_SLOT
+
+
+def test_runs_started_together_queue_exactly_the_requested_slots_on_postgresql(postgres):  # noqa: F811
+    trials = _race(postgres)
+    assert sorted(jobs(trials)) == EVERY_SLOT
+
+
+# ---- secrets ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url, shown",
+    [
+        ("postgresql://me:s3cret@db:5432/x", "postgresql://me:***@db:5432/x"),
+        ("postgresql://me:p@ss@word@db/x", "postgresql://me:***@db/x"),  # an unescaped @ in the password
+        ("postgresql://db/x?password=s3cret&sslmode=require", "postgresql://db/x?password=***&sslmode=require"),
+        ("mysql://me@db/x?ssl_key=k.pem&token=abc", "mysql://me@db/x?ssl_key=***&token=***"),
+        ("sqlite:///study.db", "sqlite:///study.db"),
+    ],
+)
+def test_credentials_are_never_shown(url, shown):
+    assert redact(url) == shown
+
+
+def test_workers_get_the_storage_url_from_the_environment_not_argv(tmp_path, monkeypatch):
+    from fusionsearch import cli
+
+    url = "postgresql+psycopg://me:s3cret@127.0.0.1:1/db"
+    started = []
+
+    class Done:
+        returncode = 0
+
+        def poll(self):
+            return 0
+
+    def popen(cmd, **kw):
+        started.append((cmd, kw["env"]))
+        return Done()
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    settings = StudySettings(study="s", storage=url, artifacts=str(tmp_path))
+    cli.run_study(None, settings, 2, "cpu", True, str(tmp_path), 4)
+    assert len(started) == 2
+    for cmd, env in started:
+        assert not any("s3cret" in part for part in cmd), cmd  # `ps` shows argv to every user
+        assert env["FUSIONSEARCH_STORAGE"] == url
+    missing = f"sqlite:///{tmp_path}/nope.db"
+    result = runner.invoke(app, ["worker", "--study", "s"], env={"FUSIONSEARCH_STORAGE": missing})
+    assert result.exit_code == 2 and "nope.db" in result.output  # the worker read it from there
+
+
+# ---- untrusted files ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def saved_net(tmp_path_factory):
+    path = tmp_path_factory.mktemp("net") / "net.pt"
+    net = fs.build("test_resnet", {"seg": 3, "normal": 3}, fs.StitchPlan(at=["layer1"]), input_size=(3, 32, 32))
+    fs.save(net, path)
+    return path
+
+
+def _crafted(saved: Path, tmp_path: Path, **changes) -> Path:
+    payload = torch.load(saved, weights_only=True)
+    payload.update(changes)
+    out = tmp_path / "crafted.pt"
+    torch.save(payload, out)
+    return out
+
+
+@pytest.mark.parametrize(
+    "changes, named",
+    [
+        ({"create_kwargs": {"pretrained": True}}, "pretrained"),
+        ({"create_kwargs": {"pretrained_cfg_overlay": {"file": "/tmp/evil.pth"}}}, "pretrained_cfg_overlay"),
+        ({"create_kwargs": {"checkpoint_path": "/tmp/evil.pth"}}, "checkpoint_path"),
+        ({"create_kwargs": {"img_size": "/etc/passwd"}}, "img_size"),
+        ({"backbones": ["hf-hub:evil/model", "hf-hub:evil/model"]}, "hf-hub:evil/model"),
+        ({"backbones": ["local-dir:/tmp/x", "local-dir:/tmp/x"]}, "local-dir"),
+        ({"input_size": [3, 100000, 100000]}, "input size"),
+    ],
+)
+def test_a_crafted_net_cannot_steer_timm(saved_net, tmp_path, changes, named):
+    path = _crafted(saved_net, tmp_path, **changes)
+    with pytest.raises(UntrustedFileError, match=named):
+        fs.load(path)
+    result = runner.invoke(app, ["inspect", "--model", str(path)])
+    assert result.exit_code == 2 and "--trust" in result.output and "Traceback" not in result.output
+
+
+def test_trust_loads_a_file_the_user_made(saved_net, tmp_path):
+    path = _crafted(saved_net, tmp_path, create_kwargs={"drop_block_rate": 0.0})
+    with pytest.raises(UntrustedFileError):
+        fs.load(path)
+    assert set(fs.load(path, trust=True).task_names) == {"seg", "normal"}
+    assert set(fs.load(saved_net).task_names) == {"seg", "normal"}  # an ordinary file needs no trust
+
+
+def test_a_net_without_weights_is_one_line(saved_net, tmp_path):
+    path = _crafted(saved_net, tmp_path, state_dict={})
+    result = runner.invoke(app, ["inspect", "--model", str(path)])
+    assert result.exit_code == 2 and "weights that do not fit" in result.output
+
+
+# ---- best never loses the user's file ------------------------------------------------------------------
+
+
+@pytest.fixture
+def finished_study(tmp_path, saved_net):
+    url = f"sqlite:///{tmp_path}/best.db"
+    study = prepare_study(tiny_recipe(), StudySettings(study="b", storage=url, trials=0, confirm_seeds=0))
+    store = artifact_store(url)
+
+    def complete(path: Path | None) -> None:
+        attrs = {"slot": 0, "plan": {"at": ["layer1"]}}
+        if path is not None:
+            attrs["model_artifact"] = upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=study)
+        else:
+            attrs["model_artifact"] = "no-such-artefact"
+        study.add_trial(optuna.create_trial(value=1.0, user_attrs=attrs))
+
+    return url, complete
+
+
+@pytest.mark.parametrize("artefact", ["missing", "truncated"])
+def test_best_never_replaces_the_users_file_with_a_bad_artefact(finished_study, saved_net, tmp_path, artefact):
+    url, complete = finished_study
+    if artefact == "missing":
+        complete(None)
+    else:
+        cut = tmp_path / "cut.pt"
+        cut.write_bytes(saved_net.read_bytes()[:5000])
+        complete(cut)
+    out = tmp_path / "best.pt"
+    out.write_bytes(b"the user's own network")
+    result = runner.invoke(app, ["best", "--study", "b", "--storage", url, "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert "left as it was" in result.output and "Traceback" not in result.output
+    assert out.read_bytes() == b"the user's own network"
+    assert [p.name for p in tmp_path.glob(".best.pt*")] == []  # no partial file left behind
+
+
+def test_best_replaces_the_file_with_a_whole_network(finished_study, saved_net, tmp_path):
+    url, complete = finished_study
+    complete(saved_net)
+    out = tmp_path / "best.pt"
+    out.write_bytes(b"old")
+    result = runner.invoke(app, ["best", "--study", "b", "--storage", url, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes() == saved_net.read_bytes()
+
+
+# ---- one line, exit 2 ---------------------------------------------------------------------------------
+
+
+BAD_RECIPES = {
+    "top_list.yaml": ("- seg\n- normal\n", "must be a mapping"),
+    "steps_word.yaml": ("train: {steps: four}\n", "train.steps must be a whole number"),
+    "tasks_number.yaml": ("tasks: 42\n", "recipe.tasks must be a list of strings"),
+    "tasks_twice.yaml": ("tasks: [seg, seg]\n", "more than once"),
+    "trials_word.yaml": ("study: {trials: two}\n", "study.trials must be a whole number or 'grid'"),
+    "trials_typo.yaml": ("study: {trails: 30}\n", "unknown field study.trails"),
+    "units_string.yaml": ("search: {units: nddr}\n", "search.units must be a list of strings"),
+    "negative_steps.yaml": ("train: {steps: -4}\n", "steps must be a whole number >= 1"),
+    "bad_yaml.yaml": ("train: {steps: [\n", "not valid YAML"),
+    "compare_typo.yaml": ("compare: {serach_trials: 3}\n", "unknown field compare.serach_trials"),
+}
+
+
+def _bad_cases(tmp_path: Path) -> list[tuple[list[str], str]]:
+    for name, (text, _) in BAD_RECIPES.items():
+        (tmp_path / name).write_text(text)
+    (tmp_path / "not-a-db.db").write_text("hello")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "cut.pt").write_bytes(b"PK\x03\x04 truncated")
+    (tmp_path / "baseline.json").write_text("{not json")
+    cases = [(["run", "--recipe", str(tmp_path / n)], msg) for n, (_, msg) in BAD_RECIPES.items()]
+    cases += [
+        (["run", "--size", "-3"], "--size must be >= 1"),
+        (["run", "--size", "0"], "--size must be >= 1"),
+        (["run", "--steps", "0"], "--steps must be >= 1"),
+        (["run", "--steps", "-5"], "--steps must be >= 1"),
+        (["run", "--trials", "-1"], "--trials must be >= 0"),
+        (["run", "--workers", "0"], "--workers must be >= 1"),
+        (["run", "--tasks", ""], "--tasks is empty"),
+        (["run", "--tasks", "seg,seg"], "seg more than once"),
+        (["run", "--tasks", "seg,,normal"], "empty name"),
+        (["run", "--tasks", "seg"], "fusion needs at least 2 tasks"),
+        (["run", "--tasks", "seg,age"], "age"),
+        (["run", "--devices", "gpu7"], "unknown device 'gpu7'"),
+        (["run", "--storage", f"sqlite:///{tmp_path}/not-a-db.db"], "is not an SQLite database"),
+        (["run", "--storage", f"sqlite:///{tmp_path}/folder"], "is a folder"),
+        (["run", "--storage", "fusionsearch.db"], "is not a URL"),
+        (["trials", "--study", "x", "--storage", f"sqlite:///{tmp_path}/typo/x.db"], "no database file"),
+        (["trials", "--study", "x", "--storage", f"sqlite:///{tmp_path}/not-a-db.db"], "not an SQLite database"),
+        (["best", "--study", "x", "--storage", f"sqlite:///{tmp_path}/folder"], "is a folder"),
+        (["report", "--study", "x", "--storage", f"journal:{tmp_path}/typo.log"], "no journal file"),
+        (["train", "--steps", "0"], "--steps must be >= 1"),
+        (["train", "--checkpoint", str(tmp_path / "cut.pt"), "--steps", "1", "--size", "32"], "cannot be resumed"),
+        (["train", "--baseline", str(tmp_path / "baseline.json"), "--steps", "1"], "not a metrics JSON file"),
+        (["inspect", "--backbone", "test_resnet", "--input-size", "3,0,32"], "every dimension must be >= 1"),
+        (["inspect", "--backbone", "test_resnet", "--checkpoint", str(tmp_path / "cut.pt")], "cannot be loaded"),
+        (["inspect", "--model", str(tmp_path / "cut.pt")], "cannot be read as a stitched network"),
+        (["inspect", "--backbone", "resnet_nope"], "unknown backbone"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["run", "--devices", "cuda:0"], "no CUDA device"))
+        cases.append((["worker", "--study", "x", "--device", "cuda:1"], "no CUDA device"))
+    return cases
+
+
+def test_every_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    wrong = []
+    for args, message in _bad_cases(tmp_path):
+        result = runner.invoke(app, args, terminal_width=80)
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        if result.exit_code != 2 or len(lines) != 1 or message not in lines[0] or "Traceback" in result.output:
+            wrong.append((args, result.exit_code, result.output[-400:]))
+    assert not wrong, "\n".join(map(str, wrong))
+    assert not (tmp_path / "typo").exists()  # a reader never creates a mistyped path
+    assert not (tmp_path / "fusionsearch.db").exists()  # nothing was created for a rejected command
+
+
+def test_an_unexpected_error_is_one_line_with_the_traceback_on_request(monkeypatch):
+    from fusionsearch import graph
+
+    def broken(*a, **k):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(graph, "trace", broken)
+    result = runner.invoke(app, ["inspect", "--backbone", "test_resnet"])
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 1 and len(lines) == 1 and "ZeroDivisionError: a bug" in lines[0]
+    assert "--debug" in lines[0]
+    result = runner.invoke(app, ["--debug", "inspect", "--backbone", "test_resnet"])
+    assert "Traceback" in result.stderr and result.exit_code == 1
+
+
+def test_a_real_ctrl_c_is_one_line_and_the_same_command_resumes(tmp_path):
+    """SIGINT to ``fusionsearch run`` while a trial trains: exit 130 with one line; running the
+    same command again completes every trial."""
+    import yaml
+
+    recipe = tmp_path / "tiny.yaml"
+    r = tiny_recipe(steps=40).with_overrides(confirm={"seeds": 0}, study={"trials": 1, "pruner": "none"})
+    recipe.write_text(yaml.safe_dump(r.to_dict()))
+    url = f"sqlite:///{tmp_path}/c.db"
+    cmd = [sys.executable, "-m", "fusionsearch.cli", "run", "--recipe", str(recipe), "--storage", url, "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 240
+    while time.time() < deadline:  # wait until a trial has reported a step
+        time.sleep(1)
+        if (tmp_path / "c.db").exists():
+            try:
+                st = optuna.load_study(study_name=optuna.get_all_study_summaries(url)[0].study_name, storage=url)
+            except Exception:  # not created yet
+                continue
+            if any(t.state == TrialState.RUNNING and "step" in t.user_attrs for t in st.get_trials()):
+                break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert proc.returncode == 130, err
+    assert lines == ["interrupted: the running trial is queued again; run the same command to resume"], err
+    again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0, again.stderr
+    trials = st.get_trials()
+    assert sorted(jobs([t for t in trials if t.state == TrialState.COMPLETE])) == sorted(
+        ["warmstart", "single", "shared", "nddr_default", "slot0"]
+    )
