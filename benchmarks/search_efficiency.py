@@ -98,7 +98,8 @@ def main() -> None:
         recipe.train = {**recipe.train, "steps": args.steps}
     seeds = [int(s) for s in args.seeds.split(",")]
     print(
-        f"{recipe.backbone}, {'x'.join(map(str, recipe.image_size))} px, {trial_steps(recipe)} steps a trial, {args.trials} trials"
+        f"{recipe.backbone}, {'x'.join(map(str, recipe.image_size))} px,"
+        f" {trial_steps(recipe)} steps a trial, {args.trials} trials"
     )
     print(recipe.gain.describe())
     print(

@@ -157,7 +157,8 @@ def main() -> None:
     recipe = recipe.with_overrides(backbone=args.backbone, data=data)
     cfg = recipe.train_config()
     print(
-        f"{recipe.name}: {recipe.backbone}, {'x'.join(map(str, recipe.image_size))} px, {cfg.steps} steps (scratch and warm start),"
+        f"{recipe.name}: {recipe.backbone}, {'x'.join(map(str, recipe.image_size))} px,"
+        f" {cfg.steps} steps (scratch and warm start),"
         f" finetune {recipe.search.get('finetune_steps')} steps, {args.trials} trials, {args.seeds} confirmation seeds"
     )
     print(recipe.gain.describe())

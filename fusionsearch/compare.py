@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 from .confirm import summarize
 from .experiment import COMPARE_ROWS, Experiment
 from .leaderboard import plan_summary
-from .recipe import Recipe
+from .recipe import Recipe, RecipeError
 
 __all__ = ["Comparison", "compare_rows", "build_comparison", "is_grid", "DEFAULT_ROWS"]
 
@@ -52,7 +52,7 @@ def compare_rows(recipe: Recipe) -> dict[str, str]:
         if b not in COMPARE_ROWS and not str(b).endswith("_default") and not str(b).startswith("split@")
     ]
     if bad:
-        raise ValueError(f"compare rows name unknown baselines {bad}; use {', '.join(COMPARE_ROWS)}")
+        raise RecipeError(f"compare rows name unknown baselines {bad}; use {', '.join(COMPARE_ROWS)}")
     return rows
 
 
@@ -132,7 +132,7 @@ def _columns(recipe: Recipe, exp: Experiment) -> list[tuple[str, str, bool]]:
     for t, metrics in wanted.items():
         for m in metrics:
             if t not in directions or m not in directions[t]:
-                raise ValueError(f"compare column {t}/{m} is not a metric of the recipe's tasks")
+                raise RecipeError(f"compare column {t}/{m} is not a metric of the recipe's tasks")
             cols.append((t, m, directions[t][m]))
     return cols
 

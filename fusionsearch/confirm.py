@@ -152,8 +152,9 @@ def search_winners(study: optuna.Study, top: int) -> list[FrozenTrial]:
 def queue_confirmation(study: optuna.Study, baselines: Sequence[str], top: int, seeds: Sequence[int]) -> int:
     """Queue the confirmation trials that are not there yet; returns how many were added.
 
-    Call from one process (the one that ran ``prepare_study``) once the search has finished:
-    the winners are then final, so calling it again (a resumed run) adds nothing. The first
+    Call once the search has finished, under the storage's lock (``search.prepare_confirmation``
+    takes it): the winners are then final, so calling it again (a resumed run, a second command)
+    adds nothing. The first
     seed's trials keep their networks (``keep_net``): the plan's representative for ``best``.
     """
     plans: list[tuple[str, int | None]] = [(b, None) for b in baselines]

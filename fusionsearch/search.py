@@ -1,10 +1,11 @@
 """The study: baselines, sampled plans, pruning, workers, failures and artefacts.
 
-Work is handed out as queue slots. ``prepare_study`` (run once, by one process) enqueues the
-baselines and one empty slot per requested trial; workers pop WAITING trials with the storage's
-atomic state change and never create trials of their own, so N workers on any storage run
-exactly the requested number of trials. An empty slot fixes nothing: the sampler fills it. A dead
-worker's trial is failed by heartbeat and Optuna's retry callback puts a copy back in the queue.
+Work is handed out as queue slots. ``prepare_study`` enqueues the baselines and one empty slot
+per requested trial, under the storage's lock (so two ``run`` commands at once queue one set);
+workers pop WAITING trials under the same lock and never create trials of their own, so N workers
+on any storage run exactly the requested number of trials. An empty slot fixes nothing: the
+sampler fills it. Failed trials that an accident (not the plan) failed come back as copies: see
+``recovery``.
 """
 
 from __future__ import annotations
@@ -211,8 +212,9 @@ def _prepare(recipe: Recipe, settings: StudySettings) -> optuna.Study:
 def prepare_confirmation(study: optuna.Study, settings: StudySettings) -> tuple[int, str | None]:
     """Queue the confirmation once the search has finished; returns (trials added, why not).
 
-    Call from the process that ran ``prepare_study``. While searched trials are still queued or
-    running the winners are not known yet, so nothing is queued and the reason says so."""
+    Safe from several processes (it runs under the storage's lock). While searched trials are
+    still queued or running the winners are not known yet, so nothing is queued and the reason
+    says so."""
     if settings.confirm_seeds == 0:
         return 0, "confirmation is off (--confirm 0)"
     if "delta_m" not in settings.objectives:
@@ -225,7 +227,8 @@ def prepare_confirmation(study: optuna.Study, settings: StudySettings) -> tuple[
     if left:
         return 0, f"the search has {len(left)} trials left: confirmation waits for them"
     seeds = confirm_seeds(settings.seed, settings.confirm_seeds)
-    return queue_confirmation(study, settings.baselines, settings.confirm_top, seeds), None
+    with _queue_lock(study._storage):  # two commands finishing together queue it once
+        return queue_confirmation(study, settings.baselines, settings.confirm_top, seeds), None
 
 
 def grid_points(recipe: Recipe) -> list[dict[str, Any]]:

@@ -50,6 +50,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..errors import ArgumentError
 from .transforms import DataError, MissingDataError, as_hw, check_root, normalize_image
 
 __all__ = [
@@ -100,7 +101,7 @@ def dex_age(dob: np.ndarray, photo_taken: np.ndarray) -> np.ndarray:
 def find_metadata(root: Path, source: str | None = None) -> tuple[Path, str]:
     """The .mat under ``root`` and its source (``"imdb"`` or ``"wiki"``); imdb wins when both are there."""
     if source is not None and source not in SOURCES:
-        raise ValueError(f"source must be one of {', '.join(SOURCES)} or None, got {source!r}")
+        raise ArgumentError(f"source must be one of {', '.join(SOURCES)} or None, got {source!r}")
     tried = []
     for src in (source,) if source else SOURCES:
         for path in (root / f"{src}.mat", root / f"{src}_crop" / f"{src}.mat", root / src / f"{src}.mat"):
@@ -199,7 +200,7 @@ def subject_splits(subjects: np.ndarray, fractions: tuple[float, float, float], 
     against the cumulative fractions, so a person's photos never straddle splits and the assignment
     is the same on every machine and for every file order."""
     if len(fractions) != len(SPLITS) or min(fractions) < 0 or not math.isclose(sum(fractions), 1.0):
-        raise ValueError(f"fractions must be {len(SPLITS)} non-negative numbers summing to 1, got {fractions}")
+        raise ArgumentError(f"fractions must be {len(SPLITS)} non-negative numbers summing to 1, got {fractions}")
     unique, inverse = np.unique(np.asarray(subjects, dtype=str), return_inverse=True)
     u = np.array([_unit_hash(s, seed) for s in unique])
     bounds = np.cumsum(fractions)[:-1]
@@ -250,11 +251,11 @@ class IMDBWiki(Dataset):
         seed: int = 0,
     ) -> None:
         if split not in SPLITS:
-            raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+            raise ArgumentError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
         if length is not None and length < 1:
-            raise ValueError(f"length must be positive, got {length}")
+            raise ArgumentError(f"length must be positive, got {length}")
         if margin < 0:
-            raise ValueError(f"margin must be >= 0, got {margin}")
+            raise ArgumentError(f"margin must be >= 0, got {margin}")
         self.root = check_root(root, "IMDB-WIKI")
         self.mat_path, self.source = find_metadata(self.root, source)
         self.image_root = self.mat_path.parent

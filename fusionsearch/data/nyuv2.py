@@ -43,6 +43,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..errors import ArgumentError
 from .transforms import (
     IGNORE_INDEX,
     DataError,
@@ -191,7 +192,9 @@ class NYUv2(Dataset):
     def tasks_for(layout: str | None = None, **_: object) -> dict[str, int]:
         """The labels a layout provides, without reading files (recipes build nets from this)."""
         if layout is None:
-            raise ValueError("the NYUv2 layout is found from the files: give layout: mtan or nyud to skip reading them")
+            raise ArgumentError(
+                "the NYUv2 layout is found from the files: give layout: mtan or nyud to skip reading them"
+            )
         return {"seg": len(LAYOUTS[layout]), "normal": 3, "depth": 1}
 
     def __init__(
@@ -205,9 +208,9 @@ class NYUv2(Dataset):
     ) -> None:
         self.root = check_root(root, "NYUv2")
         if layout is not None and layout not in LAYOUTS:
-            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)} or None, got {layout!r}")
+            raise ArgumentError(f"layout must be one of {', '.join(LAYOUTS)} or None, got {layout!r}")
         if length is not None and length < 1:
-            raise ValueError(f"length must be positive, got {length}")
+            raise ArgumentError(f"length must be positive, got {length}")
         self.layout = layout or detect_layout(self.root)
         self.split = split
         samples = _mtan_samples(self.root, split) if self.layout == "mtan" else _nyud_samples(self.root, split)

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..errors import ArgumentError
 from .synthetic import CLASSES, render_scene
 from .transforms import normalize_image
 
@@ -30,9 +31,9 @@ class SyntheticScenes(Dataset):
 
     def __init__(self, split: str = "train", length: int = 1000, size: int | tuple[int, int] = 128, seed: int = 0):
         if split not in _SPLITS:
-            raise ValueError(f"split must be one of {', '.join(_SPLITS)}, got {split!r}")
+            raise ArgumentError(f"split must be one of {', '.join(_SPLITS)}, got {split!r}")
         if length < 1:
-            raise ValueError(f"length must be positive, got {length}")
+            raise ArgumentError(f"length must be positive, got {length}")
         self.split = split
         self.length = int(length)
         self.size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
