@@ -163,6 +163,8 @@ class Experiment:
                 unit_args=args,
                 shortcut=paper.shortcut,
                 shortcut_channels=paper.shortcut_channels,
+                shortcut_init=paper.shortcut_init,
+                shortcut_resize=paper.shortcut_resize,
             )
         units = ", ".join(f"{u}_default" for u in sorted(FUSION_UNITS))
         raise PlanError(f"unknown baseline {name!r}; baselines: single, shared, split@POINT, {units}")
@@ -249,8 +251,9 @@ class WarmStart:
         return cls(column_weights_of(net), heads)
 
     def load_heads(self, net: StitchedNet) -> None:
-        """Copy the heads in. Shortcut and sluice head inputs start as the identity on the last
-        stage, so the single-task head fits them as it is."""
+        """Copy the heads in. Sluice head inputs, and the shortcut of a searched warm-started plan
+        (``shortcut_init: identity``), start as the identity on the last stage, so the single-task
+        head fits them as it is; the official Xavier shortcut of an ``nddr_default`` baseline does not."""
         for t in net.tasks:
             net.heads[t].load_state_dict(self.heads[t])
 

@@ -144,9 +144,16 @@ def _diag_init(weight: Tensor, channels: list[int], i: int, alpha: float, beta: 
             start += c
 
 
-def _norm(kind: str, channels: int, layout: str) -> nn.Module:
+# BatchNorm of NDDR and its shortcut as in the official code: slim's batch_norm with decay 0.95
+# (torch momentum 0.05) and slim's default epsilon 1e-3; the PyTorch port uses the same values
+BN_MOMENTUM = 0.05
+BN_EPS = 1e-3
+
+
+def _norm(kind: str, channels: int, layout: str, momentum: float = BN_MOMENTUM, eps: float = BN_EPS) -> nn.Module:
     if kind == "bn":
-        return nn.BatchNorm2d(channels) if layout in ("NCHW", "NHWC") else nn.BatchNorm1d(channels)
+        bn = nn.BatchNorm2d if layout in ("NCHW", "NHWC") else nn.BatchNorm1d
+        return bn(channels, eps=eps, momentum=momentum)
     if kind == "none":
         return nn.Identity()
     raise PlanError(f"unknown norm {kind!r} for a fusion unit: use 'bn' or 'none'")
@@ -175,6 +182,13 @@ class NDDR(FusionUnit):
     BatchNorm, activation. ``act="auto"`` uses a ReLU only where the cut point's features are
     non-negative (VGG, ResNet), so that identity init is the identity on ConvNeXt or ViT features
     too. ``order="conv-bn-act"`` (the paper) or ``"conv-act-bn"``.
+
+    Defaults are the official code's (ethanygao/NDDR-CNN ``nets/nddr_layer.py`` in slim's
+    ``vgg_arg_scope``): init (0.9, 0.1), BatchNorm momentum 0.05 (decay 0.95) and eps 1e-3, lr x100
+    (``--nddr-mult``), and the 1x1 weights decayed like every other conv weight: ``weight_decay=None``
+    follows the recipe's ``train.weight_decay`` (2.5e-4 in the paper recipes, the official
+    0.5 x 5e-4 x l2_loss); a number sets the unit's own. BatchNorm parameters are never decayed.
+    With K > 2 tasks each other task's block starts at beta / (K - 1), so a row sums to alpha + beta.
     """
 
     def __init__(
@@ -188,19 +202,16 @@ class NDDR(FusionUnit):
         order: str = "conv-bn-act",
         nonnegative: bool = False,
         lr_mult: float | None = None,
-        weight_decay: float | None = 1e-4,
-        bn_momentum: float | None = None,
+        weight_decay: float | None = None,
+        bn_momentum: float = BN_MOMENTUM,
+        bn_eps: float = BN_EPS,
     ) -> None:
         super().__init__(channels, layout, lr_mult=lr_mult, weight_decay=weight_decay)
         if order not in ("conv-bn-act", "conv-act-bn"):
             raise PlanError(f"NDDR order must be 'conv-bn-act' or 'conv-act-bn', got {order!r}")
         total = sum(self.channels)
         self.weights = nn.ParameterList(nn.Parameter(torch.empty(c, total)) for c in self.channels)
-        self.norms = nn.ModuleList(_norm(norm, c, layout) for c in self.channels)
-        if bn_momentum is not None:
-            for n in self.norms:
-                if isinstance(n, nn.modules.batchnorm._BatchNorm):
-                    n.momentum = bn_momentum
+        self.norms = nn.ModuleList(_norm(norm, c, layout, bn_momentum, bn_eps) for c in self.channels)
         self.acts = nn.ModuleList(_act(act, nonnegative) for _ in self.channels)
         self.order = order
         self.init = init
@@ -259,6 +270,11 @@ class CrossStitch(FusionUnit):
     ``per="channel"`` learns one K x K matrix per channel (the paper's choice for conv layers),
     ``per="layer"`` one for the whole layer. It equals NDDR restricted to diagonal blocks without
     BatchNorm and activation.
+
+    ``init=(alpha_S, alpha_D)``; with K > 2 tasks ``off_diagonal="split"`` (default, as NDDR) gives
+    each other task alpha_D / (K - 1), so a row sums to alpha_S + alpha_D whatever K is;
+    ``"each"`` gives every other task alpha_D, as the survey code (Vandenhende et al.,
+    ``models/cross_stitch.py``) and LibMTL (all ones) do. The two agree for K = 2.
     """
 
     def __init__(
@@ -268,6 +284,7 @@ class CrossStitch(FusionUnit):
         *,
         init: tuple[float, float] = (0.9, 0.1),
         per: str = "channel",
+        off_diagonal: str = "split",
         nonnegative: bool = False,
         lr_mult: float | None = None,
         weight_decay: float | None = 0.0,
@@ -277,7 +294,10 @@ class CrossStitch(FusionUnit):
         if per not in ("channel", "layer"):
             raise PlanError(f"cross_stitch per must be 'channel' or 'layer', got {per!r}")
         k = self.num_tasks
+        if off_diagonal not in ("split", "each"):
+            raise PlanError(f"cross_stitch off_diagonal must be 'split' or 'each', got {off_diagonal!r}")
         self.per = per
+        self.off_diagonal = off_diagonal
         self.alpha = nn.Parameter(torch.empty(k, k, c if per == "channel" else 1))
         self.init = tuple(float(v) for v in init)
         self.reset_parameters()
@@ -286,7 +306,7 @@ class CrossStitch(FusionUnit):
         k = self.num_tasks
         same, diff = self.init
         with torch.no_grad():
-            self.alpha.fill_(diff / (k - 1))
+            self.alpha.fill_(diff / (k - 1) if self.off_diagonal == "split" else diff)
             for i in range(k):
                 self.alpha[i, i] = same
 
@@ -370,43 +390,116 @@ class Sluice(FusionUnit):
         return self.alpha.detach().view(k, m, k, m).diagonal(dim1=1, dim2=3).mean(-1)
 
 
-def _resize_to(x: Tensor, layout: str, size: tuple[int, ...]) -> Tensor:
+RESIZES = ("tf_legacy", "align_corners", "half_pixel")
+
+
+def resize_bilinear(x: Tensor, size: tuple[int, ...], mode: str = "half_pixel") -> Tensor:
+    """Bilinear resize of an NCHW map under one of three sampling conventions, which differ:
+
+    - ``tf_legacy``: TF 1.x ``tf.image.resize_bilinear(align_corners=False)``, the official NDDR
+      code's: source = destination x in/out, no half-pixel offset, the last row repeated;
+    - ``align_corners``: corners on corners (the PyTorch port's ``align_corners=True``);
+    - ``half_pixel``: pixel centres (``F.interpolate(align_corners=False)``, torch's default).
+    """
+    if tuple(x.shape[2:]) == tuple(size):
+        return x
+    if mode == "half_pixel":
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    if mode == "align_corners":
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
+    if mode != "tf_legacy":
+        raise PlanError(f"unknown resize {mode!r}: use {', '.join(RESIZES)}")
+    for dim, out in ((2, size[0]), (3, size[1])):
+        n = x.shape[dim]
+        src = torch.arange(out, dtype=torch.float64, device=x.device) * (n / out)
+        lo = src.floor().long().clamp(max=n - 1)
+        hi = (lo + 1).clamp(max=n - 1)
+        frac = (src - lo).to(x.dtype)
+        shape = [1] * x.dim()
+        shape[dim] = out
+        a, b = x.index_select(dim, lo), x.index_select(dim, hi)
+        x = a + (b - a) * frac.view(shape)
+    return x
+
+
+def _resize_to(x: Tensor, layout: str, size: tuple[int, ...], mode: str = "half_pixel") -> Tensor:
     """Channels-first feature resized (bilinear) to ``size``; token features must already match."""
     if x.shape[2:] == size:
         return x
     if x.dim() == 4:
-        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        return resize_bilinear(x, size, mode)
     raise PlanError(
         f"cannot resize {layout} features of shape {tuple(x.shape[1:])} to {size}: the shortcut needs"
         " spatial maps or equal token counts"
     )
 
 
-class ShortcutHead(nn.Module):
-    """NDDR-CNN-Shortcut (Sec. 3.3) for one task: every fusion output resized (bilinear) to the
-    last stage's size, concatenated, reduced by this task's own 1x1 conv to ``out_channels``.
+SHORTCUT_INITS = ("xavier", "identity")
 
-    The conv starts as the identity on the last stage's channels (zeros elsewhere), so adding the
-    shortcut does not change a network's output until it learns to use the lower levels.
+
+class ShortcutHead(nn.Module):
+    """NDDR-CNN-Shortcut (Sec. 3.3) for one task: every fusion output resized to the last stage's
+    size, concatenated, reduced to ``out_channels`` by this task's own 1x1 conv.
+
+    ``init="xavier"`` (default) is the official code's layer (``vgg_deeplab_nddr.py``:
+    ``slim.conv2d`` in the NDDR arg scope): 1x1 conv without bias, Xavier-initialised, BatchNorm
+    (momentum 0.05, eps 1e-3), ReLU, resized with ``resize="tf_legacy"`` (TF 1.4's
+    ``resize_bilinear``), trained at the fusion units' learning rate (its scope is named
+    ``nddr_shortcut``: the x100 group). ``init="identity"`` is a bare 1x1 conv that starts as the
+    identity on the last stage's channels (zeros elsewhere), so that adding the shortcut does not
+    change a network's output until it learns to use the lower levels.
     """
 
-    def __init__(self, channels: Sequence[int], out_channels: int, layout: str, lr_mult: float = 1.0) -> None:
+    def __init__(
+        self,
+        channels: Sequence[int],
+        out_channels: int,
+        layout: str,
+        lr_mult: float = 100.0,
+        init: str = "xavier",
+        resize: str = "tf_legacy",
+        weight_decay: float | None = None,
+    ) -> None:
         super().__init__()
+        if init not in SHORTCUT_INITS:
+            raise PlanError(f"shortcut init must be {' or '.join(SHORTCUT_INITS)}, got {init!r}")
+        if resize not in RESIZES:
+            raise PlanError(f"shortcut resize must be one of {', '.join(RESIZES)}, got {resize!r}")
         self.layout = layout
         self.channels = [int(c) for c in channels]
         self.lr_mult = lr_mult
+        self.init = init
+        self.resize = resize
+        self.weight_decay = weight_decay
         self.proj = nn.Conv2d(sum(self.channels), out_channels, 1, bias=False)
-        with torch.no_grad():
-            self.proj.weight.zero_()
-            last = self.channels[-1]
-            n = min(last, out_channels)
-            self.proj.weight[torch.arange(n), sum(self.channels[:-1]) + torch.arange(n), 0, 0] = 1.0
+        if init == "identity":
+            self.norm: nn.Module = nn.Identity()
+            self.act: nn.Module = nn.Identity()
+            with torch.no_grad():
+                self.proj.weight.zero_()
+                last = self.channels[-1]
+                n = min(last, out_channels)
+                self.proj.weight[torch.arange(n), sum(self.channels[:-1]) + torch.arange(n), 0, 0] = 1.0
+        else:
+            nn.init.xavier_uniform_(self.proj.weight)
+            self.norm = _norm("bn", out_channels, "NCHW")
+            self.act = nn.ReLU()
 
     def forward(self, feats: Sequence[Tensor]) -> Tensor:
         cf = [to_channels_first(f, self.layout) for f in feats]
         size = tuple(cf[-1].shape[2:])
-        cat = torch.cat([_resize_to(f, self.layout, size) for f in cf], dim=1)
-        return from_channels_first(_project(cat, self.proj.weight[:, :, 0, 0]), self.layout)
+        cat = torch.cat([_resize_to(f, self.layout, size, self.resize) for f in cf], dim=1)
+        y = _project(cat, self.proj.weight[:, :, 0, 0])
+        if not isinstance(self.norm, nn.Identity):
+            y = self.norm(y) if y.dim() != 3 else self.norm(y[..., None])[..., 0]
+        return from_channels_first(self.act(y), self.layout)
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The conv weight decayed (None: the recipe's rate), BatchNorm not, both at ``lr_mult``."""
+        return [
+            _tagged([self.proj.weight], self.lr_mult, self.weight_decay, "shortcut"),
+            _tagged(list(self.norm.parameters()), self.lr_mult, 0.0, "shortcut_norm"),
+        ]
 
 
 class SluiceHeadMix(nn.Module):

@@ -219,6 +219,10 @@ class SearchSpace:
         if isinstance(column_init, list):
             choices = list(column_init)
             column_init = self._pick(trial, "column_init", lambda: trial.suggest_categorical("column_init", choices))
+        if column_init == "single" and plan.shortcut:
+            # a warm-started plan starts as the single-task nets it is paired with: the shortcut's
+            # identity start, not the official Xavier one (which would scramble the trained heads' input)
+            plan.shortcut_init = "identity"
         return Sampled(plan, weights, base_lr, str(column_init))
 
 

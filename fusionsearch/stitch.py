@@ -29,7 +29,7 @@ from .segments import Segment
 __all__ = ["StitchPlan", "StitchedNet", "build", "save", "load", "parse_tasks"]
 
 FORMAT = "fusionsearch.stitched"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the shortcut became conv-BN-ReLU (version 1 files load with the old one)
 
 
 @dataclass
@@ -45,6 +45,10 @@ class StitchPlan:
         shared_prefix: a cut point up to which all tasks share one trunk (None: K full columns).
         shortcut: NDDR-Shortcut head inputs (every fusion output resized, concatenated, 1x1 conv).
         shortcut_channels: channels of the shortcut's output (default: the last stage's).
+        shortcut_init: ``xavier`` (the official conv-BN-ReLU) or ``identity`` (a bare 1x1 conv
+            that starts as the identity: the net reproduces the backbone at init).
+        shortcut_resize: ``tf_legacy`` (the official code's TF 1.4 resize), ``align_corners``
+            (the PyTorch port's) or ``half_pixel`` (torch's default).
     """
 
     at: list[Any] = field(default_factory=list)
@@ -54,6 +58,8 @@ class StitchPlan:
     shared_prefix: str | None = None
     shortcut: bool = False
     shortcut_channels: int | None = None
+    shortcut_init: str = "xavier"
+    shortcut_resize: str = "tf_legacy"
 
     def unit_for(self, point: str) -> tuple[str, dict[str, Any]]:
         args = dict(self.unit_args)
@@ -209,6 +215,19 @@ class StitchedNet(nn.Module):
                     )
         if self.head_inputs is not None:
             for task, m in zip(self.tasks, self.head_inputs):
+                if hasattr(m, "param_groups"):  # the shortcut: in the fusion lr group, BN undecayed
+                    for g in m.param_groups():
+                        if g["params"]:
+                            groups.append(
+                                {
+                                    "name": f"head_input:{task}:{g['tag']}",
+                                    "params": g["params"],
+                                    "lr": base_lr * g["lr_mult"],
+                                    "lr_mult": g["lr_mult"],
+                                    "weight_decay": weight_decay if g["weight_decay"] is None else g["weight_decay"],
+                                }
+                            )
+                    continue
                 mult = float(getattr(m, "lr_mult", 1.0))
                 groups.append(
                     {
@@ -415,7 +434,18 @@ def build(
             with _seeded(init_seed, f"head_input:{t}"):
                 if plan.shortcut:
                     out = plan.shortcut_channels or finals[t].channels
-                    mods.append(ShortcutHead(chans, out, finals[t].layout))
+                    lr = plan.unit_args.get("lr_mult")
+                    mods.append(
+                        ShortcutHead(
+                            chans,
+                            out,
+                            finals[t].layout,
+                            lr_mult=float(get_fusion(plan.unit).default_lr_mult if lr is None else lr),
+                            init=plan.shortcut_init,
+                            resize=plan.shortcut_resize,
+                            weight_decay=plan.unit_args.get("weight_decay"),
+                        )
+                    )
                     in_channels[t] = out
                 else:
                     lr = float(plan.unit_args.get("lr_mult", 100.0))
@@ -638,11 +668,22 @@ def load(
         specs = backbone
     elif not trust:
         _check_untrusted(payload, repr(str(p)))
+    plan_d = dict(payload["plan"]) if isinstance(payload["plan"], Mapping) else payload["plan"]
+    if payload.get("version", 0) < 2 and isinstance(plan_d, dict):  # saved before the official defaults
+        plan_d.setdefault("shortcut_init", "identity")
+        plan_d.setdefault("shortcut_resize", "half_pixel")
+        old_bn = {"bn_momentum": 0.1, "bn_eps": 1e-5}  # torch's, NDDR's before version 2
+        if plan_d.get("unit", "nddr") == "nddr":
+            plan_d["unit_args"] = {**old_bn, **dict(plan_d.get("unit_args") or {})}
+        plan_d["per_point"] = {
+            k: ({**old_bn, **v} if v.get("unit", plan_d.get("unit", "nddr")) == "nddr" else v)
+            for k, v in dict(plan_d.get("per_point") or {}).items()
+        }
     try:
         net = build(
             specs,
             payload["tasks"],
-            StitchPlan.from_dict(payload["plan"]),
+            StitchPlan.from_dict(plan_d),
             input_size=payload["input_size"],
             leaf=payload.get("leaf", []),
             task_args=payload.get("task_args") or None,

@@ -588,8 +588,8 @@ def test_a_warm_started_net_at_identity_is_the_single_task_net():
             for t in want:  # columns and heads both come from the single-task nets
                 if exact:
                     assert torch.equal(got[t], want[t]), (unit, t)
-                else:  # NDDR's BatchNorm divides by sqrt(1 + eps)
-                    torch.testing.assert_close(got[t], want[t], rtol=1e-4, atol=1e-4)
+                else:  # NDDR's BatchNorm divides by sqrt(1 + eps), eps 1e-3 as the official code
+                    torch.testing.assert_close(got[t], want[t], rtol=3e-3, atol=3e-3)
         # the split baselines start the same way: the trunk from the first task's column
         shared = exp.build(fs.StitchPlan(shared_prefix="layer2"), start=start).eval()(x)
         torch.testing.assert_close(shared["seg"], want["seg"])

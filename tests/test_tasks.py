@@ -49,8 +49,8 @@ def test_normal_angles_and_loss():
     assert m["within_11.25"] == pytest.approx(100 / 3)
     assert m["within_22.5"] == pytest.approx(200 / 3)
     assert m["within_30"] == pytest.approx(200 / 3)
-    # squared L2 between unit vectors = 2 - 2 cos
-    expected = sum(2 - 2 * math.cos(math.radians(d)) for d in (0, 20, 60)) / 3
+    # 1 - cos on valid pixels, the official code's tf.losses.cosine_distance (not 2 - 2 cos)
+    expected = sum(1 - math.cos(math.radians(d)) for d in (0, 20, 60)) / 3
     assert task.loss(pred, target).item() == pytest.approx(expected, rel=1e-5)
 
 
