@@ -230,7 +230,10 @@ def build(
 
 
 RECIPE_HELP = "recipe name (recipes/NAME.yaml) or YAML file; other options override it"
-DATA_HELP = "synthetic, nyuv2:PATH or imdb_wiki:PATH (default: the recipe's)"
+DATA_HELP = (
+    "a registered data set, NAME or NAME:ROOT, e.g. synthetic or nyuv2:/data/nyud"
+    " (`fusionsearch list datasets`; default: the recipe's)"
+)
 
 
 def load_recipe_with(
@@ -843,17 +846,46 @@ def dashboard(
     )
 
 
+LISTS = ("units", "tasks", "datasets", "recipes")
+
+
+@app.command("list")
+def list_(what: str = typer.Argument("units", help="units, tasks, datasets or recipes")) -> None:
+    """List what is registered: fusion units, tasks, data sets, or the recipes found."""
+    from .data import DATASETS
+    from .fusion import FUSION_UNITS
+    from .recipe import list_recipes, load_recipe
+    from .tasks import TASKS
+
+    if what not in LISTS:
+        raise ArgumentError(f"fusionsearch list {what!r}: choose {', '.join(LISTS)}")
+    table = Table(title=what.capitalize(), title_justify="left")
+    table.add_column("name")
+    if what == "tasks":
+        table.add_column("label")
+    table.add_column("what")
+    rows: list[tuple[str, ...]] = []
+    if what == "recipes":
+        for name, path in list_recipes().items():
+            try:
+                rows.append((name, load_recipe(path).reproduces or str(path)))
+            except FusionSearchError as e:
+                rows.append((name, f"(invalid: {e})"))
+    else:
+        registry: Any = {"units": FUSION_UNITS, "tasks": TASKS, "datasets": DATASETS}[what]
+        for name, cls in sorted(registry.items()):
+            first = (cls.__doc__ or "").strip().splitlines()
+            label = (cls.label,) if what == "tasks" else ()
+            rows.append((name, *label, first[0] if first else ""))
+    for row in rows:
+        table.add_row(*row)
+    Console(width=max(console.width, 140)).print(table)
+
+
 @app.command()
 def units() -> None:
-    """List the registered fusion units."""
-    from .fusion import FUSION_UNITS
-
-    table = Table(title="Fusion units", title_justify="left")
-    table.add_column("name")
-    table.add_column("what")
-    for name, cls in sorted(FUSION_UNITS.items()):
-        table.add_row(name, (cls.__doc__ or "").strip().splitlines()[0])
-    console.print(table)
+    """List the registered fusion units (the same as `fusionsearch list units`)."""
+    list_("units")
 
 
 def main() -> None:

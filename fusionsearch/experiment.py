@@ -64,9 +64,11 @@ class Experiment:
             val_len = d.pop("val_length", None)
             size = d.pop("size", None)
             common = {**d, "size": size} if size is not None else d
-            if name == "synthetic":  # generated scenes have no natural length: give one
+            cls = DATASETS.get(name)
+            if getattr(cls, "takes_seed", False):
                 common.setdefault("seed", self.seed)
-                train_len, val_len = train_len or 1000, val_len or 100
+            lengths = getattr(cls, "default_lengths", {}) or {}
+            train_len, val_len = train_len or lengths.get("train"), val_len or lengths.get("val")
             self._data = (
                 _cached(get_dataset(name, split="train", length=train_len, **common)),
                 _cached(get_dataset(name, split="val", length=val_len, **common)),

@@ -13,6 +13,7 @@ Tables 1-2); sluice with 2 subspaces (as NDDR-CNN Sec. 5.1 follows the sluice pa
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from itertools import combinations
 from typing import Any
@@ -34,6 +35,7 @@ __all__ = [
     "SluiceHeadMix",
     "register_fusion",
     "get_fusion",
+    "fusion_weights",
     "to_channels_first",
     "from_channels_first",
 ]
@@ -75,24 +77,54 @@ def _tagged(params: Sequence[nn.Parameter], lr_mult: float, weight_decay: float 
     }
 
 
-class FusionUnit(nn.Module):
-    """Base of fusion units. Subclasses implement ``fuse`` on channels-first tensors.
+class FusionUnit(nn.Module, ABC):
+    """A fusion unit: K task features in, K task features out, at one cut point. This docstring
+    is the whole contract; ``stitch.build``, the search, training and the report rely on nothing
+    else, so a new unit is one subclass with ``@register_fusion("name")`` in one file.
 
-    Args:
-        channels: the channel count of each task's feature at this cut point.
-        layout: the features' layout (from the graph's cut point).
-        lr_mult: learning-rate multiplier of the unit's parameters over the base rate.
-        weight_decay: weight decay of the unit's mixing weights (None: the optimiser's default).
+    Construction: ``Unit(channels, layout, *, nonnegative, init, lr_mult, weight_decay, **own)``.
+    ``build`` passes exactly these (and the plan's ``unit_args``); the search sets ``init``,
+    ``lr_mult`` and ``weight_decay``, so every unit accepts them:
+
+    - ``channels``: each task's channel count at this point (K >= 2 entries).
+    - ``layout``: the features' layout as the graph reports it (``layouts.Layout``).
+    - ``nonnegative``: whether every task's feature here is >= 0 (after a ReLU); a unit may use it
+      to keep its identity start exact (NDDR's ReLU only there).
+    - ``init``: the start, ``(same, other)`` weights or a unit-specific word (``"xavier"``);
+      ``identity_init`` is the value at which the unit passes each task's feature through
+      unchanged (the equivalence tests build every registered unit at it).
+    - ``lr_mult``: learning-rate multiplier of the unit's parameters (None: ``default_lr_mult``).
+    - ``weight_decay``: decay of the mixing weights (None: the recipe's ``train.weight_decay``).
+
+    Subclasses implement:
+
+    - ``fuse(feats)``: channels-first tensors (the base class converts layouts) to
+      ``(fused, extra_loss | None)``; the extra loss (sluice's orthogonality) is added to training's.
+    - ``mixing_weights()``: the K x K mean mixing matrix, row i = how task i's output draws on
+      each input (the report's fusion-weight figure).
+    - ``channel_weights(i)``: per-channel weights of task i on its own input and on the others
+      (the cross-stitch paper's Fig. 5), as two flat lists.
+
+    and may override:
+
+    - ``param_groups()``: parameter groups ``{"params", "lr_mult", "weight_decay", "tag"}``
+      (default: one group of all parameters).
+    - ``head_input(channels, layout, lr_mult)`` (a class method): a module that turns a task's
+      fusion outputs, one per point, into its head's input (sluice: the learned beta mix), or
+      None (default: the head reads the last stage).
     """
 
-    unit_name = "base"
+    unit_name = "base"  # set by ``register_fusion``
     default_lr_mult = 100.0
+    identity_init: Any = (1.0, 0.0)
 
     def __init__(
         self,
         channels: Sequence[int],
         layout: str = "NCHW",
         *,
+        nonnegative: bool = False,
+        init: Any = (0.9, 0.1),
         lr_mult: float | None = None,
         weight_decay: float | None = None,
     ) -> None:
@@ -103,6 +135,8 @@ class FusionUnit(nn.Module):
             raise PlanError(f"{self.unit_name} cannot fuse features of layout {layout!r}")
         self.channels = [int(c) for c in channels]
         self.layout = layout
+        self.nonnegative = nonnegative
+        self.init = tuple(float(v) for v in init) if isinstance(init, (list, tuple)) else init
         self.lr_mult = float(self.default_lr_mult if lr_mult is None else lr_mult)
         self.weight_decay = weight_decay
 
@@ -117,17 +151,48 @@ class FusionUnit(nn.Module):
         out, extra = self.fuse(cf)
         return [from_channels_first(o, self.layout) for o in out], extra
 
+    @abstractmethod
     def fuse(self, feats: list[Tensor]) -> tuple[list[Tensor], Tensor | None]:
-        raise NotImplementedError
+        """Fuse channels-first features; returns (one tensor per task, extra loss or None)."""
+
+    @abstractmethod
+    def mixing_weights(self) -> Tensor:
+        """The K x K mean mixing matrix (detached)."""
+
+    @abstractmethod
+    def channel_weights(self, i: int) -> tuple[list[float], list[float]]:
+        """Task ``i``'s per-channel weights on its own input and on the other tasks' inputs."""
 
     def param_groups(self) -> list[dict[str, Any]]:
         """Parameter groups: ``{"params", "lr_mult", "weight_decay", "tag"}``."""
         return [_tagged(list(self.parameters()), self.lr_mult, self.weight_decay, self.unit_name)]
 
-    def mixing_weights(self) -> Tensor:
-        """The learned task-to-task weights as a (K, K) summary: mean diagonal-block weight of
-        task j's channels in task i's output (for reports and the cross-stitch paper's plots)."""
-        raise NotImplementedError
+    @classmethod
+    def head_input(cls, channels: Sequence[int], layout: str, lr_mult: float) -> nn.Module | None:
+        """A module making a task's head input from its fusion outputs (``channels``: each
+        point's channels for this task, the last stage's last), or None: the last stage."""
+        return None
+
+
+def fusion_weights(net: Any) -> dict[str, Any]:
+    """Per fusion point of a stitched net: the unit, the K x K mean mixing matrix and, per task,
+    the per-channel weights on its own column and on the other columns (what the report draws)."""
+    out: dict[str, Any] = {}
+    for point, unit in net.fusion_units().items():
+        entry: dict[str, Any] = {"unit": unit.unit_name, "matrix": unit.mixing_weights().tolist(), "tasks": {}}
+        for i, task in enumerate(net.task_names):
+            same, other = unit.channel_weights(i)
+            entry["tasks"][task] = {"same": sorted(same), "other": sorted(other)}
+        entry["k"] = unit.num_tasks
+        out[point] = entry
+    return out
+
+
+def _rows_to_lists(rows: Sequence[Tensor], i: int) -> tuple[list[float], list[float]]:
+    """``rows[j]``: task i's weights on input j; own input and the others', flattened."""
+    same = rows[i].detach().flatten().tolist()
+    other = torch.cat([rows[j].detach().flatten() for j in range(len(rows)) if j != i]).tolist()
+    return same, other
 
 
 def _diag_init(weight: Tensor, channels: list[int], i: int, alpha: float, beta: float) -> None:
@@ -206,7 +271,9 @@ class NDDR(FusionUnit):
         bn_momentum: float = BN_MOMENTUM,
         bn_eps: float = BN_EPS,
     ) -> None:
-        super().__init__(channels, layout, lr_mult=lr_mult, weight_decay=weight_decay)
+        super().__init__(
+            channels, layout, nonnegative=nonnegative, init=init, lr_mult=lr_mult, weight_decay=weight_decay
+        )
         if order not in ("conv-bn-act", "conv-act-bn"):
             raise PlanError(f"NDDR order must be 'conv-bn-act' or 'conv-act-bn', got {order!r}")
         total = sum(self.channels)
@@ -214,7 +281,6 @@ class NDDR(FusionUnit):
         self.norms = nn.ModuleList(_norm(norm, c, layout, bn_momentum, bn_eps) for c in self.channels)
         self.acts = nn.ModuleList(_act(act, nonnegative) for _ in self.channels)
         self.order = order
-        self.init = init
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -253,6 +319,16 @@ class NDDR(FusionUnit):
                 start += c
         return out
 
+    def channel_weights(self, i: int) -> tuple[list[float], list[float]]:
+        # the diagonal of each block of task i's projection: channel c of input j -> channel c
+        w = self.weights[i].detach()
+        start, rows = 0, []
+        for c in self.channels:
+            n = min(c, w.shape[0])
+            rows.append(w[torch.arange(n), start + torch.arange(n)])
+            start += c
+        return _rows_to_lists(rows, i)
+
 
 def _same_channels(unit: str, channels: list[int]) -> int:
     if len(set(channels)) != 1:
@@ -289,7 +365,9 @@ class CrossStitch(FusionUnit):
         lr_mult: float | None = None,
         weight_decay: float | None = 0.0,
     ) -> None:
-        super().__init__(channels, layout, lr_mult=lr_mult, weight_decay=weight_decay)
+        super().__init__(
+            channels, layout, nonnegative=nonnegative, init=init, lr_mult=lr_mult, weight_decay=weight_decay
+        )
         c = _same_channels("cross_stitch", self.channels)
         if per not in ("channel", "layer"):
             raise PlanError(f"cross_stitch per must be 'channel' or 'layer', got {per!r}")
@@ -299,7 +377,6 @@ class CrossStitch(FusionUnit):
         self.per = per
         self.off_diagonal = off_diagonal
         self.alpha = nn.Parameter(torch.empty(k, k, c if per == "channel" else 1))
-        self.init = tuple(float(v) for v in init)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -323,6 +400,9 @@ class CrossStitch(FusionUnit):
     def mixing_weights(self) -> Tensor:
         return self.alpha.detach().mean(-1)
 
+    def channel_weights(self, i: int) -> tuple[list[float], list[float]]:
+        return _rows_to_lists([self.alpha[i, j] for j in range(self.num_tasks)], i)
+
 
 @register_fusion("sluice")
 class Sluice(FusionUnit):
@@ -344,7 +424,9 @@ class Sluice(FusionUnit):
         lr_mult: float | None = None,
         weight_decay: float | None = 0.0,
     ) -> None:
-        super().__init__(channels, layout, lr_mult=lr_mult, weight_decay=weight_decay)
+        super().__init__(
+            channels, layout, nonnegative=nonnegative, init=init, lr_mult=lr_mult, weight_decay=weight_decay
+        )
         c = _same_channels("sluice", self.channels)
         if subspaces < 1 or c % subspaces:
             raise PlanError(f"sluice: {c} channels cannot be split into {subspaces} equal subspaces")
@@ -352,7 +434,6 @@ class Sluice(FusionUnit):
         self.orthogonality = float(orthogonality)
         n = self.num_tasks * subspaces
         self.alpha = nn.Parameter(torch.empty(n, n))
-        self.init = tuple(float(v) for v in init)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -385,9 +466,22 @@ class Sluice(FusionUnit):
             extra = self.orthogonality * penalty
         return out, extra
 
-    def mixing_weights(self) -> Tensor:
+    def _blocks(self) -> Tensor:
+        """(K, K, m): how subspace s of task i draws on subspace s of task j."""
         k, m = self.num_tasks, self.subspaces
-        return self.alpha.detach().view(k, m, k, m).diagonal(dim1=1, dim2=3).mean(-1)
+        return self.alpha.detach().view(k, m, k, m).diagonal(dim1=1, dim2=3)
+
+    def mixing_weights(self) -> Tensor:
+        return self._blocks().mean(-1)
+
+    def channel_weights(self, i: int) -> tuple[list[float], list[float]]:
+        blocks = self._blocks()
+        return _rows_to_lists([blocks[i, j] for j in range(self.num_tasks)], i)
+
+    @classmethod
+    def head_input(cls, channels: Sequence[int], layout: str, lr_mult: float) -> nn.Module | None:
+        """The sluice paper's learned beta mix of the task's layer outputs."""
+        return SluiceHeadMix(channels, layout, lr_mult=lr_mult)
 
 
 RESIZES = ("tf_legacy", "align_corners", "half_pixel")

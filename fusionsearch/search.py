@@ -30,6 +30,7 @@ from optuna.trial import TrialState
 from .confirm import confirm_seeds, queue_confirmation
 from .errors import DependencyError, FusionSearchError
 from .experiment import BASELINES, WARMSTART, Experiment, WarmStart
+from .fusion import fusion_weights
 from .recipe import Recipe
 from .recovery import INTERRUPTED, PLAN, failed_for_good, failure_kind, requeue_failed, retry
 from .space import SearchSpace
@@ -397,40 +398,6 @@ def _queue_lock(storage: Any) -> Iterator[None]:
         return
     with study_lock(url):
         yield
-
-
-def fusion_weights(net: Any) -> dict[str, Any]:
-    """Per fusion point: the K x K mean mixing matrix and, per task, the per-channel weights on
-    its own column and on the other columns (the cross-stitch paper's Fig. 5)."""
-    out: dict[str, Any] = {}
-    for point, unit in net.fusion_units().items():
-        k = unit.num_tasks
-        entry: dict[str, Any] = {"unit": unit.unit_name, "matrix": unit.mixing_weights().tolist(), "tasks": {}}
-        for i, task in enumerate(net.task_names):
-            same, other = _channel_weights(unit, i)
-            entry["tasks"][task] = {"same": same, "other": other}
-        entry["k"] = k
-        out[point] = entry
-    return out
-
-
-def _channel_weights(unit: Any, i: int) -> tuple[list[float], list[float]]:
-    k = unit.num_tasks
-    if hasattr(unit, "weights"):  # NDDR: diagonal of each block of task i's projection
-        w = unit.weights[i].detach()
-        start, rows = 0, []
-        for c in unit.channels:
-            n = min(c, w.shape[0])
-            rows.append(w[torch.arange(n), start + torch.arange(n)])
-            start += c
-    elif hasattr(unit, "per"):  # cross-stitch alpha (K, K, C)
-        rows = [unit.alpha.detach()[i, j] for j in range(k)]
-    else:
-        m = unit.mixing_weights()
-        rows = [m[i, j : j + 1] for j in range(k)]
-    same = sorted(rows[i].flatten().tolist())
-    other = sorted(torch.cat([rows[j].flatten() for j in range(k) if j != i]).tolist()) if k > 1 else []
-    return same, other
 
 
 def _latency_ms(net: Any, size: tuple[int, int, int], device: torch.device) -> float:

@@ -42,7 +42,7 @@ class SearchSpace:
     """Ranges of a recipe's ``search`` section; ``fixed`` pins any parameter by its name."""
 
     points: Any = "boundaries"
-    units: list[str] = field(default_factory=lambda: [NONE, "nddr", "cross_stitch", "sluice"])
+    units: list[str] = field(default_factory=lambda: [NONE, *FUSION_UNITS])  # every registered unit
     shortcut: list[bool] = field(default_factory=lambda: [False, True])
     shared_prefix: bool = True
     init_alpha: tuple[float, float] = (0.5, 1.0)

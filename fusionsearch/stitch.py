@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import CheckpointError, PlanError
-from .fusion import FusionUnit, ShortcutHead, SluiceHeadMix, get_fusion
+from .fusion import FusionUnit, ShortcutHead, get_fusion
 from .graph import BackboneGraph, CutPoint, trace
 from .heads import LayoutAdapter, SimpleHead, task_kind
 from .segments import Segment
@@ -423,34 +423,7 @@ def build(
 
     finals = [_final_point(g) for g in graphs]
     last_is_output = bool(units) and points[max(int(i) for i in units)].node == finals[0].node
-    head_inputs = None
-    in_channels = [f.channels for f in finals]
-    if plan.shortcut or (plan.unit == "sluice" and units):
-        if not units:
-            raise PlanError("shortcut needs at least one fusion point")
-        mods = []
-        for t in range(k):
-            chans = [ch[t] for ch in unit_channels] + ([] if last_is_output else [finals[t].channels])
-            with _seeded(init_seed, f"head_input:{t}"):
-                if plan.shortcut:
-                    out = plan.shortcut_channels or finals[t].channels
-                    lr = plan.unit_args.get("lr_mult")
-                    mods.append(
-                        ShortcutHead(
-                            chans,
-                            out,
-                            finals[t].layout,
-                            lr_mult=float(get_fusion(plan.unit).default_lr_mult if lr is None else lr),
-                            init=plan.shortcut_init,
-                            resize=plan.shortcut_resize,
-                            weight_decay=plan.unit_args.get("weight_decay"),
-                        )
-                    )
-                    in_channels[t] = out
-                else:
-                    lr = float(plan.unit_args.get("lr_mult", 100.0))
-                    mods.append(SluiceHeadMix(chans, finals[t].layout, lr_mult=lr))
-        head_inputs = nn.ModuleList(mods)
+    head_inputs, in_channels = _head_inputs(plan, unit_channels, finals, last_is_output, init_seed)
     prefixes = [int(getattr(g.model, "num_prefix_tokens", 0) or 0) for g in graphs]
     heads = nn.ModuleDict()
     for t, (task, n) in enumerate(task_sizes.items()):
@@ -509,6 +482,49 @@ def _seeded(seed: int | None, name: str) -> Iterator[None]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed((int(seed) * 1_000_003 + zlib.crc32(name.encode())) % 2**63)
         yield
+
+
+def _head_inputs(
+    plan: StitchPlan,
+    unit_channels: list[list[int]],
+    finals: list[CutPoint],
+    last_is_output: bool,
+    init_seed: int | None,
+) -> tuple[nn.ModuleList | None, list[int]]:
+    """Per task, the module that makes its head's input from its fusion outputs: the shortcut,
+    else the main unit's ``head_input`` hook (sluice's beta mix), else none (the last stage)."""
+    in_channels = [f.channels for f in finals]
+    if plan.shortcut and not unit_channels:
+        raise PlanError("shortcut needs at least one fusion point")
+    if not unit_channels:
+        return None, in_channels
+    cls = get_fusion(plan.unit)
+    lr = plan.unit_args.get("lr_mult")
+    lr_mult = float(cls.default_lr_mult if lr is None else lr)
+    mods: list[nn.Module] = []
+    for t, final in enumerate(finals):
+        chans = [ch[t] for ch in unit_channels] + ([] if last_is_output else [final.channels])
+        with _seeded(init_seed, f"head_input:{t}"):
+            if plan.shortcut:
+                out = plan.shortcut_channels or final.channels
+                mods.append(
+                    ShortcutHead(
+                        chans,
+                        out,
+                        final.layout,
+                        lr_mult=lr_mult,
+                        init=plan.shortcut_init,
+                        resize=plan.shortcut_resize,
+                        weight_decay=plan.unit_args.get("weight_decay"),
+                    )
+                )
+                in_channels[t] = out
+                continue
+            mod = cls.head_input(chans, final.layout, lr_mult)
+            if mod is None:
+                return None, in_channels
+            mods.append(mod)
+    return nn.ModuleList(mods), in_channels
 
 
 def _segments(g: BackboneGraph, points: list[CutPoint]) -> list[Segment]:

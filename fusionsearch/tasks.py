@@ -8,6 +8,7 @@ averaging per-batch values, which is how the papers report them.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,12 @@ from .registry import Registry
 __all__ = [
     "TASKS",
     "Task",
+    "LABEL_KINDS",
+    "INDEX_MAP",
+    "SCALAR_MAP",
+    "VECTOR_MAP",
+    "CLASS",
+    "label_kind",
     "register_task",
     "get_task",
     "delta_m",
@@ -49,13 +56,46 @@ def get_task(name: str, **kwargs: Any) -> Task:
     return TASKS.get(name)(**kwargs)
 
 
-class Task:
-    """Base class. ``metrics`` maps each metric name to True when higher is better; ``primary``
-    names the one metric that stands for the task when Delta-m uses one metric per task (the
-    survey of Vandenhende et al.: mIoU, mean angle error, RMSE, accuracy, MAE)."""
+# What a task's label is, so that resizing and flipping act on the kind, never on the task's name
+INDEX_MAP = "index_map"  # (H, W) int64 classes, 255 = ignore: resized nearest, flipped as it is
+SCALAR_MAP = "scalar_map"  # (1, H, W) float, 0 = unlabelled: resized over labelled pixels
+VECTOR_MAP = "vector_map"  # (C, H, W) unit vectors, zero = unlabelled, channel 0 the image's x axis:
+#   resized over labelled pixels and renormalised; a left-right flip negates channel 0 (normals)
+CLASS = "class"  # one value per image (a class index or a number): not resized, not flipped
+LABEL_KINDS = (INDEX_MAP, SCALAR_MAP, VECTOR_MAP, CLASS)
 
-    task_name = "task"
+
+class Task(ABC):
+    """A task: its label kind, head, loss and whole-set metrics. This docstring is the contract;
+    a new task is one subclass with ``@register_task("name")`` in one file, and its items' key
+    in a data set is that name.
+
+    Class attributes:
+
+    - ``label``: one of ``LABEL_KINDS`` (``index_map``, ``scalar_map``, ``vector_map``,
+      ``class``): the data transforms resize and flip a label by its kind.
+    - ``kind``: ``dense`` (a per-pixel prediction) or ``cls`` (one per image): the head adapter
+      lays token features out as a map for dense tasks and pools them for ``cls``.
+    - ``metrics``: metric name -> True when higher is better (Delta-m and the report read it).
+    - ``primary``: the one metric that stands for the task when Delta-m uses one per task (the
+      survey of Vandenhende et al.: mIoU, mean angle error, RMSE, accuracy, MAE).
+
+    Constructor: ``Task(out_channels, loss_weight=1.0, **own)``; the recipe's ``task_args`` give
+    the task's own arguments.
+
+    Methods:
+
+    - ``head(in_channels)``: a module called as ``head(features, size)`` with channels-first
+      features and the input image's (H, W); it returns the prediction at that size (dense) or
+      (B, out_channels) (``cls``).
+    - ``loss(pred, target)``: a scalar tensor (without ``loss_weight``, which training applies).
+    - ``reset()``, ``update(pred, target)`` per batch, ``compute()``: the metrics over the whole
+      evaluation set, pooled (not batch means), as ``{name: value}`` with the names of ``metrics``.
+    """
+
+    task_name = "task"  # set by ``register_task``
     kind = "dense"
+    label = INDEX_MAP
     metrics: dict[str, bool] = {}
     primary: str = ""
 
@@ -64,20 +104,31 @@ class Task:
         self.loss_weight = float(loss_weight)
         self.reset()
 
+    @abstractmethod
     def head(self, in_channels: int) -> nn.Module:
-        raise NotImplementedError
+        """The task's head (called as ``head(features, size)``)."""
 
+    @abstractmethod
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
-        raise NotImplementedError
+        """The training loss on one batch."""
 
+    @abstractmethod
     def reset(self) -> None:
         """Start a new evaluation."""
 
+    @abstractmethod
     def update(self, pred: Tensor, target: Tensor) -> None:
-        raise NotImplementedError
+        """Add one batch to the evaluation."""
 
+    @abstractmethod
     def compute(self) -> dict[str, float]:
-        raise NotImplementedError
+        """The metrics of everything added since ``reset``."""
+
+
+def label_kind(name: str) -> str:
+    """The label kind of a registered task (a data item's key is the task's name)."""
+    cls = TASKS.get(name)
+    return cls.label
 
 
 class ASPPHead(nn.Module):
@@ -179,6 +230,8 @@ class Normals(Task):
     the NDDR papers' 13.9-15.6 degrees are on that scale, and the NDDR recipes score with it.
     """
 
+    label = VECTOR_MAP
+
     metrics = {"mean": False, "median": False, "within_11.25": True, "within_22.5": True, "within_30": True}
     primary = "mean"
 
@@ -243,6 +296,8 @@ class Depth(Task):
     evaluation set: ``abs_err`` (mean |d_hat - d|, LibMTL's and mtan's "abs err"), ``abs_rel``
     (mean |d_hat - d| / d, their "rel err") and RMSE."""
 
+    label = SCALAR_MAP
+
     metrics = {"abs_err": False, "abs_rel": False, "rmse": False}
     primary = "rmse"
 
@@ -283,6 +338,7 @@ class Classification(Task):
     """Image classification: cross-entropy; accuracy (%)."""
 
     kind = "cls"
+    label = CLASS
     metrics = {"accuracy": True}
     primary = "accuracy"
 
@@ -318,6 +374,7 @@ class Age(Task):
     cross-entropy; the estimate is the expected age sum_k p_k k; mean and median absolute error."""
 
     kind = "cls"
+    label = CLASS
     metrics = {"mae": False, "median_ae": False}
     primary = "mae"
 

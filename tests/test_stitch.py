@@ -8,10 +8,11 @@ import torch
 from torch import nn
 
 import fusionsearch as fs
-from fusionsearch.fusion import NDDR, CrossStitch, Sluice
+from fusionsearch.fusion import FUSION_UNITS, NDDR, CrossStitch, Sluice
 from fusionsearch.heads import SimpleHead
 
-IDENTITY = {"nddr": {"init": (1.0, 0.0)}, "cross_stitch": {"init": (1.0, 0.0)}, "sluice": {"init": (1.0, 0.0)}}
+IDENTITY = {name: {"init": cls.identity_init} for name, cls in FUSION_UNITS.items()}
+UNITS = sorted(FUSION_UNITS)
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def _x(model, batch=2):
 
 
 @pytest.mark.parametrize("backbone", ["test_resnet", "test_convnext", "test_vit"])
-@pytest.mark.parametrize("unit", ["nddr", "cross_stitch", "sluice"])
+@pytest.mark.parametrize("unit", UNITS)
 @pytest.mark.parametrize("k", [2, 3])
 def test_identity_init_reproduces_single_task_features(models, backbone, unit, k):
     model = models[backbone]

@@ -48,9 +48,9 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import Dataset
 
 from ..errors import ArgumentError
+from .base import MultiTaskDataset, register_dataset
 from .transforms import DataError, MissingDataError, as_hw, check_root, normalize_image
 
 __all__ = [
@@ -225,7 +225,8 @@ def face_box(location: np.ndarray, image_size: tuple[int, int], margin: float) -
     return box if box[2] > box[0] and box[3] > box[1] else (0, 0, width, height)
 
 
-class IMDBWiki(Dataset):
+@register_dataset("imdb_wiki")
+class IMDBWiki(MultiTaskDataset):
     """IMDB-WIKI age (100 classes, 0..99) and gender (2 classes); see the module docstring for the
     files read, the filter and the subject-disjoint split.
 

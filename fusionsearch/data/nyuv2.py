@@ -41,9 +41,9 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import Dataset
 
 from ..errors import ArgumentError
+from .base import MultiTaskDataset, register_dataset
 from .transforms import (
     IGNORE_INDEX,
     DataError,
@@ -178,7 +178,8 @@ def _seg_tensor(label: np.ndarray, offset: int, num_classes: int) -> Tensor:
     return torch.from_numpy(np.where(keep, lab, IGNORE_INDEX).astype(np.int64))
 
 
-class NYUv2(Dataset):
+@register_dataset("nyuv2")
+class NYUv2(MultiTaskDataset):
     """NYUv2 seg + normals + depth from the MTAN or the NYUD (survey) layout; see the module docstring.
 
     ``size`` resizes every item to (H, W) (None keeps the native size); ``augment`` (default: on for

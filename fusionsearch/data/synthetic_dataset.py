@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from ..errors import ArgumentError
+from .base import MultiTaskDataset, register_dataset
 from .synthetic import CLASSES, render_scene
 from .transforms import normalize_image
 
@@ -15,7 +15,8 @@ __all__ = ["SyntheticScenes"]
 _SPLITS = {"train": 0, "val": 1, "test": 2}
 
 
-class SyntheticScenes(Dataset):
+@register_dataset("synthetic")
+class SyntheticScenes(MultiTaskDataset):
     """Procedural indoor scenes: ``{"image", "seg", "normal", "depth"}`` per item.
 
     Item ``i`` of a split is a pure function of (seed, split, i, size): the same on every machine
@@ -27,7 +28,9 @@ class SyntheticScenes(Dataset):
     deterministic = True  # item i is a pure function of (seed, split, i, size): safe to cache
     classes = CLASSES
     num_classes = len(CLASSES)
-    tasks: dict[str, int] = {"seg": len(CLASSES), "normal": 3, "depth": 1}
+    tasks = {"seg": len(CLASSES), "normal": 3, "depth": 1}  # noqa: RUF012 - read-only class data
+    default_lengths = {"train": 1000, "val": 100, "test": 100}  # noqa: RUF012 - generated: no natural length
+    takes_seed = True
 
     def __init__(self, split: str = "train", length: int = 1000, size: int | tuple[int, int] = 128, seed: int = 0):
         if split not in _SPLITS:

@@ -1,8 +1,9 @@
 """What every data set shares: ImageNet normalisation, the item resize and flip, and the data errors.
 
-Dense items are ``{"image", "seg", "normal", "depth"}`` tensors (see ``SyntheticScenes``); the helpers
-here keep their conventions through a resize or a flip: ``seg`` 255 = ignore, ``normal`` unit vectors
-with the zero vector = unlabelled, ``depth`` 0 = invalid.
+Dense items are ``{"image", TASK: label, ...}`` tensors (see ``SyntheticScenes``), one label per
+task under the task's name. The helpers resize and flip each label by its task's label kind
+(``tasks.LABEL_KINDS``), never by the name, keeping each kind's conventions: an index map's 255 =
+ignore, a vector map's unit vectors with the zero vector = unlabelled, a scalar map's 0 = invalid.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import DataError, MissingDataError
+from ..tasks import CLASS, INDEX_MAP, SCALAR_MAP, VECTOR_MAP
 
 __all__ = [
     "IGNORE_INDEX",
@@ -81,33 +83,60 @@ def _resize_masked(x: Tensor, valid: Tensor, size: tuple[int, int]) -> tuple[Ten
     return torch.where(ok, num / den.clamp_min(1e-6), torch.zeros_like(num)), ok
 
 
+def _kind(key: str) -> str:
+    from ..tasks import TASKS
+
+    cls = TASKS.get(key) if key in TASKS else None
+    if cls is None:
+        raise DataError(
+            f"item key {key!r} is not a registered task: its label kind (index_map, scalar_map, vector_map, class)"
+            " says how to resize and flip it; register a Task of that name"
+        )
+    return cls.label
+
+
+def resize_label(label: Tensor, kind: str, size: tuple[int, int]) -> Tensor:
+    """One label resized to (H, W) by its kind: an index map nearest (classes must not blend), a
+    scalar or vector map bilinear over its labelled pixels (zeros would drag depths toward 0 and
+    shorten normals at every hole's border), a vector map renormalised; a class label unchanged."""
+    if kind == INDEX_MAP:
+        return F.interpolate(label[None, None].float(), size=size, mode="nearest-exact")[0, 0].to(label.dtype)
+    if kind == SCALAR_MAP:
+        return _resize_masked(label, label[0] > 0, size)[0]
+    if kind == VECTOR_MAP:
+        v, ok = _resize_masked(label, label.norm(dim=0) > _MIN_NORMAL_NORM, size)
+        return F.normalize(v, dim=0) * ok
+    return label
+
+
+def flip_label(label: Tensor, kind: str) -> Tensor:
+    """One label mirrored left-right by its kind. A mirrored vector field points the other way
+    in x, so a vector map's channel 0 (the image's horizontal axis) changes sign; maps just move."""
+    if kind == CLASS:
+        return label
+    out = label.flip(-1)
+    if kind == VECTOR_MAP:
+        sign = torch.ones(out.shape[0], 1, 1, dtype=out.dtype)
+        sign[0] = -1
+        out = out * sign
+    return out
+
+
 def resize_dense(item: dict[str, Tensor], size: tuple[int, int]) -> dict[str, Tensor]:
-    """Resize a dense item to (H, W): bilinear image, nearest seg (labels must not blend), depth and
-    normals bilinear over their valid pixels, normals renormalised to unit length."""
+    """Resize a dense item to (H, W): the image bilinear (antialiased), each label by its task's
+    label kind (``resize_label``)."""
     if tuple(item["image"].shape[-2:]) == size:
         return item
-    out = dict(item)
-    out["image"] = resize_image(item["image"], size)
-    if "seg" in item:
-        seg = item["seg"][None, None].float()
-        out["seg"] = F.interpolate(seg, size=size, mode="nearest-exact")[0, 0].long()
-    if "depth" in item:
-        depth = item["depth"]
-        out["depth"], _ = _resize_masked(depth, depth[0] > 0, size)
-    if "normal" in item:
-        normal = item["normal"]
-        n, ok = _resize_masked(normal, normal.norm(dim=0) > _MIN_NORMAL_NORM, size)
-        out["normal"] = F.normalize(n, dim=0) * ok
+    out = {"image": resize_image(item["image"], size)}
+    for key, value in item.items():
+        if key != "image":
+            out[key] = resize_label(value, _kind(key), size)
     return out
 
 
 def hflip_dense(item: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Mirror left-right. A mirrored surface faces the other way in x, so the normal's x component
-    (channel 0, the camera's horizontal axis) changes sign; seg and depth just move."""
-    out = {k: v.flip(-1) for k, v in item.items()}
-    if "normal" in out:
-        out["normal"] = out["normal"] * torch.tensor([-1.0, 1.0, 1.0]).view(3, 1, 1)
-    return out
+    """Mirror left-right: the image, and each label by its task's label kind (``flip_label``)."""
+    return {k: v.flip(-1) if k == "image" else flip_label(v, _kind(k)) for k, v in item.items()}
 
 
 def clean_normals(normal: Tensor) -> Tensor:

@@ -1,0 +1,65 @@
+"""The data set contract and its registry.
+
+A data set is one ``MultiTaskDataset`` subclass with ``@register_dataset("name")`` in one file;
+``Experiment`` builds it from a recipe's ``data`` section, and the command line's
+``--data NAME[:ROOT]`` picks it, with no list to edit anywhere else.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from ..errors import FusionSearchError
+from ..registry import Registry
+
+__all__ = ["MultiTaskDataset", "DATASETS", "register_dataset", "get_dataset"]
+
+
+class MultiTaskDataset(Dataset, ABC):
+    """A data set of images labelled for several tasks. This docstring is the contract.
+
+    Constructor: ``Cls(split="train" | "val", length=None, size=None, **own)``. ``length`` takes
+    the first N items (None: all, or ``default_lengths[split]``); ``size`` is the (H, W) or side
+    every item is resized to (None: native); ``own`` comes from the recipe's ``data`` section
+    (``root``, ``layout``, ...) and, when ``takes_seed``, ``seed`` is the study's seed.
+
+    Class attributes:
+
+    - ``tasks``: task name -> output size (classes, channels) that this set labels (an instance
+      may narrow it, e.g. by layout);
+    - ``tasks_for(**own)`` (static, optional): the same without reading files, so a recipe's
+      network can be built before its data is on disk;
+    - ``default_lengths``: split -> length for sets with no natural length (generated ones);
+    - ``takes_seed``: whether the items depend on the study's seed.
+
+    ``__getitem__(i)`` returns ``{"image": (3, H, W) float, TASK: label, ...}`` with one label per
+    task under the task's name, each as its task's label kind says (``tasks.LABEL_KINDS``), so that
+    the shared transforms can resize and flip it.
+    """
+
+    tasks: ClassVar[dict[str, int]] = {}
+    default_lengths: ClassVar[dict[str, int]] = {}
+    takes_seed: ClassVar[bool] = False
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    @abstractmethod
+    def __getitem__(self, index: int) -> dict[str, Tensor]: ...
+
+
+DATASETS: Registry[Callable[..., Dataset]] = Registry("data set", FusionSearchError)
+
+
+def register_dataset(name: str) -> Callable[[Any], Any]:
+    """Class decorator: make a data set available to recipes and ``--data`` by ``name``."""
+    return DATASETS.register(name)
+
+
+def get_dataset(name: str, **kwargs: Any) -> Dataset:
+    return DATASETS.get(name)(**kwargs)
