@@ -1,6 +1,7 @@
 """Recipes: one YAML file holds everything a study needs (backbone, tasks, data, training budget,
 the default plan, the search space and the study's settings), so that a run is reproducible from
-the file alone and a paper's set-up is one file in ``recipes/``.
+the file alone and a paper's set-up is one file in ``fusionsearch/recipes/`` (``recipes/`` at the
+project's root links there).
 
 Unknown keys are errors that name the key: a typo never silently falls back to a default.
 """
@@ -200,9 +201,12 @@ class Recipe:
 
 
 def recipe_dirs() -> list[Path]:
-    """Where recipe names are looked up: ``$FUSIONSEARCH_RECIPES``, ./recipes, the project's recipes/."""
+    """Where recipe names are looked up: ``$FUSIONSEARCH_RECIPES``, ./recipes, then the recipes
+    shipped inside the package (``importlib.resources``: a wheel install has them too)."""
+    from importlib.resources import files
+
     dirs = [Path(p) for p in os.environ.get("FUSIONSEARCH_RECIPES", "").split(os.pathsep) if p]
-    dirs += [Path.cwd() / "recipes", Path(__file__).resolve().parents[1] / "recipes"]
+    dirs += [Path.cwd() / "recipes", Path(str(files("fusionsearch").joinpath("recipes")))]
     return list(dict.fromkeys(d for d in dirs))
 
 

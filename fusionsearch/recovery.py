@@ -106,7 +106,7 @@ def requeue_failed(study: optuna.Study) -> int:
     """Queue again every failed trial whose failure was an accident (see the module docstring)
     and that has no copy yet; returns how many. Safe from many processes at once: it runs under
     the storage's lock, and a trial with a copy is never copied again."""
-    from .search import _queue_lock
+    from .queueing import _queue_lock
 
     added = 0
     with _queue_lock(study._storage):

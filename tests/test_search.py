@@ -401,7 +401,7 @@ def test_run_command_end_to_end_and_resume(tmp_path, monkeypatch):
 # ---- recipes and the papers' tables ---------------------------------------------------------------
 
 
-RECIPES = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+RECIPES = sorted(p.stem for p in (Path(fs.__file__).parent / "recipes").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("name", RECIPES)

@@ -22,4 +22,3 @@ __all__ = [
     "CLASSES",
     "render_scene",
 ]
-

@@ -1,0 +1,339 @@
+"""What one trial does: build its plan, train it, report to the pruner, and return its objectives.
+
+``Objective`` trains a queued trial of any kind (the warm start, a baseline, a sampled plan, a
+confirmation run); each objective is one entry of ``MEASURES`` rather than a branch.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from .errors import DependencyError
+from .experiment import WARMSTART, Experiment, WarmStart
+from .fusion import fusion_weights
+from .queueing import _find, _pop, is_baseline, is_reference, reap_stale, single_metrics
+from .recipe import Recipe
+from .recovery import failed_for_good, requeue_failed
+from .space import SearchSpace
+from .stitch import StitchPlan
+from .storage import artifact_store
+from .study import StudySettings, rungs
+
+__all__ = [
+    "Objective",
+    "failure_reason",
+]
+
+
+def _reference(single: Mapping[str, Any], step: int) -> Mapping[str, Any]:
+    """The single-task metrics at the same step (fair for pruning early), else its final ones."""
+    for e in single.get("evals", []):
+        if e["step"] == step:
+            return e["metrics"]
+    return single["metrics"]
+
+
+def _latency_ms(net: Any, size: tuple[int, int, int], device: torch.device) -> float:
+    net.eval()
+    x = torch.randn(1, *size, device=device)
+    times = []
+    with torch.no_grad():
+        for i in range(7):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            net(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if i >= 2:
+                times.append(time.perf_counter() - t0)
+    return 1000 * sorted(times)[len(times) // 2]
+
+
+def _free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def failure_reason(e: BaseException) -> str:
+    if isinstance(e, torch.OutOfMemoryError):
+        return f"out of memory: {str(e).splitlines()[0] if str(e) else 'allocation failed'}"
+    return f"{type(e).__name__}: {e}"
+
+
+class Objective:
+    """Trains one queued trial: the warm start, a baseline, a sampled plan or a confirmation run.
+
+    Warm-started trials (``search.column_init: single``, the default) begin from the study's
+    trained single-task nets (columns and heads) and train ``finetune_steps``; the baselines they
+    are compared with start there too and train as long. Every trial of the search uses the study
+    seed (the same data order and the same draws for new modules); a confirmation trial uses its own.
+    """
+
+    def __init__(
+        self,
+        study: optuna.Study,
+        recipe: Recipe,
+        settings: StudySettings,
+        device: str = "auto",
+        progress: bool = False,
+        before_trial: Callable[[optuna.Trial], None] | None = None,
+        wait_s: float = 2.0,
+    ) -> None:
+        self.study, self.recipe, self.settings = study, recipe, settings
+        self.exp = Experiment(recipe, settings.seed)
+        self.space = SearchSpace.from_dict(recipe.search)
+        self.device = device
+        self.progress = progress
+        self.before_trial = before_trial
+        self.wait_s = wait_s
+        self.store = artifact_store(settings.storage, settings.artifacts)
+        self.execute: Callable[[optuna.Trial], None] | None = None  # set by run_worker
+        self.rungs = rungs(recipe, settings)
+        self._warm: WarmStart | None = None
+
+    def _await(self, match: Callable[[Any], bool], what: str) -> Any:
+        """The complete trial ``match`` picks. Waiting for it, this worker runs it itself if it is
+        queued (e.g. retried after its worker died): nobody else may be left to. One that an
+        accident failed is queued again first; one that failed for good is a DependencyError."""
+        while True:
+            t, pending = _find(self.study, match)
+            if t is not None:
+                return t
+            if not pending:
+                if requeue_failed(self.study):
+                    continue
+                raise DependencyError(self._dependency_failed(match, what))
+            reap_stale(self.study)
+            queued = _pop(self.study, match) if self.execute is not None else None
+            if queued is not None:
+                self.execute(queued)  # type: ignore[misc]
+                continue
+            time.sleep(self.wait_s)
+
+    def _dependency_failed(self, match: Callable[[Any], bool], what: str) -> str:
+        failed = [t for t in self.study.get_trials(deepcopy=False) if match(t) and t.state == TrialState.FAIL]
+        why = f" (trial {failed[-1].number}: {failed[-1].user_attrs.get('fail_reason', 'failed')})" if failed else ""
+        return (
+            f"{what} failed for good{why}, so the other trials of study {self.settings.study!r} cannot be"
+            " measured; fix the cause and start a new study (another --study name)"
+        )
+
+    def blocked(self) -> str | None:
+        """Why no trial of this study can be measured any more (the warm start or the search's
+        single-task reference failed for good), or None; a worker checks before it takes one."""
+        fake = type("Queued", (), {"user_attrs": {"slot": -1}})()
+        try:
+            self.check_dependencies(fake)
+        except DependencyError as e:
+            return str(e)
+        return None
+
+    def check_dependencies(self, trial: Any) -> None:
+        """Before a trial trains: the trials it will need (the warm start, the single-task
+        reference) must be complete, pending, or coming back; a sampled plan never trains for
+        nothing after its reference failed for good."""
+        attrs = trial.user_attrs
+        baseline, confirm = attrs.get("baseline"), attrs.get("confirm")
+        needs: list[tuple[Callable[[Any], bool], str]] = []
+        if baseline != WARMSTART and self.space.warm:
+            needs.append((lambda t: is_baseline(t) == WARMSTART, "the warm start (single-task nets)"))
+        own = baseline in ("single", WARMSTART) or confirm == "single"
+        if "delta_m" in self.settings.objectives and not own:
+            seed = attrs.get("seed")
+            needs.append((lambda t: is_reference(t, confirm is not None, seed), "the single-task reference"))
+        for match, what in needs:
+            trials = self.study.get_trials(deepcopy=False)
+            mine = [t for t in trials if match(t)]
+            if mine and all(failed_for_good(t, trials) for t in mine):
+                if requeue_failed(self.study):
+                    continue
+                raise DependencyError(self._dependency_failed(match, what))
+
+    def single(self, wait: bool, confirm: bool = False, seed: int | None = None) -> dict[str, Any] | None:
+        """The single-task reference's results (the search's, or the confirmation's for ``seed``)."""
+        ref, _ = single_metrics(self.study, confirm, seed)
+        if ref is not None or not wait:
+            return ref
+        self._await(lambda t: is_reference(t, confirm, seed), "the single-task reference: Delta-m is undefined")
+        return single_metrics(self.study, confirm, seed)[0]
+
+    def warm_start(self) -> WarmStart:
+        """The trained single-task nets every warm-started trial begins from (downloaded once per
+        worker from the artefact store, so workers on other machines get them too)."""
+        if self._warm is None:
+            from optuna.artifacts import download_artifact
+
+            from .stitch import load
+
+            done = self._await(lambda t: is_baseline(t) == WARMSTART, "the warm start (single-task nets)")
+            with tempfile.TemporaryDirectory() as d:
+                path = Path(d) / "warmstart.pt"
+                download_artifact(
+                    artifact_store=self.store, file_path=str(path), artifact_id=done.user_attrs["model_artifact"]
+                )
+                self._warm = WarmStart.of(load(path, trust=True))  # written by a worker of this study
+        return self._warm
+
+    def _what(self, trial: optuna.Trial) -> tuple[StitchPlan, dict[str, float] | None, float | None, str]:
+        """(plan, loss weights, base lr, column start) of a trial of any kind."""
+        attrs = trial.user_attrs
+        baseline, confirm = attrs.get("baseline"), attrs.get("confirm")
+        if baseline == WARMSTART:
+            return self.exp.baseline_plan("single"), None, None, "scratch"
+        if baseline is not None:
+            return self.exp.baseline_plan(baseline), None, None, self.space.baseline_init
+        if confirm is not None:
+            if "source" not in attrs:
+                return self.exp.baseline_plan(confirm), None, None, self.space.baseline_init
+            src = self.study.get_trials(deepcopy=False)[attrs["source"]].user_attrs
+            return (
+                StitchPlan.from_dict(src["plan"]),
+                src.get("loss_weights"),
+                src.get("base_lr"),
+                src.get("column_init", self.space.baseline_init),
+            )
+        s = self.space.sample(trial, self.exp.points(self.space.points), len(self.recipe.tasks))
+        return s.plan, s.loss_weights or None, s.base_lr, s.column_init
+
+    def __call__(self, trial: optuna.Trial) -> list[float]:
+        self.check_dependencies(trial)
+        if self.before_trial is not None:
+            self.before_trial(trial)
+        baseline, confirm = trial.user_attrs.get("baseline"), trial.user_attrs.get("confirm")
+        seed = int(trial.user_attrs.get("seed", self.settings.seed))
+        cfg = self.recipe.train_config(seed=seed)
+        plan, weights, base_lr, column_init = self._what(trial)
+        if base_lr is not None:
+            cfg.base_lr = base_lr
+        start = None
+        if column_init == "single":
+            start = self.warm_start()
+            cfg.steps = self.space.finetune(cfg.steps)
+            cfg.base_lr *= self.space.finetune_lr_mult
+        # only the last evaluation is read for the warm start and the confirmation; the search
+        # evaluates at the pruner's rungs (or where the recipe's train.eval_steps says)
+        if baseline == WARMSTART or confirm is not None:
+            cfg.eval_steps = []
+        elif self.rungs is not None:
+            cfg.eval_steps = self.rungs
+        trial.set_user_attr("plan", _jsonable(plan.to_dict()))
+        trial.set_user_attr("column_init", column_init)
+        if weights:
+            trial.set_user_attr("loss_weights", weights)
+        if base_lr is not None:
+            trial.set_user_attr("base_lr", base_lr)
+        prune = not self.settings.multi_objective and baseline is None and confirm is None
+        measured = "delta_m" in self.settings.objectives and baseline != WARMSTART
+
+        def report(step: int, metrics: dict[str, dict[str, float]]) -> None:
+            trial.set_user_attr("step", step)
+            if self.settings.multi_objective or not measured or confirm is not None:
+                return
+            ref = {"metrics": metrics, "evals": []} if baseline == "single" else self.single(wait=False)
+            if ref is None:
+                return
+            trial.report(self.exp.delta_m(metrics, _reference(ref, step)), step)
+            # only sampled plans compete at the rungs: a warm-started plan starts below the
+            # single-task nets it came from, so with the baselines as the bar at 4 steps every
+            # plan was stopped and the confirmation had no searched plan to check
+            if prune and step < cfg.steps and trial.should_prune():  # a finished plan is never "pruned"
+                raise optuna.TrialPruned(f"pruned at step {step}")
+
+        result = self.exp.train(
+            plan,
+            cfg=cfg,
+            loss_weights=weights,
+            device=self.device,
+            callback=report,
+            progress=self.progress,
+            start=start,
+        )
+        params = sum(p.numel() for p in result.net.parameters())
+        trial.set_user_attr("metrics", result.metrics)
+        trial.set_user_attr("evals", result.history["evals"])
+        trial.set_user_attr("params", params)
+        trial.set_user_attr("steps", result.step)
+        self._save_artifacts(trial, result.net)
+        values = [MEASURES[o](self, trial, result, params) for o in self.settings.objectives]
+        del result
+        return values
+
+    def _delta_m(self, trial: optuna.Trial, result: Any, params: int) -> float:
+        attrs = trial.user_attrs
+        baseline, confirm = attrs.get("baseline"), attrs.get("confirm")
+        if baseline == WARMSTART:  # the others' start, not a competitor: no Delta-m, ranked nowhere
+            return 0.0
+        own = (baseline == "single") or (confirm == "single")
+        seed = int(attrs.get("seed", self.settings.seed))
+        ref = {"metrics": result.metrics} if own else self.single(True, confirm is not None, seed)
+        assert ref is not None
+        dm = self.exp.delta_m(result.metrics, ref["metrics"])
+        trial.set_user_attr("delta_m", dm)
+        return dm
+
+    def _params(self, trial: optuna.Trial, result: Any, params: int) -> float:
+        return float(params)
+
+    def _latency(self, trial: optuna.Trial, result: Any, params: int) -> float:
+        ms = _latency_ms(result.net, self.exp.input_size, next(result.net.parameters()).device)
+        trial.set_user_attr("latency_ms", ms)
+        return ms
+
+    def _keeps_net(self, trial: optuna.Trial) -> bool:
+        """Nets kept (~90 MB each for two resnet18 columns): the warm start (every worker's start),
+        the first confirmation seed of each baseline and confirmed plan (what ``best`` exports),
+        or the search's baselines when there is no confirmation; ``keep_nets: all`` keeps all."""
+        attrs = trial.user_attrs
+        if self.settings.keep_nets == "all" or attrs.get("baseline") == WARMSTART or attrs.get("keep_net"):
+            return True
+        return "baseline" in attrs and self.settings.confirm_seeds == 0
+
+    def _save_artifacts(self, trial: optuna.Trial, net: Any) -> None:
+        from optuna.artifacts import upload_artifact
+
+        from .stitch import save
+
+        with tempfile.TemporaryDirectory() as d:
+            if self._keeps_net(trial):
+                model = Path(d) / f"trial-{trial.number}.pt"
+                save(net.cpu(), model)
+                trial.set_user_attr(
+                    "model_artifact",
+                    upload_artifact(
+                        artifact_store=self.store,
+                        file_path=str(model),
+                        study_or_trial=trial,
+                        mimetype="application/octet-stream",
+                    ),
+                )
+            if net.fusion_units():  # a few kB: kept for every trial (the report draws them)
+                fw = Path(d) / f"trial-{trial.number}-fusion.json"
+                fw.write_text(json.dumps(fusion_weights(net)))
+                trial.set_user_attr(
+                    "fusion_artifact",
+                    upload_artifact(artifact_store=self.store, file_path=str(fw), study_or_trial=trial),
+                )
+
+
+# objective name (``study.OBJECTIVES``) -> how a trained trial measures it
+MEASURES: dict[str, Callable[[Objective, optuna.Trial, Any, int], float]] = {
+    "delta_m": Objective._delta_m,
+    "params": Objective._params,
+    "latency": Objective._latency,
+}
+
+
+def _jsonable(d: Any) -> Any:
+    return json.loads(json.dumps(d, default=list))

@@ -1,0 +1,166 @@
+"""The work queue inside a study: which trial a worker takes next, how it takes it, and how it
+shows it is alive.
+
+Each piece mirrors an Optuna function that works for ``study.optimize`` but not for workers that
+only pop queued trials: ``_pop`` is ``Study._pop_waiting_trial_id`` (in our order, under the
+storage's lock), ``_Heartbeat`` is ``optuna.storages._heartbeat.get_heartbeat_thread``,
+``reap_stale`` is ``optuna.storages.fail_stale_trials``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from .experiment import WARMSTART
+from .storage import HEARTBEAT_INTERVAL, study_lock
+
+__all__ = [
+    "is_baseline",
+    "is_reference",
+    "single_metrics",
+    "storage_url",
+    "reap_stale",
+    "heartbeat_interval",
+]
+
+
+def is_baseline(t: optuna.trial.FrozenTrial) -> str | None:
+    return t.user_attrs.get("baseline")
+
+
+def is_reference(t: optuna.trial.FrozenTrial, confirm: bool, seed: int | None) -> bool:
+    """The single-task run that Delta-m of a trial is measured against: the ``single`` baseline in
+    the search, the confirmation's ``single`` with the same seed in the confirmation."""
+    if confirm:
+        return t.user_attrs.get("confirm") == "single" and t.user_attrs.get("seed") == seed
+    return t.user_attrs.get("baseline") == "single"
+
+
+def _find(study: optuna.Study, match: Callable[[Any], bool]) -> tuple[Any, bool]:
+    """The complete trial that ``match`` picks, and whether one may still come (queued or running)."""
+    pending = False
+    for t in study.get_trials(deepcopy=False):
+        if match(t):
+            if t.state == TrialState.COMPLETE:
+                return t, False
+            if t.state in (TrialState.RUNNING, TrialState.WAITING):
+                pending = True
+    return None, pending
+
+
+def single_metrics(
+    study: optuna.Study, confirm: bool = False, seed: int | None = None
+) -> tuple[dict[str, Any] | None, bool]:
+    """The single-task reference's final metrics and its evaluations, and whether it may still come."""
+    t, pending = _find(study, lambda t: is_reference(t, confirm, seed))
+    if t is None:
+        return None, pending
+    return {"metrics": t.user_attrs["metrics"], "evals": t.user_attrs.get("evals", [])}, False
+
+
+def _rank(t: optuna.trial.FrozenTrial) -> int:
+    """Queue order: the warm start that all others begin from, the single-task reference, the
+    other baselines, sampled slots, then each seed's confirmation reference before its plans."""
+    b, c = t.user_attrs.get("baseline"), t.user_attrs.get("confirm")
+    if b is not None:
+        return 0 if b == WARMSTART else 1 if b == "single" else 2
+    if c is not None:
+        return 4 if c == "single" else 5
+    return 3
+
+
+class _Heartbeat:
+    """Records the trial's heartbeat in the storage while it runs (Optuna's own thread is tied to
+    ``study.optimize``, which creates trials; our workers only pop queued ones)."""
+
+    def __init__(self, storage: Any, trial_id: int) -> None:
+        self.storage, self.trial_id = storage, trial_id
+        self.stop = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def __enter__(self) -> _Heartbeat:
+        if heartbeat_interval(self.storage):
+            self.storage.record_heartbeat(self.trial_id)
+            self.thread = threading.Thread(target=self._run, daemon=True)
+            self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self.stop.wait(heartbeat_interval(self.storage) or HEARTBEAT_INTERVAL):
+            try:
+                self.storage.record_heartbeat(self.trial_id)
+            except Exception:  # a missed beat is retried on the next tick
+                pass
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join()
+
+
+def _pop(study: optuna.Study, match: Callable[[Any], bool] | None = None) -> optuna.Trial | None:
+    """Take one WAITING trial (atomically: a trial another worker took is skipped) in ``_rank``
+    order; with ``match``, only a trial it picks."""
+    storage = study._storage
+    with _queue_lock(storage):
+        waiting = storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,))
+        waiting = sorted(waiting, key=lambda t: (_rank(t), t.number))
+        if match is not None:
+            waiting = [t for t in waiting if match(t)]
+        for t in waiting:
+            try:
+                if storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
+                    return optuna.Trial(study, t._trial_id)
+            except RuntimeError:  # finished meanwhile
+                continue
+    return None
+
+
+def storage_url(storage: Any) -> str | None:
+    """The URL (or ``journal:PATH``) of an opened storage, behind Optuna's cache, for ``study_lock``."""
+    backend = getattr(storage, "_backend", storage)
+    engine = getattr(backend, "engine", None)
+    if engine is not None:
+        return engine.url.render_as_string(hide_password=False)
+    path = getattr(getattr(backend, "_backend", None), "_file_path", None)
+    return f"journal:{path}" if path else None
+
+
+@contextlib.contextmanager
+def _queue_lock(storage: Any) -> Iterator[None]:
+    """One read-and-claim at a time among the processes sharing a storage. SQLite has no row
+    locks (``SELECT ... FOR UPDATE`` is ignored), so two workers could both see a trial WAITING
+    and both take it, or one fail with "database is locked" on a stale snapshot (seen under load
+    with two workers); re-queueing a failed trial is check-then-act on every storage."""
+    url = storage_url(storage)
+    if url is None:
+        yield
+        return
+    with study_lock(url):
+        yield
+
+
+def reap_stale(study: optuna.Study) -> None:
+    """Fail trials whose worker stopped beating; Optuna's retry callback queues a copy of each."""
+    if heartbeat_interval(study._storage):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+
+
+def _stale_possible(study: optuna.Study) -> bool:
+    """Whether some RUNNING trial could still turn out to be a dead worker's (heartbeats on)."""
+    return heartbeat_interval(study._storage) is not None
+
+
+def heartbeat_interval(storage: Any) -> int | None:
+    """The storage's heartbeat interval (RDB storages, also behind Optuna's cache), or None."""
+    get = getattr(storage, "get_heartbeat_interval", None)
+    return get() if get is not None else None

@@ -1,0 +1,276 @@
+"""The study: its settings, sampler and pruner, the queue of baselines and slots, and the grid.
+
+``prepare_study`` creates (or resumes) a study and queues the baselines and one empty slot per
+requested trial under the storage's lock, so two ``run`` commands at once queue one set; the
+sampler fills an empty slot when a worker takes it. Grid studies queue every point with its
+values fixed. ``load_study`` is what a worker on another machine needs: the study with the
+recipe and settings stored in it.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from .confirm import confirm_seeds, queue_confirmation
+from .errors import FusionSearchError
+from .experiment import BASELINES, WARMSTART, Experiment
+from .queueing import _queue_lock
+from .recipe import Recipe
+from .recovery import requeue_failed
+from .space import SearchSpace
+from .storage import DEFAULT_STORAGE, check_url, open_storage, redact, study_lock
+
+__all__ = [
+    "StudySettings",
+    "OBJECTIVES",
+    "METRIC_NAMES",
+    "PRUNERS",
+    "KEEP_NETS",
+    "make_sampler",
+    "make_pruner",
+    "trial_steps",
+    "rungs",
+    "prepare_study",
+    "prepare_confirmation",
+    "grid_points",
+    "load_study",
+]
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+# objective name -> maximise?
+OBJECTIVES = {"delta_m": True, "params": False, "latency": False}
+
+
+METRIC_NAMES = {"delta_m": "Delta-m (%)", "params": "parameters", "latency": "latency (ms)"}
+
+
+PRUNERS = ("successive_halving", "hyperband", "median", "none")
+
+
+KEEP_NETS = ("confirmed", "all")
+
+
+@dataclass
+class StudySettings:
+    """How the study runs; stored with the study so that workers on other machines agree."""
+
+    study: str = "fusionsearch"
+    storage: str = DEFAULT_STORAGE
+    trials: int = 8
+    timeout: float | None = None
+    sampler: str = "tpe"
+    pruner: str = "hyperband"
+    objectives: list[str] = field(default_factory=lambda: ["delta_m"])
+    baselines: list[str] = field(default_factory=lambda: list(BASELINES))
+    artifacts: str | None = None
+    seed: int = 0
+    confirm_top: int = 2  # searched plans confirmed over seeds after the search
+    confirm_seeds: int = 3  # fresh seeds of the confirmation (0: no confirmation)
+    keep_nets: str = "confirmed"  # trained nets kept: baselines and confirmed plans, or "all"
+
+    def __post_init__(self) -> None:
+        bad = [o for o in self.objectives if o not in OBJECTIVES]
+        if bad:
+            raise FusionSearchError(f"unknown objective(s) {bad}; choose from {', '.join(OBJECTIVES)}")
+        if "delta_m" in self.objectives and "single" not in self.baselines:
+            raise FusionSearchError("the delta_m objective needs the 'single' baseline")
+        if self.sampler not in ("tpe", "nsga2", "random", "grid"):
+            raise FusionSearchError(f"unknown sampler {self.sampler!r}: tpe, nsga2, random or grid")
+        if self.pruner not in PRUNERS:
+            raise FusionSearchError(f"unknown pruner {self.pruner!r}: {', '.join(PRUNERS)}")
+        if self.trials < 0:
+            raise FusionSearchError(f"trials must be >= 0, got {self.trials}")
+        if self.confirm_top < 0 or self.confirm_seeds < 0:
+            raise FusionSearchError("confirm top and seeds must be >= 0")
+        if self.keep_nets not in KEEP_NETS:
+            raise FusionSearchError(f"unknown keep_nets {self.keep_nets!r}: {', '.join(KEEP_NETS)}")
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    def directions(self) -> list[str]:
+        return ["maximize" if OBJECTIVES[o] else "minimize" for o in self.objectives]
+
+
+def make_sampler(settings: StudySettings, recipe: Recipe, worker_seed: int = 0) -> optuna.samplers.BaseSampler:
+    seed = settings.seed * 1000 + worker_seed
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if settings.sampler == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        if settings.sampler == "grid":  # every trial's values are queued with it (see grid_points)
+            return optuna.samplers.RandomSampler(seed=seed)
+        if settings.sampler == "nsga2" or (settings.multi_objective and settings.sampler != "tpe"):
+            return optuna.samplers.NSGAIISampler(seed=seed)
+        startup = max(3, min(10, settings.trials // 3))
+        return optuna.samplers.TPESampler(
+            seed=seed, n_startup_trials=startup, multivariate=True, group=True, constant_liar=True
+        )
+
+
+REDUCTION = 3  # successive halving and Hyperband keep the best third at each rung
+
+
+def trial_steps(recipe: Recipe) -> int:
+    """Training steps of a searched trial: ``finetune_steps`` when it starts from the trained
+    single-task nets, the full ``train.steps`` from scratch."""
+    space = SearchSpace.from_dict(recipe.search)
+    steps = recipe.train_config().steps
+    return space.finetune(steps) if space.baseline_init == "single" else steps
+
+
+def rungs(recipe: Recipe, settings: StudySettings) -> list[int] | None:
+    """Where searched trials are evaluated: the pruner's rungs (``eval_every`` x 3^k below the
+    trial's budget) for successive halving and Hyperband, so no evaluation is spent where no
+    decision reads it; None (every ``eval_every`` steps) otherwise."""
+    if settings.pruner not in ("successive_halving", "hyperband") or settings.multi_objective:
+        return None
+    first, last = recipe.train_config().eval_every, trial_steps(recipe)
+    out = []
+    while first < last:
+        out.append(first)
+        first *= REDUCTION
+    return out
+
+
+def make_pruner(settings: StudySettings, recipe: Recipe) -> optuna.pruners.BasePruner:
+    if settings.multi_objective or settings.pruner == "none":
+        return optuna.pruners.NopPruner()
+    cfg = recipe.train_config()
+    if settings.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=cfg.eval_every)
+    if settings.pruner == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=cfg.eval_every, reduction_factor=REDUCTION)
+    return optuna.pruners.HyperbandPruner(
+        min_resource=cfg.eval_every, max_resource=trial_steps(recipe), reduction_factor=REDUCTION
+    )
+
+
+def prepare_study(recipe: Recipe, settings: StudySettings) -> optuna.Study:
+    """Create (or resume) the study, store its recipe and settings, queue the baselines and trial
+    slots that are not there yet, and queue again the trials an accident failed (``recovery``).
+
+    Safe to call from several processes at once (two ``run`` commands on one new database): the
+    whole read-then-write runs under the storage's lock, so the second finds the first's slots
+    and adds none; each slot is identified by its fixed ``slot`` number."""
+    check_url(settings.storage)
+    with study_lock(settings.storage):
+        return _prepare(recipe, settings)
+
+
+def _prepare(recipe: Recipe, settings: StudySettings) -> optuna.Study:
+    storage = open_storage(settings.storage)
+    study = optuna.create_study(
+        study_name=settings.study,
+        storage=storage,
+        load_if_exists=True,
+        directions=settings.directions(),
+        sampler=make_sampler(settings, recipe),
+        pruner=make_pruner(settings, recipe),
+    )
+    old = study.user_attrs.get("recipe")
+    if old is not None:
+        mine = recipe.to_dict()
+        changed = [
+            k
+            for k in ("backbone", "tasks", "data", "backbone_args", "train", "search", "delta_m")
+            if old.get(k, {} if k == "delta_m" else None) != mine.get(k)
+        ]
+        if changed:
+            raise FusionSearchError(
+                f"study {settings.study!r} in {redact(settings.storage)} was made with a different recipe"
+                f" ({', '.join(changed)} differ): choose another --study name"
+            )
+        if study.user_attrs.get("settings", {}).get("objectives") != settings.objectives:
+            raise FusionSearchError(f"study {settings.study!r} has other objectives: choose another --study name")
+    study.set_user_attr("recipe", recipe.to_dict())
+    study.set_user_attr("settings", {**asdict(settings), "storage": redact(settings.storage)})
+    study.set_metric_names([METRIC_NAMES[o] for o in settings.objectives])
+    study.set_user_attr("delta_m_convention", recipe.gain.describe())
+    warm = [WARMSTART] if SearchSpace.from_dict(recipe.search).warm else []
+    for name in [*warm, *settings.baselines]:
+        study.enqueue_trial({"baseline": name}, user_attrs={"baseline": name}, skip_if_exists=True)
+    if settings.sampler == "grid":
+        for i, point in enumerate(grid_points(recipe)):
+            study.enqueue_trial(point, user_attrs={"slot": i}, skip_if_exists=True)
+        requeue_failed(study)
+        return study
+    for i in range(settings.trials):
+        study.enqueue_trial({"slot": i}, user_attrs={"slot": i}, skip_if_exists=True)
+    requeue_failed(study)
+    return study
+
+
+def prepare_confirmation(study: optuna.Study, settings: StudySettings) -> tuple[int, str | None]:
+    """Queue the confirmation once the search has finished; returns (trials added, why not).
+
+    Safe from several processes (it runs under the storage's lock). While searched trials are
+    still queued or running the winners are not known yet, so nothing is queued and the reason
+    says so."""
+    if settings.confirm_seeds == 0:
+        return 0, "confirmation is off (--confirm 0)"
+    if "delta_m" not in settings.objectives:
+        return 0, "confirmation compares Delta-m, which this study does not measure"
+    left = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))
+        if "confirm" not in t.user_attrs
+    ]
+    if left:
+        return 0, f"the search has {len(left)} trials left: confirmation waits for them"
+    seeds = confirm_seeds(settings.seed, settings.confirm_seeds)
+    with _queue_lock(study._storage):  # two commands finishing together queue it once
+        return queue_confirmation(study, settings.baselines, settings.confirm_top, seeds), None
+
+
+def grid_points(recipe: Recipe) -> list[dict[str, Any]]:
+    """Every combination of the recipe's choice lists, in a fixed order. A grid study queues each
+    with all its values fixed, so N workers run each point exactly once (Optuna's GridSampler
+    picks points at random and may repeat one under parallel workers)."""
+    import itertools
+
+    space = SearchSpace.from_dict(recipe.search)
+    points = Experiment(recipe).points(space.points)
+    grid = space.grid(points)
+    names = list(grid)
+    out: list[dict[str, Any]] = []
+    for values in itertools.product(*(grid[n] for n in names)):
+        point = space.effective(dict(zip(names, values)), points)
+        if point not in out:  # choices define-by-run never reads make no new trial
+            out.append(point)
+    return out
+
+
+def load_study(name: str, storage: str = DEFAULT_STORAGE) -> tuple[optuna.Study, Recipe, StudySettings]:
+    """An existing study with its recipe and settings (what a worker on another machine needs)."""
+    st = open_storage(storage, create=False)
+    names = [s.study_name for s in optuna.get_all_study_summaries(st)]
+    if name not in names:
+        raise FusionSearchError(f"no study {name!r} in {redact(storage)}; studies there: {', '.join(names) or 'none'}")
+    study = optuna.load_study(study_name=name, storage=st)
+    recipe_d = study.user_attrs.get("recipe")
+    if recipe_d is None:
+        raise FusionSearchError(f"study {name!r} was not made by fusionsearch (no recipe stored)")
+    s = dict(study.user_attrs.get("settings", {}))
+    s["storage"] = storage
+    settings = StudySettings(**s)
+    recipe = Recipe.from_dict(recipe_d)
+    return (
+        optuna.load_study(
+            study_name=name,
+            storage=st,
+            sampler=make_sampler(settings, recipe, os.getpid()),
+            pruner=make_pruner(settings, recipe),
+        ),
+        recipe,
+        settings,
+    )

@@ -1,0 +1,138 @@
+"""The worker process: take queued trials one by one until none is left, with heartbeats,
+failures recorded with their kind (``recovery``), and Ctrl-C or SIGTERM handled as interruptions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from .errors import DependencyError
+from .objective import Objective, _free_memory, failure_reason
+from .queueing import _Heartbeat, _pop, _queue_lock, _stale_possible, reap_stale
+from .recovery import INTERRUPTED, PLAN, failure_kind, requeue_failed, retry
+from .storage import DEFAULT_STORAGE
+from .study import load_study
+
+__all__ = [
+    "run_worker",
+    "trial_label",
+]
+
+
+def run_worker(
+    study_name: str,
+    storage: str = DEFAULT_STORAGE,
+    *,
+    device: str = "auto",
+    timeout: float | None = None,
+    max_trials: int | None = None,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+    before_trial: Callable[[optuna.Trial], None] | None = None,
+    artifacts: str | None = None,
+) -> int:
+    """Run queued trials of a study until none are left (or ``timeout`` / ``max_trials``); returns
+    how many this worker ran. Failures (out of memory, NaN loss, a bad plan) fail that trial with
+    its reason and the worker goes on."""
+    study, recipe, settings = load_study(study_name, storage)
+    timeout = settings.timeout if timeout is None else timeout
+    if artifacts is not None:
+        settings.artifacts = artifacts
+    objective = Objective(study, recipe, settings, device, progress, before_trial)
+    log = log or (lambda s: None)
+
+    def execute(trial: optuna.Trial) -> None:
+        label = trial_label(trial)
+        log(f"{label}: started on {device}")
+        with _Heartbeat(study._storage, trial._trial_id):
+            try:
+                values = objective(trial)
+            except optuna.TrialPruned as e:
+                study.tell(trial, state=TrialState.PRUNED)
+                log(f"{label}: {e}")
+                return
+            except (KeyboardInterrupt, SystemExit, DependencyError) as e:
+                # no verdict on the plan: queue it again now, then stop this worker
+                kind = failure_kind(e)
+                reason = "interrupted (queued again)" if kind == INTERRUPTED else f"{e} (queued again)"
+                _fail(study, trial, reason, kind, requeue=True)
+                raise
+            except Exception as e:
+                reason, kind = failure_reason(e), failure_kind(e)
+                _fail(study, trial, reason, kind)
+                again = "" if kind == PLAN else " (an accident, not the plan's: the next run queues it again)"
+                log(f"{label}: failed: {reason}{again}")
+                _free_memory()
+                return
+        study.tell(trial, values if len(values) > 1 else values[0])
+        log(f"{label}: done, " + ", ".join(f"{o}={v:.4g}" for o, v in zip(settings.objectives, values)))
+        _free_memory()
+
+    objective.execute = execute
+    requeue_failed(study)  # what an accident failed last time comes back before anything else runs
+    start, ran = time.monotonic(), 0
+    with _terminate_as_interrupt():
+        while max_trials is None or ran < max_trials:
+            if timeout is not None and time.monotonic() - start > timeout:
+                log("timeout reached")
+                break
+            reap_stale(study)
+            why = objective.blocked()
+            if why is not None:
+                raise DependencyError(why)
+            trial = _pop(study)
+            if trial is None:
+                if any(t.state == TrialState.RUNNING for t in study.get_trials(deepcopy=False)) and _stale_possible(
+                    study
+                ):
+                    time.sleep(1.0)  # a dead worker's trial may come back to the queue
+                    continue
+                break
+            ran += 1
+            execute(trial)
+    return ran
+
+
+def _fail(study: optuna.Study, trial: optuna.Trial, reason: str, kind: str, requeue: bool = False) -> None:
+    """Fail ``trial`` with its reason and kind (``recovery``); with ``requeue``, queue its copy now."""
+    trial.set_user_attr("fail_reason", reason)
+    trial.set_user_attr("fail_kind", kind)
+    frozen = study.tell(trial, state=TrialState.FAIL)
+    if requeue:
+        with _queue_lock(study._storage):
+            retry(study, frozen)
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``, a scheduler's stop, ``run`` stopping its workers) is handled as Ctrl-C:
+    the running trial is failed as interrupted and queued again instead of left RUNNING."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    old = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def trial_label(t: Any) -> str:
+    """``warmstart``, ``single``, ``trial 7`` or ``confirm trial 7 (seed 1002)`` for log lines."""
+    a = t.user_attrs
+    if a.get("confirm") is not None:
+        return f"confirm {a['confirm']} (seed {a['seed']})"
+    return a.get("baseline") or f"trial {t.number}"
