@@ -7,7 +7,7 @@ bookkeeping.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,6 +80,15 @@ def concrete_defaults(fn: Any) -> dict[str, Any]:
     }
 
 
+def _swapper(ph: fx.Node, value: Any) -> Callable[[fx.Node], Any]:
+    """A ``map_arg`` function that replaces the placeholder ``ph`` by ``value``."""
+
+    def swap(a: fx.Node) -> Any:
+        return value if a is ph else a
+
+    return swap
+
+
 def inline_constant_placeholders(gm: fx.GraphModule) -> None:
     """Replace the placeholders of concrete arguments by their values, keeping one graph input."""
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
@@ -89,8 +98,9 @@ def inline_constant_placeholders(gm: fx.GraphModule) -> None:
             if user.op == "call_function" and getattr(user.target, "__name__", "") == "_assert_is_none":
                 gm.graph.erase_node(user)
                 continue
-            user.args = fx.node.map_arg(user.args, lambda a, ph=ph, v=value: v if a is ph else a)
-            user.kwargs = fx.node.map_arg(user.kwargs, lambda a, ph=ph, v=value: v if a is ph else a)
+            swap = _swapper(ph, value)
+            user.args = fx.node.map_arg(user.args, swap)
+            user.kwargs = fx.node.map_arg(user.kwargs, swap)
         gm.graph.erase_node(ph)
     gm.graph.lint()
     gm.recompile()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import os
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -35,7 +36,7 @@ def create_backbone(
     *,
     pretrained: bool = False,
     checkpoint: str | os.PathLike[str] | None = None,
-    **kwargs: object,
+    **kwargs: Any,
 ) -> nn.Module:
     """Create a timm model by name, without downloading anything unless ``pretrained=True``.
 

@@ -16,7 +16,6 @@ import traceback
 import warnings
 from typing import Any
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -35,14 +34,17 @@ def _one_line(e: BaseException) -> str:
     return text or type(e).__name__
 
 
+def _is_cli_control(e: BaseException) -> bool:
+    """typer's and click's own exceptions (typer >= 0.2x vendors click as ``typer._click``)."""
+    return type(e).__module__.split(".")[0] in ("typer", "click")
+
+
 class _Commands(TyperGroup):
     """The one place where exceptions become exit codes (see the module docstring)."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
-            raise
         except KeyboardInterrupt:
             err_console.print(
                 "interrupted: the running trial is queued again; run the same command to resume", highlight=False
@@ -54,6 +56,15 @@ class _Commands(TyperGroup):
             err_console.print(f"[bold red]error:[/] {escape(_one_line(e))}", highlight=False)
             raise typer.Exit(2) from None
         except Exception as e:
+            if _is_cli_control(e):  # --help, --version, a usage error: typer prints those itself
+                raise
+            from .recovery import interrupted
+
+            if interrupted(e):  # Ctrl-C that landed inside a database commit
+                err_console.print(
+                    "interrupted: the running trial is queued again; run the same command to resume", highlight=False
+                )
+                raise typer.Exit(130) from None
             if _debug["on"]:
                 traceback.print_exc()
             hint = "" if _debug["on"] else " (--debug or FUSIONSEARCH_DEBUG=1 shows the traceback)"
@@ -74,19 +85,24 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        console.print(f"fusionsearch {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", help="print the version and exit", is_eager=True),
+    version: bool = typer.Option(
+        False, "--version", help="print the version and exit", is_eager=True, callback=_print_version
+    ),
     debug: bool = typer.Option(False, "--debug", help="print the traceback of an unexpected error"),
 ) -> None:
     """Architecture search for multi-task networks over timm backbones."""
     if debug:
         _debug["on"] = True
-    if version:
-        from . import __version__
-
-        console.print(f"fusionsearch {__version__}")
-        raise typer.Exit()
 
 
 def parse_size(text: str | None) -> tuple[int, int, int] | None:
@@ -100,7 +116,7 @@ def parse_size(text: str | None) -> tuple[int, int, int] | None:
         raise ArgumentError(f"--input-size: expected C,H,W such as 3,224,224, got {text!r}")
     if min(parts) < 1:
         raise ArgumentError(f"--input-size: every dimension must be >= 1, got {text!r}")
-    return parts  # type: ignore[return-value]
+    return parts
 
 
 def _fmt_params(n: int) -> str:
@@ -427,7 +443,7 @@ def run_study(
     from .search import run_worker
     from .storage import artifact_dir
 
-    say = lambda m: console.print(m, highlight=False)  # noqa: E731
+    say = lambda m: console.print(m, highlight=False)
     if workers <= 1:
         run_worker(settings.study, settings.storage, device=_devices(devices, 1)[0], progress=not quiet, log=say)
     else:
@@ -759,6 +775,7 @@ def best(
     st, _, _ = load_study(study, url)
     conf = summarize(st)
     top = conf.best
+    chosen: Any
     if top is not None and top.net_trial is not None:
         chosen = st.trials[top.net_trial]
         what = f"{top.label}, confirmed Delta-m {top.interval} over seeds ({conf.verdict()})"

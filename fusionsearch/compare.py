@@ -206,7 +206,7 @@ def build_comparison(study: optuna.Study, recipe: Recipe) -> Comparison:
         if p is None:
             continue
         r["interval"] = p.interval
-        r["confirmed"] = f"{p.interval} ({p.interval.n} seeds)"
+        r["confirmed"] = f"{p.interval} ({p.interval.n if p.interval else 0} seeds)"
         r["beats"] = "reference" if p.label == conf.best_baseline else "yes" if p.test and p.test.beats else "no"
     title = recipe.paper.get("table") or f"{recipe.name}: {recipe.backbone}, {', '.join(recipe.tasks)}"
     return Comparison(str(title), _columns(recipe, exp), rows, recipe.gain.describe())

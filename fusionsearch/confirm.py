@@ -219,7 +219,7 @@ class Confirmation:
         if winners:
             w = max(winners, key=lambda p: p.test.diff.mean if p.test else 0.0)
             return (
-                f"{w.label} beats the {base} baseline by {w.test}"  # type: ignore[union-attr]
+                f"{w.label} beats the {base} baseline by {w.test}"
                 f" (paired over {w.test.diff.n} seeds, 95% interval above 0)"  # type: ignore[union-attr]
             )
         top = max(searched, key=lambda p: p.mean)

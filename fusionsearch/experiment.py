@@ -301,7 +301,8 @@ def column_weights_of(net: StitchedNet) -> list[dict[str, torch.Tensor]]:
     out = []
     for t in range(len(net.tasks)):
         sd: dict[str, torch.Tensor] = {}
-        for seg in [*net.shared, *net.columns[t]]:
+        segments: list[Any] = [*net.shared, *net.columns[t]]
+        for seg in segments:
             for graph in (seg.eval_graph, seg.train_graph):
                 if graph is not None:
                     sd.update({k: v.detach().clone() for k, v in graph.state_dict().items()})

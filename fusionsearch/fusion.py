@@ -16,7 +16,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from itertools import combinations
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -68,7 +68,7 @@ def from_channels_first(x: Tensor, layout: str) -> Tensor:
     return x
 
 
-def _tagged(params: Sequence[nn.Parameter], lr_mult: float, weight_decay: float | None, tag: str) -> dict:
+def _tagged(params: Sequence[Tensor], lr_mult: float, weight_decay: float | None, tag: str) -> dict:
     return {
         "params": [p for p in params if p.requires_grad],
         "lr_mult": lr_mult,
@@ -617,5 +617,5 @@ class SluiceHeadMix(nn.Module):
         size = tuple(cf[-1].shape[2:])
         y = cf[-1] * self.beta[-1]
         for b, proj, f in zip(self.beta[:-1], self.projs, cf[:-1]):
-            y = y + b * _project(_resize_to(f, self.layout, size), proj.weight[:, :, 0, 0])
+            y = y + b * _project(_resize_to(f, self.layout, size), cast(nn.Conv2d, proj).weight[:, :, 0, 0])
         return from_channels_first(y, self.layout)

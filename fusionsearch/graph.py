@@ -150,7 +150,7 @@ class BackboneGraph:
             key=lambda c: c.index,
         )
         assert self._eval_index is not None
-        eval_parts = self._eval_index.split([self._eval_index.node(c.node) for c in cps])
+        eval_parts = self._eval_index.split([_known(self._eval_index.node(c.node)) for c in cps])
         train_parts: list[Any] = [None] * len(eval_parts)
         if self._train_index is not None:
             nodes = [self._train_index.counterpart.get(c.node) for c in cps]
@@ -160,7 +160,7 @@ class BackboneGraph:
                     f"{', '.join(bad)} of {self.name} can be cut in eval mode but not in train mode"
                     " (its Python code branches on self.training): choose other cut points."
                 )
-            train_parts = [gm for gm, _, _ in self._train_index.split(nodes)]
+            train_parts = [gm for gm, _, _ in self._train_index.split([_known(n) for n in nodes])]
         names = [c.name for c in cps]
         segments = []
         for i, ((gm, side_in, side_out), train_gm) in enumerate(zip(eval_parts, train_parts)):
@@ -237,13 +237,13 @@ def trace(
         model.eval()
         gm, tracer = _trace_mode(model, name, func, leaf)
         model.train()
-        train_gm, _ = _trace_mode(model, name, func, leaf)
+        train_traced, _ = _trace_mode(model, name, func, leaf)
     finally:
         model.train(was_training)
-    if [_signature(n) for n in train_gm.graph.nodes] == [_signature(n) for n in gm.graph.nodes]:
-        train_gm = None
+    same = [_signature(n) for n in train_traced.graph.nodes] == [_signature(n) for n in gm.graph.nodes]
+    train_gm: fx.GraphModule | None = None if same else train_traced
 
-    x = example_input(size)  # type: ignore[arg-type]
+    x = example_input(size)
     model_mode = model.training
     model.eval()
     try:
@@ -339,6 +339,12 @@ def _run_graph(gm: fx.GraphModule, x: torch.Tensor, name: str) -> tuple[dict[fx.
             " itself runs at this size, a Python branch was baked in at trace time: mark the module holding it"
             " as a leaf (--leaf); otherwise give an input size the model accepts."
         ) from e
+
+
+def _known(node: fx.Node | None) -> fx.Node:
+    """A node the index has (cut points were resolved against it)."""
+    assert node is not None
+    return node
 
 
 def _layout(shape: tuple[int, ...], hw: tuple[int, int], prev: str | None) -> str:
@@ -445,16 +451,16 @@ def _analyse(
     cut_res = {c.spatial for c in cut_points if c.layout in ("NCHW", "NHWC")}
     seen_res: list[tuple[int, ...]] = []
     for n in index.nodes:
-        vi = index.info.get(n)
+        info = index.info.get(n)
         if (
             n.op != "placeholder"
             and n in index.relevant
-            and vi is not None
-            and vi.kind == "tensor"
-            and len(vi.shape) == 4
-            and vi.shape[0] == index.batch
+            and info is not None
+            and info.kind == "tensor"
+            and len(info.shape) == 4
+            and info.shape[0] == index.batch
         ):
-            res = _spatial_of(vi.shape[1:], hw)
+            res = _spatial_of(info.shape[1:], hw)
             # a squeeze-excite branch's pooled 1x1 is no stage
             if (
                 res is not None
@@ -604,7 +610,8 @@ def _stages(
             if ends and cp.reduction is not None and ends[-1].reduction and cp.reduction < ends[-1].reduction:
                 continue  # a reshaped attention tensor that only looks like a feature map
             ends.append(_boundary(cp, label, len(ends), "end"))
-        if i > 0 and run[0].reduction and runs[i - 1][0].reduction and run[0].reduction > runs[i - 1][0].reduction:
+        here, before = run[0].reduction, runs[i - 1][0].reduction if i > 0 else None
+        if here and before and here > before:
             starts.append(_boundary(run[0], run[0].name, len(starts), "start"))
     return ends, starts
 

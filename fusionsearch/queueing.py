@@ -94,10 +94,8 @@ class _Heartbeat:
 
     def _run(self) -> None:
         while not self.stop.wait(heartbeat_interval(self.storage) or HEARTBEAT_INTERVAL):
-            try:
+            with contextlib.suppress(Exception):  # a missed beat is retried on the next tick
                 self.storage.record_heartbeat(self.trial_id)
-            except Exception:  # a missed beat is retried on the next tick
-                pass
 
     def __exit__(self, *exc: Any) -> None:
         self.stop.set()

@@ -28,6 +28,7 @@ __all__ = [
     "PLAN",
     "RETRYABLE",
     "failure_kind",
+    "interrupted",
     "retry",
     "requeue_failed",
     "retries_left",
@@ -40,9 +41,22 @@ RETRYABLE = (INTERRUPTED, INFRASTRUCTURE, DEPENDENCY)
 IDENTITY = ("baseline", "confirm", "seed", "slot", "source", "keep_net")
 
 
+def interrupted(e: BaseException) -> bool:
+    """Whether ``e`` is, or was caused by, Ctrl-C or SIGTERM: an interrupt that lands inside a
+    database commit comes out as Optuna's ``StorageInternalError`` with the interrupt as its cause."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, (KeyboardInterrupt, SystemExit)):
+            return True
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
 def failure_kind(e: BaseException) -> str:
     """``plan`` for a failure that is the plan's own (final); else the accident it was."""
-    if isinstance(e, (KeyboardInterrupt, SystemExit)):
+    if interrupted(e):
         return INTERRUPTED
     if isinstance(e, DependencyError):
         return DEPENDENCY

@@ -247,7 +247,8 @@ def write_report(study: optuna.Study, out: str | Path, storage_url: str, artifac
         if t.user_attrs.get("fusion_artifact"):
             fused = t
             break
-    fw_fig, fw_err = None, "no complete trial has fusion units"
+    fw_fig: Any = None
+    fw_err: str | None = "no complete trial has fusion units"
     if fused is not None:
         from optuna.artifacts import download_artifact
 

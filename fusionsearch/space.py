@@ -217,8 +217,8 @@ class SearchSpace:
             raise PlanError("fusion needs at least 2 tasks")
         column_init = self.column_init
         if isinstance(column_init, list):
-            choices = list(column_init)
-            column_init = self._pick(trial, "column_init", lambda: trial.suggest_categorical("column_init", choices))
+            starts: list[str] = list(column_init)
+            column_init = self._pick(trial, "column_init", lambda: trial.suggest_categorical("column_init", starts))
         if column_init == "single" and plan.shortcut:
             # a warm-started plan starts as the single-task nets it is paired with: the shortcut's
             # identity start, not the official Xavier one (which would scramble the trained heads' input)

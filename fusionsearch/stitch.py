@@ -26,7 +26,7 @@ from .graph import BackboneGraph, CutPoint, trace
 from .heads import LayoutAdapter, SimpleHead, task_kind
 from .segments import Segment
 
-__all__ = ["StitchPlan", "StitchedNet", "build", "save", "load", "parse_tasks"]
+__all__ = ["StitchPlan", "StitchedNet", "StitchMeta", "build", "save", "load", "parse_tasks", "SAFE_CREATE_KWARGS"]
 
 FORMAT = "fusionsearch.stitched"
 FORMAT_VERSION = 2  # 2: the shortcut became conv-BN-ReLU (version 1 files load with the old one)
@@ -80,21 +80,36 @@ class StitchPlan:
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
             raise PlanError(f"unknown StitchPlan field(s): {', '.join(sorted(unknown))}")
-        return cls(**{k: (list(v) if k == "at" else v) for k, v in d.items()})
+        kwargs: dict[str, Any] = {k: (list(v) if k == "at" else v) for k, v in d.items()}
+        return cls(**kwargs)
+
+
+@dataclass
+class StitchMeta:
+    """What a stitched net remembers of how it was built (``save`` writes it, ``load`` reads it)."""
+
+    backbones: list[str]  # timm names, or the modules' class names
+    backbone_is_module: list[bool]  # built from an nn.Module: ``load`` needs it again
+    input_size: list[int]  # (C, H, W) the graph was traced at
+    create_kwargs: dict[str, Any]  # timm.create_model arguments
+    leaf: list[str]  # tracer leaves given by name
+    last_fusion_is_output: bool  # the last unit sits at the backbone's output
+    column_params: int  # parameters of one column (the single backbone)
+    task_args: dict[str, dict[str, Any]]
 
 
 def parse_tasks(tasks: Mapping[str, int] | Sequence[str] | str) -> dict[str, int]:
     """``{"seg": 40, "normal": 3}``, ``["seg:40", "normal:3"]`` or ``"seg:40,normal:3"``."""
+    out: dict[str, int] = {}
     if isinstance(tasks, Mapping):
         out = {str(k): int(v) for k, v in tasks.items()}
     else:
         items = tasks.split(",") if isinstance(tasks, str) else list(tasks)
-        out = {}
         for item in items:
-            name, sep, n = item.strip().partition(":")
-            if not sep or not n.strip().isdigit():
+            name, sep, size = item.strip().partition(":")
+            if not sep or not size.strip().isdigit():
                 raise PlanError(f"task {item!r} needs its output size, e.g. seg:40 or normal:3")
-            out[name] = int(n)
+            out[name] = int(size)
     if len(out) < 1:
         raise PlanError("at least one task is needed")
     for name, n in out.items():
@@ -116,12 +131,16 @@ class StitchedNet(nn.Module):
         units: nn.ModuleDict,
         head_inputs: nn.ModuleList | None,
         heads: nn.ModuleDict,
-        meta: dict[str, Any],
+        meta: StitchMeta,
     ) -> None:
         super().__init__()
         self.tasks = dict(tasks)
         self.plan = plan
         self.points = points
+        # typed as what they hold (nn.ModuleList's items are plain Modules to a type checker)
+        self.shared: Any
+        self.columns: Any
+        self.units: Any
         self.shared = shared
         self.columns = columns
         self.units = units
@@ -164,7 +183,7 @@ class StitchedNet(nn.Module):
         feats, fused, extra = self._features(x)
         if self.head_inputs is None:
             return feats, extra
-        ends_at_output = self.meta["last_fusion_is_output"]
+        ends_at_output = self.meta.last_fusion_is_output
         outs = [m(f if ends_at_output else [*f, last]) for m, f, last in zip(self.head_inputs, fused, feats)]
         return outs, extra
 
@@ -177,7 +196,7 @@ class StitchedNet(nn.Module):
     def fusion_units(self) -> dict[str, FusionUnit]:
         """The units by cut point name."""
         names = [p.name for p in self.points]
-        return {names[int(k)]: u for k, u in self.units.items()}  # type: ignore[misc]
+        return {names[int(k)]: u for k, u in self.units.items()}
 
     def backbone_parameters(self) -> list[nn.Parameter]:
         return _unique([*self.shared.parameters(), *self.columns.parameters()])
@@ -214,7 +233,8 @@ class StitchedNet(nn.Module):
                         }
                     )
         if self.head_inputs is not None:
-            for task, m in zip(self.tasks, self.head_inputs):
+            head_inputs: list[Any] = list(self.head_inputs)
+            for task, m in zip(self.tasks, head_inputs):
                 if hasattr(m, "param_groups"):  # the shortcut: in the fusion lr group, BN undecayed
                     for g in m.param_groups():
                         if g["params"]:
@@ -252,9 +272,9 @@ class StitchedNet(nn.Module):
 
     def describe(self) -> dict[str, Any]:
         """Plan, backbones and parameter counts (what ``inspect --model`` prints)."""
-        count = lambda ps: sum(p.numel() for p in ps)  # noqa: E731
+        count = lambda ps: sum(p.numel() for p in ps)
         return {
-            "backbones": self.meta["backbones"],
+            "backbones": self.meta.backbones,
             "tasks": dict(self.tasks),
             "plan": self.plan.to_dict(),
             "points": [
@@ -266,12 +286,12 @@ class StitchedNet(nn.Module):
                 "backbone": count(self.backbone_parameters()),
                 "fusion": count(self.fusion_parameters()),
                 "heads": count(self.heads.parameters()),
-                "single_column": self.meta["column_params"],
+                "single_column": self.meta.column_params,
             },
         }
 
     def _unit_name(self, i: int) -> str | None:
-        unit = self.units[str(i)] if str(i) in self.units else None
+        unit = self.units[str(i)] if str(i) in self.units else None  # noqa: SIM401 - ModuleDict has no get
         return None if unit is None else unit.unit_name
 
 
@@ -293,7 +313,7 @@ def _graphs_for(
     pretrained: bool,
     create_kwargs: dict[str, Any],
 ) -> tuple[list[BackboneGraph], list[str | None]]:
-    specs = list(backbone) if isinstance(backbone, (list, tuple)) else [backbone] * k
+    specs: list[Any] = list(backbone) if isinstance(backbone, (list, tuple)) else [backbone] * k
     if len(specs) != k:
         raise PlanError(f"{len(specs)} backbones given for {k} tasks: give one, or one per task")
     cache: dict[int | str, BackboneGraph] = {}
@@ -307,7 +327,7 @@ def _graphs_for(
     return graphs, names
 
 
-def _check_points(graphs: list[BackboneGraph], names: list[str]) -> list[list[CutPoint]]:
+def _check_points(graphs: list[BackboneGraph], names: Sequence[Any]) -> list[list[CutPoint]]:
     """Resolve ``names`` in every column, in column 0's order, and check they line up."""
     per_col = [[g.resolve(n if isinstance(n, str) else n[c]) for n in names] for c, g in enumerate(graphs)]
     order = sorted(range(len(names)), key=lambda i: per_col[0][i].index)
@@ -365,35 +385,12 @@ def build(
     task_sizes = parse_tasks(tasks)
     k = len(task_sizes)
     graphs, names = _graphs_for(backbone, k, input_size, leaf, pretrained, create_kwargs)
-    for name in plan.per_point:
-        if name not in plan.at:
-            raise PlanError(f"per_point names {name!r}, which is not in at={plan.at}")
-
-    fusion_names = list(dict.fromkeys(n if isinstance(n, str) else tuple(n) for n in plan.at))
-    for n in fusion_names:
-        if not isinstance(n, str) and len(n) != k:
-            raise PlanError(f"fusion point {list(n)} names {len(n)} cut points for {k} columns")
-    all_names = fusion_names + ([plan.shared_prefix] if plan.shared_prefix else [])
-    per_col = _check_points(graphs, all_names)
+    fusion_names, per_col = _resolve_points(plan, graphs, k)
     by_node = {p.node: p for p in per_col[0]}
     points = sorted(by_node.values(), key=lambda p: p.index)
-    fusion_nodes = {per_col[0][i].node for i in range(len(per_col[0])) if _name_of(per_col[0][i], fusion_names)}
-
-    n_shared = 0
-    if plan.shared_prefix:
-        if len({id(g) for g in graphs}) != 1:
-            raise PlanError("shared_prefix needs the same backbone in every column")
-        prefix = graphs[0].resolve(plan.shared_prefix)
-        late = [p.name for p in points if p.node in fusion_nodes and p.index <= prefix.index]
-        if late:
-            raise PlanError(
-                f"shared_prefix {plan.shared_prefix!r} comes after (or at) fusion point(s) {late}: the columns"
-                " are one trunk there, so there is nothing to fuse; move the prefix earlier or drop those points"
-            )
-        n_shared = points.index(by_node[prefix.node]) + 1
-
-    col_points = [[p for p in per_col[c] if p.node in {q.node for q in per_col[c]}] for c in range(k)]
-    col_points = [sorted(cp, key=lambda p: p.index) for cp in col_points]
+    fusion_nodes = {p.node for p in per_col[0] if _name_of(p, fusion_names)}
+    n_shared = _shared_count(plan, graphs, points, by_node, fusion_nodes)
+    col_points = [sorted(per_col[c], key=lambda p: p.index) for c in range(k)]
     columns_segments = [_segments(graphs[c], col_points[c]) for c in range(k)]
     if column_weights is not None:
         if len(column_weights) != k:
@@ -403,7 +400,76 @@ def build(
                 _load_column(columns_segments[c], w, list(task_sizes)[c])
     shared = nn.ModuleList(columns_segments[0][:n_shared])
     columns = nn.ModuleList(nn.ModuleList(segs[n_shared:]) for segs in columns_segments)
+    units, unit_channels = _units(plan, points, col_points, fusion_nodes, fusion_names, init_seed)
+    finals = [_final_point(g) for g in graphs]
+    last_is_output = bool(units) and points[max(int(i) for i in units)].node == finals[0].node
+    head_inputs, in_channels = _head_inputs(plan, unit_channels, finals, last_is_output, init_seed)
+    prefixes = [int(getattr(g.model, "num_prefix_tokens", 0) or 0) for g in graphs]
+    heads = nn.ModuleDict()
+    for t, (task, size) in enumerate(task_sizes.items()):
+        with _seeded(init_seed, f"head:{task}"):
+            heads[task] = make_head(
+                task, size, in_channels[t], finals[t].layout, prefixes[t], (task_args or {}).get(task, {})
+            )
+    meta = StitchMeta(
+        backbones=[n if n is not None else g.name for n, g in zip(names, graphs)],
+        backbone_is_module=[n is None for n in names],
+        input_size=list(graphs[0].input_size),
+        create_kwargs=dict(create_kwargs),
+        leaf=[x for x in leaf if isinstance(x, str)],
+        last_fusion_is_output=last_is_output,
+        column_params=graphs[0].num_params,
+        task_args={t: dict(a) for t, a in (task_args or {}).items()},
+    )
+    return StitchedNet(task_sizes, plan, points, shared, columns, units, head_inputs, heads, meta)
 
+
+def _resolve_points(plan: StitchPlan, graphs: list[BackboneGraph], k: int) -> tuple[list[Any], list[list[CutPoint]]]:
+    """The plan's fusion point names (a name, or one per column) and every named point resolved
+    in each column, the shared prefix's included."""
+    for name in plan.per_point:
+        if name not in plan.at:
+            raise PlanError(f"per_point names {name!r}, which is not in at={plan.at}")
+    fusion_names = list(dict.fromkeys(n if isinstance(n, str) else tuple(n) for n in plan.at))
+    for n in fusion_names:
+        if not isinstance(n, str) and len(n) != k:
+            raise PlanError(f"fusion point {list(n)} names {len(n)} cut points for {k} columns")
+    all_names = fusion_names + ([plan.shared_prefix] if plan.shared_prefix else [])
+    return fusion_names, _check_points(graphs, all_names)
+
+
+def _shared_count(
+    plan: StitchPlan,
+    graphs: list[BackboneGraph],
+    points: list[CutPoint],
+    by_node: Mapping[str, CutPoint],
+    fusion_nodes: set[str],
+) -> int:
+    """How many segments the tasks share (the trunk up to ``shared_prefix``); 0 without one."""
+    if not plan.shared_prefix:
+        return 0
+    if len({id(g) for g in graphs}) != 1:
+        raise PlanError("shared_prefix needs the same backbone in every column")
+    prefix = graphs[0].resolve(plan.shared_prefix)
+    late = [p.name for p in points if p.node in fusion_nodes and p.index <= prefix.index]
+    if late:
+        raise PlanError(
+            f"shared_prefix {plan.shared_prefix!r} comes after (or at) fusion point(s) {late}: the columns"
+            " are one trunk there, so there is nothing to fuse; move the prefix earlier or drop those points"
+        )
+    return points.index(by_node[prefix.node]) + 1
+
+
+def _units(
+    plan: StitchPlan,
+    points: list[CutPoint],
+    col_points: list[list[CutPoint]],
+    fusion_nodes: set[str],
+    fusion_names: list[Any],
+    init_seed: int | None,
+) -> tuple[nn.ModuleDict, list[list[int]]]:
+    """One unit per fusion point (keyed by the point's position), built to the ``FusionUnit``
+    contract, and each unit's per-task channels."""
     units = nn.ModuleDict()
     unit_channels: list[list[int]] = []
     for i, p in enumerate(points):
@@ -412,36 +478,15 @@ def build(
         label = _name_of(p, fusion_names)
         unit_name, args = plan.unit_for(label)
         cls = get_fusion(unit_name)
-        chans = [col_points[c][i].channels for c in range(k)]
-        nonneg = all(col_points[c][i].nonnegative for c in range(k))
+        chans = [cols[i].channels for cols in col_points]
+        nonneg = all(cols[i].nonnegative for cols in col_points)
         try:
             with _seeded(init_seed, f"unit:{label}"):
                 units[str(i)] = cls(chans, p.layout, nonnegative=nonneg, **args)
         except TypeError as e:
             raise PlanError(f"bad arguments for fusion unit {unit_name!r} at {label!r}: {e}") from None
         unit_channels.append(chans)
-
-    finals = [_final_point(g) for g in graphs]
-    last_is_output = bool(units) and points[max(int(i) for i in units)].node == finals[0].node
-    head_inputs, in_channels = _head_inputs(plan, unit_channels, finals, last_is_output, init_seed)
-    prefixes = [int(getattr(g.model, "num_prefix_tokens", 0) or 0) for g in graphs]
-    heads = nn.ModuleDict()
-    for t, (task, n) in enumerate(task_sizes.items()):
-        with _seeded(init_seed, f"head:{task}"):
-            heads[task] = make_head(
-                task, n, in_channels[t], finals[t].layout, prefixes[t], (task_args or {}).get(task, {})
-            )
-    meta = {
-        "backbones": [n if n is not None else g.name for n, g in zip(names, graphs)],
-        "backbone_is_module": [n is None for n in names],
-        "input_size": list(graphs[0].input_size),
-        "create_kwargs": dict(create_kwargs),
-        "leaf": [x for x in leaf if isinstance(x, str)],
-        "last_fusion_is_output": last_is_output,
-        "column_params": graphs[0].num_params,
-        "task_args": {t: dict(a) for t, a in (task_args or {}).items()},
-    }
-    return StitchedNet(task_sizes, plan, points, shared, columns, units, head_inputs, heads, meta)
+    return units, unit_channels
 
 
 def make_head(
@@ -576,12 +621,12 @@ def save(net: StitchedNet, path: str | os.PathLike[str]) -> None:
         "version": FORMAT_VERSION,
         "tasks": dict(net.tasks),
         "plan": net.plan.to_dict(),
-        "backbones": list(net.meta["backbones"]),
-        "backbone_is_module": list(net.meta["backbone_is_module"]),
-        "input_size": list(net.meta["input_size"]),
-        "create_kwargs": dict(net.meta["create_kwargs"]),
-        "leaf": list(net.meta["leaf"]),
-        "task_args": dict(net.meta.get("task_args", {})),
+        "backbones": list(net.meta.backbones),
+        "backbone_is_module": list(net.meta.backbone_is_module),
+        "input_size": list(net.meta.input_size),
+        "create_kwargs": dict(net.meta.create_kwargs),
+        "leaf": list(net.meta.leaf),
+        "task_args": dict(net.meta.task_args),
         "state_dict": net.state_dict(),
     }
     Path(path).parent.mkdir(parents=True, exist_ok=True)

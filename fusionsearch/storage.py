@@ -101,11 +101,11 @@ def check_url(url: str, create: bool = True) -> None:
     an existing SQLite path is a database, and a reader's file exists."""
     shown = redact(url)
     if url.startswith("journal:"):
-        path = Path(url[len("journal:") :])
-        if path.is_dir():
-            raise StorageError(f"storage {shown}: {str(path)!r} is a folder; give a journal file")
-        if not create and not path.is_file():
-            raise StorageError(f"storage {shown}: no journal file {str(path)!r} (a mistyped path?)")
+        journal = Path(url[len("journal:") :])
+        if journal.is_dir():
+            raise StorageError(f"storage {shown}: {str(journal)!r} is a folder; give a journal file")
+        if not create and not journal.is_file():
+            raise StorageError(f"storage {shown}: no journal file {str(journal)!r} (a mistyped path?)")
         return
     path = _sqlite_path(url)
     if path is not None:
@@ -135,14 +135,10 @@ def open_storage(
     if url.startswith("journal:"):
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-        path = Path(url[len("journal:") :])
-        if path.is_dir():
-            raise StorageError(f"storage {shown}: {str(path)!r} is a folder; give a journal file")
-        if not create and not path.is_file():
-            raise StorageError(f"storage {shown}: no journal file {str(path)!r} (a mistyped path?)")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        journal = Path(url[len("journal:") :])
+        journal.parent.mkdir(parents=True, exist_ok=True)
         try:
-            return JournalStorage(JournalFileBackend(str(path)))
+            return JournalStorage(JournalFileBackend(str(journal)))
         except Exception as e:
             raise StorageError(f"storage {shown}: cannot read the journal: {type(e).__name__}: {e}") from None
     engine_kwargs: dict[str, Any] = {}

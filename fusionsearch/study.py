@@ -173,7 +173,7 @@ def _prepare(recipe: Recipe, settings: StudySettings) -> optuna.Study:
         study_name=settings.study,
         storage=storage,
         load_if_exists=True,
-        directions=settings.directions(),
+        directions=settings.directions(),  # type: ignore[arg-type]  # "maximize"/"minimize" strings
         sampler=make_sampler(settings, recipe),
         pruner=make_pruner(settings, recipe),
     )

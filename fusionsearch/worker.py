@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 from .errors import DependencyError
 from .objective import Objective, _free_memory, failure_reason
 from .queueing import _Heartbeat, _pop, _queue_lock, _stale_possible, reap_stale
-from .recovery import INTERRUPTED, PLAN, failure_kind, requeue_failed, retry
+from .recovery import INTERRUPTED, PLAN, failure_kind, interrupted, requeue_failed, retry
 from .storage import DEFAULT_STORAGE
 from .study import load_study
 
@@ -65,6 +65,9 @@ def run_worker(
                 _fail(study, trial, reason, kind, requeue=True)
                 raise
             except Exception as e:
+                if interrupted(e):  # Ctrl-C inside a database commit
+                    _fail(study, trial, "interrupted (queued again)", INTERRUPTED, requeue=True)
+                    raise KeyboardInterrupt from e
                 reason, kind = failure_reason(e), failure_kind(e)
                 _fail(study, trial, reason, kind)
                 again = "" if kind == PLAN else " (an accident, not the plan's: the next run queues it again)"

@@ -151,3 +151,9 @@ def test_train_shows_delta_m_against_single_task_metrics(tmp_path):
     bad.write_text(json.dumps({"seg": {"miou": 1.0}}))
     result = runner.invoke(app, [*common, "--baseline", str(bad)])
     assert result.exit_code == 2 and "lacks seg/pixel_acc" in result.output
+
+
+def test_version_and_help_exit_0():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.startswith("fusionsearch ")
+    assert runner.invoke(app, ["run", "--help"]).exit_code == 0

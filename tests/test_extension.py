@@ -61,7 +61,7 @@ class Edges(Task):
     """Depth edges: |grad depth| per pixel, a scalar map (0 = unlabelled); L1, mean absolute error."""
 
     label = SCALAR_MAP
-    metrics = {"mae": False}  # noqa: RUF012
+    metrics = {"mae": False}
     primary = "mae"
 
     def head(self, in_channels: int) -> nn.Module:
@@ -86,8 +86,8 @@ class Edges(Task):
 class EdgeScenes(MultiTaskDataset):
     """The synthetic scenes' segmentation, plus edges from their depth."""
 
-    tasks = {"seg": SyntheticScenes.tasks["seg"], "edges": 1}  # noqa: RUF012
-    default_lengths = {"train": 16, "val": 4}  # noqa: RUF012
+    tasks = {"seg": SyntheticScenes.tasks["seg"], "edges": 1}
+    default_lengths = {"train": 16, "val": 4}
     takes_seed = True
     deterministic = True
 

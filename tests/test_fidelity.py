@@ -55,7 +55,7 @@ def test_tf_legacy_resize_is_tf_1x_resize_bilinear():
     torch's half-pixel give other numbers."""
     x = torch.tensor([[1.0, 3.0], [5.0, 7.0]])[None, None]
     tf = resize_bilinear(x, (4, 4), "tf_legacy")[0, 0]
-    row = lambda a, b: [a, (a + b) / 2, b, b]  # noqa: E731
+    row = lambda a, b: [a, (a + b) / 2, b, b]
     expected = torch.tensor([row(1, 3), row(3, 5), row(5, 7), row(5, 7)])
     assert torch.equal(tf, expected)
     corners = resize_bilinear(x, (4, 4), "align_corners")[0, 0]

@@ -410,22 +410,23 @@ def test_a_real_ctrl_c_is_one_line_and_the_same_command_resumes(tmp_path):
     import yaml
 
     recipe = tmp_path / "tiny.yaml"
-    r = tiny_recipe(steps=40).with_overrides(confirm={"seeds": 0}, study={"trials": 1, "pruner": "none"})
+    r = tiny_recipe(steps=120).with_overrides(confirm={"seeds": 0}, study={"trials": 1, "pruner": "none"})
     recipe.write_text(yaml.safe_dump(r.to_dict()))
     url = f"sqlite:///{tmp_path}/c.db"
     cmd = [sys.executable, "-m", "fusionsearch.cli", "run", "--recipe", str(recipe), "--storage", url, "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.time() + 240
-    while time.time() < deadline:  # wait until a trial has reported a step
-        time.sleep(1)
-        if (tmp_path / "c.db").exists():
-            try:
-                st = optuna.load_study(study_name=optuna.get_all_study_summaries(url)[0].study_name, storage=url)
-            except Exception:  # not created yet
-                continue
-            if any(t.state == TrialState.RUNNING and "step" in t.user_attrs for t in st.get_trials()):
-                break
+    running = False
+    while not running and time.time() < deadline and proc.poll() is None:  # until a trial trains
+        time.sleep(0.3)
+        try:
+            st = optuna.load_study(study_name=optuna.get_all_study_summaries(url)[0].study_name, storage=url)
+            running = any(t.state == TrialState.RUNNING for t in st.get_trials())
+        except Exception:  # not created yet
+            continue
+    assert running and proc.poll() is None, "no trial was caught running"
+    time.sleep(1.0)  # inside its training
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     lines = [line for line in err.splitlines() if line.strip()]

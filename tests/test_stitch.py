@@ -134,9 +134,9 @@ def test_k_single_task_networks_and_shared_baseline(models):
     model = models["test_resnet"]
     single = fs.build(model, {"seg": 5, "normal": 3}, fs.StitchPlan(at=[]))
     assert len(single.units) == 0 and len(single.shared) == 0
-    assert single.describe()["params"]["backbone"] == 2 * single.meta["column_params"]
+    assert single.describe()["params"]["backbone"] == 2 * single.meta.column_params
     shared = fs.build(model, {"seg": 5, "normal": 3}, fs.StitchPlan(shared_prefix="layer4"))
-    assert shared.describe()["params"]["backbone"] == shared.meta["column_params"]
+    assert shared.describe()["params"]["backbone"] == shared.meta.column_params
     split = fs.build(model, {"seg": 5, "normal": 3}, fs.StitchPlan(at=["layer3", "layer4"], shared_prefix="layer2"))
     x = _x(model)
     with torch.no_grad():

@@ -42,7 +42,7 @@ class MultiTaskDataset(Dataset, ABC):
     the shared transforms can resize and flip it.
     """
 
-    tasks: ClassVar[dict[str, int]] = {}
+    tasks: dict[str, int] = {}
     default_lengths: ClassVar[dict[str, int]] = {}
     takes_seed: ClassVar[bool] = False
 

@@ -42,7 +42,7 @@ import functools
 import hashlib
 import math
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -128,7 +128,7 @@ def _boxes(cells: np.ndarray) -> np.ndarray:
 def _subjects(struct: np.ndarray, names: np.ndarray, paths: np.ndarray) -> np.ndarray:
     """celeb_id where the struct has one (imdb), else the name; rows with neither fall back to the
     file name's leading id (``nm0000001_...`` / ``10000217_...``), which is per person too."""
-    if "celeb_id" in struct.dtype.names:
+    if "celeb_id" in (struct.dtype.names or ()):
         ids = np.ravel(struct["celeb_id"]).astype(np.int64)
         return np.array([f"id:{i}" for i in ids], dtype=object)
     return np.array(
@@ -146,21 +146,21 @@ def read_metadata(mat_path: Path, source: str) -> FaceTable:
     except (OSError, ValueError, NotImplementedError) as e:
         raise DataError(f"cannot read IMDB-WIKI metadata {str(mat_path)!r}: {e}") from e
     if source not in mat:
-        names = sorted(k for k in mat if not k.startswith("__"))
-        raise DataError(f"{str(mat_path)!r} has no struct {source!r} (it has {names})")
+        structs = sorted(k for k in mat if not k.startswith("__"))
+        raise DataError(f"{str(mat_path)!r} has no struct {source!r} (it has {structs})")
     struct = mat[source]
     if struct.dtype.names is None or struct.size != 1:
         raise DataError(f"{str(mat_path)!r}: {source!r} is not a 1 x 1 MATLAB struct")
     struct = struct.reshape(-1)[0]
-    missing = [f for f in _FIELDS if f not in struct.dtype.names]
+    missing = [f for f in _FIELDS if f not in (struct.dtype.names or ())]
     if missing:
         raise DataError(f"{str(mat_path)!r}: struct {source!r} lacks the field(s) {', '.join(missing)}")
     col = {f: np.ravel(struct[f]) for f in _FIELDS}
     lengths = {f: len(v) for f, v in col.items()}
     if len(set(lengths.values())) != 1:
         raise DataError(f"{str(mat_path)!r}: fields of {source!r} differ in length: {lengths}")
-    paths = _strings(col["full_path"])
-    names = _strings(col["name"])
+    paths: Any = _strings(col["full_path"])
+    names: Any = _strings(col["name"])
     return FaceTable(
         path=paths,
         age=dex_age(col["dob"], col["photo_taken"]),
@@ -263,7 +263,8 @@ class IMDBWiki(MultiTaskDataset):
         stat = self.mat_path.stat()
         table = _cached_metadata(str(self.mat_path.resolve()), stat.st_mtime_ns, stat.st_size, self.source)
         keep = usable_rows(table, min_face_score)
-        in_split = subject_splits(table.subject, tuple(fractions), seed) == SPLITS.index(split)
+        parts = (float(fractions[0]), float(fractions[1]), float(fractions[2]))
+        in_split = subject_splits(table.subject, parts, seed) == SPLITS.index(split)
         rows = np.flatnonzero(keep & in_split)
         if length is not None:
             rows = rows[:length]

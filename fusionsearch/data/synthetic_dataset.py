@@ -28,8 +28,8 @@ class SyntheticScenes(MultiTaskDataset):
     deterministic = True  # item i is a pure function of (seed, split, i, size): safe to cache
     classes = CLASSES
     num_classes = len(CLASSES)
-    tasks = {"seg": len(CLASSES), "normal": 3, "depth": 1}  # noqa: RUF012 - read-only class data
-    default_lengths = {"train": 1000, "val": 100, "test": 100}  # noqa: RUF012 - generated: no natural length
+    tasks = {"seg": len(CLASSES), "normal": 3, "depth": 1}
+    default_lengths = {"train": 1000, "val": 100, "test": 100}
     takes_seed = True
 
     def __init__(self, split: str = "train", length: int = 1000, size: int | tuple[int, int] = 128, seed: int = 0):
