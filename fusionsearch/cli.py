@@ -14,7 +14,7 @@ import os
 import sys
 import traceback
 import warnings
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -119,30 +119,6 @@ def parse_size(text: str | None) -> tuple[int, int, int] | None:
     return parts
 
 
-def _fmt_params(n: int) -> str:
-    return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}K"
-
-
-def _points_table(title: str, points: list[Any]) -> Table:
-    table = Table(title=title, title_justify="left")
-    for col, just in [("#", "right"), ("name", "left"), ("shape", "left"), ("layout", "left")]:
-        table.add_column(col, justify=just)  # type: ignore[arg-type]
-    table.add_column("reduction", justify="right")
-    table.add_column("channels", justify="right")
-    table.add_column("params before", justify="right")
-    for i, p in enumerate(points):
-        table.add_row(
-            str(i),
-            p.name,
-            "x".join(map(str, p.shape)),
-            p.layout,
-            "-" if p.reduction is None else f"/{p.reduction}",
-            str(p.channels),
-            _fmt_params(p.params_before),
-        )
-    return table
-
-
 @app.command()
 def inspect(
     backbone: str | None = typer.Option(None, "--backbone", "-b", help="timm model name"),
@@ -150,7 +126,7 @@ def inspect(
     input_size: str | None = typer.Option(None, help="C,H,W of the example input (default: the model's)"),
     all_cuts: bool = typer.Option(False, "--all-cuts", help="list every cut point, not only boundaries"),
     as_json: bool = typer.Option(False, "--json", help="print JSON for scripts instead of tables"),
-    leaf: list[str] = typer.Option([], "--leaf", help="module class name or path not to trace into"),
+    leaf: LeafOpt = None,
     pretrained: bool = typer.Option(False, help="load timm's pretrained weights (needs network)"),
     checkpoint: str | None = typer.Option(None, help="local weights to load into the backbone"),
     trust: bool = typer.Option(
@@ -166,13 +142,14 @@ def inspect(
         inspect_saved(model, console=console, as_json=as_json, trust=trust)
         return
     from .graph import trace
+    from .inspect_model import fmt_params, points_table
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # notes are printed below
         g = trace(
             backbone,  # type: ignore[arg-type]
             parse_size(input_size),
-            leaf=leaf,
+            leaf=leaf or [],
             pretrained=pretrained,
             checkpoint=checkpoint,
         )
@@ -182,15 +159,15 @@ def inspect(
         return
     c, h, w = g.input_size
     console.print(
-        f"[bold]{g.name}[/]  input {c}x{h}x{w}  {_fmt_params(g.num_params)} parameters in forward_features, "
+        f"[bold]{g.name}[/]  input {c}x{h}x{w}  {fmt_params(g.num_params)} parameters in forward_features, "
         f"{len(g.cut_points)} cut points, {len(g.boundaries)} stage boundaries",
         highlight=False,
     )
-    console.print(_points_table("Stage boundaries (last cut point of each stage)", g.boundaries))
+    console.print(points_table("Stage boundaries (last cut point of each stage)", g.boundaries))
     if g.stage_starts:
-        console.print(_points_table("First cut point after each downsampling (VGG pool1..pool5 style)", g.stage_starts))
+        console.print(points_table("First cut point after each downsampling (VGG pool1..pool5 style)", g.stage_starts))
     if all_cuts:
-        console.print(_points_table("Every cut point", g.cut_points))
+        console.print(points_table("Every cut point", g.cut_points))
     for note in g.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
 
@@ -208,7 +185,7 @@ def build(
     shortcut: bool = typer.Option(False, help="NDDR-Shortcut head inputs"),
     input_size: str | None = typer.Option(None, help="C,H,W used for tracing (default: the model's)"),
     column_weights: list[str] = typer.Option([], help="per task, a single-task backbone checkpoint"),
-    leaf: list[str] = typer.Option([], "--leaf", help="module class name or path not to trace into"),
+    leaf: LeafOpt = None,
 ) -> None:
     """Build a stitched multi-task network and save it (weights, plan and backbone names)."""
     from .graph import trace
@@ -221,7 +198,7 @@ def build(
     if at is None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            points = [b.name for b in trace(names[0], size, leaf=leaf).boundaries]
+            points = [b.name for b in trace(names[0], size, leaf=leaf or []).boundaries]
     else:
         points = [p.strip() for p in at.split(",") if p.strip()]
     args: dict[str, Any] = {}
@@ -238,7 +215,7 @@ def build(
             plan,
             input_size=size,
             column_weights=column_weights or None,
-            leaf=leaf,
+            leaf=leaf or [],
         )
     save(net, out)
     print_net(net, console)
@@ -250,6 +227,22 @@ DATA_HELP = (
     "a registered data set, NAME or NAME:ROOT, e.g. synthetic or nyuv2:/data/nyud"
     " (`fusionsearch list datasets`; default: the recipe's)"
 )
+
+
+# options that several commands share, declared once
+STORAGE_HELP = (
+    "Optuna storage URL (default: an SQLite file here; postgresql://... for many machines);"
+    " FUSIONSEARCH_STORAGE keeps a password off the command line"
+)
+RecipeOpt = Annotated[str, typer.Option(help=RECIPE_HELP)]
+DataOpt = Annotated[str | None, typer.Option(help=DATA_HELP)]
+SizeOpt = Annotated[int | None, typer.Option(help="image size")]
+LeafOpt = Annotated[list[str] | None, typer.Option("--leaf", help="module class name or path not to trace into")]
+StudyOpt = Annotated[str, typer.Option(help="study name")]
+ArtifactsOpt = Annotated[str | None, typer.Option(help="artifact folder (default: beside the SQLite file)")]
+StorageOpt = Annotated[str | None, typer.Option(envvar="FUSIONSEARCH_STORAGE", help=STORAGE_HELP)]
+WorkersOpt = Annotated[int, typer.Option(help="worker processes, each on one device")]
+DevicesOpt = Annotated[str, typer.Option(help="auto (every visible GPU, else CPU), cpu, or cuda:0,cuda:1")]
 
 
 def load_recipe_with(
@@ -323,10 +316,10 @@ def parse_weights(items: list[str]) -> dict[str, float]:
 
 @app.command()
 def train(
-    recipe: str = typer.Option("quick", help=RECIPE_HELP),
+    recipe: RecipeOpt = "quick",
     backbone: str | None = typer.Option(None, "--backbone", "-b", help="timm model name"),
     tasks: str | None = typer.Option(None, help="comma separated task names, e.g. seg,normal"),
-    data: str | None = typer.Option(None, help=DATA_HELP),
+    data: DataOpt = None,
     plan: str = typer.Option(
         "fused", help="fused (units at --at), single (K single-task nets), shared (one trunk), nddr_default"
     ),
@@ -334,7 +327,7 @@ def train(
     at: str | None = typer.Option(None, help="comma separated cut points; default: the recipe plan's"),
     steps: int | None = typer.Option(None, help="training steps"),
     batch_size: int | None = typer.Option(None, help="batch size"),
-    size: int | None = typer.Option(None, help="image size"),
+    size: SizeOpt = None,
     train_images: int | None = typer.Option(None, help="training images (synthetic: scenes; real: the first N)"),
     val_images: int | None = typer.Option(None, help="validation images"),
     lr: float | None = typer.Option(None, help="base learning rate"),
@@ -409,90 +402,32 @@ def train(
         console.print(f"saved to {out}", highlight=False)
 
 
-STORAGE_HELP = (
-    "Optuna storage URL (default: an SQLite file here; postgresql://... for many machines);"
-    " FUSIONSEARCH_STORAGE keeps a password off the command line"
-)
 
 
 def _devices(spec: str, workers: int) -> list[str]:
-    from .devices import check_device
+    from .devices import assign_devices
 
     at_least("--workers", workers, 1)
-    pool = [check_device(d.strip()) for d in spec.split(",") if d.strip()]
-    if not pool:
-        raise ArgumentError("--devices is empty: give auto, cpu or cuda:0,cuda:1")
-    if pool == ["auto"]:
-        import torch
-
-        n = torch.cuda.device_count()
-        pool = [f"cuda:{i}" for i in range(n)] if n else ["cpu"]
-    return [pool[i % len(pool)] for i in range(workers)]
+    return assign_devices(spec, workers)
 
 
 def run_study(
     study_obj: Any, settings: Any, workers: int, devices: str, quiet: bool, artifacts: str | None, steps_total: int
 ) -> None:
-    """Run the queued trials: in this process for one worker, else in N worker processes (one per
-    device, round-robin) while this one shows the live view."""
-    import os
-    import subprocess
-    import time
+    """Run the queued trials here (one worker) or in worker processes with the live view."""
+    from .worker import run_workers
 
-    from .leaderboard import live_view
-    from .search import run_worker
-    from .storage import artifact_dir
-
-    say = lambda m: console.print(m, highlight=False)
-    if workers <= 1:
-        run_worker(settings.study, settings.storage, device=_devices(devices, 1)[0], progress=not quiet, log=say)
-    else:
-        logs = artifact_dir(settings.storage, artifacts) / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        procs = []
-        for i, dev in enumerate(_devices(devices, workers)):
-            cmd = [
-                sys.executable,
-                "-m",
-                "fusionsearch.cli",
-                "worker",
-                "--study",
-                settings.study,
-                "--device",
-                dev,
-                "--threads",
-                str(threads),
-                "--quiet",
-            ]
-            if artifacts:
-                cmd += ["--artifacts", artifacts]
-            log = open(logs / f"{settings.study}-worker{i}.log", "a")  # noqa: SIM115
-            # the storage URL may hold a password: the environment, not argv (which `ps` shows anyone)
-            env = {**os.environ, "FUSIONSEARCH_STORAGE": settings.storage}
-            procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
-        say(f"{workers} workers on {', '.join(_devices(devices, workers))}; logs in {logs}")
-        try:
-            if quiet:
-                while any(p.poll() is None for p, _ in procs):
-                    time.sleep(2)
-            else:
-                from rich.live import Live
-
-                with Live(live_view(study_obj, steps_total), console=console, refresh_per_second=1) as live:
-                    while any(p.poll() is None for p, _ in procs):
-                        time.sleep(1)
-                        live.update(live_view(study_obj, steps_total))
-        except KeyboardInterrupt:
-            for p, _ in procs:
-                p.terminate()
-            raise
-        finally:
-            for _, log in procs:
-                log.close()
-        bad = [i for i, (p, _) in enumerate(procs) if p.returncode not in (0, None)]
-        if bad:
-            err_console.print(f"workers {bad} exited with an error: see {logs}", highlight=False)
+    bad, logs = run_workers(
+        study_obj,
+        settings,
+        _devices(devices, workers),
+        quiet=quiet,
+        artifacts=artifacts,
+        steps_total=steps_total,
+        console=console,
+    )
+    if bad:
+        err_console.print(f"workers {bad} exited with an error: see {logs}", highlight=False)
 
 
 def _study_trials(r: Any, n: Any) -> int:
@@ -506,17 +441,17 @@ def _study_trials(r: Any, n: Any) -> int:
 
 @app.command()
 def run(
-    recipe: str = typer.Option("quick", help=RECIPE_HELP),
+    recipe: RecipeOpt = "quick",
     backbone: str | None = typer.Option(None, "--backbone", "-b", help="timm model name (default: the recipe's)"),
     tasks: str | None = typer.Option(None, help="comma separated tasks, e.g. seg,normal"),
-    data: str | None = typer.Option(None, help=DATA_HELP),
-    size: int | None = typer.Option(None, help="image size"),
+    data: DataOpt = None,
+    size: SizeOpt = None,
     trials: int | None = typer.Option(None, help="sampled trials after the baselines (default: the recipe's)"),
     timeout: float | None = typer.Option(None, help="stop starting trials after this many seconds"),
     study: str | None = typer.Option(None, help="study name (default from recipe, backbone, tasks): rerun resumes"),
-    storage: str | None = typer.Option(None, envvar="FUSIONSEARCH_STORAGE", help=STORAGE_HELP),
-    workers: int = typer.Option(1, help="worker processes, each on one device"),
-    devices: str = typer.Option("auto", help="auto (every visible GPU, else CPU), cpu, or cuda:0,cuda:1"),
+    storage: StorageOpt = None,
+    workers: WorkersOpt = 1,
+    devices: DevicesOpt = "auto",
     sampler: str | None = typer.Option(
         None, help="tpe, nsga2, random, or grid (every combination of the recipe's choice lists)"
     ),
@@ -529,7 +464,7 @@ def run(
     ),
     steps: int | None = typer.Option(None, help="training steps per trial"),
     report: str | None = typer.Option(None, help="HTML report path (default STUDY-report.html)"),
-    artifacts: str | None = typer.Option(None, help="artifact folder (default: beside the SQLite file)"),
+    artifacts: ArtifactsOpt = None,
     seed: int | None = typer.Option(None, help="study seed"),
     confirm: int | None = typer.Option(
         None,
@@ -617,17 +552,17 @@ def run(
 
 @app.command()
 def compare(
-    recipe: str = typer.Option("quick", help=RECIPE_HELP),
-    data: str | None = typer.Option(None, help=DATA_HELP),
-    size: int | None = typer.Option(None, help="image size"),
+    recipe: RecipeOpt = "quick",
+    data: DataOpt = None,
+    size: SizeOpt = None,
     steps: int | None = typer.Option(None, help="training steps of every row (the same budget for all)"),
     trials: int | None = typer.Option(None, help="searched trials for the 'search_best' row (default: the recipe's)"),
     study: str | None = typer.Option(None, help="study name (default RECIPE-compare): rerun resumes"),
-    storage: str | None = typer.Option(None, envvar="FUSIONSEARCH_STORAGE", help=STORAGE_HELP),
-    workers: int = typer.Option(1, help="worker processes, each on one device"),
-    devices: str = typer.Option("auto", help="auto (every visible GPU, else CPU), cpu, or cuda:0,cuda:1"),
+    storage: StorageOpt = None,
+    workers: WorkersOpt = 1,
+    devices: DevicesOpt = "auto",
     out: str = typer.Option(".", help="folder for RECIPE-compare.md and .csv"),
-    artifacts: str | None = typer.Option(None, help="artifact folder (default: beside the SQLite file)"),
+    artifacts: ArtifactsOpt = None,
     confirm: int | None = typer.Option(None, help="fresh seeds for every row (default: the recipe's, 3; 0 skips)"),
     quiet: bool = typer.Option(False, "--quiet", help="plain log lines"),
 ) -> None:
@@ -675,12 +610,7 @@ def compare(
         console.print(f"confirmation over {settings.confirm_seeds} fresh seeds: {added} trials queued", highlight=False)
         run_study(study_obj, settings, workers, devices, quiet, artifacts, r.train_config().steps)
     table = build_comparison(study_obj, r)
-    rich_table = Table(title=table.title + "  (ours, the paper's in brackets)", title_justify="left")
-    for col in table.header():
-        rich_table.add_column(col, overflow="fold")
-    for row in table.cells():
-        rich_table.add_row(*row)
-    Console(width=max(console.width, 160)).print(rich_table)
+    Console(width=max(console.width, 160)).print(table.rich())
     console.print(table.convention, highlight=False)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
@@ -692,12 +622,12 @@ def compare(
 
 @app.command()
 def worker(
-    study: str = typer.Option(..., help="study name"),
-    storage: str = typer.Option(None, envvar="FUSIONSEARCH_STORAGE", help=STORAGE_HELP),
+    study: StudyOpt,
+    storage: StorageOpt = None,
     device: str = typer.Option("auto", help="cpu or cuda:N"),
     timeout: float | None = typer.Option(None, help="stop starting trials after this many seconds"),
     threads: int | None = typer.Option(None, help="CPU threads for torch"),
-    artifacts: str | None = typer.Option(None, help="artifact folder (default: beside the SQLite file)"),
+    artifacts: ArtifactsOpt = None,
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
 ) -> None:
     """Join a study (from this or another machine) and run its queued trials on one device."""
@@ -725,8 +655,8 @@ def worker(
 
 @app.command()
 def trials(
-    study: str = typer.Option(..., help="study name"),
-    storage: str = typer.Option(None, envvar="FUSIONSEARCH_STORAGE", help=STORAGE_HELP),
+    study: StudyOpt,
+    storage: StorageOpt = None,
     as_json: bool = typer.Option(False, "--json", help="one JSON list of trials"),
 ) -> None:
     """A table of the study's trials (plan, metrics, Delta-m, state, failure reason) and the
@@ -752,10 +682,10 @@ def trials(
 
 @app.command()
 def best(
-    study: str = typer.Option(..., help="study name"),
-    storage: str = typer.Option(None, envvar="FUSIONSEARCH_STORAGE", help=STORAGE_HELP),
+    study: StudyOpt,
+    storage: StorageOpt = None,
     out: str = typer.Option("best.pt", help="where to write the best plan's network"),
-    artifacts: str | None = typer.Option(None, help="artifact folder (default: beside the SQLite file)"),
+    artifacts: ArtifactsOpt = None,
 ) -> None:
     """Export the network of the plan that is best after confirmation (the highest mean Delta-m over
     the fresh seeds), or of the best single run when the study ran no confirmation."""
@@ -825,10 +755,10 @@ def best(
 
 @app.command()
 def report(
-    study: str = typer.Option(..., help="study name"),
-    storage: str = typer.Option(None, envvar="FUSIONSEARCH_STORAGE", help=STORAGE_HELP),
+    study: StudyOpt,
+    storage: StorageOpt = None,
     out: str = typer.Option("report.html", help="HTML file to write"),
-    artifacts: str | None = typer.Option(None, help="artifact folder (default: beside the SQLite file)"),
+    artifacts: ArtifactsOpt = None,
 ) -> None:
     """Write the study's HTML report (history, importances, Pareto front, parallel coordinates,
     placement map, learned fusion weights)."""
@@ -843,10 +773,10 @@ def report(
 
 @app.command()
 def dashboard(
-    storage: str = typer.Option(None, envvar="FUSIONSEARCH_STORAGE", help=STORAGE_HELP),
+    storage: StorageOpt = None,
     host: str = typer.Option("127.0.0.1", help="address to listen on (loopback by default)"),
     port: int = typer.Option(8080, help="port"),
-    artifacts: str | None = typer.Option(None, help="artifact folder (default: beside the SQLite file)"),
+    artifacts: ArtifactsOpt = None,
 ) -> None:
     """Serve optuna-dashboard on the storage, with the trials' artefacts."""
     from optuna_dashboard import run_server

@@ -84,6 +84,17 @@ class Comparison:
             out.append([r["label"], *vals, dm, r.get("confirmed", "-"), r.get("beats", "-"), r["plan"]])
         return out
 
+    def rich(self) -> Any:
+        """The table for a terminal (``fusionsearch compare`` prints it)."""
+        from rich.table import Table
+
+        table = Table(title=self.title + "  (ours, the paper's in brackets)", title_justify="left")
+        for col in self.header():
+            table.add_column(col, overflow="fold")
+        for row in self.cells():
+            table.add_row(*row)
+        return table
+
     def markdown(self) -> str:
         lines = [f"## {self.title}", "", "Ours (the paper's in brackets). " + self.convention, ""]
         head = self.header()

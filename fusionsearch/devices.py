@@ -11,7 +11,7 @@ import torch
 
 from .errors import ArgumentError
 
-__all__ = ["check_device"]
+__all__ = ["check_device", "assign_devices"]
 
 
 def check_device(name: str) -> str:
@@ -34,3 +34,15 @@ def check_device(name: str) -> str:
     if dev.type == "mps" and torch.backends.mps.is_available():
         return name
     raise ArgumentError(f"device {name!r} is not available here: use auto, cpu or cuda[:N]")
+
+
+def assign_devices(spec: str, workers: int) -> list[str]:
+    """One device per worker, round-robin over ``spec`` (``auto``: every visible GPU, else the CPU;
+    or ``cpu``, ``cuda:0,cuda:1``), each checked to exist."""
+    pool = [check_device(d.strip()) for d in spec.split(",") if d.strip()]
+    if not pool:
+        raise ArgumentError("--devices is empty: give auto, cpu or cuda:0,cuda:1")
+    if pool == ["auto"]:
+        n = torch.cuda.device_count()
+        pool = [f"cuda:{i}" for i in range(n)] if n else ["cpu"]
+    return [pool[i % len(pool)] for i in range(workers)]

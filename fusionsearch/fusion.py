@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import PlanError
+from .layouts import FUSABLE, from_channels_first, is_map, to_channels_first
 from .registry import Registry
 
 __all__ = [
@@ -53,19 +54,6 @@ def get_fusion(name: str | type[FusionUnit]) -> type[FusionUnit]:
     if isinstance(name, type):
         return name
     return FUSION_UNITS.get(name)
-
-
-def to_channels_first(x: Tensor, layout: str) -> Tensor:
-    """(B, C, ...) view of a feature in any of the graph's layouts."""
-    if layout in ("NHWC", "NLC"):
-        return x.movedim(-1, 1)
-    return x
-
-
-def from_channels_first(x: Tensor, layout: str) -> Tensor:
-    if layout in ("NHWC", "NLC"):
-        return x.movedim(1, -1)
-    return x
 
 
 def _tagged(params: Sequence[Tensor], lr_mult: float, weight_decay: float | None, tag: str) -> dict:
@@ -131,7 +119,7 @@ class FusionUnit(nn.Module, ABC):
         super().__init__()
         if len(channels) < 2:
             raise PlanError(f"{self.unit_name} fuses at least 2 tasks, got {len(channels)}")
-        if layout not in ("NCHW", "NHWC", "NLC", "NCL", "NC"):
+        if layout not in FUSABLE:
             raise PlanError(f"{self.unit_name} cannot fuse features of layout {layout!r}")
         self.channels = [int(c) for c in channels]
         self.layout = layout
@@ -217,7 +205,7 @@ BN_EPS = 1e-3
 
 def _norm(kind: str, channels: int, layout: str, momentum: float = BN_MOMENTUM, eps: float = BN_EPS) -> nn.Module:
     if kind == "bn":
-        bn = nn.BatchNorm2d if layout in ("NCHW", "NHWC") else nn.BatchNorm1d
+        bn = nn.BatchNorm2d if is_map(layout) else nn.BatchNorm1d
         return bn(channels, eps=eps, momentum=momentum)
     if kind == "none":
         return nn.Identity()

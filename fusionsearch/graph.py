@@ -9,7 +9,6 @@ segments whose chained output equals the model's ``forward_features`` bit for bi
 
 from __future__ import annotations
 
-import copy
 import difflib
 import math
 import warnings
@@ -30,11 +29,11 @@ from ._fx import (
 )
 from .backbone import create_backbone, example_input, input_size_of
 from .errors import CutPointError, TraceError
-from .segments import GraphIndex, Segment, run_segments
+from .layouts import Layout, channels_of, is_map, is_tokens, spatial_of
+from .segments import GraphIndex, Segment
 
 __all__ = ["BackboneGraph", "Boundary", "CutPoint", "trace"]
 
-LAYOUTS = ("NCHW", "NHWC", "NLC", "NCL", "NC", "other")
 # Modules whose Python code branches on self.training: as leaves they keep one graph for both
 # modes and decide at run time, as the eager model does.
 STOCHASTIC_LEAVES: tuple[type[nn.Module] | str, ...] = (
@@ -70,15 +69,7 @@ class CutPoint:
     @property
     def spatial(self) -> tuple[int, ...]:
         """The resolution key: (H, W) for maps, (N,) for tokens, () for vectors."""
-        if self.layout == "NCHW":
-            return tuple(self.shape[1:3])
-        if self.layout == "NHWC":
-            return tuple(self.shape[0:2])
-        if self.layout == "NLC":
-            return (self.shape[0],)
-        if self.layout == "NCL":
-            return (self.shape[1],)
-        return ()
+        return spatial_of(tuple(self.shape), self.layout)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -168,10 +159,6 @@ class BackboneGraph:
             end = names[i] if i < len(names) else None
             segments.append(Segment(gm, train_gm, start, end, side_in, side_out))
         return segments
-
-    def copy_model(self) -> nn.Module:
-        """A deep copy of the traced graph module (weights included) for a new column."""
-        return copy.deepcopy(self.module)
 
     def to_dict(self, all_cuts: bool = False) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -374,13 +361,7 @@ def _same_ratio(rh: float, rw: float) -> bool:
 
 
 def _channels(shape: tuple[int, ...], layout: str) -> int:
-    return {
-        "NCHW": shape[0],
-        "NHWC": shape[-1],
-        "NLC": shape[-1],
-        "NCL": shape[0],
-        "NC": shape[0],
-    }.get(layout, shape[0] if shape else 0)
+    return channels_of(shape, layout)
 
 
 def _reduction(shape: tuple[int, ...], layout: str, hw: tuple[int, int], prefix: int) -> int | None:
@@ -448,7 +429,7 @@ def _analyse(
 
     boundaries, starts = _stages(cut_points, feature_modules, tracer, model)
     notes: list[str] = []
-    cut_res = {c.spatial for c in cut_points if c.layout in ("NCHW", "NHWC")}
+    cut_res = {c.spatial for c in cut_points if is_map(c.layout)}
     seen_res: list[tuple[int, ...]] = []
     for n in index.nodes:
         info = index.info.get(n)
@@ -504,11 +485,7 @@ def _res_list(res: list[tuple[int, ...]]) -> str:
 
 def _spatial_of(shape: tuple[int, ...], hw: tuple[int, int]) -> tuple[int, ...] | None:
     layout = _layout(shape, hw, None)
-    if layout == "NCHW":
-        return tuple(shape[1:3])
-    if layout == "NHWC":
-        return tuple(shape[0:2])
-    return None
+    return spatial_of(shape, layout) if is_map(layout) else None
 
 
 def _is_relu(gm: fx.GraphModule, n: fx.Node) -> bool:
@@ -579,13 +556,13 @@ def _stages(
             by_module[node.name] = path
     runs: list[list[CutPoint]] = []
     for cp in (c for c in cps if c.layout != "other"):
-        key = (cp.layout in ("NLC", "NCL"), cp.spatial, cp.layout == "NC")
+        key = (is_tokens(cp.layout), cp.spatial, cp.layout == Layout.NC)
         if (
             runs
             and (
-                runs[-1][0].layout in ("NLC", "NCL"),
+                is_tokens(runs[-1][0].layout),
                 runs[-1][0].spatial,
-                runs[-1][0].layout == "NC",
+                runs[-1][0].layout == Layout.NC,
             )
             == key
         ):
@@ -601,7 +578,7 @@ def _stages(
             chosen = [(cp, by_module[cp.node]) for cp in named]
         elif run[-1].reduction in named_reductions:
             chosen = []  # feature_info already has this stage (e.g. a ViT's patch embedding)
-        elif run[0].layout in ("NLC", "NCL"):
+        elif is_tokens(run[0].layout):
             blocks = _block_outputs(run, model)
             chosen = [(cp, cp.name) for cp in (blocks or run[-1:])]
         else:
@@ -622,8 +599,3 @@ def _boundary(cp: CutPoint, label: str, stage: int, kind: str) -> Boundary:
     fields["name"] = label
     fields["aliases"] = tuple(n for n in names if n != label)
     return Boundary(**fields, stage=stage, kind=kind)
-
-
-def run(segments: Sequence[Segment], x: torch.Tensor) -> Any:
-    """Alias of :func:`fusionsearch.segments.run_segments`."""
-    return run_segments(segments, x)

@@ -13,7 +13,7 @@ import math
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .fusion import to_channels_first
+from .layouts import Layout, to_channels_first
 
 __all__ = ["CLASSIFICATION_TASKS", "task_kind", "SimpleHead", "LayoutAdapter", "tokens_to_map"]
 
@@ -53,7 +53,7 @@ class LayoutAdapter(nn.Module):
         self.prefix_tokens = prefix_tokens
 
     def forward(self, x: Tensor, size: tuple[int, int]) -> Tensor:
-        if self.layout == "NLC":
+        if self.layout == Layout.NLC:
             x = tokens_to_map(x, self.prefix_tokens) if self.kind == "dense" else x.mean(1)[:, :, None, None]
         else:
             x = to_channels_first(x, self.layout)

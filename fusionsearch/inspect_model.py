@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import warnings
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -70,3 +71,28 @@ def inspect_saved(path: str, console: Console, as_json: bool = False, trust: boo
         sys.stdout.write("\n")
         return
     print_net(net, console)
+
+
+def fmt_params(n: int) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}K"
+
+
+def points_table(title: str, points: list[Any]) -> Table:
+    """Cut points or boundaries as the table ``fusionsearch inspect`` prints."""
+    table = Table(title=title, title_justify="left")
+    for col, just in [("#", "right"), ("name", "left"), ("shape", "left"), ("layout", "left")]:
+        table.add_column(col, justify=just)  # type: ignore[arg-type]
+    table.add_column("reduction", justify="right")
+    table.add_column("channels", justify="right")
+    table.add_column("params before", justify="right")
+    for i, p in enumerate(points):
+        table.add_row(
+            str(i),
+            p.name,
+            "x".join(map(str, p.shape)),
+            p.layout,
+            "-" if p.reduction is None else f"/{p.reduction}",
+            str(p.channels),
+            fmt_params(p.params_before),
+        )
+    return table

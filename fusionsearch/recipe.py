@@ -18,7 +18,7 @@ from typing import Any, Literal
 import yaml
 
 from .errors import FusionSearchError
-from .schema import check_fields
+from .schema import check_fields, did_you_mean
 from .tasks import DeltaM, primary_metric
 from .train import TrainConfig
 
@@ -196,7 +196,10 @@ class Recipe:
         unknown = set(d) - names
         if unknown:
             where = f" in {path}" if path else ""
-            raise RecipeError(f"unknown recipe field(s) {sorted(unknown)}{where}; known: {', '.join(sorted(names))}")
+            hint = did_you_mean(sorted(unknown)[0], sorted(names))
+            raise RecipeError(
+                f"unknown recipe field(s) {sorted(unknown)}{where}{hint}; known: {', '.join(sorted(names))}"
+            )
         return cls(**dict(d), path=path)
 
 

@@ -9,12 +9,19 @@ schema, so a new field is checked the moment it is declared.
 
 from __future__ import annotations
 
+import difflib
 import types
 import typing
 from collections.abc import Mapping
 from typing import Any, Union
 
-__all__ = ["check_fields", "describe"]
+__all__ = ["check_fields", "describe", "did_you_mean"]
+
+
+def did_you_mean(name: str, known: list[str] | tuple[str, ...]) -> str:
+    """`` (did you mean 'trials'?)`` for the closest known name, or nothing."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _ok(value: Any, hint: Any) -> bool:
@@ -85,6 +92,6 @@ def check_fields(values: Any, cls: type, where: str, error: type[Exception]) -> 
     known = [n for n in getattr(cls, "__dataclass_fields__", hints) if not n.startswith("_")]
     for key, value in values.items():
         if key not in known:
-            raise error(f"unknown field {where}.{key}; known: {', '.join(known)}")
+            raise error(f"unknown field {where}.{key}{did_you_mean(str(key), known)}; known: {', '.join(known)}")
         if not _ok(value, hints[key]):
             raise error(f"{where}.{key} must be {describe(hints[key])}, got {value!r}")

@@ -19,6 +19,7 @@ import optuna
 
 from .errors import PlanError
 from .fusion import FUSION_UNITS
+from .schema import did_you_mean
 from .stitch import StitchPlan
 
 __all__ = ["SearchSpace", "Sampled", "NONE", "COLUMN_INITS"]
@@ -102,7 +103,8 @@ class SearchSpace:
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
             known = ", ".join(cls.__dataclass_fields__)
-            raise PlanError(f"unknown search field(s) {sorted(unknown)}; known: {known}")
+            hint = did_you_mean(sorted(unknown)[0], list(cls.__dataclass_fields__))
+            raise PlanError(f"unknown search field(s) {sorted(unknown)}{hint}; known: {known}")
         space = cls(**dict(d))
         for u in space.units:
             if u != NONE and u not in FUSION_UNITS:

@@ -24,6 +24,8 @@ from .errors import CheckpointError, PlanError
 from .fusion import FusionUnit, ShortcutHead, get_fusion
 from .graph import BackboneGraph, CutPoint, trace
 from .heads import LayoutAdapter, SimpleHead, task_kind
+from .layouts import is_tokens
+from .schema import did_you_mean
 from .segments import Segment
 
 __all__ = ["StitchPlan", "StitchedNet", "StitchMeta", "build", "save", "load", "parse_tasks", "SAFE_CREATE_KWARGS"]
@@ -79,7 +81,8 @@ class StitchPlan:
     def from_dict(cls, d: Mapping[str, Any]) -> StitchPlan:
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
-            raise PlanError(f"unknown StitchPlan field(s): {', '.join(sorted(unknown))}")
+            hint = did_you_mean(sorted(unknown)[0], list(cls.__dataclass_fields__))
+            raise PlanError(f"unknown StitchPlan field(s): {', '.join(sorted(unknown))}{hint}")
         kwargs: dict[str, Any] = {k: (list(v) if k == "at" else v) for k, v in d.items()}
         return cls(**kwargs)
 
@@ -336,7 +339,7 @@ def _check_points(graphs: list[BackboneGraph], names: Sequence[Any]) -> list[lis
         if [p.index for p in col] != sorted(p.index for p in col):
             raise PlanError(f"cut points {names} come in a different order in column {c} ({graphs[c].name})")
         for a, b in zip(per_col[0], col):
-            if a.spatial != b.spatial or (a.layout in ("NLC", "NCL")) != (b.layout in ("NLC", "NCL")):
+            if a.spatial != b.spatial or is_tokens(a.layout) != is_tokens(b.layout):
                 raise PlanError(
                     f"incompatible resolutions at {a.name!r}: {graphs[0].name} has {a.layout} {a.shape},"
                     f" {graphs[c].name} has {b.layout} {b.shape} at {b.name!r}; fusion needs equal sizes"

@@ -5,9 +5,13 @@ failures recorded with their kind (``recovery``), and Ctrl-C or SIGTERM handled 
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -22,6 +26,8 @@ from .study import load_study
 
 __all__ = [
     "run_worker",
+    "run_workers",
+    "worker_command",
     "trial_label",
 ]
 
@@ -139,3 +145,66 @@ def trial_label(t: Any) -> str:
     if a.get("confirm") is not None:
         return f"confirm {a['confirm']} (seed {a['seed']})"
     return a.get("baseline") or f"trial {t.number}"
+
+
+def worker_command(study: str, device: str, threads: int, artifacts: str | None = None) -> list[str]:
+    """The command line of one worker process. The storage URL is not on it: it may hold a
+    password, and ``ps`` shows every process's arguments to every user; workers read it from
+    ``FUSIONSEARCH_STORAGE`` in their environment."""
+    cmd = [sys.executable, "-m", "fusionsearch.cli", "worker", "--study", study, "--device", device]
+    cmd += ["--threads", str(threads), "--quiet"]
+    return cmd + (["--artifacts", artifacts] if artifacts else [])
+
+
+def run_workers(
+    study: optuna.Study,
+    settings: Any,
+    devices: list[str],
+    *,
+    quiet: bool = False,
+    artifacts: str | None = None,
+    steps_total: int = 0,
+    console: Any = None,
+) -> tuple[list[int], Path | None]:
+    """Run the queued trials: here for one device, else one worker process per device (as
+    ``fusionsearch worker``; CPU threads split between them) while this process shows the live
+    view. Returns the workers that exited with an error and the folder of their logs."""
+    from rich.console import Console
+
+    from .leaderboard import live_view
+    from .storage import artifact_dir
+
+    console = console or Console()
+    say = lambda m: console.print(m, highlight=False)
+    if len(devices) <= 1:
+        run_worker(settings.study, settings.storage, device=devices[0], progress=not quiet, log=say)
+        return [], None
+    logs = artifact_dir(settings.storage, artifacts) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    threads = max(1, (os.cpu_count() or 1) // len(devices))
+    env = {**os.environ, "FUSIONSEARCH_STORAGE": settings.storage}
+    procs = []
+    for i, dev in enumerate(devices):
+        log = open(logs / f"{settings.study}-worker{i}.log", "a")  # noqa: SIM115 - closed below
+        cmd = worker_command(settings.study, dev, threads, artifacts)
+        procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
+    say(f"{len(devices)} workers on {', '.join(devices)}; logs in {logs}")
+    try:
+        if quiet:
+            while any(p.poll() is None for p, _ in procs):
+                time.sleep(2)
+        else:
+            from rich.live import Live
+
+            with Live(live_view(study, steps_total), console=console, refresh_per_second=1) as live:
+                while any(p.poll() is None for p, _ in procs):
+                    time.sleep(1)
+                    live.update(live_view(study, steps_total))
+    except KeyboardInterrupt:
+        for p, _ in procs:
+            p.terminate()  # SIGTERM: each worker fails its trial as interrupted and queues it again
+        raise
+    finally:
+        for _, log in procs:
+            log.close()
+    return [i for i, (p, _) in enumerate(procs) if p.returncode not in (0, None)], logs
