@@ -67,10 +67,10 @@ def load_weights(model: nn.Module, checkpoint: str | os.PathLike[str], strict: b
 
 def input_size_of(model: nn.Module) -> tuple[int, int, int]:
     """The (C, H, W) input a model was built for: timm's pretrained config, else 3x224x224."""
-    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
-    size = cfg.get("input_size") if isinstance(cfg, dict) else None
-    if size is not None and len(size) == 3:
-        return (int(size[0]), int(size[1]), int(size[2]))
+    if getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None):
+        size = timm.data.resolve_model_data_config(model).get("input_size")
+        if size is not None and len(size) == 3:
+            return (int(size[0]), int(size[1]), int(size[2]))
     return DEFAULT_INPUT_SIZE
 
 

@@ -44,20 +44,16 @@ def _reference(single: Mapping[str, Any], step: int) -> Mapping[str, Any]:
 
 
 def _latency_ms(net: Any, size: tuple[int, int, int], device: torch.device) -> float:
+    """Median forward time of one image, by ``torch.utils.benchmark.Timer`` (which warms up and
+    synchronises CUDA itself)."""
+    from torch.utils.benchmark import Timer
+
     net.eval()
     x = torch.randn(1, *size, device=device)
-    times = []
     with torch.no_grad():
-        for i in range(7):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            net(x)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            if i >= 2:
-                times.append(time.perf_counter() - t0)
-    return 1000 * sorted(times)[len(times) // 2]
+        net(x)  # warm-up: lazy initialisation, cuDNN autotuning
+        timer = Timer(stmt="net(x)", globals={"net": net, "x": x}, num_threads=torch.get_num_threads())
+        return 1000 * timer.timeit(5).median
 
 
 def _free_memory() -> None:

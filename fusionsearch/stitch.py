@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import timm
 import torch
 from torch import Tensor, nn
 
@@ -585,15 +586,11 @@ def _load_column(segments: list[Segment], weights: Any, task: str) -> None:
         path = Path(weights)
         if not path.is_file():
             raise FileNotFoundError(f"column weights for task {task!r}: {str(path)!r} does not exist")
-        try:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
+        try:  # timm's reader: plain, "state_dict"/"model"-keyed, "module." prefixes, weights only
+            sd = timm.models.load_state_dict(str(path), use_ema=False, device="cpu", weights_only=True)
         except Exception as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise CheckpointError(f"column weights for task {task!r}: {str(path)!r} cannot be read: {first}") from None
-        for key in ("state_dict", "model", "state_dict_ema"):
-            if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
-                sd = sd[key]
-                break
     else:
         sd = dict(weights)
     sd = {k.removeprefix("module."): v for k, v in sd.items()}

@@ -282,23 +282,7 @@ def _save(path: Path, net: StitchedNet, opt: Any, scaler: Any, step: int, histor
     os.replace(tmp, path)  # never leave a half-written checkpoint
 
 
-class _NoProgress:
-    def __enter__(self) -> _NoProgress:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
-
-    def add_task(self, *args: Any, **kwargs: Any) -> int:
-        return 0
-
-    def update(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
 def _progress(enabled: bool, total: int, start: int) -> Any:
-    if not enabled:
-        return _NoProgress()
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     return Progress(
@@ -307,4 +291,5 @@ def _progress(enabled: bool, total: int, start: int) -> Any:
         MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]:.4f}"),
         TimeRemainingColumn(),
+        disable=not enabled,
     )

@@ -1,11 +1,19 @@
 from __future__ import annotations
 
 import functools
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
+from helpers import _initdb, tiny_recipe
 
 import fusionsearch as fs
+from fusionsearch.search import StudySettings, prepare_study, run_worker
 
 torch.set_num_threads(1)  # tiny models: threads only add overhead (and oversubscribe)
 
@@ -35,3 +43,77 @@ def traced(name: str) -> fs.BackboneGraph:
 @pytest.fixture
 def graph_of():
     return traced
+
+
+@pytest.fixture(scope="session")
+def small_study(tmp_path_factory):
+    """Baselines + 3 trials, with one out-of-memory and one NaN failure injected."""
+    d = tmp_path_factory.mktemp("study")
+    url = f"sqlite:///{d}/s.db"
+    study = prepare_study(tiny_recipe(), StudySettings(study="s", storage=url, trials=4, keep_nets="all"))
+    nan_trial = {}
+
+    def inject(trial):
+        if trial.user_attrs.get("slot") == 0:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        nan_trial["on"] = trial.user_attrs.get("slot") == 1
+
+    original = fs.tasks.Normals.loss
+
+    def loss(self, pred, target):
+        out = original(self, pred, target)
+        return out * float("nan") if nan_trial.get("on") else out
+
+    fs.tasks.Normals.loss = loss
+    try:
+        ran = run_worker("s", url, device="cpu", before_trial=inject)
+    finally:
+        fs.tasks.Normals.loss = original
+    return study, url, ran
+
+
+@pytest.fixture
+def postgres(tmp_path):
+    """A throw-away PostgreSQL server on 127.0.0.1 (CI installs Debian's postgresql)."""
+    initdb = _initdb()
+    if initdb is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is not installed: .ci/run installs it")
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    bindir = Path(initdb).parent
+    # not under tmp_path: pytest's base folder is private to root, and the server runs as postgres
+    data = Path(tempfile.mkdtemp(prefix="fusionsearch-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # the server refuses to run as root
+        shutil.chown(data, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    subprocess.run(
+        [*as_user, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            *as_user,
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-w",
+            "-l",
+            str(data / "log"),
+            "-o",
+            f"-p {port} -k {data} -c listen_addresses=127.0.0.1",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run(
+            [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True
+        )

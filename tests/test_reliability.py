@@ -16,9 +16,9 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
+from helpers import finished, jobs, tiny_recipe
 from optuna.artifacts import upload_artifact
 from optuna.trial import TrialState
-from test_search import finished, jobs, postgres, tiny_recipe  # noqa: F401 - postgres is a fixture
 from typer.testing import CliRunner
 
 import fusionsearch as fs
@@ -161,12 +161,14 @@ def _race(url: str, n: int = 4, trials: int = 30) -> list[optuna.trial.FrozenTri
 EVERY_SLOT = sorted(["warmstart", "single", "shared", "nddr_default"] + [f"slot{i}" for i in range(30)])
 
 
+@pytest.mark.slow
 def test_runs_started_together_queue_exactly_the_requested_slots_on_sqlite(tmp_path):
     trials = _race(f"sqlite:///{tmp_path}/race.db")
     assert sorted(jobs(trials)) == EVERY_SLOT
 
 
-def test_runs_started_together_queue_exactly_the_requested_slots_on_postgresql(postgres):  # noqa: F811
+@pytest.mark.slow
+def test_runs_started_together_queue_exactly_the_requested_slots_on_postgresql(postgres):
     trials = _race(postgres)
     assert sorted(jobs(trials)) == EVERY_SLOT
 
@@ -404,6 +406,7 @@ def test_an_unexpected_error_is_one_line_with_the_traceback_on_request(monkeypat
     assert "Traceback" in result.stderr and result.exit_code == 1
 
 
+@pytest.mark.slow
 def test_a_real_ctrl_c_is_one_line_and_the_same_command_resumes(tmp_path):
     """SIGINT to ``fusionsearch run`` while a trial trains: exit 130 with one line; running the
     same command again completes every trial."""
