@@ -334,6 +334,10 @@ def train(
     optimizer: str | None = typer.Option(None, help="adamw or sgd (the papers' choice, momentum 0.9)"),
     loss_weight: list[str] = typer.Option([], help="TASK=W, e.g. normal=20 (the official NDDR code's weight)"),
     eval_every: int | None = typer.Option(None, help="evaluate every N steps"),
+    weighting: str | None = typer.Option(
+        None,
+        help="task weighting: fixed, uncertainty, dwa, rlw, gls, famo, upgrad, ... (fusionsearch list weightings)",
+    ),
     device: str = typer.Option("auto", help="auto, cpu or cuda[:N]"),
     checkpoint: str | None = typer.Option(None, help="save here and resume from here"),
     seed: int = typer.Option(0, help="random seed"),
@@ -377,7 +381,13 @@ def train(
             raise ArgumentError(f"--baseline {baseline!r} is not a metrics JSON file: {e}") from None
         check_metrics(base, exp.directions(), baseline)
     cfg = r.train_config(
-        steps=steps, batch_size=batch_size, base_lr=lr, optimizer=optimizer, eval_every=eval_every, seed=seed
+        steps=steps,
+        batch_size=batch_size,
+        base_lr=lr,
+        optimizer=optimizer,
+        eval_every=eval_every,
+        seed=seed,
+        weighting=weighting,
     )
     result = exp.train(
         stitch, cfg=cfg, loss_weights=parse_weights(loss_weight) or None, device=device, checkpoint=checkpoint
@@ -398,10 +408,8 @@ def train(
         Path(save_metrics).parent.mkdir(parents=True, exist_ok=True)
         Path(save_metrics).write_text(json.dumps(result.metrics, indent=2))
     if out:
-        save(result.net, out)
+        save(result.net, out, weighting=result.history.get("weighting"))
         console.print(f"saved to {out}", highlight=False)
-
-
 
 
 def _devices(spec: str, workers: int) -> list[str]:
@@ -793,16 +801,17 @@ def dashboard(
     )
 
 
-LISTS = ("units", "tasks", "datasets", "recipes")
+LISTS = ("units", "tasks", "datasets", "weightings", "recipes")
 
 
 @app.command("list")
-def list_(what: str = typer.Argument("units", help="units, tasks, datasets or recipes")) -> None:
+def list_(what: str = typer.Argument("units", help="units, tasks, datasets, weightings or recipes")) -> None:
     """List what is registered: fusion units, tasks, data sets, or the recipes found."""
     from .data import DATASETS
     from .fusion import FUSION_UNITS
     from .recipe import list_recipes, load_recipe
     from .tasks import TASKS
+    from .weighting import WEIGHTINGS
 
     if what not in LISTS:
         raise ArgumentError(f"fusionsearch list {what!r}: choose {', '.join(LISTS)}")
@@ -819,7 +828,7 @@ def list_(what: str = typer.Argument("units", help="units, tasks, datasets or re
             except FusionSearchError as e:
                 rows.append((name, f"(invalid: {e})"))
     else:
-        registry: Any = {"units": FUSION_UNITS, "tasks": TASKS, "datasets": DATASETS}[what]
+        registry: Any = {"units": FUSION_UNITS, "tasks": TASKS, "datasets": DATASETS, "weightings": WEIGHTINGS}[what]
         for name, cls in sorted(registry.items()):
             first = (cls.__doc__ or "").strip().splitlines()
             label = (cls.label,) if what == "tasks" else ()

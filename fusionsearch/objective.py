@@ -24,7 +24,7 @@ from .fusion import fusion_weights
 from .queueing import _find, _pop, is_baseline, is_reference, reap_stale, single_metrics
 from .recipe import Recipe
 from .recovery import failed_for_good, requeue_failed
-from .space import SearchSpace
+from .space import Sampled, SearchSpace
 from .stitch import StitchPlan
 from .storage import artifact_store
 from .study import StudySettings, rungs
@@ -182,26 +182,27 @@ class Objective:
                 self._warm = WarmStart.of(load(path, trust=True))  # written by a worker of this study
         return self._warm
 
-    def _what(self, trial: optuna.Trial) -> tuple[StitchPlan, dict[str, float] | None, float | None, str]:
-        """(plan, loss weights, base lr, column start) of a trial of any kind."""
+    def _what(self, trial: optuna.Trial) -> Sampled:
+        """What a trial of any kind trains: plan, loss weights, base lr, column start, weighting.
+        Baselines train as the recipe says (the papers' fixed weights unless ``train.weighting``)."""
         attrs = trial.user_attrs
         baseline, confirm = attrs.get("baseline"), attrs.get("confirm")
         if baseline == WARMSTART:
-            return self.exp.baseline_plan("single"), None, None, "scratch"
+            return Sampled(self.exp.baseline_plan("single"), {}, None, "scratch")
         if baseline is not None:
-            return self.exp.baseline_plan(baseline), None, None, self.space.baseline_init
+            return Sampled(self.exp.baseline_plan(baseline), {}, None, self.space.baseline_init)
         if confirm is not None:
             if "source" not in attrs:
-                return self.exp.baseline_plan(confirm), None, None, self.space.baseline_init
+                return Sampled(self.exp.baseline_plan(confirm), {}, None, self.space.baseline_init)
             src = self.study.get_trials(deepcopy=False)[attrs["source"]].user_attrs
-            return (
+            return Sampled(
                 StitchPlan.from_dict(src["plan"]),
-                src.get("loss_weights"),
+                src.get("loss_weights") or {},
                 src.get("base_lr"),
                 src.get("column_init", self.space.baseline_init),
+                src.get("weighting"),
             )
-        s = self.space.sample(trial, self.exp.points(self.space.points), len(self.recipe.tasks))
-        return s.plan, s.loss_weights or None, s.base_lr, s.column_init
+        return self.space.sample(trial, self.exp.points(self.space.points), len(self.recipe.tasks))
 
     def __call__(self, trial: optuna.Trial) -> list[float]:
         self.check_dependencies(trial)
@@ -210,7 +211,11 @@ class Objective:
         baseline, confirm = trial.user_attrs.get("baseline"), trial.user_attrs.get("confirm")
         seed = int(trial.user_attrs.get("seed", self.settings.seed))
         cfg = self.recipe.train_config(seed=seed)
-        plan, weights, base_lr, column_init = self._what(trial)
+        what = self._what(trial)
+        plan, weights, base_lr, column_init = what.plan, what.loss_weights or None, what.base_lr, what.column_init
+        if what.weighting is not None:
+            cfg.weighting = what.weighting
+            trial.set_user_attr("weighting", what.weighting)
         if base_lr is not None:
             cfg.base_lr = base_lr
         start = None
@@ -261,7 +266,7 @@ class Objective:
         trial.set_user_attr("evals", result.history["evals"])
         trial.set_user_attr("params", params)
         trial.set_user_attr("steps", result.step)
-        self._save_artifacts(trial, result.net)
+        self._save_artifacts(trial, result.net, result.history.get("weighting"))
         values = [MEASURES[o](self, trial, result, params) for o in self.settings.objectives]
         del result
         return values
@@ -296,7 +301,7 @@ class Objective:
             return True
         return "baseline" in attrs and self.settings.confirm_seeds == 0
 
-    def _save_artifacts(self, trial: optuna.Trial, net: Any) -> None:
+    def _save_artifacts(self, trial: optuna.Trial, net: Any, weighting: Any = None) -> None:
         from optuna.artifacts import upload_artifact
 
         from .stitch import save
@@ -304,7 +309,7 @@ class Objective:
         with tempfile.TemporaryDirectory() as d:
             if self._keeps_net(trial):
                 model = Path(d) / f"trial-{trial.number}.pt"
-                save(net.cpu(), model)
+                save(net.cpu(), model, weighting=weighting)
                 trial.set_user_attr(
                     "model_artifact",
                     upload_artifact(

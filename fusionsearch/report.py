@@ -24,7 +24,15 @@ from .confirm import Confirmation, summarize
 from .leaderboard import best_trial, counts, plan_summary, search_only, trial_rows
 from .storage import artifact_store
 
-__all__ = ["write_report", "FIGURES", "placement_map", "fusion_weight_figure", "confirmation_figure", "importances"]
+__all__ = [
+    "write_report",
+    "FIGURES",
+    "placement_map",
+    "fusion_weight_figure",
+    "confirmation_figure",
+    "importances",
+    "task_weight_figure",
+]
 
 FIGURES = (
     "confirmation",
@@ -34,6 +42,7 @@ FIGURES = (
     "parallel coordinates",
     "placement map",
     "fusion weights",
+    "task weights",
 )
 # Fewer complete searched trials than this give importances that are noise (6 trials drew 12 bars
 # all at 0.08): the report says so instead of drawing them.
@@ -67,16 +76,68 @@ def placement_map(study: optuna.Study) -> go.Figure:
         no = [r["delta_m"] for r in rows if p not in r["plan"].get("at", [])]
         with_.append(sum(yes) / len(yes) if yes else None)
         without.append(sum(no) / len(no) if no else None)
-    fig = go.Figure(
-        [
-            go.Bar(name="fusion here", x=points, y=with_),
-            go.Bar(name="no fusion here", x=points, y=without),
-        ]
+    methods = _by_weighting(study)
+    if not methods:
+        fig = go.Figure(
+            [
+                go.Bar(name="fusion here", x=points, y=with_),
+                go.Bar(name="no fusion here", x=points, y=without),
+            ]
+        )
+        fig.update_layout(
+            title="Placement map: mean Delta-m (%) of finished trials with / without fusion at each point",
+            barmode="group",
+            yaxis_title="Delta-m (%)",
+        )
+        return fig
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.7, 0.3], subplot_titles=("placement", "weighting"))
+    fig.add_trace(go.Bar(name="fusion here", x=points, y=with_), row=1, col=1)
+    fig.add_trace(go.Bar(name="no fusion here", x=points, y=without), row=1, col=1)
+    names = sorted(methods)
+    fig.add_trace(
+        go.Bar(
+            name="weighting",
+            x=names,
+            y=[sum(methods[n]) / len(methods[n]) for n in names],
+            text=[f"n={len(methods[n])}" for n in names],
+        ),
+        row=1,
+        col=2,
     )
     fig.update_layout(
-        title="Placement map: mean Delta-m (%) of finished trials with / without fusion at each point",
+        title="Placement map: mean Delta-m (%) with / without fusion at each point, and per weighting method",
         barmode="group",
         yaxis_title="Delta-m (%)",
+    )
+    return fig
+
+
+def _by_weighting(study: optuna.Study) -> dict[str, list[float]]:
+    """Delta-m of the finished sampled trials per weighting method, when the study searched it."""
+    out: dict[str, list[float]] = {}
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        if "slot" in t.user_attrs and "weighting" in t.params and t.user_attrs.get("delta_m") is not None:
+            out.setdefault(str(t.params["weighting"]), []).append(float(t.user_attrs["delta_m"]))
+    return out
+
+
+def task_weight_figure(trial: optuna.trial.FrozenTrial) -> go.Figure:
+    """The task weights (or the gradient aggregator's effective weights) at each evaluation."""
+    evals = [e for e in trial.user_attrs.get("evals", []) if e.get("weights")]
+    if not evals:
+        raise ValueError(f"trial {trial.number} logged no task weights")
+    tasks = list(evals[0]["weights"])
+    fig = go.Figure(
+        [go.Scatter(name=t, x=[e["step"] for e in evals], y=[e["weights"][t] for e in evals], mode="lines+markers")
+         for t in tasks]
+    )  # fmt: skip
+    method = (trial.user_attrs.get("weighting") or {}).get("name", "the recipe's")
+    fig.update_layout(
+        title=f"Task weights of trial {trial.number} over training ({method} weighting)",
+        xaxis_title="step",
+        yaxis_title="weight",
     )
     return fig
 
@@ -266,6 +327,12 @@ def write_report(study: optuna.Study, out: str | Path, storage_url: str, artifac
             except Exception as e:
                 fw_err = f"cannot read the best trial's fusion weights: {e}"
     figs.append(("fusion weights", fw_fig, fw_err))
+    weighted = next((t for t in [best] if t is not None and t.user_attrs.get("weighting")), best)
+    figs.append(
+        _safe("task weights", lambda: task_weight_figure(weighted))
+        if weighted is not None
+        else ("task weights", None, "no complete trial yet")
+    )
     parts = []
     first = True
     for name, fig, err in figs:

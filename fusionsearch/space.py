@@ -21,6 +21,7 @@ from .errors import PlanError
 from .fusion import FUSION_UNITS
 from .schema import did_you_mean
 from .stitch import StitchPlan
+from .weighting import get_weighting
 
 __all__ = ["SearchSpace", "Sampled", "NONE", "COLUMN_INITS"]
 
@@ -36,6 +37,7 @@ class Sampled:
     loss_weights: dict[str, float]
     base_lr: float | None
     column_init: str = "single"
+    weighting: dict[str, Any] | None = None  # {name, args}: None keeps the recipe's train.weighting
 
 
 @dataclass
@@ -64,6 +66,10 @@ class SearchSpace:
     # a warm-started trial's learning rate is base_lr x this: restarting trained nets at the peak
     # rate of a fresh run undoes much of their training in the first steps (AdamW especially)
     finetune_lr_mult: float = 1.0
+    # task weighting methods to choose from (``weighting.WEIGHTINGS``), each with its own
+    # ``search_args`` drawn conditionally; None keeps the recipe's train.weighting. Baselines
+    # always train as the recipe says (the papers' fixed weights)
+    weighting: list[str] | None = None
 
     def grid(self, points: Sequence[str]) -> dict[str, list[Any]]:
         """The categorical choices as a grid for Optuna's GridSampler. Every choice that is not
@@ -80,6 +86,7 @@ class SearchSpace:
             ("init", [_init_label(v) for v in self.init] if self.init else None),
             ("lr_mult", self.lr_mult_choices),
             ("column_init", self.column_init if isinstance(self.column_init, list) else None),
+            ("weighting", self.weighting),
         ):
             if values is not None and name not in self.fixed:
                 g[name] = list(values)
@@ -117,6 +124,8 @@ class SearchSpace:
                     f"search {name} must be a [low, high] range with 0 < low <= high (log scale), or [v, v] to fix"
                     f" it, got {r!r}"
                 )
+        for w in space.weighting or []:
+            get_weighting(w)  # an unknown method names the registered ones
         inits = space.column_init if isinstance(space.column_init, list) else [space.column_init]
         bad = [v for v in inits if v not in COLUMN_INITS]
         if bad or not inits:
@@ -221,11 +230,20 @@ class SearchSpace:
         if isinstance(column_init, list):
             starts: list[str] = list(column_init)
             column_init = self._pick(trial, "column_init", lambda: trial.suggest_categorical("column_init", starts))
+        weighting = None
+        if self.weighting:
+            methods = list(self.weighting)
+            name = str(self._pick(trial, "weighting", lambda: trial.suggest_categorical("weighting", methods)))
+            cls = get_weighting(name)
+            weighting = {
+                "name": name,
+                "args": {a: self._range(trial, f"{a}@{name}", r) for a, r in cls.search_args.items()},
+            }
         if column_init == "single" and plan.shortcut:
             # a warm-started plan starts as the single-task nets it is paired with: the shortcut's
             # identity start, not the official Xavier one (which would scramble the trained heads' input)
             plan.shortcut_init = "identity"
-        return Sampled(plan, weights, base_lr, str(column_init))
+        return Sampled(plan, weights, base_lr, str(column_init), weighting)
 
 
 def _init_label(v: Any) -> str:

@@ -614,8 +614,10 @@ def _load_column(segments: list[Segment], weights: Any, task: str) -> None:
         raise PlanError(f"column weights for task {task!r} lack {len(missing)} backbone tensors, e.g. {missing[:3]}")
 
 
-def save(net: StitchedNet, path: str | os.PathLike[str]) -> None:
-    """Save weights, plan, tasks and backbone names; ``load`` rebuilds the net from them."""
+def save(net: StitchedNet, path: str | os.PathLike[str], weighting: Mapping[str, Any] | None = None) -> None:
+    """Save weights, plan, tasks and backbone names; ``load`` rebuilds the net from them.
+    ``weighting``: the training's weighting method and its learned state (``fit``'s
+    ``history["weighting"]``), kept beside the net (e.g. uncertainty's log-variances)."""
     payload = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
@@ -629,6 +631,8 @@ def save(net: StitchedNet, path: str | os.PathLike[str]) -> None:
         "task_args": dict(net.meta.task_args),
         "state_dict": net.state_dict(),
     }
+    if weighting is not None:
+        payload["weighting"] = {"name": str(weighting["name"]), "state_dict": dict(weighting.get("state_dict", {}))}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     torch.save(payload, path)
 

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from .errors import CheckpointError, FusionSearchError
 from .stitch import StitchedNet
 from .tasks import Task
+from .weighting import Weighting, make_weighting
 
 __all__ = ["TrainConfig", "NonFiniteLossError", "fit", "evaluate", "evaluates_at", "lr_factor"]
 
@@ -48,6 +49,7 @@ class TrainConfig:
     num_workers: int = 0
     seed: int = 0
     progress: bool = True
+    weighting: str | dict[str, Any] | None = None  # a method name or {name, args}; None: fixed
 
     def __post_init__(self) -> None:
         """Values no run can use stop here, before any study or net exists (a study of 0-step
@@ -65,6 +67,13 @@ class TrainConfig:
             raise FusionSearchError(f"train base_lr must be > 0, got {self.base_lr!r}")
         if self.optimizer not in ("sgd", "adamw"):
             raise FusionSearchError(f"train optimizer must be sgd or adamw, got {self.optimizer!r}")
+        if self.weighting is not None:
+            from .weighting import WEIGHTINGS
+
+            spec = {"name": self.weighting} if isinstance(self.weighting, str) else dict(self.weighting)
+            if set(spec) - {"name", "args"} or "name" not in spec:
+                raise FusionSearchError(f"train weighting must be a name or {{name, args}}, got {self.weighting!r}")
+            WEIGHTINGS.get(str(spec["name"]))
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -151,8 +160,10 @@ def evaluate(
     return {name: task.compute() for name, task in tasks.items()}
 
 
-def _optimizer(net: StitchedNet, cfg: TrainConfig) -> torch.optim.Optimizer:
+def _optimizer(net: StitchedNet, cfg: TrainConfig, weighting: Weighting | None = None) -> torch.optim.Optimizer:
     groups = net.param_groups(cfg.base_lr, cfg.weight_decay, cfg.head_lr_mult)
+    if weighting is not None:
+        groups += weighting.param_groups(cfg.base_lr)
     for g in groups:
         g["initial_lr"] = g["lr"]
     if cfg.optimizer == "sgd":
@@ -193,7 +204,8 @@ def fit(
     net.to(dev)
     if (dev.type == "cuda") if cfg.channels_last is None else cfg.channels_last:
         net.to(memory_format=torch.channels_last)
-    opt = _optimizer(net, cfg)
+    weighting = make_weighting(cfg.weighting, list(net.tasks), cfg.seed).to(dev)
+    opt = _optimizer(net, cfg, weighting)
     scaler = torch.amp.GradScaler(
         dev.type, enabled=use_amp and dev.type == "cuda" and not torch.cuda.is_bf16_supported()
     )
@@ -204,6 +216,8 @@ def fit(
         try:
             state = torch.load(ckpt, map_location=dev, weights_only=True)
             net.load_state_dict(state["net"])
+            if "weighting" in state:
+                weighting.load_state_dict(state["weighting"])
             opt.load_state_dict(state["optimizer"])
             scaler.load_state_dict(state["scaler"])
             start, history = int(state["step"]), state["history"]
@@ -236,42 +250,47 @@ def fit(
                 image = image.contiguous(memory_format=torch.channels_last)
             with _autocast(dev, use_amp):
                 preds, extra = net(image, return_extra=True)
-                losses = {t: tasks[t].loss(preds[t].float(), batch[t]) for t in net.tasks}
-                loss = sum(tasks[t].loss_weight * losses[t] for t in net.tasks) + extra.float()
-            if not torch.isfinite(loss):
+                losses = {t: tasks[t].loss_weight * tasks[t].loss(preds[t].float(), batch[t]) for t in net.tasks}
+            plain = sum(v.detach() for v in losses.values()) + extra.detach().float()
+            if not torch.isfinite(plain):
                 parts = ", ".join(f"{t}={v.item():.4g}" for t, v in losses.items())
-                raise NonFiniteLossError(f"loss is {loss.item()} at step {step} ({parts}, extra={extra.item():.4g})")
+                raise NonFiniteLossError(f"loss is {plain.item()} at step {step} ({parts}, extra={extra.item():.4g})")
             opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            weighting.backward(losses, extra.float(), net, step, scaler.scale)
             if cfg.grad_clip:
                 scaler.unscale_(opt)
                 torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
             scaler.step(opt)
             scaler.update()
+            weighting.observe({t: v.item() for t, v in losses.items()}, step)
             step += 1
-            history["losses"].append(loss.item())
-            progress.update(bar, advance=1, loss=loss.item())
+            history["losses"].append(plain.item())  # the tasks' weighted sum, whatever the method
+            progress.update(bar, advance=1, loss=plain.item())
             if val_data is not None and evaluates_at(step, cfg):
                 metrics = evaluate(net, tasks, val_data, cfg.batch_size, dev, use_amp, cfg.num_workers)
-                history["evals"].append({"step": step, "metrics": metrics})
+                history["evals"].append({"step": step, "metrics": metrics, "weights": weighting.weights()})
                 if callback is not None:
                     callback(step, metrics)
             stop = until is not None and step >= until
             if ckpt is not None and (step % every == 0 or step == cfg.steps or stop):
-                _save(ckpt, net, opt, scaler, step, history, cfg)
+                _save(ckpt, net, opt, scaler, step, history, cfg, weighting)
             if stop:
                 break
     history["step"] = step
+    history["weighting"] = {"name": weighting.weighting_name, "state_dict": weighting.state_dict()}
     return history
 
 
-def _save(path: Path, net: StitchedNet, opt: Any, scaler: Any, step: int, history: dict, cfg: TrainConfig) -> None:
+def _save(
+    path: Path, net: StitchedNet, opt: Any, scaler: Any, step: int, history: dict, cfg: TrainConfig, weighting: Any
+) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(
         {
             "step": step,
             "net": net.state_dict(),
+            "weighting": weighting.state_dict(),
             "optimizer": opt.state_dict(),
             "scaler": scaler.state_dict(),
             "history": history,

@@ -1,0 +1,424 @@
+"""Task weighting and gradient balancing: how K task losses become one update.
+
+A method is one ``Weighting`` subclass with ``@register_weighting("name")``; training, recipes
+(``train.weighting: {name: ..., args: {...}}``), ``fusionsearch train --weighting NAME`` and the
+search's ``weighting`` dimension find it in the registry.
+
+Two levels:
+
+- *loss-level* methods turn the K losses into one scalar, then one backward pass: ``fixed``
+  (the tasks' own ``loss_weight``), ``uncertainty`` (Kendall et al. 2018), ``dwa`` (Liu et al.
+  2019), ``rlw`` (random loss weighting, Lin et al. 2022), ``gls`` (geometric loss strategy,
+  Chennupati et al. 2019), ``famo`` (Liu et al. 2023). They work on any stitched net at the cost of
+  ``fixed`` plus a few scalar operations.
+- *gradient-level* methods (TorchJD's aggregators: ``upgrad``, ``mgda``, ``pcgrad``, ``cagrad``,
+  ``aligned_mtl``, ``imtl_g``, ``nash_mtl``) take one backward pass per task. Every trainable
+  parameter that more than one task's loss reaches (the shared trunk, the fusion units, and the
+  columns before the last fusion unit, which the units mix into every task) gets the aggregation
+  of the K task gradients; a parameter only one task reaches (its column after the last unit, its
+  head) gets that task's gradient. Each task's loss includes its ``loss_weight``; an extra loss
+  (sluice's penalty) is added with weight 1 on top.
+
+Where the implementations differ from the papers' code, the method's docstring says so.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from .errors import PlanError
+from .registry import Registry
+
+__all__ = [
+    "WEIGHTINGS",
+    "Weighting",
+    "GradientWeighting",
+    "register_weighting",
+    "get_weighting",
+    "make_weighting",
+    "LOSS_LEVEL",
+    "GRADIENT_LEVEL",
+]
+
+WEIGHTINGS: Registry[type[Weighting]] = Registry("weighting method", PlanError, name_attr="weighting_name")
+LOSS_LEVEL, GRADIENT_LEVEL = "loss", "gradient"
+
+
+def register_weighting(name: str) -> Callable[[type[Weighting]], type[Weighting]]:
+    """Class decorator: make a weighting method available by ``name``."""
+    return WEIGHTINGS.register(name)
+
+
+def get_weighting(name: str) -> type[Weighting]:
+    return WEIGHTINGS.get(name)
+
+
+def make_weighting(spec: str | Mapping[str, Any] | None, tasks: Sequence[str], seed: int = 0) -> Weighting:
+    """A method from a name or ``{name: ..., args: {...}}`` (None: ``fixed``)."""
+    if spec is None:
+        spec = {"name": "fixed"}
+    if isinstance(spec, str):
+        spec = {"name": spec}
+    unknown = set(spec) - {"name", "args"}
+    if unknown:
+        raise PlanError(f"weighting takes name and args, not {sorted(unknown)}")
+    cls = get_weighting(str(spec.get("name", "fixed")))
+    try:
+        return cls(list(tasks), seed=seed, **dict(spec.get("args") or {}))
+    except TypeError as e:
+        raise PlanError(f"bad arguments for weighting {cls.weighting_name!r}: {e}") from None
+
+
+class Weighting(nn.Module, ABC):
+    """A weighting method. This docstring is the contract.
+
+    Constructor: ``Method(tasks, *, seed=0, **own)``: the task names in the net's order, a seed
+    for methods that draw (``rlw``), and the method's own arguments (recipe ``args``).
+
+    Class attributes: ``level`` (``"loss"`` or ``"gradient"``), ``lr_mult`` (learning-rate
+    multiplier of its learned parameters, if any), ``search_args`` (argument -> [low, high], drawn
+    log-uniformly when a study searches the method).
+
+    Methods:
+
+    - ``backward(losses, extra, net, step, scale)``: put the update's gradient in the ``.grad`` of
+      the net's parameters (and of the method's own, if it learns any); ``losses`` maps each task
+      to its loss (``loss_weight`` applied), ``extra`` is the units' extra loss, ``scale`` the AMP
+      scaler's ``scale``. Returns the scalar that stands for the step's loss (for logging and the
+      NaN check). Loss-level methods implement ``combine(losses, step)`` instead and inherit this.
+    - ``observe(losses, step)``: the step's detached task losses, after the optimiser's step
+      (loss histories of ``dwa``, ``famo``'s weight update).
+    - ``weights()``: the effective weight of each task at the last step (what the report plots).
+    - ``param_groups(base_lr)``: optimiser groups of its learned parameters (none by default).
+
+    Its state (learned parameters, histories) is in ``state_dict``: checkpoints save it.
+    """
+
+    weighting_name = "base"  # set by ``register_weighting``
+    level: ClassVar[str] = LOSS_LEVEL
+    lr_mult: ClassVar[float] = 1.0
+    # arguments a search may draw, as log-uniform [low, high] ranges (conditional on the method)
+    search_args: ClassVar[dict[str, tuple[float, float]]] = {}
+
+    def __init__(self, tasks: Sequence[str], *, seed: int = 0) -> None:
+        super().__init__()
+        if not tasks:
+            raise PlanError("a weighting needs at least one task")
+        self.tasks = list(tasks)
+        self.seed = seed
+        self._weights: dict[str, float] = {t: 1.0 for t in self.tasks}
+
+    def combine(self, losses: Mapping[str, Tensor], step: int) -> Tensor:
+        raise NotImplementedError(f"{self.weighting_name} is a gradient-level method: it has no combined loss")
+
+    def backward(
+        self, losses: Mapping[str, Tensor], extra: Tensor, net: nn.Module, step: int, scale: Callable[[Tensor], Tensor]
+    ) -> Tensor:
+        total = self.combine(losses, step) + extra
+        scale(total).backward()
+        return total
+
+    def observe(self, losses: Mapping[str, float], step: int) -> None:
+        """Called after each optimiser step with the step's task losses."""
+
+    def weights(self) -> dict[str, float]:
+        return dict(self._weights)
+
+    def param_groups(self, base_lr: float) -> list[dict[str, Any]]:
+        params = [p for p in self.parameters() if p.requires_grad]
+        if not params:
+            return []
+        return [{"name": f"weighting:{self.weighting_name}", "params": params, "lr": base_lr * self.lr_mult,
+                 "lr_mult": self.lr_mult, "weight_decay": 0.0}]  # fmt: skip
+
+    def _stack(self, losses: Mapping[str, Tensor]) -> Tensor:
+        return torch.stack([losses[t].float() for t in self.tasks])
+
+
+# ---- loss level -----------------------------------------------------------------------------------
+
+
+@register_weighting("fixed")
+class Fixed(Weighting):
+    """The tasks' own ``loss_weight`` (recipe ``task_args``), summed: the papers' training."""
+
+    def combine(self, losses: Mapping[str, Tensor], step: int) -> Tensor:
+        return self._stack(losses).sum()
+
+
+@register_weighting("uncertainty")
+class Uncertainty(Weighting):
+    """Homoscedastic uncertainty (Kendall, Gal and Cipolla, CVPR 2018), as LibMTL's ``UW``:
+    loss = sum_i L_i / (2 exp(s_i)) + s_i / 2 with learned log-variances s_i (start 0), so a task's
+    weight is 1 / (2 exp(s_i)). The s_i train at the base learning rate and are saved with the
+    training state."""
+
+    def __init__(self, tasks: Sequence[str], *, seed: int = 0, init: float = 0.0) -> None:
+        super().__init__(tasks, seed=seed)
+        self.log_vars = nn.Parameter(torch.full((len(self.tasks),), float(init)))
+
+    def combine(self, losses: Mapping[str, Tensor], step: int) -> Tensor:
+        s = self.log_vars
+        w = 0.5 * torch.exp(-s)
+        self._weights = dict(zip(self.tasks, w.detach().tolist()))
+        return (w * self._stack(losses) + 0.5 * s).sum()
+
+
+@register_weighting("dwa")
+class DWA(Weighting):
+    """Dynamic weight average (Liu, Johns and Davison, CVPR 2019): w_i = K exp(r_i / T) /
+    sum_j exp(r_j / T) with r_i the ratio of task i's mean loss over the last ``period`` steps to
+    its mean over the ``period`` before, T = ``temperature`` (2); weight 1 until two periods have
+    passed. The mtan code uses epoch means; a period of steps is that for step-budgeted training."""
+
+    search_args = {"temperature": (1.0, 4.0)}
+
+    def __init__(self, tasks: Sequence[str], *, seed: int = 0, temperature: float = 2.0, period: int = 20) -> None:
+        super().__init__(tasks, seed=seed)
+        if temperature <= 0 or period < 1:
+            raise PlanError("dwa needs temperature > 0 and period >= 1")
+        self.temperature, self.period = float(temperature), int(period)
+        self.history: deque[list[float]] = deque(maxlen=2 * self.period)
+
+    def current(self) -> Tensor:
+        if len(self.history) < 2 * self.period:
+            return torch.ones(len(self.tasks))
+        h = torch.tensor(list(self.history), dtype=torch.float64)
+        ratio = h[self.period :].mean(0) / h[: self.period].mean(0).clamp_min(1e-12)
+        return (len(self.tasks) * torch.softmax(ratio / self.temperature, 0)).float()
+
+    def combine(self, losses: Mapping[str, Tensor], step: int) -> Tensor:
+        w = self.current().to(losses[self.tasks[0]].device)
+        self._weights = dict(zip(self.tasks, w.tolist()))
+        return (w * self._stack(losses)).sum()
+
+    def observe(self, losses: Mapping[str, float], step: int) -> None:
+        self.history.append([float(losses[t]) for t in self.tasks])
+
+    def get_extra_state(self) -> Any:
+        return list(self.history)
+
+    def set_extra_state(self, state: Any) -> None:
+        self.history = deque(state, maxlen=2 * self.period)
+
+
+@register_weighting("rlw")
+class RLW(Weighting):
+    """Random loss weighting (Lin et al., TMLR 2022), as LibMTL: each step w = softmax(z), z ~ N(0, I),
+    drawn from (seed, step) so that a resumed run draws the same weights."""
+
+    def combine(self, losses: Mapping[str, Tensor], step: int) -> Tensor:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        w = torch.softmax(torch.randn(len(self.tasks), generator=gen), 0).to(losses[self.tasks[0]].device)
+        self._weights = dict(zip(self.tasks, w.tolist()))
+        return (w * self._stack(losses)).sum()
+
+
+@register_weighting("gls")
+class GLS(Weighting):
+    """Geometric loss strategy (Chennupati et al., CVPR-W 2019): the geometric mean of the K
+    losses, (prod_i L_i)^(1/K); task i's effective weight is that mean / (K L_i)."""
+
+    def combine(self, losses: Mapping[str, Tensor], step: int) -> Tensor:
+        stacked = self._stack(losses).clamp_min(1e-12)
+        total = torch.exp(torch.log(stacked).mean())
+        w = total.detach() / (len(self.tasks) * stacked.detach())
+        self._weights = dict(zip(self.tasks, w.tolist()))
+        return total
+
+
+@register_weighting("famo")
+class FAMO(Weighting):
+    """Fast adaptive multitask optimisation (Liu et al., NeurIPS 2023; the authors' ``famo.py``):
+    logits xi (start 0), z = softmax(xi), loss = sum_i z_i log(L_i - min_i + eps) / c with
+    c = sum_i z_i / (L_i - min_i + eps) detached; after each step xi moves by Adam (lr ``w_lr``
+    0.025, weight decay ``gamma`` 0.01) along J_softmax^T delta, delta_i = log L_i(before) -
+    log L_i(after). The authors measure "after" on the same batch with one more forward pass; here
+    it is the next step's loss, which keeps FAMO at the cost of ``fixed`` (the O(1) the paper is
+    about) at the price of the batch-to-batch noise in delta."""
+
+    search_args = {"gamma": (0.001, 0.1)}
+
+    def __init__(
+        self, tasks: Sequence[str], *, seed: int = 0, w_lr: float = 0.025, gamma: float = 0.01, eps: float = 1e-8
+    ) -> None:
+        super().__init__(tasks, seed=seed)
+        self.logits = nn.Parameter(torch.zeros(len(self.tasks)), requires_grad=False)
+        self.min_losses: Tensor
+        self.prev: Tensor
+        self.register_buffer("min_losses", torch.zeros(len(self.tasks)))
+        self.register_buffer("prev", torch.full((len(self.tasks),), float("nan")))
+        self.eps = float(eps)
+        self.w_opt = torch.optim.Adam([self.logits], lr=float(w_lr), weight_decay=float(gamma))
+
+    def combine(self, losses: Mapping[str, Tensor], step: int) -> Tensor:
+        z = torch.softmax(self.logits, 0).to(losses[self.tasks[0]].device)
+        d = self._stack(losses) - self.min_losses.to(z.device) + self.eps
+        c = (z / d).sum().detach()
+        self._weights = dict(zip(self.tasks, (z / (c * d)).detach().tolist()))
+        return (torch.log(d) * z / c).sum()
+
+    def observe(self, losses: Mapping[str, float], step: int) -> None:
+        now = torch.tensor([float(losses[t]) for t in self.tasks])
+        if not torch.isnan(self.prev).any():
+            self.update(self.prev, now)
+        self.prev.copy_(now)
+
+    def update(self, before: Tensor, after: Tensor) -> None:
+        """One FAMO step of the logits from the losses before and after an update."""
+        delta = torch.log(before - self.min_losses + self.eps) - torch.log(after - self.min_losses + self.eps)
+        with torch.enable_grad():
+            logits = self.logits.detach().requires_grad_(True)
+            (d,) = torch.autograd.grad(torch.softmax(logits, 0), logits, grad_outputs=delta.float())
+        self.w_opt.zero_grad()
+        self.logits.grad = d
+        self.w_opt.step()
+        self.logits.grad = None
+
+
+# ---- gradient level (TorchJD) ---------------------------------------------------------------------
+
+
+class GradientWeighting(Weighting):
+    """A gradient-level method: per-task gradients on the parameters several tasks reach,
+    aggregated by a TorchJD aggregator (``aggregator()``); see the module docstring."""
+
+    level = GRADIENT_LEVEL
+    extra_requirement = ""  # the torchjd extra the aggregator needs, if any
+
+    def __init__(self, tasks: Sequence[str], *, seed: int = 0, **args: Any) -> None:
+        super().__init__(tasks, seed=seed)
+        try:
+            self.aggregator = self.aggregator_from(**args)
+        except ImportError as e:
+            extra = self.extra_requirement or "torchjd"
+            raise PlanError(
+                f"weighting {self.weighting_name!r} needs {extra} (pip install 'fusionsearch[cvx]'): {e}"
+            ) from None
+
+    @abstractmethod
+    def aggregator_from(self, **args: Any) -> Any:
+        """The TorchJD aggregator, built from the method's arguments."""
+
+    def backward(
+        self, losses: Mapping[str, Tensor], extra: Tensor, net: nn.Module, step: int, scale: Callable[[Tensor], Tensor]
+    ) -> Tensor:
+        params = [p for p in net.parameters() if p.requires_grad]
+        per_task = []
+        for i, t in enumerate(self.tasks):
+            retain = i < len(self.tasks) - 1 or bool(extra.requires_grad)
+            per_task.append(torch.autograd.grad(scale(losses[t]), params, retain_graph=retain, allow_unused=True))
+        shared = [j for j in range(len(params)) if sum(g[j] is not None for g in per_task) > 1]
+        for j, p in enumerate(params):
+            if j not in shared:
+                own = [g[j] for g in per_task if g[j] is not None]
+                p.grad = own[0] if own else None
+        if shared:
+            rows = [
+                torch.cat([(g[j] if g[j] is not None else torch.zeros_like(params[j])).flatten() for j in shared])
+                for g in per_task
+            ]
+            jacobian = torch.stack(rows).float()
+            vector = self._aggregate(jacobian)
+            start = 0
+            for j in shared:
+                n = params[j].numel()
+                params[j].grad = vector[start : start + n].view_as(params[j]).to(params[j].dtype)
+                start += n
+        if extra.requires_grad:
+            scale(extra).backward()  # accumulates onto the grads set above
+        return self._stack(losses).sum().detach() + extra.detach()
+
+    def _aggregate(self, jacobian: Tensor) -> Tensor:
+        if not torch.isfinite(jacobian).all() or not jacobian.abs().sum() > 0:
+            # nothing to balance (every shared gradient is zero) or already broken: the plain sum,
+            # whose NaN the trainer's check then reports; solvers (Nash-MTL's) reject such input
+            return jacobian.sum(0)
+        weighting = getattr(self.aggregator, "weighting", None)
+        if weighting is not None:  # weighted aggregators: log their weights
+            w = weighting(jacobian)
+            self._weights = dict(zip(self.tasks, w.detach().float().tolist()))
+            return w @ jacobian
+        return self.aggregator(jacobian)
+
+
+def _torchjd(name: str) -> Any:
+    import torchjd.aggregation as agg
+
+    return getattr(agg, name)
+
+
+@register_weighting("upgrad")
+class UPGradMethod(GradientWeighting):
+    """UPGrad (Quinton and Rey, 2024): each task gradient projected onto the dual cone of all of
+    them, then averaged; never conflicts with any task."""
+
+    def aggregator_from(self, **args: Any) -> Any:
+        return _torchjd("UPGrad")(**args)
+
+
+@register_weighting("mgda")
+class MGDAMethod(GradientWeighting):
+    """MGDA (Sener and Koltun, NeurIPS 2018): the min-norm point of the task gradients' convex hull."""
+
+    def aggregator_from(self, **args: Any) -> Any:
+        return _torchjd("MGDA")(**args)
+
+
+@register_weighting("pcgrad")
+class PCGradMethod(GradientWeighting):
+    """PCGrad (Yu et al., NeurIPS 2020): a gradient that conflicts with another (negative inner
+    product) loses its component along it; the projected gradients are summed."""
+
+    def aggregator_from(self, **args: Any) -> Any:
+        return _torchjd("PCGrad")(**args)
+
+
+@register_weighting("cagrad")
+class CAGradMethod(GradientWeighting):
+    """CAGrad (Liu et al., NeurIPS 2021), ``c`` = 0.5 as its paper's default; needs cvxpy
+    (``torchjd[cagrad]``)."""
+
+    extra_requirement = "torchjd[cagrad] (cvxpy)"
+    search_args = {"c": (0.1, 0.9)}
+
+    def aggregator_from(self, c: float = 0.5, **args: Any) -> Any:
+        return _torchjd("CAGrad")(c=c, **args)
+
+
+@register_weighting("aligned_mtl")
+class AlignedMTLMethod(GradientWeighting):
+    """Aligned-MTL (Senushkin et al., CVPR 2023): the task gradients' system made well conditioned."""
+
+    def aggregator_from(self, **args: Any) -> Any:
+        return _torchjd("AlignedMTL")(**args)
+
+
+@register_weighting("imtl_g")
+class IMTLGMethod(GradientWeighting):
+    """IMTL-G (Liu et al., ICLR 2021): weights that give the update equal projections on every task
+    gradient's direction."""
+
+    def aggregator_from(self, **args: Any) -> Any:
+        return _torchjd("IMTLG")(**args)
+
+
+@register_weighting("nash_mtl")
+class NashMTLMethod(GradientWeighting):
+    """Nash-MTL (Navon et al., ICML 2022): the Nash bargaining solution; needs cvxpy and ecos
+    (``torchjd[nash-mtl]``)."""
+
+    extra_requirement = "torchjd[nash-mtl] (cvxpy, ecos)"
+
+    def aggregator_from(self, **args: Any) -> Any:
+        return _torchjd("NashMTL")(n_tasks=len(self.tasks), **args)
+
+
+def is_gradient_level(name: str) -> bool:
+    return get_weighting(name).level == GRADIENT_LEVEL
