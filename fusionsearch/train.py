@@ -228,6 +228,9 @@ def fit(
                 " move it away to start over, or give the --checkpoint of this run"
             ) from None
     every = checkpoint_every or cfg.eval_every
+    # the lr of step s is initial_lr x lr_factor(s, cfg): a pure function of the step, so a resumed
+    # run continues the schedule exactly (LambdaLR restarted at ``start``, no state of its own)
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg), last_epoch=start - 1)
 
     loader = DataLoader(
         train_data,
@@ -242,8 +245,6 @@ def fit(
         bar = progress.add_task("training", total=cfg.steps, completed=start, loss=float("nan"))
         for batch in loader:
             torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout etc.: a function of the step
-            for g in opt.param_groups:
-                g["lr"] = g["initial_lr"] * lr_factor(step, cfg)
             batch = _to(batch, dev)
             image = batch["image"]
             if (dev.type == "cuda") if cfg.channels_last is None else cfg.channels_last:
@@ -262,6 +263,7 @@ def fit(
                 torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
             scaler.step(opt)
             scaler.update()
+            schedule.step()
             weighting.observe({t: v.item() for t, v in losses.items()}, step)
             step += 1
             history["losses"].append(plain.item())  # the tasks' weighted sum, whatever the method
