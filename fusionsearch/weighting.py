@@ -420,5 +420,53 @@ class NashMTLMethod(GradientWeighting):
         return _torchjd("NashMTL")(n_tasks=len(self.tasks), **args)
 
 
+class _BalancedEMA(nn.Module):
+    """DB-MTL's aggregation (LibMTL ``DB_MTL.py``): an EMA of each task's gradient, buffer =
+    g + (beta / t^sigma) (buffer - g), then each row rescaled to the largest row's norm and summed."""
+
+    def __init__(self, beta: float, sigma: float) -> None:
+        super().__init__()
+        self.beta, self.sigma = float(beta), float(sigma)
+        self.t = 0
+        self.buffer: Tensor | None = None
+
+    def __call__(self, jacobian: Tensor) -> Tensor:
+        self.t += 1
+        if self.buffer is None or self.buffer.shape != jacobian.shape:
+            self.buffer = torch.zeros_like(jacobian)
+        self.buffer = jacobian + (self.beta / self.t**self.sigma) * (self.buffer - jacobian)
+        norms = self.buffer.norm(dim=1)
+        alpha = norms.max() / (norms + 1e-8)
+        self.last_alpha = alpha.detach()
+        return (alpha[:, None] * self.buffer).sum(0)
+
+
+@register_weighting("dbmtl")
+class DBMTL(GradientWeighting):
+    """DB-MTL (Lin et al., 2023, "Dual-Balancing for Multi-Task Learning"), as LibMTL's
+    ``DB_MTL.py``: loss-scale balancing by a log transform (each task's loss becomes
+    log(L_i + 1e-8), so its gradient is grad L_i / L_i), then gradient-magnitude balancing: an EMA
+    of each task's gradient (``beta`` 0.9, ``sigma`` 0: LibMTL's defaults), each scaled to the
+    largest one's norm, summed. The task-specific parameters take the gradient of their task's
+    log loss, as in LibMTL."""
+
+    search_args = {"beta": (0.5, 0.99)}
+
+    def aggregator_from(self, beta: float = 0.9, sigma: float = 0.0, **args: Any) -> Any:
+        if args:
+            raise TypeError(f"unexpected argument(s) {sorted(args)}")
+        return _BalancedEMA(beta, sigma)
+
+    def backward(
+        self, losses: Mapping[str, Tensor], extra: Tensor, net: nn.Module, step: int, scale: Callable[[Tensor], Tensor]
+    ) -> Tensor:
+        logs = {t: torch.log(v + 1e-8) for t, v in losses.items()}
+        super().backward(logs, extra, net, step, scale)
+        alpha = getattr(self.aggregator, "last_alpha", None)
+        if alpha is not None:  # effective weight of task i on the shared parameters: alpha_i / L_i
+            self._weights = {t: float(a) / max(float(losses[t]), 1e-8) for t, a in zip(self.tasks, alpha.tolist())}
+        return self._stack(losses).sum().detach() + extra.detach()
+
+
 def is_gradient_level(name: str) -> bool:
     return get_weighting(name).level == GRADIENT_LEVEL

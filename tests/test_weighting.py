@@ -192,3 +192,15 @@ def test_a_study_searches_weighting_jointly_with_placement(tmp_path):
     assert all("weighting" not in t.user_attrs for t in baselines)  # the papers' fixed weights
     html = write_report(study, tmp_path / "w.html", url).read_text()
     assert "per weighting method" in html and "Task weights of trial" in html
+
+
+def test_dbmtl_balances_log_loss_gradients_to_the_largest_norm():
+    """LibMTL's DB_MTL: buffer = g + beta/t^sigma (buffer - g); rows scaled to the largest norm."""
+    w = make_weighting({"name": "dbmtl", "args": {"beta": 0.5}}, ["a", "b"])
+    agg = w.aggregator
+    first = agg(torch.tensor([[3.0, 0.0], [0.0, 1.0]]))  # t=1: buffer = g + 0.5 (0 - g) = g / 2
+    torch.testing.assert_close(first, torch.tensor([1.5, 1.5]))  # (1.5, 0) and (0, 0.5) x 3
+    second = agg(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))  # buffer = g + 0.5 (buffer - g)
+    b = torch.tensor([[1.0 + 0.5 * 0.5, 0.0], [0.0, 1.0 + 0.5 * (0.5 - 1.0)]])
+    expected = b[0] + b[1] * (b[0].norm() / b[1].norm())
+    torch.testing.assert_close(second, expected)
