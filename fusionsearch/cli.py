@@ -479,6 +479,9 @@ def run(
         help="fresh seeds that retrain the winners and baselines after the search (default: the recipe's, 3; 0 skips)",
     ),
     confirm_top: int | None = typer.Option(None, help="searched plans to confirm (default: the recipe's, 2)"),
+    confirm_per: str | None = typer.Option(
+        None, help="confirm the top plans for each value of this search parameter, e.g. weighting"
+    ),
     keep_nets: str = typer.Option(
         "confirmed", help="trained nets kept as artefacts: confirmed (baselines and confirmed plans) or all"
     ),
@@ -515,6 +518,7 @@ def run(
         seed=seed if seed is not None else int(st.get("seed", 0)),
         confirm_top=confirm_top if confirm_top is not None else r.confirm_config()["top"],
         confirm_seeds=confirm if confirm is not None else r.confirm_config()["seeds"],
+        confirm_per=confirm_per or r.confirm_config()["per"],
         keep_nets=keep_nets,
     )
     if settings.multi_objective and settings.sampler == "tpe" and sampler is None:

@@ -129,14 +129,27 @@ def _delta_m(t: FrozenTrial) -> float | None:
     return float(v) if v is not None and math.isfinite(v) else None
 
 
-def search_winners(study: optuna.Study, top: int) -> list[FrozenTrial]:
-    """The ``top`` best complete searched trials by Delta-m, one per distinct plan."""
+def search_winners(study: optuna.Study, top: int, per: str | None = None) -> list[FrozenTrial]:
+    """The ``top`` best complete searched trials by Delta-m, one per distinct plan; with ``per``
+    (a search parameter, e.g. ``weighting``), the ``top`` best for each of its values, so that
+    each value gets a confirmed Delta-m of its own."""
+    if per is not None:
+        groups: dict[str, list[FrozenTrial]] = {}
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if "slot" in t.user_attrs and _delta_m(t) is not None and per in t.params:
+                groups.setdefault(str(t.params[per]), []).append(t)
+        picked = [w for trials in groups.values() for w in _best_distinct(trials, top)]
+        return sorted(picked, key=lambda t: (-(_delta_m(t) or 0.0), t.number))
     done = [
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if "slot" in t.user_attrs and _delta_m(t) is not None
     ]
-    done.sort(key=lambda t: (-(_delta_m(t) or 0.0), t.number))
+    return _best_distinct(done, top)
+
+
+def _best_distinct(done: list[FrozenTrial], top: int) -> list[FrozenTrial]:
+    done = sorted(done, key=lambda t: (-(_delta_m(t) or 0.0), t.number))
     out: list[FrozenTrial] = []
     seen: set[str] = set()
     for t in done:
@@ -149,7 +162,9 @@ def search_winners(study: optuna.Study, top: int) -> list[FrozenTrial]:
     return out
 
 
-def queue_confirmation(study: optuna.Study, baselines: Sequence[str], top: int, seeds: Sequence[int]) -> int:
+def queue_confirmation(
+    study: optuna.Study, baselines: Sequence[str], top: int, seeds: Sequence[int], per: str | None = None
+) -> int:
     """Queue the confirmation trials that are not there yet; returns how many were added.
 
     Call once the search has finished, under the storage's lock (``search.prepare_confirmation``
@@ -158,7 +173,7 @@ def queue_confirmation(study: optuna.Study, baselines: Sequence[str], top: int, 
     seed's trials keep their networks (``keep_net``): the plan's representative for ``best``.
     """
     plans: list[tuple[str, int | None]] = [(b, None) for b in baselines]
-    plans += [(f"trial {t.number}", t.number) for t in search_winners(study, top)]
+    plans += [(f"trial {t.number}", t.number) for t in search_winners(study, top, per)]
     before = len(study.get_trials(deepcopy=False))
     for i, seed in enumerate(seeds):
         for label, source in plans:

@@ -25,7 +25,7 @@ from .train import TrainConfig
 __all__ = ["Recipe", "RecipeError", "load_recipe", "recipe_dirs", "list_recipes", "parse_data"]
 
 DEFAULT_RECIPE = "quick"
-CONFIRM_DEFAULTS = {"top": 2, "seeds": 3}
+CONFIRM_DEFAULTS: dict[str, Any] = {"top": 2, "seeds": 3, "per": None}
 
 
 class RecipeError(FusionSearchError, ValueError):
@@ -153,16 +153,22 @@ class Recipe:
         """The recipe's Delta-m convention (``delta_m: {average: tasks|metrics, metrics: all|primary}``)."""
         return DeltaM.from_dict(self.delta_m)
 
-    def confirm_config(self) -> dict[str, int]:
-        """``confirm: {top: N, seeds: S}``: after the search, the N best searched plans and every
+    def confirm_config(self) -> dict[str, Any]:
+        """``confirm: {top: N, seeds: S, per: PARAM}``: after the search, the N best searched plans
+        (the N best for each value of the search parameter ``per``, e.g. ``weighting``) and every
         baseline are trained again with S fresh seeds (defaults 2 and 3; ``seeds: 0`` skips it)."""
         unknown = set(self.confirm) - set(CONFIRM_DEFAULTS)
         if unknown:
-            raise RecipeError(f"recipe {self.name!r}: unknown confirm field(s) {sorted(unknown)}; known: top, seeds")
+            raise RecipeError(
+                f"recipe {self.name!r}: unknown confirm field(s) {sorted(unknown)}; known: top, seeds, per"
+            )
         out = {**CONFIRM_DEFAULTS, **self.confirm}
-        for k, v in out.items():
+        for k in ("top", "seeds"):
+            v = out[k]
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise RecipeError(f"recipe {self.name!r}: confirm {k} must be a whole number >= 0, got {v!r}")
+        if out["per"] is not None and not isinstance(out["per"], str):
+            raise RecipeError(f"recipe {self.name!r}: confirm per must be a search parameter name, got {out['per']!r}")
         return out
 
     @property

@@ -74,6 +74,7 @@ class StudySettings:
     seed: int = 0
     confirm_top: int = 2  # searched plans confirmed over seeds after the search
     confirm_seeds: int = 3  # fresh seeds of the confirmation (0: no confirmation)
+    confirm_per: str | None = None  # confirm the top plans for each value of this search parameter
     keep_nets: str = "confirmed"  # trained nets kept: baselines and confirmed plans, or "all"
 
     def __post_init__(self) -> None:
@@ -229,7 +230,8 @@ def prepare_confirmation(study: optuna.Study, settings: StudySettings) -> tuple[
         return 0, f"the search has {len(left)} trials left: confirmation waits for them"
     seeds = confirm_seeds(settings.seed, settings.confirm_seeds)
     with _queue_lock(study._storage):  # two commands finishing together queue it once
-        return queue_confirmation(study, settings.baselines, settings.confirm_top, seeds), None
+        added = queue_confirmation(study, settings.baselines, settings.confirm_top, seeds, settings.confirm_per)
+        return added, None
 
 
 def grid_points(recipe: Recipe) -> list[dict[str, Any]]:

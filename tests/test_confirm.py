@@ -99,3 +99,20 @@ def test_confirmation_is_queued_once_with_the_winners():
     ]
     assert all(t.user_attrs["keep_net"] == (t.user_attrs["seed"] == 1001) for t in waiting)
     assert summarize(study).pending == 6
+
+
+def test_winners_per_value_of_a_search_parameter():
+    """confirm per: weighting picks the best plan of each method, so each gets its own interval."""
+    from optuna.distributions import CategoricalDistribution
+
+    study = optuna.create_study(direction="maximize")
+    dist = {"weighting": CategoricalDistribution(["fixed", "dwa", "upgrad"])}
+    for n, (method, dm) in enumerate([("fixed", 1.0), ("fixed", 3.0), ("dwa", -2.0), ("upgrad", 0.5), ("upgrad", 2.0)]):
+        attrs = {"slot": n, "delta_m": dm, "plan": {"at": [f"p{n}"], "unit": "nddr"}}
+        study.add_trial(create_trial(value=dm, params={"weighting": method}, distributions=dist, user_attrs=attrs))
+    overall = [t.user_attrs["slot"] for t in search_winners(study, 2)]
+    assert overall == [1, 4]
+    per = [(t.params["weighting"], t.user_attrs["slot"]) for t in search_winners(study, 1, per="weighting")]
+    assert per == [("fixed", 1), ("upgrad", 4), ("dwa", 2)]
+    added = queue_confirmation(study, ["single"], 1, SEEDS, per="weighting")
+    assert added == 3 * (1 + 3)
