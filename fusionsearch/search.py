@@ -6,49 +6,14 @@ trial does (``objective``), the worker process (``worker``), and which failures 
 
 from __future__ import annotations
 
+from . import objective as _objective
+from . import queueing as _queueing
+from . import study as _study
+from . import worker as _worker
 from .fusion import fusion_weights
-from .objective import Objective, failure_reason
-from .queueing import heartbeat_interval, is_baseline, is_reference, reap_stale, single_metrics, storage_url
-from .study import (
-    KEEP_NETS,
-    METRIC_NAMES,
-    OBJECTIVES,
-    PRUNERS,
-    StudySettings,
-    grid_points,
-    load_study,
-    make_pruner,
-    make_sampler,
-    prepare_confirmation,
-    prepare_study,
-    rungs,
-    trial_steps,
-)
-from .worker import run_worker, trial_label
+from .objective import *  # noqa: F403 - each module's __all__ is its public part
+from .queueing import *  # noqa: F403
+from .study import *  # noqa: F403
+from .worker import *  # noqa: F403
 
-__all__ = [
-    "StudySettings",
-    "OBJECTIVES",
-    "METRIC_NAMES",
-    "PRUNERS",
-    "KEEP_NETS",
-    "make_sampler",
-    "make_pruner",
-    "trial_steps",
-    "rungs",
-    "prepare_study",
-    "prepare_confirmation",
-    "grid_points",
-    "load_study",
-    "is_baseline",
-    "is_reference",
-    "single_metrics",
-    "storage_url",
-    "reap_stale",
-    "heartbeat_interval",
-    "Objective",
-    "failure_reason",
-    "run_worker",
-    "trial_label",
-    "fusion_weights",
-]
+__all__ = [*_study.__all__, *_queueing.__all__, *_objective.__all__, *_worker.__all__, "fusion_weights"]
