@@ -143,10 +143,7 @@ def open_storage(
             raise StorageError(f"storage {shown}: cannot read the journal: {type(e).__name__}: {e}") from None
     engine_kwargs: dict[str, Any] = {}
     path = _sqlite_path(url)
-    if path is not None:
-        _check_sqlite_file(path, shown)
-        if not create and not path.is_file():
-            raise StorageError(f"storage {shown}: no database file {str(path)!r} (a mistyped path?)")
+    if path is not None:  # check_url has refused folders, other files and a reader's missing file
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             with sqlite3.connect(path, timeout=120) as con:  # WAL is a property of the file: set once
@@ -154,8 +151,6 @@ def open_storage(
         except sqlite3.DatabaseError as e:
             raise StorageError(f"storage {shown}: {str(path)!r} cannot be used as an SQLite database: {e}") from None
         engine_kwargs = {"connect_args": {"timeout": 120}}
-    elif url.startswith("sqlite"):
-        raise StorageError(f"in-memory SQLite cannot be shared by workers: give a file, e.g. {DEFAULT_STORAGE}")
     kwargs: dict[str, Any] = {}
     if heartbeat:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
