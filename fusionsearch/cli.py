@@ -547,6 +547,8 @@ def run(
             highlight=False,
         )
         run_study(study_obj, settings, workers, devices, quiet, artifacts, steps_total)
+    elif why_not is not None and why_not.startswith("confirm per"):
+        raise ArgumentError(f"{why_not}; the search is kept: run again with the right --confirm-per")
     elif why_not is not None and settings.confirm_seeds:
         err_console.print(f"note: {why_not}", highlight=False)
     wide = Console(width=max(console.width, 160))

@@ -228,6 +228,11 @@ def prepare_confirmation(study: optuna.Study, settings: StudySettings) -> tuple[
     ]
     if left:
         return 0, f"the search has {len(left)} trials left: confirmation waits for them"
+    per = settings.confirm_per
+    if per is not None:  # a typo would otherwise confirm no searched plan at all, silently
+        names = sorted({n for t in study.get_trials(deepcopy=False) if "slot" in t.user_attrs for n in t.params})
+        if names and per not in names:
+            return 0, f"confirm per {per!r}: no searched trial has that parameter (they have: {', '.join(names)})"
     seeds = confirm_seeds(settings.seed, settings.confirm_seeds)
     with _queue_lock(study._storage):  # two commands finishing together queue it once
         added = queue_confirmation(study, settings.baselines, settings.confirm_top, seeds, settings.confirm_per)

@@ -116,3 +116,16 @@ def test_winners_per_value_of_a_search_parameter():
     assert per == [("fixed", 1), ("upgrad", 4), ("dwa", 2)]
     added = queue_confirmation(study, ["single"], 1, SEEDS, per="weighting")
     assert added == 3 * (1 + 3)
+
+
+def test_a_mistyped_confirm_per_is_named_not_ignored():
+    from optuna.distributions import CategoricalDistribution
+
+    from fusionsearch.study import StudySettings, prepare_confirmation
+
+    study = optuna.create_study(direction="maximize")
+    dist = {"weighting": CategoricalDistribution(["fixed", "dwa"])}
+    attrs = {"slot": 0, "delta_m": 1.0, "plan": {"at": ["p0"], "unit": "nddr"}}
+    study.add_trial(create_trial(value=1.0, params={"weighting": "dwa"}, distributions=dist, user_attrs=attrs))
+    added, why = prepare_confirmation(study, StudySettings(confirm_per="weightng"))
+    assert added == 0 and why is not None and "'weightng'" in why and "weighting" in why
