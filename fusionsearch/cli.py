@@ -180,7 +180,9 @@ def build(
     unit: str = typer.Option("nddr", help="fusion unit at every point (see `fusionsearch units`)"),
     at: str | None = typer.Option(None, help="comma separated cut points; default every stage boundary"),
     init: str | None = typer.Option(None, help="alpha,beta of the unit's init (default 0.9,0.1) or xavier"),
-    lr_mult: float | None = typer.Option(None, help="fusion learning-rate multiplier (default 100)"),
+    lr_mult: float | None = typer.Option(
+        None, help="fusion learning-rate multiplier (default: the papers' for the optimiser, x100 under SGD)"
+    ),
     shared_prefix: str | None = typer.Option(None, help="one shared trunk up to this cut point"),
     shortcut: bool = typer.Option(False, help="NDDR-Shortcut head inputs"),
     input_size: str | None = typer.Option(None, help="C,H,W used for tracing (default: the model's)"),
@@ -419,6 +421,15 @@ def _devices(spec: str, workers: int) -> list[str]:
     return assign_devices(spec, workers)
 
 
+def print_conventions(r: Any) -> None:
+    """Which fusion learning rates and BatchNorm start a study's plans get (README Conventions)."""
+    from .conventions import describe_bn_init, describe_lr_mults
+
+    cfg = r.train_config()
+    console.print(describe_lr_mults(cfg.optimizer), highlight=False)
+    console.print(describe_bn_init(cfg.bn_init, cfg.bn_calibration_batches), highlight=False)
+
+
 def run_study(
     study_obj: Any, settings: Any, workers: int, devices: str, quiet: bool, artifacts: str | None, steps_total: int
 ) -> None:
@@ -528,6 +539,7 @@ def run(
     queued = sum(t.state.name == "WAITING" for t in study_obj.get_trials(deepcopy=False))
     total = len(study_obj.get_trials(deepcopy=False))
     console.print(f"study [bold]{settings.study}[/] in {url}: {settings.trials} trials + baselines", highlight=False)
+    print_conventions(r)
     if total > queued:
         console.print(f"resuming: {total - queued} trials there already, {queued} queued", highlight=False)
     running = sum(t.state.name == "RUNNING" for t in study_obj.get_trials(deepcopy=False))
@@ -618,6 +630,7 @@ def compare(
     console.print(
         f"comparison {settings.study}: rows {', '.join(baselines)} + {settings.trials} {what}", highlight=False
     )
+    print_conventions(r)
     run_study(study_obj, settings, workers, devices, quiet, artifacts, r.train_config().steps)
     added, why_not = prepare_confirmation(study_obj, settings)
     if why_not is None:

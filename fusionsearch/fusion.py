@@ -8,7 +8,9 @@ parameter groups (learning-rate multiplier, weight decay) so training never has 
 
 Defaults come from the papers' ablations: NDDR init (alpha, beta) = (0.9, 0.1) and lr x100
 (NDDR-CNN Tables 1-2); cross-stitch (alpha_S, alpha_D) = (0.9, 0.1), lr x10^2..10^3 (cross-stitch
-Tables 1-2); sluice with 2 subspaces (as NDDR-CNN Sec. 5.1 follows the sluice paper).
+Tables 1-2); sluice with 2 subspaces (as NDDR-CNN Sec. 5.1 follows the sluice paper). Those
+multipliers are SGD settings: a unit built without ``lr_mult`` reports ``None`` and trains at
+``conventions.fusion_lr_mult(unit, optimizer)``, the papers' value translated for the optimiser.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ def get_fusion(name: str | type[FusionUnit]) -> type[FusionUnit]:
     return FUSION_UNITS.get(name)
 
 
-def _tagged(params: Sequence[Tensor], lr_mult: float, weight_decay: float | None, tag: str) -> dict:
+def _tagged(params: Sequence[Tensor], lr_mult: float | None, weight_decay: float | None, tag: str) -> dict:
     return {
         "params": [p for p in params if p.requires_grad],
         "lr_mult": lr_mult,
@@ -81,7 +83,9 @@ class FusionUnit(nn.Module, ABC):
     - ``init``: the start, ``(same, other)`` weights or a unit-specific word (``"xavier"``);
       ``identity_init`` is the value at which the unit passes each task's feature through
       unchanged (the equivalence tests build every registered unit at it).
-    - ``lr_mult``: learning-rate multiplier of the unit's parameters (None: ``default_lr_mult``).
+    - ``lr_mult``: learning-rate multiplier of the unit's parameters. None: the papers' default
+      for the optimiser in use, ``conventions.fusion_lr_mult(unit_name, optimizer,
+      default_lr_mult)`` (``default_lr_mult`` is the SGD value of a unit that table does not know).
     - ``weight_decay``: decay of the mixing weights (None: the recipe's ``train.weight_decay``).
 
     Subclasses implement:
@@ -96,14 +100,18 @@ class FusionUnit(nn.Module, ABC):
     and may override:
 
     - ``param_groups()``: parameter groups ``{"params", "lr_mult", "weight_decay", "tag"}``
-      (default: one group of all parameters).
+      (default: one group of all parameters); ``lr_mult`` None: the optimiser's default.
     - ``head_input(channels, layout, lr_mult)`` (a class method): a module that turns a task's
       fusion outputs, one per point, into its head's input (sluice: the learned beta mix), or
-      None (default: the head reads the last stage).
+      None (default: the head reads the last stage). ``lr_mult`` None: the optimiser's default
+      for the module's ``lr_component`` attribute.
+
+    BatchNorm inside a unit or a head input is "new" to warm-started columns: ``calibration``
+    sets its statistics and affine parameters so the unit starts as its input mix (``bn_init``).
     """
 
     unit_name = "base"  # set by ``register_fusion``
-    default_lr_mult = 100.0
+    default_lr_mult = 100.0  # under SGD, for a unit ``conventions.FUSION_LR_MULT`` does not list
     identity_init: Any = (1.0, 0.0)
 
     def __init__(
@@ -125,7 +133,7 @@ class FusionUnit(nn.Module, ABC):
         self.layout = layout
         self.nonnegative = nonnegative
         self.init = tuple(float(v) for v in init) if isinstance(init, (list, tuple)) else init
-        self.lr_mult = float(self.default_lr_mult if lr_mult is None else lr_mult)
+        self.lr_mult = None if lr_mult is None else float(lr_mult)  # None: the optimiser's default
         self.weight_decay = weight_decay
 
     @property
@@ -156,7 +164,7 @@ class FusionUnit(nn.Module, ABC):
         return [_tagged(list(self.parameters()), self.lr_mult, self.weight_decay, self.unit_name)]
 
     @classmethod
-    def head_input(cls, channels: Sequence[int], layout: str, lr_mult: float) -> nn.Module | None:
+    def head_input(cls, channels: Sequence[int], layout: str, lr_mult: float | None) -> nn.Module | None:
         """A module making a task's head input from its fusion outputs (``channels``: each
         point's channels for this task, the last stage's last), or None: the last stage."""
         return None
@@ -467,7 +475,7 @@ class Sluice(FusionUnit):
         return _rows_to_lists([blocks[i, j] for j in range(self.num_tasks)], i)
 
     @classmethod
-    def head_input(cls, channels: Sequence[int], layout: str, lr_mult: float) -> nn.Module | None:
+    def head_input(cls, channels: Sequence[int], layout: str, lr_mult: float | None) -> nn.Module | None:
         """The sluice paper's learned beta mix of the task's layer outputs."""
         return SluiceHeadMix(channels, layout, lr_mult=lr_mult)
 
@@ -527,17 +535,20 @@ class ShortcutHead(nn.Module):
     ``slim.conv2d`` in the NDDR arg scope): 1x1 conv without bias, Xavier-initialised, BatchNorm
     (momentum 0.05, eps 1e-3), ReLU, resized with ``resize="tf_legacy"`` (TF 1.4's
     ``resize_bilinear``), trained at the fusion units' learning rate (its scope is named
-    ``nddr_shortcut``: the x100 group). ``init="identity"`` is a bare 1x1 conv that starts as the
-    identity on the last stage's channels (zeros elsewhere), so that adding the shortcut does not
-    change a network's output until it learns to use the lower levels.
+    ``nddr_shortcut``: the x100 group under SGD; ``lr_mult=None`` takes the optimiser's default).
+    ``init="identity"`` is a bare 1x1 conv that starts as the identity on the last stage's
+    channels (zeros elsewhere), so that adding the shortcut does not change a network's output
+    until it learns to use the lower levels.
     """
+
+    lr_component = "shortcut"  # ``lr_mult=None`` trains at conventions.fusion_lr_mult("shortcut", optimizer)
 
     def __init__(
         self,
         channels: Sequence[int],
         out_channels: int,
         layout: str,
-        lr_mult: float = 100.0,
+        lr_mult: float | None = None,
         init: str = "xavier",
         resize: str = "tf_legacy",
         weight_decay: float | None = None,
@@ -590,7 +601,9 @@ class SluiceHeadMix(nn.Module):
     channels (the identity for the last stage). beta starts at (0, ..., 0, 1): the last stage only.
     """
 
-    def __init__(self, channels: Sequence[int], layout: str, lr_mult: float = 100.0) -> None:
+    lr_component = "sluice_beta"  # ``lr_mult=None``: conventions.fusion_lr_mult("sluice_beta", optimizer)
+
+    def __init__(self, channels: Sequence[int], layout: str, lr_mult: float | None = None) -> None:
         super().__init__()
         self.layout = layout
         self.lr_mult = lr_mult

@@ -202,7 +202,8 @@ class Objective:
                 src.get("column_init", self.space.baseline_init),
                 src.get("weighting"),
             )
-        return self.space.sample(trial, self.exp.points(self.space.points), len(self.recipe.tasks))
+        optimizer = self.recipe.train_config().optimizer
+        return self.space.sample(trial, self.exp.points(self.space.points), len(self.recipe.tasks), optimizer)
 
     def __call__(self, trial: optuna.Trial) -> list[float]:
         self.check_dependencies(trial)

@@ -6,7 +6,10 @@ prefix first, then a unit only for the points after it, and the unit arguments o
 unit is placed, so no trial carries a parameter that did nothing (the sampler and the importances
 would learn from it). Defaults and ranges come from the papers' ablations: NDDR-CNN
 Table 1 (init alpha in 0.5..1, best near 0.9) and Table 2 (fusion lr multiplier 1..1000, best
-x100); the cross-stitch paper's init (0.9, 0.1) and lr x10^2..10^3.
+x100); the cross-stitch paper's init (0.9, 0.1) and lr x10^2..10^3. Those multipliers are SGD
+settings, so by default the search draws ``lr_scale``, a factor on ``conventions.fusion_lr_mult``
+of each placed unit under the recipe's optimiser (0.01..10: Table 2's 1..1000 under SGD), and
+the range means the same under SGD and AdamW; an explicit ``lr_mult`` range is kept as written.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ from typing import Any
 
 import optuna
 
+from .conventions import fusion_lr_mult
 from .errors import PlanError
-from .fusion import FUSION_UNITS
+from .fusion import FUSION_UNITS, get_fusion
 from .schema import did_you_mean
 from .stitch import StitchPlan
 from .weighting import get_weighting
@@ -49,7 +53,9 @@ class SearchSpace:
     shortcut: list[bool] = field(default_factory=lambda: [False, True])
     shared_prefix: bool = True
     init_alpha: tuple[float, float] = (0.5, 1.0)
-    lr_mult: tuple[float, float] = (1.0, 1000.0)
+    # the fusion lr multiplier as written (None: drawn as lr_scale x the optimiser's default)
+    lr_mult: tuple[float, float] | None = None
+    lr_scale: tuple[float, float] = (0.01, 10.0)  # x conventions.fusion_lr_mult: Table 2's 1..1000 under SGD
     fusion_weight_decay: tuple[float, float] = (1e-6, 1e-2)
     base_lr: tuple[float, float] | None = None
     loss_weights: dict[str, tuple[float, float]] = field(default_factory=dict)
@@ -97,7 +103,7 @@ class SearchSpace:
             **{f"loss_weight@{t}": r for t, r in self.loss_weights.items()},
         }
         if not self.lr_mult_choices:
-            ranges["lr_mult"] = self.lr_mult
+            ranges["lr_mult" if self.lr_mult is not None else "lr_scale"] = self.lr_mult or self.lr_scale
         for name, r in ranges.items():
             if r is not None and name not in self.fixed and float(r[0]) != float(r[1]):
                 raise PlanError(
@@ -116,7 +122,7 @@ class SearchSpace:
         for u in space.units:
             if u != NONE and u not in FUSION_UNITS:
                 raise PlanError(f"search units name {u!r}; registered units: {', '.join(sorted(FUSION_UNITS))}, none")
-        for name in ("init_alpha", "lr_mult", "fusion_weight_decay", "base_lr"):
+        for name in ("init_alpha", "lr_mult", "lr_scale", "fusion_weight_decay", "base_lr"):
             r = getattr(space, name)
             ok = isinstance(r, (list, tuple)) and len(r) == 2 and 0 <= r[0] <= r[1] and (r[0] > 0 or r[0] == r[1])
             if r is not None and not ok:
@@ -146,7 +152,7 @@ class SearchSpace:
         out = {k: v for k, v in params.items() if not (k.startswith("unit@") and k[5:] in dead)}
         units = [out.get(f"unit@{p}", self.fixed.get(f"unit@{p}")) for p in points if p not in dead]
         if all(u in (None, NONE) for u in units):
-            for k in ("init", "init_alpha", "lr_mult", "fusion_weight_decay"):
+            for k in ("init", "init_alpha", "lr_mult", "lr_scale", "fusion_weight_decay"):
                 out.pop(k, None)
         return out
 
@@ -178,8 +184,25 @@ class SearchSpace:
             return lo
         return float(self._pick(trial, name, lambda: trial.suggest_float(name, lo, hi, log=log)))
 
-    def sample(self, trial: optuna.Trial, points: Sequence[str], k: int) -> Sampled:
-        """Draw a plan for ``k`` tasks over the candidate ``points`` (in network order)."""
+    def _lr_mults(self, trial: optuna.Trial, units: Sequence[str], optimizer: str) -> dict[str, float]:
+        """Each placed unit's multiplier (and the shortcut's, under ``"shortcut"``): as the recipe
+        writes it, or one drawn ``lr_scale`` times each one's default under ``optimizer``."""
+        if self.lr_mult_choices:
+            choices = [float(v) for v in self.lr_mult_choices]
+            value = float(self._pick(trial, "lr_mult", lambda: trial.suggest_categorical("lr_mult", choices)))
+            return {u: value for u in [*units, "shortcut", "sluice_beta"]}
+        if self.lr_mult is not None:
+            value = self._range(trial, "lr_mult", self.lr_mult)
+            return {u: value for u in [*units, "shortcut", "sluice_beta"]}
+        scale = self._range(trial, "lr_scale", self.lr_scale)
+        out = {u: scale * fusion_lr_mult(u, optimizer, get_fusion(u).default_lr_mult) for u in units}
+        for head_input in ("shortcut", "sluice_beta"):
+            out[head_input] = scale * fusion_lr_mult(head_input, optimizer)
+        return out
+
+    def sample(self, trial: optuna.Trial, points: Sequence[str], k: int, optimizer: str = "sgd") -> Sampled:
+        """Draw a plan for ``k`` tasks over the candidate ``points`` (in network order);
+        ``optimizer`` (the recipe's) is what a drawn ``lr_scale`` is relative to."""
         prefix = NONE
         if self.shared_prefix:
             prefix = self._pick(
@@ -194,6 +217,7 @@ class SearchSpace:
         at = [p for p, u in units.items() if u != NONE]
         shortcut = bool(self._pick(trial, "shortcut", lambda: trial.suggest_categorical("shortcut", self.shortcut)))
         common: dict[str, Any] = {}
+        lr_mults: dict[str, float] = {}
         if at:
             if self.init:
                 labels = [_init_label(v) for v in self.init]
@@ -201,14 +225,9 @@ class SearchSpace:
             else:
                 alpha = self._range(trial, "init_alpha", self.init_alpha, log=False)
                 init = (alpha, 1.0 - alpha)
-            if self.lr_mult_choices:
-                choices = [float(v) for v in self.lr_mult_choices]
-                lr_mult = float(self._pick(trial, "lr_mult", lambda: trial.suggest_categorical("lr_mult", choices)))
-            else:
-                lr_mult = self._range(trial, "lr_mult", self.lr_mult)
+            lr_mults = self._lr_mults(trial, sorted({units[p] for p in at}), optimizer)
             common = {
                 "init": init,
-                "lr_mult": lr_mult,
                 "weight_decay": self._range(trial, "fusion_weight_decay", self.fusion_weight_decay),
             }
         chosen = [units[p] for p in at]
@@ -217,10 +236,13 @@ class SearchSpace:
         plan = StitchPlan(
             at=at,
             unit=main,
-            unit_args={**common, **self.unit_args.get(main, {})},
-            per_point={p: {**common, **args} for p, args in per_point.items()},
+            unit_args={**common, **({"lr_mult": lr_mults[main]} if at else {}), **self.unit_args.get(main, {})},
+            per_point={
+                p: {**common, "lr_mult": lr_mults[str(args["unit"])], **args} for p, args in per_point.items()
+            },
             shared_prefix=None if prefix == NONE else prefix,
             shortcut=shortcut and bool(at),
+            head_input_lr_mult=_head_input_mult(lr_mults, shortcut, main) if at else None,
         )
         weights = {t: self._range(trial, f"loss_weight@{t}", r) for t, r in self.loss_weights.items()}
         base_lr = self._range(trial, "base_lr", self.base_lr) if self.base_lr is not None else None
@@ -244,6 +266,13 @@ class SearchSpace:
             # identity start, not the official Xavier one (which would scramble the trained heads' input)
             plan.shortcut_init = "identity"
         return Sampled(plan, weights, base_lr, str(column_init), weighting)
+
+
+def _head_input_mult(lr_mults: Mapping[str, float], shortcut: bool, main: str) -> float | None:
+    """The head input's multiplier: the shortcut's, sluice's beta mix's, or (None) the unit's."""
+    if shortcut:
+        return lr_mults["shortcut"]
+    return lr_mults["sluice_beta"] if main == "sluice" else None
 
 
 def _init_label(v: Any) -> str:

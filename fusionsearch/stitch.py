@@ -52,6 +52,10 @@ class StitchPlan:
             that starts as the identity: the net reproduces the backbone at init).
         shortcut_resize: ``tf_legacy`` (the official code's TF 1.4 resize), ``align_corners``
             (the PyTorch port's) or ``half_pixel`` (torch's default).
+        head_input_lr_mult: the learning-rate multiplier of the head inputs (the shortcut, or
+            sluice's beta mix); None: the main unit's ``lr_mult`` when the plan names one (the
+            official code's one ``--nddr-mult``), else the optimiser's default for that module
+            (``conventions.fusion_lr_mult("shortcut" | "sluice_beta", optimizer)``).
     """
 
     at: list[Any] = field(default_factory=list)
@@ -63,6 +67,7 @@ class StitchPlan:
     shortcut_channels: int | None = None
     shortcut_init: str = "xavier"
     shortcut_resize: str = "tf_legacy"
+    head_input_lr_mult: float | None = None
 
     def unit_for(self, point: str) -> tuple[str, dict[str, Any]]:
         args = dict(self.unit_args)
@@ -151,6 +156,9 @@ class StitchedNet(nn.Module):
         self.head_inputs = head_inputs
         self.heads = heads
         self.meta = meta
+        # the columns hold trained single-task weights and every unit is new (``build`` with
+        # column_weights): ``bn_init: auto`` then calibrates the units' BatchNorm (``calibration``)
+        self.columns_trained = False
 
     @property
     def task_names(self) -> list[str]:
@@ -210,11 +218,18 @@ class StitchedNet(nn.Module):
         return _unique([*self.units.parameters(), *extra])
 
     def param_groups(
-        self, base_lr: float, weight_decay: float = 0.0, head_lr_mult: float = 1.0
+        self, base_lr: float, weight_decay: float = 0.0, head_lr_mult: float = 1.0, optimizer: str = "sgd"
     ) -> list[dict[str, Any]]:
         """Optimizer groups: backbone (base lr), each fusion group (lr x its multiplier, its own
         weight decay), shortcut/sluice head inputs, heads (lr x ``head_lr_mult``). Every
-        trainable parameter is in exactly one group; each group has a ``name``."""
+        trainable parameter is in exactly one group; each group has a ``name``. A fusion group
+        whose plan named no multiplier gets ``conventions.fusion_lr_mult(..., optimizer)``: the
+        papers' x100 under SGD, its translation under AdamW."""
+        from .conventions import fusion_lr_mult
+
+        def mult_of(value: float | None, component: str, sgd_default: float = 100.0) -> float:
+            return float(value) if value is not None else fusion_lr_mult(component, optimizer, sgd_default)
+
         groups: list[dict[str, Any]] = [
             {
                 "name": "backbone",
@@ -227,32 +242,35 @@ class StitchedNet(nn.Module):
             for g in unit.param_groups():
                 if g["params"]:
                     wd = weight_decay if g["weight_decay"] is None else g["weight_decay"]
+                    mult = mult_of(g["lr_mult"], unit.unit_name, type(unit).default_lr_mult)
                     groups.append(
                         {
                             "name": f"fusion:{point}:{g['tag']}",
                             "params": g["params"],
-                            "lr": base_lr * g["lr_mult"],
-                            "lr_mult": g["lr_mult"],
+                            "lr": base_lr * mult,
+                            "lr_mult": mult,
                             "weight_decay": wd,
                         }
                     )
         if self.head_inputs is not None:
             head_inputs: list[Any] = list(self.head_inputs)
             for task, m in zip(self.tasks, head_inputs):
+                component = str(getattr(m, "lr_component", self.plan.unit))
                 if hasattr(m, "param_groups"):  # the shortcut: in the fusion lr group, BN undecayed
                     for g in m.param_groups():
                         if g["params"]:
+                            mult = mult_of(g["lr_mult"], component)
                             groups.append(
                                 {
                                     "name": f"head_input:{task}:{g['tag']}",
                                     "params": g["params"],
-                                    "lr": base_lr * g["lr_mult"],
-                                    "lr_mult": g["lr_mult"],
+                                    "lr": base_lr * mult,
+                                    "lr_mult": mult,
                                     "weight_decay": weight_decay if g["weight_decay"] is None else g["weight_decay"],
                                 }
                             )
                     continue
-                mult = float(getattr(m, "lr_mult", 1.0))
+                mult = mult_of(getattr(m, "lr_mult", None), component)
                 groups.append(
                     {
                         "name": f"head_input:{task}",
@@ -425,7 +443,9 @@ def build(
         column_params=graphs[0].num_params,
         task_args={t: dict(a) for t, a in (task_args or {}).items()},
     )
-    return StitchedNet(task_sizes, plan, points, shared, columns, units, head_inputs, heads, meta)
+    net = StitchedNet(task_sizes, plan, points, shared, columns, units, head_inputs, heads, meta)
+    net.columns_trained = column_weights is not None and any(w is not None for w in column_weights)
+    return net
 
 
 def _resolve_points(plan: StitchPlan, graphs: list[BackboneGraph], k: int) -> tuple[list[Any], list[list[CutPoint]]]:
@@ -548,8 +568,9 @@ def _head_inputs(
     if not unit_channels:
         return None, in_channels
     cls = get_fusion(plan.unit)
-    lr = plan.unit_args.get("lr_mult")
-    lr_mult = float(cls.default_lr_mult if lr is None else lr)
+    # None: the optimiser's default for the module (``StitchedNet.param_groups`` resolves it)
+    lr = plan.head_input_lr_mult if plan.head_input_lr_mult is not None else plan.unit_args.get("lr_mult")
+    lr_mult = None if lr is None else float(lr)
     mods: list[nn.Module] = []
     for t, final in enumerate(finals):
         chans = [ch[t] for ch in unit_channels] + ([] if last_is_output else [final.channels])

@@ -16,12 +16,26 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .calibration import calibrate_batchnorm
 from .errors import CheckpointError, FusionSearchError
 from .stitch import StitchedNet
 from .tasks import Task
 from .weighting import Weighting, make_weighting
 
-__all__ = ["TrainConfig", "NonFiniteLossError", "fit", "evaluate", "evaluates_at", "lr_factor"]
+__all__ = [
+    "TrainConfig",
+    "NonFiniteLossError",
+    "fit",
+    "evaluate",
+    "evaluates_at",
+    "lr_factor",
+    "calibrates",
+    "calibrate",
+    "BN_INITS",
+]
+
+
+BN_INITS = ("auto", "paper", "calibrated")
 
 
 class NonFiniteLossError(FusionSearchError, FloatingPointError):
@@ -50,11 +64,24 @@ class TrainConfig:
     seed: int = 0
     progress: bool = True
     weighting: str | dict[str, Any] | None = None  # a method name or {name, args}; None: fixed
+    # how new BatchNorm in fusion units and the shortcut starts: "paper" (statistics (0, 1),
+    # affine (1, 0)), "calibrated" (statistics from bn_calibration_batches training batches,
+    # affine making the unit its input mix: ``calibration``), "auto": calibrated when the
+    # columns hold trained weights (warm start, column_weights), else the papers' start
+    bn_init: str = "auto"
+    bn_calibration_batches: int = 8
 
     def __post_init__(self) -> None:
         """Values no run can use stop here, before any study or net exists (a study of 0-step
         trials would train nothing and still declare a "best")."""
-        at_least = {"steps": 1, "batch_size": 1, "eval_every": 1, "warmup_steps": 0, "num_workers": 0}
+        at_least = {
+            "steps": 1,
+            "batch_size": 1,
+            "eval_every": 1,
+            "warmup_steps": 0,
+            "num_workers": 0,
+            "bn_calibration_batches": 1,
+        }
         for name, low in at_least.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -67,6 +94,8 @@ class TrainConfig:
             raise FusionSearchError(f"train base_lr must be > 0, got {self.base_lr!r}")
         if self.optimizer not in ("sgd", "adamw"):
             raise FusionSearchError(f"train optimizer must be sgd or adamw, got {self.optimizer!r}")
+        if self.bn_init not in BN_INITS:
+            raise FusionSearchError(f"train bn_init must be {', '.join(BN_INITS)}, got {self.bn_init!r}")
         if self.weighting is not None:
             from .weighting import WEIGHTINGS
 
@@ -74,6 +103,11 @@ class TrainConfig:
             if set(spec) - {"name", "args"} or "name" not in spec:
                 raise FusionSearchError(f"train weighting must be a name or {{name, args}}, got {self.weighting!r}")
             WEIGHTINGS.get(str(spec["name"]))
+
+
+def calibrates(net: StitchedNet, cfg: TrainConfig) -> bool:
+    """Whether ``fit`` calibrates the new units' BatchNorm before training (``cfg.bn_init``)."""
+    return cfg.bn_init == "calibrated" or (cfg.bn_init == "auto" and net.columns_trained)
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -161,7 +195,7 @@ def evaluate(
 
 
 def _optimizer(net: StitchedNet, cfg: TrainConfig, weighting: Weighting | None = None) -> torch.optim.Optimizer:
-    groups = net.param_groups(cfg.base_lr, cfg.weight_decay, cfg.head_lr_mult)
+    groups = net.param_groups(cfg.base_lr, cfg.weight_decay, cfg.head_lr_mult, cfg.optimizer)
     if weighting is not None:
         groups += weighting.param_groups(cfg.base_lr)
     for g in groups:
@@ -238,6 +272,10 @@ def fit(
         num_workers=cfg.num_workers,
         pin_memory=dev.type == "cuda",
     )
+    if start == 0 and calibrates(net, cfg):
+        # before the optimiser's first step, from the first training batches of this seed:
+        # deterministic, so paired plans and workers on other machines start identically
+        calibrate(net, train_data, cfg, dev)
     progress = _progress(cfg.progress, cfg.steps, start)
     net.train()
     step = start
@@ -281,6 +319,17 @@ def fit(
     history["step"] = step
     history["weighting"] = {"name": weighting.weighting_name, "state_dict": weighting.state_dict()}
     return history
+
+
+def calibrate(net: StitchedNet, data: Dataset, cfg: TrainConfig, dev: torch.device) -> None:
+    """Calibrate the new BatchNorm on the first ``bn_calibration_batches`` batches of this seed's
+    training order (the recipe's training data, no other), leaving the global generator as it was
+    so the training that follows sees the same draws with or without calibration."""
+    n = min(cfg.bn_calibration_batches, cfg.steps)
+    loader = DataLoader(data, batch_sampler=_StepSampler(len(data), cfg.batch_size, cfg.seed, 0, n))  # type: ignore[arg-type]
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        torch.manual_seed(cfg.seed * 1_000_003 - 1)  # augmentation draws: a function of the seed
+        calibrate_batchnorm(net, loader, dev)
 
 
 def _save(

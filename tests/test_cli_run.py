@@ -28,6 +28,9 @@ def test_run_command_end_to_end_and_resume(tmp_path, monkeypatch):
     assert "baseline:single" in result.output and "confirmation: 8 trials queued" in result.output
     assert "Delta-m mean ± 95% CI" in result.output and "LibMTL's Delta_p" in result.output
     assert "beats the" in result.output or "no searched plan beats" in result.output
+    # which fusion learning rates and BatchNorm start the plans got (the recipe trains with AdamW)
+    said = " ".join(result.output.split())  # rich wraps long lines
+    assert "translated for adamw (nddr x1, cross_stitch x100" in said and "train.bn_init: auto" in said
     assert (tmp_path / "r.html").is_file() and (tmp_path / "fusionsearch.db").is_file()
     confirmation = (tmp_path / "r.html").read_text().split('id="confirmation"')[1].split("</section>")[0]
     assert "Plotly.newPlot" in confirmation and "Not drawn" not in confirmation
