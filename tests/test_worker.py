@@ -47,7 +47,8 @@ def test_baselines_and_delta_m(small_study):
         assert by[name].user_attrs["steps"] == 1 and by[name].user_attrs["column_init"] == "single"
     assert by["single"].user_attrs["plan"]["at"] == []
     assert by["shared"].user_attrs["plan"]["shared_prefix"] == "layer4"
-    assert by["nddr_default"].user_attrs["plan"]["unit_args"] == {"init": [0.9, 0.1], "lr_mult": 100.0}
+    # no multiplier in the plan: it trains at the optimiser's (conventions.py: x1 under the recipe's AdamW)
+    assert by["nddr_default"].user_attrs["plan"]["unit_args"] == {"init": [0.9, 0.1]}
     single = by["single"].user_attrs["metrics"]
     dirs = {t: dict(fs.get_task(t, out_channels=3 if t == "normal" else 6).metrics) for t in single}
     for t in finished(study):
