@@ -245,6 +245,14 @@ ArtifactsOpt = Annotated[str | None, typer.Option(help="artifact folder (default
 StorageOpt = Annotated[str | None, typer.Option(envvar="FUSIONSEARCH_STORAGE", help=STORAGE_HELP)]
 WorkersOpt = Annotated[int, typer.Option(help="worker processes, each on one device")]
 DevicesOpt = Annotated[str, typer.Option(help="auto (every visible GPU, else CPU), cpu, or cuda:0,cuda:1")]
+LabelledOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--labelled",
+        help="TASK=SHARE or TASK=ID_FILE: keep TASK's label on that share of the training images (seg=0.1)"
+        " or on the ids the file lists; the others lose it (validation stays fully labelled); repeatable",
+    ),
+]
 
 
 def load_recipe_with(
@@ -255,6 +263,7 @@ def load_recipe_with(
     size: int | None,
     train_images: int | None = None,
     val_images: int | None = None,
+    labelled: list[str] | None = None,
 ) -> Any:
     from .recipe import load_recipe, parse_data
 
@@ -266,7 +275,24 @@ def load_recipe_with(
     for key, value in (("size", size), ("train_length", train_images), ("val_length", val_images)):
         if value is not None:
             data_spec[key] = value
+    if labelled:
+        data_spec["labelled"] = {**(data_spec.get("labelled") or {}), **parse_labelled(labelled)}
     return r.with_overrides(backbone=backbone, tasks=names, data=data_spec)
+
+
+def parse_labelled(items: list[str]) -> dict[str, float | str]:
+    """``--labelled TASK=SHARE`` (a number in (0, 1]) or ``TASK=FILE`` (a file of item ids)."""
+    out: dict[str, float | str] = {}
+    for item in items:
+        for part in item.split(","):
+            name, sep, value = part.partition("=")
+            if not sep or not name.strip() or not value.strip():
+                raise ArgumentError(f"--labelled takes TASK=SHARE or TASK=ID_FILE, e.g. seg=0.1; got {part!r}")
+            try:
+                out[name.strip()] = float(value)
+            except ValueError:
+                out[name.strip()] = value.strip()
+    return out
 
 
 def at_least(flag: str, value: float | None, low: float) -> None:
@@ -332,6 +358,7 @@ def train(
     size: SizeOpt = None,
     train_images: int | None = typer.Option(None, help="training images (synthetic: scenes; real: the first N)"),
     val_images: int | None = typer.Option(None, help="validation images"),
+    labelled: LabelledOpt = None,
     lr: float | None = typer.Option(None, help="base learning rate"),
     optimizer: str | None = typer.Option(None, help="adamw or sgd (the papers' choice, momentum 0.9)"),
     loss_weight: list[str] = typer.Option([], help="TASK=W, e.g. normal=20 (the official NDDR code's weight)"),
@@ -359,8 +386,9 @@ def train(
     for flag, value in (("--steps", steps), ("--batch-size", batch_size), ("--eval-every", eval_every)):
         at_least(flag, value, 1)
     check_device(device)
-    r = load_recipe_with(recipe, backbone, tasks, data, size, train_images, val_images)
+    r = load_recipe_with(recipe, backbone, tasks, data, size, train_images, val_images, labelled)
     exp = Experiment(r, seed)
+    print_labelled(r, seed)
     if plan == "fused":
         spec = dict(r.plan)
         if unit is not None:
@@ -421,6 +449,26 @@ def _devices(spec: str, workers: int) -> list[str]:
     return assign_devices(spec, workers)
 
 
+def labelled_suffix(labelled: list[str] | None) -> str:
+    """The default study name's tail for ``--labelled``: another labelling is another study."""
+    if not labelled:
+        return ""
+    from pathlib import Path
+
+    items = parse_labelled(labelled).items()
+    parts = [f"{t}{v:g}" if isinstance(v, float) else f"{t}-{Path(v).stem}" for t, v in items]
+    return "-labelled-" + "-".join(parts)
+
+
+def print_labelled(r: Any, seed: int | None = None) -> None:
+    """Which tasks are labelled on which share of the training images (nothing when all are)."""
+    from .data import describe_labelled
+    from .experiment import Experiment
+
+    if r.data.get("labelled"):
+        console.print(describe_labelled(Experiment(r, seed).datasets()[0]), highlight=False)
+
+
 def print_conventions(r: Any) -> None:
     """Which fusion learning rates and BatchNorm start a study's plans get (README Conventions)."""
     from .conventions import describe_bn_init, describe_lr_mults
@@ -465,6 +513,7 @@ def run(
     tasks: str | None = typer.Option(None, help="comma separated tasks, e.g. seg,normal"),
     data: DataOpt = None,
     size: SizeOpt = None,
+    labelled: LabelledOpt = None,
     trials: int | None = typer.Option(None, help="sampled trials after the baselines (default: the recipe's)"),
     timeout: float | None = typer.Option(None, help="stop starting trials after this many seconds"),
     study: str | None = typer.Option(None, help="study name (default from recipe, backbone, tasks): rerun resumes"),
@@ -511,14 +560,14 @@ def run(
     at_least("--steps", steps, 1)
     at_least("--trials", trials, 0)
     at_least("--timeout", timeout, 0)
-    r = load_recipe_with(recipe, backbone, tasks, data, size)
+    r = load_recipe_with(recipe, backbone, tasks, data, size, labelled=labelled)
     fusion_tasks(r)
     _devices(devices, workers)  # a missing GPU is an error now, not a failure of every trial
     if steps is not None:
         r.train = {**r.train, "steps": steps}
     st = dict(r.study)
     settings = StudySettings(
-        study=study or f"{r.name}-{r.backbone}-{'-'.join(r.tasks)}",
+        study=study or f"{r.name}-{r.backbone}-{'-'.join(r.tasks)}{labelled_suffix(labelled)}",
         storage=storage or DEFAULT_STORAGE,
         trials=trials if trials is not None else _study_trials(r, st.get("trials", 8)),
         timeout=timeout if timeout is not None else st.get("timeout"),
@@ -540,6 +589,7 @@ def run(
     total = len(study_obj.get_trials(deepcopy=False))
     console.print(f"study [bold]{settings.study}[/] in {url}: {settings.trials} trials + baselines", highlight=False)
     print_conventions(r)
+    print_labelled(r, settings.seed)
     if total > queued:
         console.print(f"resuming: {total - queued} trials there already, {queued} queued", highlight=False)
     running = sum(t.state.name == "RUNNING" for t in study_obj.get_trials(deepcopy=False))
@@ -581,6 +631,7 @@ def compare(
     recipe: RecipeOpt = "quick",
     data: DataOpt = None,
     size: SizeOpt = None,
+    labelled: LabelledOpt = None,
     steps: int | None = typer.Option(None, help="training steps of every row (the same budget for all)"),
     trials: int | None = typer.Option(None, help="searched trials for the 'search_best' row (default: the recipe's)"),
     study: str | None = typer.Option(None, help="study name (default RECIPE-compare): rerun resumes"),
@@ -602,7 +653,7 @@ def compare(
 
     at_least("--steps", steps, 1)
     at_least("--trials", trials, 0)
-    r = load_recipe_with(recipe, None, None, data, size)
+    r = load_recipe_with(recipe, None, None, data, size, labelled=labelled)
     fusion_tasks(r)
     _devices(devices, workers)
     if steps is not None:
@@ -610,7 +661,7 @@ def compare(
     baselines = list(dict.fromkeys(["single", *compare_rows(r).values()]))
     grid = is_grid(r)
     settings = StudySettings(
-        study=study or f"{r.name}-compare",
+        study=study or f"{r.name}-compare{labelled_suffix(labelled)}",
         storage=storage or DEFAULT_STORAGE,
         trials=len(grid_points(r))
         if grid
@@ -631,6 +682,7 @@ def compare(
         f"comparison {settings.study}: rows {', '.join(baselines)} + {settings.trials} {what}", highlight=False
     )
     print_conventions(r)
+    print_labelled(r, settings.seed)
     run_study(study_obj, settings, workers, devices, quiet, artifacts, r.train_config().steps)
     added, why_not = prepare_confirmation(study_obj, settings)
     if why_not is None:

@@ -196,6 +196,7 @@ class ConfirmedPlan:
     search_delta_m: float | None = None
     interval: Interval | None = None
     test: PairedTest | None = None
+    vs_single: PairedTest | None = None  # every plan but single, paired against the single-task nets
     net_trial: int | None = None  # the trial whose network represents the plan
 
     @property
@@ -226,20 +227,29 @@ class Confirmation:
         if self.pending:
             return f"confirmation unfinished ({self.pending} trials left): run the same command again"
         base = self.best_baseline or "single"
+        lead = self._baseline_lead(base)
         searched = self.searched()
         if not searched:
-            return f"no searched plan was confirmed; the best baseline is {base}"
+            return f"{lead}no searched plan was confirmed; the best baseline is {base}"
         n = max(p.interval.n for p in searched if p.interval)
         winners = [p for p in searched if p.test is not None and p.test.beats]
         if winners:
             w = max(winners, key=lambda p: p.test.diff.mean if p.test else 0.0)
             return (
-                f"{w.label} beats the {base} baseline by {w.test}"
+                f"{lead}{w.label} beats the {base} baseline by {w.test}"
                 f" (paired over {w.test.diff.n} seeds, 95% interval above 0)"  # type: ignore[union-attr]
             )
         top = max(searched, key=lambda p: p.mean)
         detail = f"best searched: {top.label}, {top.test}" if top.test is not None else f"best: {top.label}"
-        return f"no searched plan beats the {base} baseline at this budget ({detail}; {n} seeds)"
+        return f"{lead}no searched plan beats the {base} baseline at this budget ({detail}; {n} seeds)"
+
+    def _baseline_lead(self, base: str) -> str:
+        """When the best baseline is a multi-task one that beats the single-task nets, that is a
+        finding of its own (sharing helps here), said first."""
+        best = next((p for p in self.plans if p.label == base), None)
+        if base == "single" or best is None or best.vs_single is None or not best.vs_single.beats:
+            return ""
+        return f"{base} beats single by {best.vs_single} (paired over {best.vs_single.diff.n} seeds); "
 
 
 def summarize(study: optuna.Study) -> Confirmation:
@@ -286,5 +296,10 @@ def summarize(study: optuna.Study) -> Confirmation:
         for p in plans.values():
             if p.interval is not None and p is not best and set(p.by_seed) & set(best.by_seed):
                 p.test = paired_test(p.by_seed, best.by_seed)  # no common seed (failures): no test
+    single = plans.get("single")
+    if single is not None and single.interval is not None:
+        for p in plans.values():
+            if p.interval is not None and p is not single and set(p.by_seed) & set(single.by_seed):
+                p.vs_single = paired_test(p.by_seed, single.by_seed)
     out.plans = sorted(plans.values(), key=lambda p: -p.mean if p.interval is not None else math.inf)
     return out

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from .data import DATASETS, get_dataset
+from .data import DATASETS, PartialLabels, get_dataset
 from .errors import FusionSearchError, PlanError
 from .fusion import FUSION_UNITS
 from .graph import BackboneGraph, trace
@@ -64,6 +64,7 @@ class Experiment:
         if self._data is None:
             d = dict(self.recipe.data)
             name = d.pop("name")
+            labelled = d.pop("labelled", None)
             train_len = d.pop("train_length", None)
             val_len = d.pop("val_length", None)
             size = d.pop("size", None)
@@ -73,8 +74,11 @@ class Experiment:
                 common.setdefault("seed", self.seed)
             lengths = getattr(cls, "default_lengths", {}) or {}
             train_len, val_len = train_len or lengths.get("train"), val_len or lengths.get("val")
+            train = get_dataset(name, split="train", length=train_len, **common)
+            if labelled:  # only the training split loses labels: every plan is scored on the same pixels
+                train = PartialLabels(train, labelled, seed=self.seed)
             self._data = (
-                _cached(get_dataset(name, split="train", length=train_len, **common)),
+                _cached(train),
                 _cached(get_dataset(name, split="val", length=val_len, **common)),
             )
         return self._data
@@ -87,7 +91,7 @@ class Experiment:
             provided: Mapping[str, int] = getattr(self.datasets()[0], "tasks", {})
         else:
             cls = DATASETS.get(self.recipe.data["name"])
-            args = {k: v for k, v in self.recipe.data.items() if k != "name"}
+            args = {k: v for k, v in self.recipe.data.items() if k not in ("name", "labelled")}
             provided = cls.tasks_for(**args) if hasattr(cls, "tasks_for") else getattr(cls, "tasks", {})
         missing = [t for t in self.recipe.tasks if t not in provided]
         if missing:

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
+from .data.partial import check_labelled
 from .errors import FusionSearchError
 from .schema import check_fields, did_you_mean
 from .tasks import DeltaM, primary_metric
@@ -70,6 +71,9 @@ class DataSection:
     size: int | tuple[int, int] = 128  # square side, or [height, width]
     train_length: int | None = None
     val_length: int | None = None
+    # task -> share in (0, 1], list of item ids, or id file: the training images that keep the
+    # task's label (``data.partial``); validation stays fully labelled
+    labelled: dict[str, Any] | None = None
 
 
 @dataclass
@@ -114,6 +118,7 @@ class Recipe:
                 raise RecipeError(f"{where} data.{key} must be >= 1, got {value!r}")
         try:
             self.train_config()
+            check_labelled(self.data.get("labelled"), self.tasks)
         except FusionSearchError as e:
             raise RecipeError(f"{where} {e}") from None
         for t in self.task_args:
@@ -253,11 +258,14 @@ def load_recipe(name_or_path: str | os.PathLike[str] = DEFAULT_RECIPE) -> Recipe
 
 def parse_data(spec: str | None, base: Mapping[str, Any]) -> dict[str, Any]:
     """``--data`` on the command line: ``synthetic``, ``nyuv2:PATH`` or ``imdb_wiki:PATH``
-    replaces the recipe's data set (keeping its size and lengths)."""
+    replaces the recipe's data set (keeping its size, lengths and labelled shares)."""
     if not spec:
         return dict(base)
     name, sep, root = spec.partition(":")
     keep = {k: v for k, v in base.items() if k in ("size", "train_length", "val_length")}
+    shares = base.get("labelled") or {}
+    if shares and all(isinstance(v, (int, float)) for v in shares.values()):
+        keep["labelled"] = dict(shares)  # shares mean the same on any data set; id lists do not
     out: dict[str, Any] = {**keep, "name": name}
     if sep:
         out["root"] = root

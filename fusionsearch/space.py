@@ -237,9 +237,7 @@ class SearchSpace:
             at=at,
             unit=main,
             unit_args={**common, **({"lr_mult": lr_mults[main]} if at else {}), **self.unit_args.get(main, {})},
-            per_point={
-                p: {**common, "lr_mult": lr_mults[str(args["unit"])], **args} for p, args in per_point.items()
-            },
+            per_point={p: {**common, "lr_mult": lr_mults[str(args["unit"])], **args} for p, args in per_point.items()},
             shared_prefix=None if prefix == NONE else prefix,
             shortcut=shortcut and bool(at),
             head_input_lr_mult=_head_input_mult(lr_mults, shortcut, main) if at else None,

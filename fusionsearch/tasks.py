@@ -29,6 +29,8 @@ __all__ = [
     "VECTOR_MAP",
     "CLASS",
     "label_kind",
+    "UNLABELLED_CLASS",
+    "unlabelled_like",
     "register_task",
     "get_task",
     "delta_m",
@@ -61,8 +63,27 @@ INDEX_MAP = "index_map"  # (H, W) int64 classes, 255 = ignore: resized nearest, 
 SCALAR_MAP = "scalar_map"  # (1, H, W) float, 0 = unlabelled: resized over labelled pixels
 VECTOR_MAP = "vector_map"  # (C, H, W) unit vectors, zero = unlabelled, channel 0 the image's x axis:
 #   resized over labelled pixels and renormalised; a left-right flip negates channel 0 (normals)
-CLASS = "class"  # one value per image (a class index or a number): not resized, not flipped
+CLASS = "class"  # one value per image (a class index or a number), -1 = unlabelled: not resized, not flipped
 LABEL_KINDS = (INDEX_MAP, SCALAR_MAP, VECTOR_MAP, CLASS)
+UNLABELLED_CLASS = -1
+_IGNORE_INDEX = 255
+
+
+def unlabelled_like(kind: str, label: Tensor) -> Tensor:
+    """``label`` with every value replaced by its kind's "no label here" value (255 for index maps,
+    zeros for scalar and vector maps, -1 for per-image classes and numbers): how a data set says
+    that an image carries no label for a task (``data.partial``), in the same form as a label."""
+    if kind == INDEX_MAP:
+        return torch.full_like(label, _IGNORE_INDEX)
+    if kind in (SCALAR_MAP, VECTOR_MAP):
+        return torch.zeros_like(label)
+    if kind == CLASS:
+        return torch.full_like(label, UNLABELLED_CLASS)
+    raise PlanError(f"unknown label kind {kind!r}; kinds: {', '.join(LABEL_KINDS)}")
+
+
+def _any_per_image(valid: Tensor) -> Tensor:
+    return valid.reshape(valid.shape[0], -1).any(1) if valid.dim() > 1 else valid
 
 
 class Task(ABC):
@@ -88,9 +109,16 @@ class Task(ABC):
     - ``head(in_channels)``: a module called as ``head(features, size)`` with channels-first
       features and the input image's (H, W); it returns the prediction at that size (dense) or
       (B, out_channels) (``cls``).
-    - ``loss(pred, target)``: a scalar tensor (without ``loss_weight``, which training applies).
+    - ``loss(pred, target)``: a scalar tensor (without ``loss_weight``, which training applies),
+      averaged over the labelled pixels or images only; finite, and with zero gradient, when the
+      batch labels none.
+    - ``labelled(target)``: a (B,) bool tensor, True for the images that carry this task's label
+      (partial labels: an unlabelled image holds its kind's ``unlabelled_like`` value). The default
+      reads the label kind's ignore value; training gives a task no loss in a step whose batch
+      labels no image for it.
     - ``reset()``, ``update(pred, target)`` per batch, ``compute()``: the metrics over the whole
-      evaluation set, pooled (not batch means), as ``{name: value}`` with the names of ``metrics``.
+      evaluation set, pooled (not batch means), as ``{name: value}`` with the names of ``metrics``;
+      unlabelled pixels and images count nowhere.
     """
 
     task_name = "task"  # set by ``register_task``
@@ -111,6 +139,16 @@ class Task(ABC):
     @abstractmethod
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
         """The training loss on one batch."""
+
+    def labelled(self, target: Tensor) -> Tensor:
+        """Which images of the batch carry this task's label ((B,) bool)."""
+        if self.label == INDEX_MAP:
+            return _any_per_image(target != getattr(self, "ignore_index", _IGNORE_INDEX))
+        if self.label == SCALAR_MAP:
+            return _any_per_image(target > 0)
+        if self.label == VECTOR_MAP:
+            return _any_per_image(target.norm(dim=1) > 0.5)
+        return target.reshape(-1) >= 0
 
     @abstractmethod
     def reset(self) -> None:
@@ -190,7 +228,11 @@ class Segmentation(Task):
         return _DenseHead(ASPPHead(in_channels, self.out_channels, self.rates))
 
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
-        return F.cross_entropy(pred.float(), target.long(), ignore_index=self.ignore_index)
+        # a sum over labelled pixels / their count: an all-ignored batch gives 0, not NaN (the
+        # mean of ``cross_entropy`` divides by zero there), and nothing waits on the device
+        target = target.long()
+        total = F.cross_entropy(pred.float(), target, ignore_index=self.ignore_index, reduction="sum")
+        return total / (target != self.ignore_index).sum().clamp_min(1)
 
     def reset(self) -> None:
         self.confusion = torch.zeros(self.out_channels, self.out_channels, dtype=torch.long)
@@ -254,8 +296,8 @@ class Normals(Task):
         valid = self._valid(target)
         p = F.normalize(pred.float(), dim=1)
         t = F.normalize(target.float(), dim=1)
-        err = 1 - (p * t).sum(1)
-        return err[valid].mean() if valid.any() else err.sum() * 0
+        err = torch.where(valid, 1 - (p * t).sum(1), 0.0)
+        return err.sum() / valid.sum().clamp_min(1)
 
     def reset(self) -> None:
         self.hist = torch.zeros(_ANGLE_BINS, dtype=torch.long)
@@ -310,8 +352,8 @@ class Depth(Task):
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
         target = target.reshape(pred.shape)
         valid = target > 0
-        err = (pred.float() - target.float()).abs()
-        return err[valid].mean() if valid.any() else err.sum() * 0
+        err = torch.where(valid, (pred.float() - target.float()).abs(), 0.0)
+        return err.sum() / valid.sum().clamp_min(1)
 
     def reset(self) -> None:
         self.abs_err = 0.0
@@ -346,15 +388,19 @@ class Classification(Task):
         return _ClsHead(in_channels, self.out_channels)
 
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
-        return F.cross_entropy(pred.float(), target.long())
+        target = target.long().reshape(-1)
+        total = F.cross_entropy(pred.float(), target, ignore_index=UNLABELLED_CLASS, reduction="sum")
+        return total / (target != UNLABELLED_CLASS).sum().clamp_min(1)
 
     def reset(self) -> None:
         self.correct = 0
         self.count = 0
 
     def update(self, pred: Tensor, target: Tensor) -> None:
-        self.correct += int((pred.argmax(1).cpu() == target.cpu().long()).sum())
-        self.count += target.numel()
+        target = target.cpu().long().reshape(-1)
+        keep = target != UNLABELLED_CLASS
+        self.correct += int((pred.argmax(1).cpu()[keep] == target[keep]).sum())
+        self.count += int(keep.sum())
 
     def compute(self) -> dict[str, float]:
         return {"accuracy": 100 * self.correct / max(self.count, 1)}
@@ -385,7 +431,10 @@ class Age(Task):
         return _ClsHead(in_channels, self.out_channels)
 
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
-        return F.cross_entropy(pred.float(), target.long().clamp(0, self.out_channels - 1))
+        target = target.long().reshape(-1)
+        keep = target != UNLABELLED_CLASS
+        per_image = F.cross_entropy(pred.float(), target.clamp(0, self.out_channels - 1), reduction="none")
+        return torch.where(keep, per_image, 0.0).sum() / keep.sum().clamp_min(1)
 
     def estimate(self, pred: Tensor) -> Tensor:
         ages = torch.arange(self.out_channels, device=pred.device, dtype=torch.float32)
@@ -395,7 +444,9 @@ class Age(Task):
         self.errors: list[Tensor] = []
 
     def update(self, pred: Tensor, target: Tensor) -> None:
-        self.errors.append((self.estimate(pred) - target.float()).abs().cpu())
+        target = target.reshape(-1)
+        keep = target != UNLABELLED_CLASS
+        self.errors.append((self.estimate(pred)[keep] - target[keep].float()).abs().cpu())
 
     def compute(self) -> dict[str, float]:
         err = torch.cat(self.errors) if self.errors else torch.zeros(1)

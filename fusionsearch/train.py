@@ -7,6 +7,7 @@ checkpoint continues exactly as the uninterrupted run would have.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -287,25 +288,13 @@ def fit(
             image = batch["image"]
             if (dev.type == "cuda") if cfg.channels_last is None else cfg.channels_last:
                 image = image.contiguous(memory_format=torch.channels_last)
-            with _autocast(dev, use_amp):
-                preds, extra = net(image, return_extra=True)
-                losses = {t: tasks[t].loss_weight * tasks[t].loss(preds[t].float(), batch[t]) for t in net.tasks}
-            plain = sum(v.detach() for v in losses.values()) + extra.detach().float()
-            if not torch.isfinite(plain):
-                parts = ", ".join(f"{t}={v.item():.4g}" for t, v in losses.items())
-                raise NonFiniteLossError(f"loss is {plain.item()} at step {step} ({parts}, extra={extra.item():.4g})")
-            opt.zero_grad(set_to_none=True)
-            weighting.backward(losses, extra.float(), net, step, scaler.scale)
-            if cfg.grad_clip:
-                scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-            scaler.step(opt)
-            scaler.update()
-            schedule.step()
-            weighting.observe({t: v.item() for t, v in losses.items()}, step)
+            logged = _step(net, tasks, batch, image, cfg, dev, use_amp, opt, scaler, weighting, step)
+            with warnings.catch_warnings():  # a skipped first step is not the misuse torch warns of
+                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler", UserWarning)
+                schedule.step()
             step += 1
-            history["losses"].append(plain.item())  # the tasks' weighted sum, whatever the method
-            progress.update(bar, advance=1, loss=plain.item())
+            history["losses"].append(logged)  # the present tasks' weighted sum (NaN: none labelled)
+            progress.update(bar, advance=1, loss=logged)
             if val_data is not None and evaluates_at(step, cfg):
                 metrics = evaluate(net, tasks, val_data, cfg.batch_size, dev, use_amp, cfg.num_workers)
                 history["evals"].append({"step": step, "metrics": metrics, "weights": weighting.weights()})
@@ -319,6 +308,44 @@ def fit(
     history["step"] = step
     history["weighting"] = {"name": weighting.weighting_name, "state_dict": weighting.state_dict()}
     return history
+
+
+def _step(
+    net: StitchedNet,
+    tasks: Mapping[str, Task],
+    batch: Mapping[str, Any],
+    image: Tensor,
+    cfg: TrainConfig,
+    dev: torch.device,
+    use_amp: bool,
+    opt: torch.optim.Optimizer,
+    scaler: Any,
+    weighting: Weighting,
+    step: int,
+) -> float:
+    """One optimiser step on ``batch``; returns the present tasks' weighted loss (NaN: none).
+
+    Partial labels: a task that the batch labels on no image takes no part in the step (no loss,
+    no gradient); a batch that labels no task at all changes nothing."""
+    present = [t for t in net.tasks if bool(tasks[t].labelled(batch[t]).any())]
+    opt.zero_grad(set_to_none=True)
+    if not present:
+        return float("nan")
+    with _autocast(dev, use_amp):
+        preds, extra = net(image, return_extra=True)
+        losses = {t: tasks[t].loss_weight * tasks[t].loss(preds[t].float(), batch[t]) for t in present}
+    plain = sum(v.detach() for v in losses.values()) + extra.detach().float()
+    if not torch.isfinite(plain):
+        parts = ", ".join(f"{t}={v.item():.4g}" for t, v in losses.items())
+        raise NonFiniteLossError(f"loss is {plain.item()} at step {step} ({parts}, extra={extra.item():.4g})")
+    weighting.backward(losses, extra.float(), net, step, scaler.scale)
+    if cfg.grad_clip:
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+    scaler.step(opt)
+    scaler.update()
+    weighting.observe({t: v.item() for t, v in losses.items()}, step)
+    return float(plain.item())
 
 
 def calibrate(net: StitchedNet, data: Dataset, cfg: TrainConfig, dev: torch.device) -> None:

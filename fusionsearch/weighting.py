@@ -19,6 +19,11 @@ Two levels:
   head) gets that task's gradient. Each task's loss includes its ``loss_weight``; an extra loss
   (sluice's penalty) is added with weight 1 on top.
 
+Partial labels: a task that the step's batch labels on no image is absent from that step's
+``losses``. It then contributes nothing (zero gradient, weight 0 for the step): loss-level methods
+combine the tasks present, gradient-level methods aggregate the present tasks' gradients (one
+present task: its gradient as it is), and histories (``dwa``, ``famo``) skip the absent task.
+
 Where the implementations differ from the papers' code, the method's docstring says so.
 """
 
@@ -89,11 +94,13 @@ class Weighting(nn.Module, ABC):
 
     - ``backward(losses, extra, net, step, scale)``: put the update's gradient in the ``.grad`` of
       the net's parameters (and of the method's own, if it learns any); ``losses`` maps each task
-      to its loss (``loss_weight`` applied), ``extra`` is the units' extra loss, ``scale`` the AMP
-      scaler's ``scale``. Returns the scalar that stands for the step's loss (for logging and the
-      NaN check). Loss-level methods implement ``combine(losses, step)`` instead and inherit this.
-    - ``observe(losses, step)``: the step's detached task losses, after the optimiser's step
-      (loss histories of ``dwa``, ``famo``'s weight update).
+      that the step's batch labels to its loss (``loss_weight`` applied; never empty, and a task
+      with no label in the batch is absent, see the module docstring), ``extra`` is the units'
+      extra loss, ``scale`` the AMP scaler's ``scale``. Returns the scalar that stands for the
+      step's loss (for logging and the NaN check). Loss-level methods implement
+      ``combine(losses, step)`` instead and inherit this.
+    - ``observe(losses, step)``: the step's detached task losses (the tasks present), after the
+      optimiser's step (loss histories of ``dwa``, ``famo``'s weight update).
     - ``weights()``: the effective weight of each task at the last step (what the report plots).
     - ``param_groups(base_lr)``: optimiser groups of its learned parameters (none by default).
 
@@ -137,8 +144,22 @@ class Weighting(nn.Module, ABC):
         return [{"name": f"weighting:{self.weighting_name}", "params": params, "lr": base_lr * self.lr_mult,
                  "lr_mult": self.lr_mult, "weight_decay": 0.0}]  # fmt: skip
 
+    def _present(self, losses: Mapping[str, Tensor]) -> list[int]:
+        """Indices (in ``self.tasks``) of the tasks this step labels, in the net's order."""
+        return [i for i, t in enumerate(self.tasks) if t in losses]
+
     def _stack(self, losses: Mapping[str, Tensor]) -> Tensor:
-        return torch.stack([losses[t].float() for t in self.tasks])
+        """The present tasks' losses, in the net's order."""
+        return torch.stack([losses[t].float() for t in self.tasks if t in losses])
+
+    def _set_weights(self, idx: Sequence[int], w: Tensor) -> None:
+        """Log the step's weights: ``w`` for the present tasks ``idx``, 0 for the absent."""
+        values = w.detach().float().tolist()
+        self._weights = {t: 0.0 for t in self.tasks}
+        self._weights.update({self.tasks[i]: v for i, v in zip(idx, values)})
+
+    def _history_row(self, losses: Mapping[str, float]) -> list[float]:
+        return [float(losses[t]) if t in losses else float("nan") for t in self.tasks]
 
 
 # ---- loss level -----------------------------------------------------------------------------------
@@ -149,6 +170,7 @@ class Fixed(Weighting):
     """The tasks' own ``loss_weight`` (recipe ``task_args``), summed: the papers' training."""
 
     def combine(self, losses: Mapping[str, Tensor], step: int) -> Tensor:
+        self._weights = {t: 1.0 if t in losses else 0.0 for t in self.tasks}
         return self._stack(losses).sum()
 
 
@@ -164,9 +186,10 @@ class Uncertainty(Weighting):
         self.log_vars = nn.Parameter(torch.full((len(self.tasks),), float(init)))
 
     def combine(self, losses: Mapping[str, Tensor], step: int) -> Tensor:
-        s = self.log_vars
+        idx = self._present(losses)
+        s = self.log_vars[idx]  # an absent task's s_i gets no gradient: its 0.5 s_i would only shrink it
         w = 0.5 * torch.exp(-s)
-        self._weights = dict(zip(self.tasks, w.detach().tolist()))
+        self._set_weights(idx, w)
         return (w * self._stack(losses) + 0.5 * s).sum()
 
 
@@ -189,17 +212,19 @@ class DWA(Weighting):
     def current(self) -> Tensor:
         if len(self.history) < 2 * self.period:
             return torch.ones(len(self.tasks))
-        h = torch.tensor(list(self.history), dtype=torch.float64)
-        ratio = h[self.period :].mean(0) / h[: self.period].mean(0).clamp_min(1e-12)
+        h = torch.tensor(list(self.history), dtype=torch.float64)  # NaN where a task was unlabelled
+        ratio = h[self.period :].nanmean(0) / h[: self.period].nanmean(0).clamp_min(1e-12)
+        ratio = torch.nan_to_num(ratio, nan=1.0)  # a task labelled in neither period: ratio 1
         return (len(self.tasks) * torch.softmax(ratio / self.temperature, 0)).float()
 
     def combine(self, losses: Mapping[str, Tensor], step: int) -> Tensor:
-        w = self.current().to(losses[self.tasks[0]].device)
-        self._weights = dict(zip(self.tasks, w.tolist()))
+        idx = self._present(losses)
+        w = self.current()[idx].to(next(iter(losses.values())).device)
+        self._set_weights(idx, w)
         return (w * self._stack(losses)).sum()
 
     def observe(self, losses: Mapping[str, float], step: int) -> None:
-        self.history.append([float(losses[t]) for t in self.tasks])
+        self.history.append(self._history_row(losses))
 
     def get_extra_state(self) -> Any:
         return list(self.history)
@@ -215,8 +240,10 @@ class RLW(Weighting):
 
     def combine(self, losses: Mapping[str, Tensor], step: int) -> Tensor:
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-        w = torch.softmax(torch.randn(len(self.tasks), generator=gen), 0).to(losses[self.tasks[0]].device)
-        self._weights = dict(zip(self.tasks, w.tolist()))
+        idx = self._present(losses)
+        w = torch.softmax(torch.randn(len(self.tasks), generator=gen), 0)[idx]
+        w = w.to(next(iter(losses.values())).device)
+        self._set_weights(idx, w)
         return (w * self._stack(losses)).sum()
 
 
@@ -228,8 +255,8 @@ class GLS(Weighting):
     def combine(self, losses: Mapping[str, Tensor], step: int) -> Tensor:
         stacked = self._stack(losses).clamp_min(1e-12)
         total = torch.exp(torch.log(stacked).mean())
-        w = total.detach() / (len(self.tasks) * stacked.detach())
-        self._weights = dict(zip(self.tasks, w.tolist()))
+        w = total.detach() / (len(stacked) * stacked.detach())
+        self._set_weights(self._present(losses), w)
         return total
 
 
@@ -258,21 +285,24 @@ class FAMO(Weighting):
         self.w_opt = torch.optim.Adam([self.logits], lr=float(w_lr), weight_decay=float(gamma))
 
     def combine(self, losses: Mapping[str, Tensor], step: int) -> Tensor:
-        z = torch.softmax(self.logits, 0).to(losses[self.tasks[0]].device)
-        d = self._stack(losses) - self.min_losses.to(z.device) + self.eps
+        idx = self._present(losses)
+        z = torch.softmax(self.logits, 0)[idx].to(next(iter(losses.values())).device)
+        d = self._stack(losses) - self.min_losses[idx].to(z.device) + self.eps
         c = (z / d).sum().detach()
-        self._weights = dict(zip(self.tasks, (z / (c * d)).detach().tolist()))
+        self._set_weights(idx, z / (c * d))
         return (torch.log(d) * z / c).sum()
 
     def observe(self, losses: Mapping[str, float], step: int) -> None:
-        now = torch.tensor([float(losses[t]) for t in self.tasks])
-        if not torch.isnan(self.prev).any():
+        # on the buffers' device; a task absent now or before gets delta 0 (no evidence this step)
+        now = torch.tensor(self._history_row(losses), dtype=self.prev.dtype, device=self.prev.device)
+        if not torch.isnan(now).all() and not torch.isnan(self.prev).all():
             self.update(self.prev, now)
-        self.prev.copy_(now)
+        self.prev.copy_(torch.where(torch.isnan(now), self.prev, now))
 
     def update(self, before: Tensor, after: Tensor) -> None:
         """One FAMO step of the logits from the losses before and after an update."""
         delta = torch.log(before - self.min_losses + self.eps) - torch.log(after - self.min_losses + self.eps)
+        delta = torch.nan_to_num(delta, nan=0.0)
         with torch.enable_grad():
             logits = self.logits.detach().requires_grad_(True)
             (d,) = torch.autograd.grad(torch.softmax(logits, 0), logits, grad_outputs=delta.float())
@@ -310,10 +340,13 @@ class GradientWeighting(Weighting):
         self, losses: Mapping[str, Tensor], extra: Tensor, net: nn.Module, step: int, scale: Callable[[Tensor], Tensor]
     ) -> Tensor:
         params = [p for p in net.parameters() if p.requires_grad]
+        idx = self._present(losses)  # partial labels: only the tasks this batch labels take part
+        self._weights = {t: 1.0 if t in losses else 0.0 for t in self.tasks}  # aggregators refine it
         per_task = []
-        for i, t in enumerate(self.tasks):
-            retain = i < len(self.tasks) - 1 or bool(extra.requires_grad)
-            per_task.append(torch.autograd.grad(scale(losses[t]), params, retain_graph=retain, allow_unused=True))
+        for k, i in enumerate(idx):
+            retain = k < len(idx) - 1 or bool(extra.requires_grad)
+            loss = scale(losses[self.tasks[i]])
+            per_task.append(torch.autograd.grad(loss, params, retain_graph=retain, allow_unused=True))
         shared = [j for j in range(len(params)) if sum(g[j] is not None for g in per_task) > 1]
         for j, p in enumerate(params):
             if j not in shared:
@@ -325,7 +358,7 @@ class GradientWeighting(Weighting):
                 for g in per_task
             ]
             jacobian = torch.stack(rows).float()
-            vector = self._aggregate(jacobian)
+            vector = self._aggregate(jacobian, idx)
             start = 0
             for j in shared:
                 n = params[j].numel()
@@ -335,7 +368,8 @@ class GradientWeighting(Weighting):
             scale(extra).backward()  # accumulates onto the grads set above
         return self._stack(losses).sum().detach() + extra.detach()
 
-    def _aggregate(self, jacobian: Tensor) -> Tensor:
+    def _aggregate(self, jacobian: Tensor, idx: Sequence[int]) -> Tensor:
+        """One update from the rows of ``jacobian``: the gradients of the tasks ``idx``."""
         if not torch.isfinite(jacobian).all() or not jacobian.abs().sum() > 0:
             # nothing to balance (every shared gradient is zero) or already broken: the plain sum,
             # whose NaN the trainer's check then reports; solvers (Nash-MTL's) reject such input
@@ -343,7 +377,7 @@ class GradientWeighting(Weighting):
         weighting = getattr(self.aggregator, "weighting", None)
         if weighting is not None:  # weighted aggregators: log their weights
             w = weighting(jacobian)
-            self._weights = dict(zip(self.tasks, w.detach().float().tolist()))
+            self._set_weights(idx, w)
             return w @ jacobian
         return self.aggregator(jacobian)
 
@@ -430,15 +464,22 @@ class _BalancedEMA(nn.Module):
         self.t = 0
         self.buffer: Tensor | None = None
 
-    def __call__(self, jacobian: Tensor) -> Tensor:
+    def __call__(self, jacobian: Tensor, rows: Sequence[int] | None = None, k: int | None = None) -> Tensor:
+        """``jacobian``'s rows are the gradients of tasks ``rows`` of ``k`` (default: all): the
+        absent tasks' averages wait unchanged and take no part in this step's sum."""
+        rows = list(range(len(jacobian))) if rows is None else list(rows)
+        k = len(jacobian) if k is None else k
         self.t += 1
-        if self.buffer is None or self.buffer.shape != jacobian.shape:
-            self.buffer = torch.zeros_like(jacobian)
-        self.buffer = jacobian + (self.beta / self.t**self.sigma) * (self.buffer - jacobian)
-        norms = self.buffer.norm(dim=1)
+        shape = (k, jacobian.shape[1])
+        if self.buffer is None or self.buffer.shape != shape:
+            self.buffer = torch.zeros(shape, dtype=jacobian.dtype, device=jacobian.device)
+        mine = self.buffer[rows]
+        mine = jacobian + (self.beta / self.t**self.sigma) * (mine - jacobian)
+        self.buffer[rows] = mine
+        norms = mine.norm(dim=1)
         alpha = norms.max() / (norms + 1e-8)
         self.last_alpha = alpha.detach()
-        return (alpha[:, None] * self.buffer).sum(0)
+        return (alpha[:, None] * mine).sum(0)
 
 
 @register_weighting("dbmtl")
@@ -457,14 +498,24 @@ class DBMTL(GradientWeighting):
             raise TypeError(f"unexpected argument(s) {sorted(args)}")
         return _BalancedEMA(beta, sigma)
 
+    def _aggregate(self, jacobian: Tensor, idx: Sequence[int]) -> Tensor:
+        if not torch.isfinite(jacobian).all() or not jacobian.abs().sum() > 0:
+            return jacobian.sum(0)
+        return self.aggregator(jacobian, idx, len(self.tasks))
+
     def backward(
         self, losses: Mapping[str, Tensor], extra: Tensor, net: nn.Module, step: int, scale: Callable[[Tensor], Tensor]
     ) -> Tensor:
         logs = {t: torch.log(v + 1e-8) for t, v in losses.items()}
+        self.aggregator.last_alpha = None
         super().backward(logs, extra, net, step, scale)
         alpha = getattr(self.aggregator, "last_alpha", None)
         if alpha is not None:  # effective weight of task i on the shared parameters: alpha_i / L_i
-            self._weights = {t: float(a) / max(float(losses[t]), 1e-8) for t, a in zip(self.tasks, alpha.tolist())}
+            present = [t for t in self.tasks if t in losses]
+            self._weights = {t: 0.0 for t in self.tasks}
+            self._weights.update(
+                {t: float(a) / max(float(losses[t].detach()), 1e-8) for t, a in zip(present, alpha.tolist())}
+            )
         return self._stack(losses).sum().detach() + extra.detach()
 
 

@@ -72,12 +72,17 @@ def test_summary_tests_every_plan_against_the_best_baseline():
     assert won.plan == {"at": ["p0"], "unit": "nddr"} and won.net_trial == study.trials[2 + 3 * 2].number
     assert lost.test is not None and not lost.test.beats
     assert c.plans[2].test is None  # the reference itself
-    assert c.verdict().startswith("trial 0 beats the shared baseline by +1.07 [")
+    # a multi-task baseline that beats single is a finding of its own: said first
+    assert c.verdict().startswith("shared beats single by +1.00 [")
+    assert "; trial 0 beats the shared baseline by +1.07 [" in c.verdict()
+    assert c.plans[2].vs_single is not None and c.plans[2].vs_single.beats and c.plans[3].vs_single is None
 
 
 def test_verdict_says_plainly_when_nothing_beats_the_baselines():
     c = summarize(_study({"single": [0.0, 0.0, 0.0], "shared": [1.0, 1.2, 0.8], "trial 0": [3.0, -1.0, 1.5]}))
-    assert c.verdict().startswith("no searched plan beats the shared baseline at this budget")
+    assert "; no searched plan beats the shared baseline at this budget" in c.verdict()
+    c = summarize(_study({"single": [0.0, 0.0, 0.0], "shared": [1.0, -1.2, 0.8], "trial 0": [3.0, -1.0, 1.5]}))
+    assert c.verdict().startswith("no searched plan beats the shared baseline")  # shared's own gain unsure
     assert c.best is not None and c.best.label == "trial 0"  # the highest mean, though not significant
     assert summarize(optuna.create_study()).verdict().startswith("no confirmation was run")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from .base import DATASETS, MultiTaskDataset, get_dataset, register_dataset
 from .imdb_wiki import IMDBWiki
 from .nyuv2 import NYUv2
+from .partial import PartialLabels, check_labelled, describe_labelled, item_ids, labelled_mask
 from .synthetic import CLASSES, render_scene
 from .synthetic_dataset import SyntheticScenes
 from .transforms import DataError, MissingDataError
@@ -17,6 +18,11 @@ __all__ = [
     "SyntheticScenes",
     "NYUv2",
     "IMDBWiki",
+    "PartialLabels",
+    "check_labelled",
+    "describe_labelled",
+    "item_ids",
+    "labelled_mask",
     "DataError",
     "MissingDataError",
     "CLASSES",

@@ -39,7 +39,12 @@ class MultiTaskDataset(Dataset, ABC):
 
     ``__getitem__(i)`` returns ``{"image": (3, H, W) float, TASK: label, ...}`` with one label per
     task under the task's name, each as its task's label kind says (``tasks.LABEL_KINDS``), so that
-    the shared transforms can resize and flip it.
+    the shared transforms can resize and flip it. An image without a task's label holds its kind's
+    ignore value (``tasks.unlabelled_like``: 255, zeros, or -1 for a class).
+
+    ``item_ids()`` (optional): a stable string id per item, in order, by which a recipe's
+    ``data.labelled`` lists the images that carry a task's label (``data.partial``); without it
+    the ids are the indices.
     """
 
     tasks: dict[str, int] = {}

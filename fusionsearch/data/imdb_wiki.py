@@ -283,6 +283,10 @@ class IMDBWiki(MultiTaskDataset):
     def __len__(self) -> int:
         return len(self.rows)
 
+    def item_ids(self) -> list[str]:
+        """Each sample's image path as the metadata stores it (``data.labelled`` lists them)."""
+        return [str(p) for p in self.paths]
+
     def load_image(self, index: int) -> Image.Image:
         """The RGB image of sample ``index``, face-cropped if asked, not resized."""
         path = self.image_root / self.paths[index]

@@ -225,6 +225,10 @@ class NYUv2(MultiTaskDataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def item_ids(self) -> list[str]:
+        """Each sample's image file stem (``data.labelled`` lists them)."""
+        return [s.image.stem for s in self.samples]
+
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         if not 0 <= index < len(self.samples):
             raise IndexError(f"index {index} out of range for {len(self.samples)} NYUv2 samples")

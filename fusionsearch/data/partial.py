@@ -1,0 +1,154 @@
+"""Partial labels: which training images carry which task's label.
+
+Real multi-task data is rarely labelled for every task on every image: depth and normals come
+from a sensor for every frame, segmentation is drawn by hand on a few. A recipe says so with
+``data.labelled: {TASK: SPEC}``; each SPEC is
+
+- a share in (0, 1]: that share of the split's images keep the label, the rest lose it. Which
+  ones is a pure function of (seed, task, item id), so every trial, worker and machine of a
+  study sees the same labelled set, and a longer ``train_length`` keeps the shorter one's
+  choice wherever the items are the same;
+- a list of item ids (``MultiTaskDataset.item_ids``: a synthetic scene's index, an NYUv2
+  image's file stem, an IMDB-WIKI image's path as the metadata stores it);
+- a path to a text file of such ids, one per line (``#`` starts a comment).
+
+An image without a task's label holds that label kind's ignore value (``tasks.unlabelled_like``),
+so resizing, flipping, batching and caching work unchanged; a task's ``loss`` and metrics skip
+it, and training gives the task no loss in a step whose batch labels it nowhere. Only the
+training split is thinned: validation stays fully labelled, so every plan is scored on the same
+pixels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from ..errors import DataError
+from ..tasks import label_kind, unlabelled_like
+
+__all__ = ["PartialLabels", "item_ids", "labelled_mask", "check_labelled", "describe_labelled"]
+
+
+def item_ids(data: Dataset) -> list[str]:
+    """The ids of ``data``'s items in order: its ``item_ids()`` if it has one, else the indices."""
+    own = getattr(data, "item_ids", None)
+    if callable(own):
+        return [str(i) for i in own()]
+    return [str(i) for i in range(len(data))]  # type: ignore[arg-type]
+
+
+def check_labelled(labelled: Any, tasks: Sequence[str], where: str = "data.labelled") -> dict[str, Any]:
+    """``labelled`` as a mapping of known tasks to a share, an id list or an id-file path; an
+    error that names the problem otherwise (before any data is read)."""
+    if labelled is None:
+        return {}
+    if not isinstance(labelled, Mapping):
+        raise DataError(f"{where} must map tasks to a share, an id list or a file, got {labelled!r}")
+    out: dict[str, Any] = {}
+    for task, spec in labelled.items():
+        if task not in tasks:
+            raise DataError(f"{where} names {task!r}, which is not one of the tasks ({', '.join(tasks)})")
+        if isinstance(spec, bool):
+            raise DataError(f"{where}.{task} must be a share in (0, 1], an id list or a file, got {spec!r}")
+        if isinstance(spec, (int, float)):
+            if not 0 < spec <= 1:
+                raise DataError(f"{where}.{task} is a share of the training images: in (0, 1], got {spec!r}")
+            out[task] = float(spec)
+        elif isinstance(spec, str):
+            out[task] = spec
+        elif isinstance(spec, Sequence) and spec:
+            out[task] = [str(i) for i in spec]
+        else:
+            raise DataError(f"{where}.{task} must be a share in (0, 1], an id list or a file, got {spec!r}")
+    return out
+
+
+def _unit(seed: int, task: str, key: str) -> int:
+    digest = hashlib.blake2b(f"{seed}/{task}/{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def _read_ids(path: str, task: str) -> list[str]:
+    p = Path(path).expanduser()
+    try:
+        lines = p.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"data.labelled.{task}: cannot read the id file {path!r} ({type(e).__name__}: {e})") from None
+    ids = [line.split("#", 1)[0].strip() for line in lines]
+    ids = [i for i in ids if i]
+    if not ids:
+        raise DataError(f"data.labelled.{task}: the id file {path!r} lists no ids")
+    return ids
+
+
+def labelled_mask(ids: Sequence[str], spec: float | str | Sequence[str], task: str, seed: int = 0) -> np.ndarray:
+    """A bool per item: whether it keeps ``task``'s label under ``spec`` (see the module docstring)."""
+    n = len(ids)
+    if isinstance(spec, float):
+        if spec >= 1:
+            return np.ones(n, dtype=bool)
+        keep = max(1, round(spec * n))
+        order = sorted(range(n), key=lambda i: _unit(seed, task, ids[i]))
+        mask = np.zeros(n, dtype=bool)
+        mask[order[:keep]] = True
+        return mask
+    wanted = _read_ids(spec, task) if isinstance(spec, str) else [str(i) for i in spec]
+    index = {k: i for i, k in enumerate(ids)}
+    unknown = [k for k in dict.fromkeys(wanted) if k not in index]
+    if unknown:
+        shown = ", ".join(repr(k) for k in unknown[:3]) + (" ..." if len(unknown) > 3 else "")
+        raise DataError(
+            f"data.labelled.{task} names {len(unknown)} id(s) not in the training split ({shown}); ids look like"
+            f" {ids[0]!r} (a shorter train_length keeps only the first items)"
+        )
+    mask = np.zeros(n, dtype=bool)
+    mask[[index[k] for k in wanted]] = True
+    return mask
+
+
+class PartialLabels(Dataset):
+    """``data`` with each task's label kept only on the items ``labelled`` names (see the module
+    docstring); everything else (``tasks``, ``deterministic``, ...) is the wrapped set's."""
+
+    def __init__(self, data: Dataset, labelled: Mapping[str, Any], seed: int = 0) -> None:
+        self.data = data
+        ids = item_ids(data)
+        provided = getattr(data, "tasks", None)
+        specs = check_labelled(labelled, list(provided) if provided else list(labelled))
+        self.masks = {t: labelled_mask(ids, spec, t, seed) for t, spec in specs.items()}
+        self.kinds = {t: label_kind(t) for t in self.masks}
+
+    def __len__(self) -> int:
+        return len(self.data)  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("data", "masks", "kinds"):
+            raise AttributeError(name)
+        return getattr(self.data, name)
+
+    def counts(self) -> dict[str, tuple[int, int]]:
+        """Task -> (labelled items, all items)."""
+        return {t: (int(m.sum()), len(m)) for t, m in self.masks.items()}
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        item = self.data[index]
+        for task, mask in self.masks.items():
+            if not mask[index]:
+                item = {**item, task: unlabelled_like(self.kinds[task], item[task])}
+        return item
+
+
+def describe_labelled(data: Dataset) -> str:
+    """One line for the command line: which tasks are partly labelled, and on how many images."""
+    counts = data.counts() if hasattr(data, "counts") else {}
+    if not counts:
+        return "every training image is labelled for every task"
+    parts = [f"{t} on {k} of {n} training images ({100 * k / n:.0f}%)" for t, (k, n) in counts.items()]
+    return "partial labels: " + ", ".join(parts) + "; validation fully labelled"
