@@ -368,8 +368,9 @@ class GradientWeighting(Weighting):
             scale(extra).backward()  # accumulates onto the grads set above
         return self._stack(losses).sum().detach() + extra.detach()
 
-    def _aggregate(self, jacobian: Tensor, idx: Sequence[int]) -> Tensor:
-        """One update from the rows of ``jacobian``: the gradients of the tasks ``idx``."""
+    def _aggregate(self, jacobian: Tensor, idx: Sequence[int] | None = None) -> Tensor:
+        """One update from the rows of ``jacobian``: the gradients of the tasks ``idx`` (default: all)."""
+        idx = range(len(jacobian)) if idx is None else idx
         if not torch.isfinite(jacobian).all() or not jacobian.abs().sum() > 0:
             # nothing to balance (every shared gradient is zero) or already broken: the plain sum,
             # whose NaN the trainer's check then reports; solvers (Nash-MTL's) reject such input
@@ -498,7 +499,7 @@ class DBMTL(GradientWeighting):
             raise TypeError(f"unexpected argument(s) {sorted(args)}")
         return _BalancedEMA(beta, sigma)
 
-    def _aggregate(self, jacobian: Tensor, idx: Sequence[int]) -> Tensor:
+    def _aggregate(self, jacobian: Tensor, idx: Sequence[int] | None = None) -> Tensor:
         if not torch.isfinite(jacobian).all() or not jacobian.abs().sum() > 0:
             return jacobian.sum(0)
         return self.aggregator(jacobian, idx, len(self.tasks))
