@@ -1,7 +1,7 @@
 """The negative control: how often the confirmation says "beats" when the true difference is zero.
 
-    python benchmarks/negative_control.py                     # 40 replicates, 3 seeds each (about 6 min)
-    python benchmarks/negative_control.py --replicates 100 --seeds 5
+    python benchmarks/negative_control.py                     # 100 replicates, 3 seeds each (about 15 min)
+    python benchmarks/negative_control.py --replicates 200 --seeds 5
     python benchmarks/negative_control.py --replicates 4 --steps 4   # a smoke run
 
 The comparison is built so that no plan can be better: the candidate is the single-task
@@ -14,7 +14,7 @@ above zero), the very code that ends a study. Under a zero true difference it sh
 about 2.5% of replicates (one side of a 95% interval) and at most 5%. Every replicate uses seeds
 no other replicate uses, so the replicates are independent.
 
-The networks are timm's ``test_resnet`` on the built-in scenes at 32 px, so that 40 x 3 x 2
+The networks are timm's ``test_resnet`` on the built-in scenes at 32 px, so that 100 x 3 x 2
 trainings take minutes on two CPU cores; what is tested is the statistics, which do not depend
 on the network's size. Printed: the false "beats" rate with its exact (Clopper-Pearson) 95%
 binomial interval, the rate of intervals that exclude zero on either side (about 5% expected),
@@ -40,7 +40,7 @@ from fusionsearch.recipe import load_recipe
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--replicates", type=int, default=40)
+    ap.add_argument("--replicates", type=int, default=100)
     ap.add_argument("--seeds", type=int, default=3, help="confirmation seeds per replicate (the recipes' 3)")
     ap.add_argument("--backbone", default="test_resnet")
     ap.add_argument("--size", type=int, default=32)
