@@ -707,6 +707,11 @@ def worker(
     timeout: float | None = typer.Option(None, help="stop starting trials after this many seconds"),
     threads: int | None = typer.Option(None, help="CPU threads for torch"),
     artifacts: ArtifactsOpt = None,
+    worker_index: int | None = typer.Option(
+        None,
+        help="this worker's number in the study (0, 1, ...), which seeds its sampler: give each worker its own"
+        " to make a study repeat exactly (default: drawn from the process id)",
+    ),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
 ) -> None:
     """Join a study (from this or another machine) and run its queued trials on one device."""
@@ -718,6 +723,7 @@ def worker(
 
     check_device(device)
     at_least("--threads", threads, 1)
+    at_least("--worker-index", worker_index, 0)
     if threads:
         torch.set_num_threads(threads)
     n = run_worker(
@@ -728,6 +734,8 @@ def worker(
         artifacts=artifacts,
         progress=not quiet,
         log=lambda m: console.print(m, highlight=False),
+        # workers started by hand without an index must not all sample the same plans
+        worker=worker_index if worker_index is not None else 1000 + os.getpid(),
     )
     console.print(f"worker done: {n} trials", highlight=False)
 

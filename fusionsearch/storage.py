@@ -243,7 +243,8 @@ def study_lock(url: str) -> Iterator[None]:
     """Hold the storage's advisory lock: what one process reads and then writes (creating the
     schema, queueing slots, popping or re-queueing a trial) is not interleaved with another's.
 
-    SQLite and journal files get a ``flock`` on ``FILE.lock``; PostgreSQL ``pg_advisory_lock``
+    SQLite and journal files get a ``flock`` on ``FILE.fusionsearch-lock`` (not ``FILE.lock``, which
+    Optuna's journal storage locks itself); PostgreSQL ``pg_advisory_lock``
     and MySQL ``GET_LOCK`` on a connection of their own. Re-entrant within a process."""
     key = _lock_key(url)
     if key is None:
@@ -259,7 +260,10 @@ def study_lock(url: str) -> Iterator[None]:
         finally:
             mine[0] -= 1
         return
-    release = _file_lock(Path(key + ".lock")) if not url.startswith(("postgresql", "mysql", "mariadb")) else None
+    # never FILE.lock: Optuna's JournalFileBackend locks that very file, and two locks on one file
+    # made every journal run wait for Optuna's 10 s timeouts, then force it open (issue 23)
+    lock_file = Path(key + ".fusionsearch-lock")
+    release = _file_lock(lock_file) if not url.startswith(("postgresql", "mysql", "mariadb")) else None
     if release is None:
         release = _server_lock(url)
     with _held_guard:

@@ -9,7 +9,6 @@ recipe and settings stored in it.
 
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -257,7 +256,9 @@ def grid_points(recipe: Recipe) -> list[dict[str, Any]]:
     return out
 
 
-def load_study(name: str, storage: str = DEFAULT_STORAGE) -> tuple[optuna.Study, Recipe, StudySettings]:
+def load_study(
+    name: str, storage: str = DEFAULT_STORAGE, worker: int = 0
+) -> tuple[optuna.Study, Recipe, StudySettings]:
     """An existing study with its recipe and settings (what a worker on another machine needs)."""
     st = open_storage(storage, create=False)
     names = [s.study_name for s in optuna.get_all_study_summaries(st)]
@@ -275,7 +276,9 @@ def load_study(name: str, storage: str = DEFAULT_STORAGE) -> tuple[optuna.Study,
         optuna.load_study(
             study_name=name,
             storage=st,
-            sampler=make_sampler(settings, recipe, os.getpid()),
+            # the sampler's seed is the study's and the worker's number, never the process id, so
+            # the same command samples the same plans (a one-worker study repeats exactly)
+            sampler=make_sampler(settings, recipe, worker),
             pruner=make_pruner(settings, recipe),
         ),
         recipe,

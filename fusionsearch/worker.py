@@ -43,11 +43,13 @@ def run_worker(
     log: Callable[[str], None] | None = None,
     before_trial: Callable[[optuna.Trial], None] | None = None,
     artifacts: str | None = None,
+    worker: int = 0,
 ) -> int:
     """Run queued trials of a study until none are left (or ``timeout`` / ``max_trials``); returns
     how many this worker ran. Failures (out of memory, NaN loss, a bad plan) fail that trial with
-    its reason and the worker goes on."""
-    study, recipe, settings = load_study(study_name, storage)
+    its reason and the worker goes on. ``worker`` is this worker's number in the study: with the
+    study seed it seeds the sampler, so the same workers sample the same plans."""
+    study, recipe, settings = load_study(study_name, storage, worker)
     timeout = settings.timeout if timeout is None else timeout
     if artifacts is not None:
         settings.artifacts = artifacts
@@ -147,12 +149,12 @@ def trial_label(t: Any) -> str:
     return a.get("baseline") or f"trial {t.number}"
 
 
-def worker_command(study: str, device: str, threads: int, artifacts: str | None = None) -> list[str]:
+def worker_command(study: str, device: str, threads: int, artifacts: str | None = None, index: int = 0) -> list[str]:
     """The command line of one worker process. The storage URL is not on it: it may hold a
     password, and ``ps`` shows every process's arguments to every user; workers read it from
     ``FUSIONSEARCH_STORAGE`` in their environment."""
     cmd = [sys.executable, "-m", "fusionsearch.cli", "worker", "--study", study, "--device", device]
-    cmd += ["--threads", str(threads), "--quiet"]
+    cmd += ["--threads", str(threads), "--worker-index", str(index), "--quiet"]
     return cmd + (["--artifacts", artifacts] if artifacts else [])
 
 
@@ -186,7 +188,7 @@ def run_workers(
     procs = []
     for i, dev in enumerate(devices):
         log = open(logs / f"{settings.study}-worker{i}.log", "a")  # noqa: SIM115 - closed below
-        cmd = worker_command(settings.study, dev, threads, artifacts)
+        cmd = worker_command(settings.study, dev, threads, artifacts, i)
         procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
     say(f"{len(devices)} workers on {', '.join(devices)}; logs in {logs}")
     try:

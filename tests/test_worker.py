@@ -219,3 +219,38 @@ def test_grid_study_runs_every_point_once(tmp_path):
     ]
     steps = {t.params["column_init"]: t.user_attrs["steps"] for t in searched}
     assert steps == {"scratch": 4, "single": 1}  # scratch: the full budget; warm: finetune_steps
+
+
+def _sampled(tmp_path, name: str) -> list[dict]:
+    """The params of a fresh study's sampled trials after `fusionsearch run` in its own process."""
+    import yaml
+
+    d = tiny_recipe(steps=2, column_init="scratch").to_dict()
+    d.update(name="tiny", study={"trials": 3, "pruner": "none"}, confirm={"seeds": 0})
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(d))
+    url = f"sqlite:///{tmp_path}/{name}.db"
+    cmd = [sys.executable, "-m", "fusionsearch.cli", "run", "--recipe", "tiny.yaml", "--storage", url, "--quiet"]
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    study, _, _ = load_study("tiny-test_resnet-seg-normal", url)
+    return [t.params for t in sorted(study.get_trials(), key=lambda t: t.number) if "slot" in t.user_attrs]
+
+
+def test_the_same_command_samples_the_same_plans(tmp_path):
+    """The sampler's seed is the study's and the worker's number, not the process id: the same
+    command on two fresh databases draws the same plans (issue 23, item 10)."""
+    a, b = _sampled(tmp_path, "a"), _sampled(tmp_path, "b")
+    assert len(a) == 3 and all(a) and a == b
+
+
+def test_journal_storage_never_shares_optunas_lock_file(tmp_path):
+    """Our advisory lock is FILE.fusionsearch-lock: on FILE.lock, Optuna's own journal lock waited
+    10 s three times and then forced it open (issue 23, item 2)."""
+    from fusionsearch.storage import study_lock
+
+    path = tmp_path / "j.log"
+    with study_lock(f"journal:{path}"):
+        assert (tmp_path / "j.log.fusionsearch-lock").exists() and not (tmp_path / "j.log.lock").exists()
+    start = time.time()
+    prepare_study(tiny_recipe(), StudySettings(study="j", storage=f"journal:{path}", trials=2))
+    assert time.time() - start < 8  # Optuna's lock would have timed out at 10 s at least once
