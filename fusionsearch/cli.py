@@ -388,7 +388,7 @@ def train(
     check_device(device)
     r = load_recipe_with(recipe, backbone, tasks, data, size, train_images, val_images, labelled)
     exp = Experiment(r, seed)
-    print_labelled(r, seed)
+    print_labelled(exp)
     if plan == "fused":
         spec = dict(r.plan)
         if unit is not None:
@@ -460,13 +460,12 @@ def labelled_suffix(labelled: list[str] | None) -> str:
     return "-labelled-" + "-".join(parts)
 
 
-def print_labelled(r: Any, seed: int | None = None) -> None:
+def print_labelled(exp: Any) -> None:
     """Which tasks are labelled on which share of the training images (nothing when all are)."""
     from .data import describe_labelled
-    from .experiment import Experiment
 
-    if r.data.get("labelled"):
-        console.print(describe_labelled(Experiment(r, seed).datasets()[0]), highlight=False)
+    if exp.recipe.data.get("labelled"):
+        console.print(describe_labelled(exp.datasets()[0]), highlight=False)
 
 
 def print_conventions(r: Any) -> None:
@@ -552,6 +551,7 @@ def run(
     from pathlib import Path
 
     from .confirm import summarize
+    from .experiment import Experiment
     from .leaderboard import confirmation_table, trials_table
     from .report import write_report
     from .search import StudySettings, prepare_confirmation, prepare_study
@@ -589,7 +589,7 @@ def run(
     total = len(study_obj.get_trials(deepcopy=False))
     console.print(f"study [bold]{settings.study}[/] in {url}: {settings.trials} trials + baselines", highlight=False)
     print_conventions(r)
-    print_labelled(r, settings.seed)
+    print_labelled(Experiment(r, settings.seed))
     if total > queued:
         console.print(f"resuming: {total - queued} trials there already, {queued} queued", highlight=False)
     running = sum(t.state.name == "RUNNING" for t in study_obj.get_trials(deepcopy=False))
@@ -648,6 +648,7 @@ def compare(
     from pathlib import Path
 
     from .compare import build_comparison, compare_rows, is_grid
+    from .experiment import Experiment
     from .search import StudySettings, grid_points, prepare_confirmation, prepare_study
     from .storage import DEFAULT_STORAGE
 
@@ -682,7 +683,7 @@ def compare(
         f"comparison {settings.study}: rows {', '.join(baselines)} + {settings.trials} {what}", highlight=False
     )
     print_conventions(r)
-    print_labelled(r, settings.seed)
+    print_labelled(Experiment(r, settings.seed))
     run_study(study_obj, settings, workers, devices, quiet, artifacts, r.train_config().steps)
     added, why_not = prepare_confirmation(study_obj, settings)
     if why_not is None:

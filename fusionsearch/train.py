@@ -289,9 +289,12 @@ def fit(
             if (dev.type == "cuda") if cfg.channels_last is None else cfg.channels_last:
                 image = image.contiguous(memory_format=torch.channels_last)
             logged = _step(net, tasks, batch, image, cfg, dev, use_amp, opt, scaler, weighting, step)
-            with warnings.catch_warnings():  # a skipped first step is not the misuse torch warns of
-                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler", UserWarning)
+            if logged == logged:
                 schedule.step()
+            else:  # a skipped step (no labels) is not the misuse that torch warns of
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", "Detected call of `lr_scheduler", UserWarning)
+                    schedule.step()
             step += 1
             history["losses"].append(logged)  # the present tasks' weighted sum (NaN: none labelled)
             progress.update(bar, advance=1, loss=logged)
