@@ -15,7 +15,7 @@ import timm
 import torch
 from torch import nn
 
-from .errors import CheckpointError, UnknownBackboneError
+from .errors import ArgumentError, CheckpointError, UnknownBackboneError
 
 __all__ = ["create_backbone", "input_size_of", "load_weights", "suggest_names"]
 
@@ -47,7 +47,14 @@ def create_backbone(
     """
     if not timm.is_model(name) and not name.startswith(("hf-hub:", "hf_hub:", "local-dir:")):
         raise UnknownBackboneError(name, suggest_names(name))
-    model = timm.create_model(name, pretrained=pretrained, **kwargs)
+    try:
+        model = timm.create_model(name, pretrained=pretrained, **kwargs)
+    except (TypeError, ValueError, AssertionError) as e:
+        if not kwargs:
+            raise
+        # a keyword the model does not take (or a value it refuses) is the recipe's, not a bug
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ArgumentError(f"backbone_args {dict(kwargs)!r} are refused by timm's {name}: {first}") from None
     if checkpoint is not None:
         load_weights(model, checkpoint)
     return model.eval()

@@ -10,6 +10,7 @@ printed as one line with exit code 1, its traceback only with ``--debug`` or ``F
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import traceback
@@ -39,16 +40,42 @@ def _is_cli_control(e: BaseException) -> bool:
     return type(e).__module__.split(".")[0] in ("typer", "click")
 
 
+INTERRUPTED = "interrupted: the running trial is queued again; run the same command to resume"
+
+
+class _Unraisable:
+    """``sys.unraisablehook`` while a command runs. Ctrl-C that lands in a finaliser or a database
+    callback cannot propagate: Python would print "Exception ignored in ..." with a traceback, and
+    the command would exit 0 as if it had completed. Here it is noted, and the command exits 130
+    with the one line; after the command (interpreter shutdown, ``at_exit``) it exits at once."""
+
+    def __init__(self, at_exit: bool = False) -> None:
+        self.caught = 0
+        self.at_exit = at_exit
+
+    def __call__(self, info: Any) -> None:
+        if not isinstance(info.exc_value, KeyboardInterrupt):
+            sys.__unraisablehook__(info)
+        elif self.at_exit:  # the interpreter is shutting down: no imports, no rich, only the file descriptor
+            os.write(2, (INTERRUPTED + "\n").encode())
+            os._exit(130)
+        else:
+            self.caught += 1
+
+
 class _Commands(TyperGroup):
     """The one place where exceptions become exit codes (see the module docstring)."""
 
     def invoke(self, ctx: Any) -> Any:
+        default_hook, hook = sys.unraisablehook, _Unraisable()
+        sys.unraisablehook = hook
         try:
-            return super().invoke(ctx)
+            out = super().invoke(ctx)
+            if hook.caught:
+                raise KeyboardInterrupt
+            return out
         except KeyboardInterrupt:
-            err_console.print(
-                "interrupted: the running trial is queued again; run the same command to resume", highlight=False
-            )
+            err_console.print(INTERRUPTED, highlight=False)
             raise typer.Exit(130) from None
         except (FusionSearchError, OSError) as e:
             if _debug["on"]:
@@ -61,9 +88,7 @@ class _Commands(TyperGroup):
             from .recovery import interrupted
 
             if interrupted(e):  # Ctrl-C that landed inside a database commit
-                err_console.print(
-                    "interrupted: the running trial is queued again; run the same command to resume", highlight=False
-                )
+                err_console.print(INTERRUPTED, highlight=False)
                 raise typer.Exit(130) from None
             if _debug["on"]:
                 traceback.print_exc()
@@ -73,6 +98,8 @@ class _Commands(TyperGroup):
                 highlight=False,
             )
             raise typer.Exit(1) from None
+        finally:
+            sys.unraisablehook = default_hook
 
 
 app = typer.Typer(
@@ -205,8 +232,10 @@ def build(
         points = [p.strip() for p in at.split(",") if p.strip()]
     args: dict[str, Any] = {}
     if init is not None:
-        args["init"] = "xavier" if init == "xavier" else tuple(float(v) for v in init.split(","))
+        args["init"] = parse_init(init)
     if lr_mult is not None:
+        if not math.isfinite(lr_mult) or lr_mult <= 0:
+            raise ArgumentError(f"--lr-mult must be a number > 0, got {lr_mult:g}")
         args["lr_mult"] = lr_mult
     plan = StitchPlan(at=points, unit=unit, unit_args=args, shared_prefix=shared_prefix, shortcut=shortcut)
     with warnings.catch_warnings():
@@ -222,6 +251,19 @@ def build(
     save(net, out)
     print_net(net, console)
     console.print(f"saved to {out}", highlight=False)
+
+
+def parse_init(text: str) -> Any:
+    """``--init ALPHA,BETA`` (two finite numbers) or ``xavier``."""
+    if text == "xavier":
+        return text
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 2 or not all(math.isfinite(v) for v in values):
+        raise ArgumentError(f"--init takes ALPHA,BETA (two finite numbers such as 0.9,0.1) or xavier, got {text!r}")
+    return values
 
 
 RECIPE_HELP = "recipe name (recipes/NAME.yaml) or YAML file; other options override it"
@@ -622,7 +664,7 @@ def run(
     console.print(study_obj.user_attrs.get("delta_m_convention", ""), highlight=False)
     console.print(f"[bold]{conf.verdict()}[/]", highlight=False)
     out = Path(report or f"{settings.study}-report.html")
-    write_report(study_obj, out, settings.storage, artifacts)
+    write_report(study_obj, out, settings.storage, artifacts, to_dashboard=True)
     console.print(f"report: {out}", highlight=False)
 
 
@@ -810,6 +852,8 @@ def best(
     target = Path(out)
     if target.is_dir():
         raise FusionSearchError(f"--out {out!r} is a directory: give a file name such as best.pt")
+    if target.exists() and not target.stat().st_mode & 0o222:  # the mode, not os.access: root may write anyway
+        raise FusionSearchError(f"--out {out!r} is write-protected: it is left as it is; choose another file")
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
     os.close(fd)
@@ -834,6 +878,8 @@ def best(
             raise FusionSearchError(
                 f"the network of trial {chosen.number} is damaged ({e}); {out!r} is left as it was"
             ) from None
+        if target.exists():  # the replacement keeps the file's permissions, not mkstemp's 0600
+            os.chmod(tmp, target.stat().st_mode & 0o7777)
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
@@ -847,16 +893,19 @@ def report(
     storage: StorageOpt = None,
     out: str = typer.Option("report.html", help="HTML file to write"),
     artifacts: ArtifactsOpt = None,
+    to_dashboard: bool = typer.Option(
+        False, "--to-dashboard", help="also store the figures in the study for optuna-dashboard (writes the storage)"
+    ),
 ) -> None:
     """Write the study's HTML report (history, importances, Pareto front, parallel coordinates,
-    placement map, learned fusion weights)."""
+    placement map, learned fusion weights). Only reads the study, unless --to-dashboard."""
     from .report import write_report
     from .search import load_study
     from .storage import DEFAULT_STORAGE
 
     url = storage or DEFAULT_STORAGE
     st, _, _ = load_study(study, url)
-    console.print(f"report: {write_report(st, out, url, artifacts)}", highlight=False)
+    console.print(f"report: {write_report(st, out, url, artifacts, to_dashboard=to_dashboard)}", highlight=False)
 
 
 @app.command()
@@ -872,13 +921,38 @@ def dashboard(
     from .storage import DEFAULT_STORAGE, artifact_store, open_storage, redact
 
     url = storage or DEFAULT_STORAGE
+    st = open_storage(url, heartbeat=False, create=False)
+    check_port(host, port)
     console.print(f"optuna-dashboard for {redact(url)} on http://{host}:{port}/ (Ctrl-C stops)", highlight=False)
     run_server(
-        open_storage(url, heartbeat=False, create=False),
+        st,
         host=host,
         port=port,
         artifact_store=artifact_store(url, artifacts),
     )
+
+
+def check_port(host: str, port: int) -> None:
+    """The dashboard's address can be listened on: a busy port is one line naming it, before the
+    server prints its banner."""
+    import socket
+
+    if not 0 < port < 65536:
+        raise ArgumentError(f"--port must be in 1..65535, got {port}")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as e:
+        raise ArgumentError(f"--host {host!r} cannot be resolved: {e}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # what the server sets: TIME_WAIT is no conflict
+        try:
+            s.bind(address)
+        except OSError as e:
+            raise ArgumentError(
+                f"cannot listen on {host}:{port} ({e.strerror or e}): the port is in use or not allowed; choose"
+                " another with --port"
+            ) from None
 
 
 LISTS = ("units", "tasks", "datasets", "weightings", "recipes")
@@ -925,7 +999,10 @@ def units() -> None:
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    finally:  # the interpreter's shutdown still runs finalisers (database connections)
+        sys.unraisablehook = _Unraisable(at_exit=True)
 
 
 if __name__ == "__main__":

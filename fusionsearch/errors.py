@@ -92,3 +92,13 @@ class UntrustedFileError(PlanError):
 class DependencyError(FusionSearchError):
     """A trial that cannot be measured because the trial it depends on (the single-task
     reference, the warm start) failed for good."""
+
+
+class LostDependencyError(DependencyError):
+    """A trial's dependency whose saved artefact (the warm start's nets) stays missing or
+    unreadable even after it was trained again: the artefact store loses what it is given. The
+    worker stops with one line and the waiting trial is queued again, so running the same
+    command once the store is fixed completes every slot."""
+
+
+__all__ += ["LostDependencyError"]

@@ -14,10 +14,11 @@ import torch
 from torch.utils.data import Dataset
 
 from .data import DATASETS, PartialLabels, get_dataset
-from .errors import FusionSearchError, PlanError
+from .errors import ArgumentError, FusionSearchError, PlanError
 from .fusion import FUSION_UNITS
 from .graph import BackboneGraph, trace
 from .recipe import Recipe
+from .schema import finite
 from .stitch import StitchedNet, StitchPlan, build
 from .tasks import TASKS, Task, get_task
 from .train import TrainConfig, evaluate, fit
@@ -100,6 +101,13 @@ class Experiment:
         return {t: int(provided[t]) for t in self.recipe.tasks}
 
     def tasks(self, loss_weights: Mapping[str, float] | None = None) -> dict[str, Task]:
+        """The task objects; ``loss_weights`` (task -> weight) replace the recipe's for this run."""
+        unknown = sorted(set(loss_weights or {}) - set(self.recipe.tasks))
+        if unknown:
+            raise ArgumentError(
+                f"loss weights name {', '.join(map(repr, unknown))}, not a task of this study"
+                f" ({', '.join(self.recipe.tasks)})"
+            )
         out = {}
         for t, n in self.task_sizes().items():
             args = dict(self.recipe.task_args.get(t, {}))
@@ -327,5 +335,7 @@ def check_metrics(metrics: Any, directions: Mapping[str, Mapping[str, bool]], so
     """A baseline file must hold every metric of every task."""
     for t, ms in directions.items():
         for m in ms:
-            if not isinstance(metrics, Mapping) or m not in metrics.get(t, {}):
+            if not isinstance(metrics, Mapping) or not isinstance(metrics.get(t), Mapping) or m not in metrics[t]:
                 raise FusionSearchError(f"{source} lacks {t}/{m}: it is not a metrics file of these tasks")
+            if not finite(metrics[t][m]):
+                raise FusionSearchError(f"{source}: {t}/{m} must be a finite number, got {metrics[t][m]!r}")

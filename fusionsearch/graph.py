@@ -28,8 +28,9 @@ from ._fx import (
     record_values,
 )
 from .backbone import create_backbone, example_input, input_size_of
-from .errors import CutPointError, TraceError
+from .errors import ArgumentError, CutPointError, TraceError
 from .layouts import Layout, channels_of, is_map, is_tokens, spatial_of
+from .schema import did_you_mean
 from .segments import GraphIndex, Segment
 
 __all__ = ["BackboneGraph", "Boundary", "CutPoint", "trace"]
@@ -216,7 +217,9 @@ def trace(
     size = tuple(int(s) for s in input_size) if input_size is not None else input_size_of(model)
     if len(size) != 3:
         raise ValueError(f"input_size must be (C, H, W), got {tuple(size)}")
+    check_input_size(size)
     leaf = list(leaf)
+    _check_leaves(model, leaf)
     func = "forward_features" if callable(getattr(model, "forward_features", None)) else "forward"
 
     was_training = model.training
@@ -276,6 +279,39 @@ def _signature(n: fx.Node) -> str:
     else:
         target = str(n.target)
     return f"{n.op}:{target}:{len(n.all_input_nodes)}"
+
+
+# Shape propagation runs the backbone once on an example image: a 4096 x 4096 one already takes
+# gigabytes of activations, and a typo (3,99999,99999) would ask the allocator for 120 GB.
+MAX_INPUT_VALUES = 3 * 4096 * 4096
+
+
+def check_input_size(size: Sequence[int]) -> None:
+    """Refuse an example input too large to propagate (``MAX_INPUT_VALUES``), naming the limit."""
+    c, h, w = (int(v) for v in size)
+    if min(c, h, w) < 1:
+        raise ArgumentError(f"input size {c}x{h}x{w}: every dimension must be >= 1")
+    if c * h * w > MAX_INPUT_VALUES:
+        raise ArgumentError(
+            f"input size {c}x{h}x{w} has {c * h * w:,} values, over the limit of {MAX_INPUT_VALUES:,} (3x4096x4096):"
+            " the stage boundaries are the same at a smaller size that the strides divide"
+        )
+
+
+def _check_leaves(model: nn.Module, leaf: Sequence[Any]) -> None:
+    """A ``leaf`` given by name must name a module class or path of ``model``: a typo would
+    otherwise be ignored and the module traced through after all."""
+    names = [x for x in leaf if isinstance(x, str)]
+    if not names:
+        return
+    known = {n for n, _ in model.named_modules() if n} | {type(m).__name__ for m in model.modules()}
+    bad = [n for n in names if n not in known]
+    if bad:
+        hint = did_you_mean(bad[0], sorted(known))
+        raise ArgumentError(
+            f"leaf {bad[0]!r} is neither a module class nor a module path of {type(model).__name__}{hint}"
+            " (`print(model)` shows both)"
+        )
 
 
 def _trace_mode(model: nn.Module, name: str, func: str, leaf: list[Any]) -> tuple[fx.GraphModule, BackboneTracer]:

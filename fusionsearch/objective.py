@@ -2,11 +2,17 @@
 
 ``Objective`` trains a queued trial of any kind (the warm start, a baseline, a sampled plan, a
 confirmation run); each objective is one entry of ``MEASURES`` rather than a branch.
+
+A trial's dependencies (the warm start, the single-task reference) that an accident took away, at
+any point, come back one way: the dependency is queued again and this worker trains it itself if
+nobody else does (``Objective._await``). That covers a dependency interrupted or failed by an
+accident, and a warm start whose saved nets are missing, truncated or damaged (``warm_start``).
 """
 
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import tempfile
 import time
@@ -18,15 +24,15 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from .errors import DependencyError
+from .errors import DataError, DependencyError, LostDependencyError
 from .experiment import WARMSTART, Experiment, WarmStart
 from .fusion import fusion_weights
-from .queueing import _find, _pop, is_baseline, is_reference, reap_stale, single_metrics
+from .queueing import _find, _pop, _queue_lock, is_baseline, is_reference, reap_stale, single_metrics
 from .recipe import Recipe
-from .recovery import failed_for_good, requeue_failed
+from .recovery import MAX_RETRY, failed_for_good, interrupted, requeue_failed
 from .space import Sampled, SearchSpace
 from .stitch import StitchPlan
-from .storage import artifact_store
+from .storage import artifact_dir, artifact_store
 from .study import StudySettings, rungs
 
 __all__ = [
@@ -54,6 +60,14 @@ def _latency_ms(net: Any, size: tuple[int, int, int], device: torch.device) -> f
         net(x)  # warm-up: lazy initialisation, cuDNN autotuning
         timer = Timer(stmt="net(x)", globals={"net": net, "x": x}, num_threads=torch.get_num_threads())
         return 1000 * timer.timeit(5).median
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _free_memory() -> None:
@@ -96,15 +110,18 @@ class Objective:
         self.wait_s = wait_s
         self.store = artifact_store(settings.storage, settings.artifacts)
         self.execute: Callable[[optuna.Trial], None] | None = None  # set by run_worker
+        self.log: Callable[[str], None] = lambda line: None  # set by run_worker
         self.rungs = rungs(recipe, settings)
         self._warm: WarmStart | None = None
+        self._retrained = 0  # warm starts this worker queued again because their nets were unreadable
 
-    def _await(self, match: Callable[[Any], bool], what: str) -> Any:
-        """The complete trial ``match`` picks. Waiting for it, this worker runs it itself if it is
-        queued (e.g. retried after its worker died): nobody else may be left to. One that an
-        accident failed is queued again first; one that failed for good is a DependencyError."""
+    def _await(self, match: Callable[[Any], bool], what: str, newest: bool = False) -> Any:
+        """The complete trial ``match`` picks (the last one with ``newest``). Waiting for it, this
+        worker runs it itself if it is queued (e.g. retried after its worker died): nobody else may
+        be left to. One that an accident failed is queued again first; one that failed for good is
+        a DependencyError."""
         while True:
-            t, pending = _find(self.study, match)
+            t, pending = _find(self.study, match, newest)
             if t is not None:
                 return t
             if not pending:
@@ -167,20 +184,66 @@ class Objective:
 
     def warm_start(self) -> WarmStart:
         """The trained single-task nets every warm-started trial begins from (downloaded once per
-        worker from the artefact store, so workers on other machines get them too)."""
-        if self._warm is None:
-            from optuna.artifacts import download_artifact
+        worker from the artefact store, so workers on other machines get them too).
 
-            from .stitch import load
-
-            done = self._await(lambda t: is_baseline(t) == WARMSTART, "the warm start (single-task nets)")
-            with tempfile.TemporaryDirectory() as d:
-                path = Path(d) / "warmstart.pt"
-                download_artifact(
-                    artifact_store=self.store, file_path=str(path), artifact_id=done.user_attrs["model_artifact"]
-                )
-                self._warm = WarmStart.of(load(path, trust=True))  # written by a worker of this study
+        They come from the newest complete warm start whose file reads back whole. A file that is
+        missing, truncated or damaged is an accident, not the waiting plan's fault, and no trial
+        trains on it: the warm start is queued again and trained first (``_replace_warm_start``),
+        with the study seed, so it is the same nets again."""
+        lost: dict[int, str] = {}  # warm-start trial -> why its nets cannot be read
+        while self._warm is None:
+            match = lambda t: is_baseline(t) == WARMSTART and t.number not in lost
+            done = self._await(match, "the warm start (single-task nets)", newest=True)
+            try:
+                self._warm = self._read_warm_start(done)
+            except Exception as e:  # any way the file fails to come back whole: retrained, a bounded number of times
+                if interrupted(e):
+                    raise
+                lost[done.number] = failure_reason(e)
+                self._replace_warm_start(done, lost)
         return self._warm
+
+    def _read_warm_start(self, done: Any) -> WarmStart:
+        """The nets of warm-start trial ``done``, checked against the SHA-256 recorded when they
+        were saved (a file damaged in place loads without an error, and would train)."""
+        from optuna.artifacts import download_artifact
+
+        from .stitch import load
+
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / "warmstart.pt"
+            download_artifact(
+                artifact_store=self.store, file_path=str(path), artifact_id=done.user_attrs["model_artifact"]
+            )
+            want = done.user_attrs.get("model_sha256")  # None in a study saved before it was recorded
+            if want is not None and _sha256(path) != want:
+                raise DataError("damaged: its SHA-256 differs from the one recorded when it was saved")
+            return WarmStart.of(load(path, trust=True))  # written by a worker of this study
+
+    def _replace_warm_start(self, done: Any, lost: Mapping[int, str]) -> None:
+        """Queue the warm start again after ``done``'s nets could not be read, unless another warm
+        start is complete and untried, queued, running, or coming back from an accident (another
+        worker got here first). A store that loses what it was just given (a full or vanished
+        disk) would retrain for ever: after ``MAX_RETRY`` retrains this worker stops with one line,
+        and the waiting trial is queued again (``run_worker``), so nothing is lost."""
+        where = artifact_dir(self.settings.storage, self.settings.artifacts)
+        with _queue_lock(self.study._storage):
+            trials = self.study.get_trials(deepcopy=False)
+            warm = [t for t in trials if is_baseline(t) == WARMSTART]
+            if not all(t.number in lost or failed_for_good(t, trials) for t in warm):
+                return
+            if self._retrained >= MAX_RETRY:
+                raise LostDependencyError(
+                    f"the warm start's nets cannot be read from the artefact folder {where} (trial {done.number}:"
+                    f" {lost[done.number]}), also after training it again {self._retrained} times: check that"
+                    " folder (free space, the mount, --artifacts), then run the same command again; the waiting"
+                    " trial is queued again"
+                )
+            attrs = {"baseline": WARMSTART, "replaces": done.number}
+            self.study.enqueue_trial({"baseline": WARMSTART}, user_attrs=attrs)
+            self._retrained += 1
+        why = lost[done.number]
+        self.log(f"warmstart (trial {done.number}) cannot be read from {where} ({why}): training it again")
 
     def _what(self, trial: optuna.Trial) -> Sampled:
         """What a trial of any kind trains: plan, loss weights, base lr, column start, weighting.
@@ -267,8 +330,9 @@ class Objective:
         trial.set_user_attr("evals", result.history["evals"])
         trial.set_user_attr("params", params)
         trial.set_user_attr("steps", result.step)
-        self._save_artifacts(trial, result.net, result.history.get("weighting"))
+        # measured first: the latency on the device it trained on, and the kept-net rule reads the value
         values = [MEASURES[o](self, trial, result, params) for o in self.settings.objectives]
+        self._save_artifacts(trial, result.net, result.history.get("weighting"), values)
         del result
         return values
 
@@ -293,24 +357,38 @@ class Objective:
         trial.set_user_attr("latency_ms", ms)
         return ms
 
-    def _keeps_net(self, trial: optuna.Trial) -> bool:
+    def _keeps_net(self, trial: optuna.Trial, values: list[float] | None = None) -> bool:
         """Nets kept (~90 MB each for two resnet18 columns): the warm start (every worker's start),
-        the first confirmation seed of each baseline and confirmed plan (what ``best`` exports),
-        or the search's baselines when there is no confirmation; ``keep_nets: all`` keeps all."""
+        the first confirmation seed of each baseline and confirmed plan (what ``best`` exports);
+        with no confirmation, the search's baselines and each searched trial that is the best run
+        so far (so the best single run, what ``best`` then exports, always has its net);
+        ``keep_nets: all`` keeps all."""
         attrs = trial.user_attrs
         if self.settings.keep_nets == "all" or attrs.get("baseline") == WARMSTART or attrs.get("keep_net"):
             return True
-        return "baseline" in attrs and self.settings.confirm_seeds == 0
+        if self.settings.confirm_seeds != 0:
+            return False
+        return "baseline" in attrs or ("slot" in attrs and values is not None and self._best_so_far(trial, values[0]))
 
-    def _save_artifacts(self, trial: optuna.Trial, net: Any, weighting: Any = None) -> None:
+    def _best_so_far(self, trial: optuna.Trial, value: float) -> bool:
+        """``value`` (the first objective) is at least as good as every complete searched trial's."""
+        sign = 1 if trial.study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1
+        done = trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        others = [sign * t.values[0] for t in done if "slot" in t.user_attrs and "confirm" not in t.user_attrs]
+        return not others or sign * value >= max(others)
+
+    def _save_artifacts(
+        self, trial: optuna.Trial, net: Any, weighting: Any = None, values: list[float] | None = None
+    ) -> None:
         from optuna.artifacts import upload_artifact
 
         from .stitch import save
 
         with tempfile.TemporaryDirectory() as d:
-            if self._keeps_net(trial):
+            if self._keeps_net(trial, values):
                 model = Path(d) / f"trial-{trial.number}.pt"
                 save(net.cpu(), model, weighting=weighting)
+                trial.set_user_attr("model_sha256", _sha256(model))  # what a reader checks the file against
                 trial.set_user_attr(
                     "model_artifact",
                     upload_artifact(

@@ -43,10 +43,13 @@ def is_reference(t: optuna.trial.FrozenTrial, confirm: bool, seed: int | None) -
     return t.user_attrs.get("baseline") == "single"
 
 
-def _find(study: optuna.Study, match: Callable[[Any], bool]) -> tuple[Any, bool]:
-    """The complete trial that ``match`` picks, and whether one may still come (queued or running)."""
+def _find(study: optuna.Study, match: Callable[[Any], bool], newest: bool = False) -> tuple[Any, bool]:
+    """The complete trial that ``match`` picks (the first, or with ``newest`` the last: a warm start
+    trained again because its artefact was lost stands in for the older one), and whether one may
+    still come (queued or running)."""
     pending = False
-    for t in study.get_trials(deepcopy=False):
+    trials = study.get_trials(deepcopy=False)
+    for t in reversed(trials) if newest else trials:
         if match(t):
             if t.state == TrialState.COMPLETE:
                 return t, False

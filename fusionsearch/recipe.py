@@ -9,6 +9,7 @@ Unknown keys are errors that name the key: a typo never silently falls back to a
 from __future__ import annotations
 
 import copy
+import inspect
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -19,14 +20,17 @@ import yaml
 
 from .data.partial import check_labelled
 from .errors import FusionSearchError
-from .schema import check_fields, did_you_mean
+from .schema import check_call, check_fields, did_you_mean
 from .tasks import DeltaM, primary_metric
 from .train import TrainConfig
 
-__all__ = ["Recipe", "RecipeError", "load_recipe", "recipe_dirs", "list_recipes", "parse_data"]
+__all__ = ["Recipe", "RecipeError", "load_recipe", "load_yaml", "recipe_dirs", "list_recipes", "parse_data"]
 
 DEFAULT_RECIPE = "quick"
 CONFIRM_DEFAULTS: dict[str, Any] = {"top": 2, "seeds": 3, "per": None}
+# the largest image side a recipe may ask for: one 4096 x 4096 batch of 8 with a ResNet's first
+# activations already takes about 8 GiB; a typo such as 99999 must stop here, not in the allocator
+MAX_IMAGE_SIDE = 4096
 
 
 class RecipeError(FusionSearchError, ValueError):
@@ -116,6 +120,12 @@ class Recipe:
             value = self.data.get(key)
             if value is not None and min(value if isinstance(value, (list, tuple)) else [value]) < 1:
                 raise RecipeError(f"{where} data.{key} must be >= 1, got {value!r}")
+        side = max(self.image_size)
+        if side > MAX_IMAGE_SIDE:
+            raise RecipeError(
+                f"{where} data.size {self.data.get('size')!r} is over {MAX_IMAGE_SIDE} pixels a side: a batch of such"
+                " images and their activations would not fit in memory"
+            )
         try:
             self.train_config()
             check_labelled(self.data.get("labelled"), self.tasks)
@@ -124,6 +134,7 @@ class Recipe:
         for t in self.task_args:
             if t not in self.tasks:
                 raise RecipeError(f"recipe {self.name!r}: task_args names {t!r}, which is not in tasks {self.tasks}")
+        self._check_arguments(where)
         try:
             gain = DeltaM.from_dict(self.delta_m)
             if gain.metrics == "primary":
@@ -152,6 +163,44 @@ class Recipe:
         from .space import SearchSpace  # imports the fusion units: only when a recipe is checked
 
         check(self.search, SearchSpace, "search")
+
+    def _check_arguments(self, where: str) -> None:
+        """The nested arguments against the constructors they go to (``schema.check_call``), then
+        built once so that each constructor's own range checks run: the data set's, each task's,
+        the search space's. Nothing is read from disk and no network is built."""
+        from .data import DATASETS
+        from .space import SearchSpace
+        from .tasks import TASKS
+
+        try:
+            data = DATASETS.get(str(self.data["name"]))
+            args = {k: v for k, v in self.data.items() if k not in ("name", "labelled", "train_length", "val_length")}
+            check_call(
+                data, args, "data", RecipeError, given=("split", "length"), what=f"the {self.data['name']} data set"
+            )
+            # the outputs each task gets, where the data set's class can say without its files
+            try:
+                sizes = data.tasks_for(**args) if hasattr(data, "tasks_for") else getattr(data, "tasks", {})
+            except FusionSearchError:  # only its files say (NYUv2 without a layout)
+                sizes = {}
+            for t in self.tasks:
+                cls = TASKS.get(t)
+                args = dict(self.task_args.get(t, {}))
+                check_call(cls, args, f"task_args.{t}", RecipeError, given=("out_channels",), what=f"task {t!r}")
+                if t in sizes:
+                    args["out_channels"] = int(sizes[t])
+                elif (
+                    getattr(inspect.signature(cls).parameters.get("out_channels"), "default", None)
+                    is inspect.Parameter.empty
+                ):
+                    continue  # its size comes from the data: the constructor runs when it is known
+                try:
+                    cls(**args)
+                except (TypeError, ValueError) as e:
+                    raise RecipeError(f"task_args.{t}: {e}") from None
+            SearchSpace.from_dict(self.search)
+        except FusionSearchError as e:
+            raise RecipeError(f"{where} {e}") from None
 
     @property
     def gain(self) -> DeltaM:
@@ -244,7 +293,9 @@ def load_recipe(name_or_path: str | os.PathLike[str] = DEFAULT_RECIPE) -> Recipe
             raise RecipeError(f"no recipe {str(name_or_path)!r}: not a file, nor a known recipe ({names})")
         p = found
     try:
-        d = yaml.safe_load(p.read_text())
+        if p.stat().st_size > MAX_RECIPE_BYTES:
+            raise RecipeError(f"recipe {p} is {p.stat().st_size:,} bytes, over the limit of {MAX_RECIPE_BYTES:,}")
+        d = load_yaml(p.read_text(), str(p))
     except yaml.YAMLError as e:
         raise RecipeError(f"{p} is not valid YAML: {e}") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -254,6 +305,65 @@ def load_recipe(name_or_path: str | os.PathLike[str] = DEFAULT_RECIPE) -> Recipe
     d = dict(d or {})
     d.setdefault("name", p.stem)
     return Recipe.from_dict(d, str(p))
+
+
+# A recipe is a page of settings. These bounds stop a hostile file before it costs memory: a YAML
+# alias bomb ("billion laughs": 9 levels of 10 aliases each stand for 10^9 strings) is refused by
+# its expanded size, and nesting thousands of levels deep by its depth, before anything is built.
+MAX_RECIPE_BYTES = 1 << 20
+MAX_DEPTH = 64
+MAX_NODES = 100_000
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with a bound on the nesting depth while composing."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise RecipeError(f"nested more than {MAX_DEPTH} levels deep")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _expanded(node: yaml.Node, memo: dict[int, int]) -> int:
+    """How many nodes ``node`` stands for with every alias written out (shared nodes count each time)."""
+    key = id(node)
+    if key not in memo:
+        memo[key] = 1  # a recursive alias (&a [*a]) counts once instead of looping
+        if isinstance(node, yaml.SequenceNode):
+            memo[key] = 1 + sum(_expanded(v, memo) for v in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            memo[key] = 1 + sum(_expanded(k, memo) + _expanded(v, memo) for k, v in node.value)
+    return memo[key]
+
+
+def load_yaml(text: str, source: str = "recipe") -> Any:
+    """YAML with bounds on depth (``MAX_DEPTH``) and expanded size (``MAX_NODES``, aliases
+    counted each time they are used), so a hostile recipe fails fast instead of eating memory."""
+    loader = _BoundedLoader(text)
+    try:
+        try:
+            node = loader.get_single_node()
+        except RecipeError as e:
+            raise RecipeError(f"{source}: {e}") from None
+        if node is None:
+            return None
+        size = _expanded(node, {})
+        if size > MAX_NODES:
+            raise RecipeError(
+                f"{source} expands to {size:,} values with its aliases written out, over the limit of {MAX_NODES:,}"
+                " (a YAML alias bomb?)"
+            )
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def parse_data(spec: str | None, base: Mapping[str, Any]) -> dict[str, Any]:

@@ -7,6 +7,8 @@ because a trial it needs was itself interrupted, says nothing about its plan. Su
 queued again, as a copy with the same plan, by Optuna's own bookkeeping for retried trials
 (``failed_trial`` and ``retry_history`` system attributes, as ``RetryHeartbeatStaleTrialCallback``
 writes them), at most ``MAX_RETRY`` times, so a machine that always fails cannot loop for ever.
+A warm start whose saved nets are missing or damaged is the same kind of accident: it is trained
+again before the trial that needs it goes on (``Objective.warm_start``).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ MAX_RETRY = 2  # copies of one failed trial, as the heartbeat's retry callback a
 INTERRUPTED, INFRASTRUCTURE, DEPENDENCY, PLAN = "interrupted", "infrastructure", "dependency", "plan"
 RETRYABLE = (INTERRUPTED, INFRASTRUCTURE, DEPENDENCY)
 # what identifies a trial's job; everything else a run wrote (metrics, step, reason) is not copied
-IDENTITY = ("baseline", "confirm", "seed", "slot", "source", "keep_net")
+IDENTITY = ("baseline", "confirm", "seed", "slot", "source", "keep_net", "replaces")
 
 
 def interrupted(e: BaseException) -> bool:
@@ -64,6 +66,10 @@ def failure_kind(e: BaseException) -> str:
         return PLAN  # this plan at this batch size does not fit: retrying it cannot help
     if isinstance(e, OSError) and e.errno != errno.ENOMEM:
         return INFRASTRUCTURE  # I/O, a full disk, a vanished file or mount
+    from optuna.artifacts.exceptions import ArtifactNotFound
+
+    if isinstance(e, ArtifactNotFound):
+        return INFRASTRUCTURE  # a file the artefact store lost (Optuna's error is no OSError)
     try:
         from sqlalchemy.exc import DBAPIError, OperationalError
     except ImportError:  # pragma: no cover - optuna needs sqlalchemy

@@ -279,9 +279,19 @@ def _safe(name: str, make: Any) -> tuple[str, go.Figure | None, str | None]:
         return name, None, f"{type(e).__name__}: {e}"
 
 
-def write_report(study: optuna.Study, out: str | Path, storage_url: str, artifacts: str | None = None) -> Path:
+def write_report(
+    study: optuna.Study,
+    out: str | Path,
+    storage_url: str,
+    artifacts: str | None = None,
+    to_dashboard: bool = False,
+) -> Path:
     """Write the study's HTML report; returns its path. Figures that need more finished trials
-    than there are say so in place of the plot."""
+    than there are say so in place of the plot.
+
+    ``to_dashboard`` also stores the figures in ``DASHBOARD_FIGURES`` in the study, where
+    optuna-dashboard shows them: ``run`` does, and ``report --to-dashboard``. A plain ``report``
+    only reads the storage (a journal storage would otherwise grow by each call's figures)."""
     vis = optuna.visualization
     conf = summarize(study)
     ranked, sampled = search_only(study), search_only(study, sampled=True)
@@ -368,7 +378,7 @@ def write_report(study: optuna.Study, out: str | Path, storage_url: str, artifac
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(doc)
     for name, fig, _ in figs:
-        if fig is not None and name in DASHBOARD_FIGURES:
+        if to_dashboard and fig is not None and name in DASHBOARD_FIGURES:
             try:
                 _to_dashboard(study, name, fig)
             except Exception as e:  # the HTML file is written; the dashboard copy is a bonus

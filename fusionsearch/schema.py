@@ -10,12 +10,14 @@ schema, so a new field is checked the moment it is declared.
 from __future__ import annotations
 
 import difflib
+import inspect
+import math
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Union
 
-__all__ = ["check_fields", "describe", "did_you_mean"]
+__all__ = ["check_call", "check_fields", "describe", "did_you_mean", "finite"]
 
 
 def did_you_mean(name: str, known: list[str] | tuple[str, ...]) -> str:
@@ -37,13 +39,13 @@ def _ok(value: Any, hint: Any) -> bool:
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool)
     if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if hint is str:
         return isinstance(value, str)
     if origin is typing.Literal:
         return value in typing.get_args(hint)
     args = typing.get_args(hint)
-    if origin in (list, tuple) or hint in (list, tuple):  # YAML has lists only: a tuple field takes one
+    if origin in (list, tuple, Sequence) or hint in (list, tuple):  # YAML has lists only: a tuple field takes one
         if not isinstance(value, (list, tuple)):
             return False
         if origin is tuple and args and args[-1] is not Ellipsis:
@@ -68,13 +70,13 @@ def describe(hint: Any) -> str:
         return out + (" (or null)" if type(None) in typing.get_args(hint) else "")
     if origin is typing.Literal:
         return " or ".join(repr(a) for a in typing.get_args(hint))
-    names = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
+    names = {bool: "true or false", int: "a whole number", float: "a finite number", str: "a string"}
     if hint in names:
         return names[hint]
     args = typing.get_args(hint)
     if origin is tuple and args and args[-1] is not Ellipsis:
         return f"a list of {len(args)} ({', '.join(describe(a) for a in args)})"
-    if origin in (list, tuple):
+    if origin in (list, tuple, Sequence):
         plural = {bool: "true/false values", int: "whole numbers", float: "numbers", str: "strings"}
         inner = args[0] if args else Any
         return f"a list of {plural.get(inner) or describe(inner) if inner is not Any else 'values'}"
@@ -95,3 +97,49 @@ def check_fields(values: Any, cls: type, where: str, error: type[Exception]) -> 
             raise error(f"unknown field {where}.{key}{did_you_mean(str(key), known)}; known: {', '.join(known)}")
         if not _ok(value, hints[key]):
             raise error(f"{where}.{key} must be {describe(hints[key])}, got {value!r}")
+
+
+def finite(value: Any) -> bool:
+    """A real number that is not NaN or infinite (``bool`` is not a number here)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_call(
+    fn: Callable[..., Any],
+    kwargs: Mapping[str, Any],
+    where: str,
+    error: type[Exception],
+    given: Sequence[str] = (),
+    what: str = "",
+) -> None:
+    """Raise ``error`` naming ``where.ARG`` when ``fn(**kwargs)`` would fail on its signature: an
+    unknown keyword (unless ``fn`` takes ``**kwargs``), a required one missing, or a value that
+    is not of the annotated type. ``given`` are the arguments the caller fills in itself (a task's
+    ``out_channels``, a data set's ``split``): never reported missing, never accepted from the user.
+
+    This is how a recipe's nested arguments (``task_args``, ``data``, a weighting's ``args``) are
+    checked before any study exists: the constructor's own signature is the schema, so a new
+    argument is checked the moment it is declared, and a typo is an error, not a silent default."""
+    target = fn.__init__ if inspect.isclass(fn) else fn
+    sig = inspect.signature(target)
+    try:
+        hints = typing.get_type_hints(target)
+    except Exception:  # an annotation that cannot be resolved: check names only
+        hints = {}
+    params = [p for p in sig.parameters.values() if p.name not in ("self", "cls")]
+    named = {p.name: p for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    open_ended = any(p.kind == p.VAR_KEYWORD for p in params)
+    known = [n for n in named if n not in given]
+    of, by = (f" of {what}", f" by {what}") if what else ("", "")
+    for key, value in kwargs.items():
+        if key in given or (key not in named and not open_ended):
+            raise error(
+                f"unknown argument {where}.{key}{of}{did_you_mean(str(key), known)};"
+                f" known: {', '.join(known) or 'none'}"
+            )
+        hint = hints.get(key)
+        if key in named and hint is not None and not _ok(value, hint):
+            raise error(f"{where}.{key} must be {describe(hint)}, got {value!r}")
+    for name, p in named.items():
+        if p.default is p.empty and p.kind != p.VAR_POSITIONAL and name not in kwargs and name not in given:
+            raise error(f"{where}.{name} is required{by}")

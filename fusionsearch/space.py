@@ -130,8 +130,13 @@ class SearchSpace:
                     f"search {name} must be a [low, high] range with 0 < low <= high (log scale), or [v, v] to fix"
                     f" it, got {r!r}"
                 )
+        if isinstance(space.weighting, str):
+            raise PlanError(f"search.weighting must be a list of method names, got {space.weighting!r}")
         for w in space.weighting or []:
-            get_weighting(w)  # an unknown method names the registered ones
+            try:
+                get_weighting(w)
+            except PlanError as e:
+                raise PlanError(f"search.weighting: {e}") from None
         inits = space.column_init if isinstance(space.column_init, list) else [space.column_init]
         bad = [v for v in inits if v not in COLUMN_INITS]
         if bad or not inits:
@@ -155,6 +160,25 @@ class SearchSpace:
             for k in ("init", "init_alpha", "lr_mult", "lr_scale", "fusion_weight_decay"):
                 out.pop(k, None)
         return out
+
+    def parameter_names(self, points: Sequence[str]) -> list[str]:
+        """Every parameter a trial of this space can carry (``sample``'s names), fixed ones
+        included: what ``confirm.per`` may name."""
+        names = [f"unit@{p}" for p in points] + ["shortcut"]
+        if self.shared_prefix:
+            names.insert(0, "shared_prefix")
+        names.append("init" if self.init else "init_alpha")
+        names.append("lr_mult" if self.lr_mult_choices or self.lr_mult is not None else "lr_scale")
+        names.append("fusion_weight_decay")
+        names += [f"loss_weight@{t}" for t in self.loss_weights]
+        if self.base_lr is not None:
+            names.append("base_lr")
+        if isinstance(self.column_init, list):
+            names.append("column_init")
+        for w in self.weighting or []:
+            names.append("weighting")
+            names += [f"{a}@{w}" for a in get_weighting(w).search_args]
+        return list(dict.fromkeys(names))
 
     @property
     def baseline_init(self) -> str:

@@ -118,6 +118,8 @@ def parse_tasks(tasks: Mapping[str, int] | Sequence[str] | str) -> dict[str, int
             name, sep, size = item.strip().partition(":")
             if not sep or not size.strip().isdigit():
                 raise PlanError(f"task {item!r} needs its output size, e.g. seg:40 or normal:3")
+            if name in out:
+                raise PlanError(f"task {name!r} is named more than once: each task is one column")
             out[name] = int(size)
     if len(out) < 1:
         raise PlanError("at least one task is needed")

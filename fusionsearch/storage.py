@@ -26,7 +26,7 @@ import optuna
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.storages import RDBStorage
 
-from .errors import FusionSearchError, StorageError
+from .errors import ArgumentError, FusionSearchError, StorageError
 from .recovery import retry
 
 __all__ = [
@@ -46,8 +46,21 @@ HEARTBEAT_INTERVAL = 10  # seconds; FUSIONSEARCH_HEARTBEAT overrides (tests use 
 
 def heartbeat_settings() -> tuple[int, int]:
     """(interval, grace period) in seconds: a trial silent for the grace period is a dead worker's."""
-    interval = int(os.environ.get("FUSIONSEARCH_HEARTBEAT", HEARTBEAT_INTERVAL))
-    return interval, int(os.environ.get("FUSIONSEARCH_GRACE", 3 * interval))
+    interval = _seconds("FUSIONSEARCH_HEARTBEAT", HEARTBEAT_INTERVAL)
+    return interval, _seconds("FUSIONSEARCH_GRACE", 3 * interval)
+
+
+def _seconds(variable: str, default: int) -> int:
+    text = os.environ.get(variable, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ArgumentError(f"{variable} must be a whole number of seconds >= 1, got {text!r}")
+    return value
 
 
 _SECRET_KEY = re.compile(r"pass|pwd|secret|token|key|auth|credential", re.IGNORECASE)
@@ -95,6 +108,18 @@ def _check_sqlite_file(path: Path, url: str) -> None:
                 raise StorageError(f"storage {url}: {str(path)!r} exists and is not an SQLite database")
 
 
+def _check_writable(path: Path, shown: str) -> None:
+    """A study is written to: a read-only database (or a folder where SQLite cannot put its
+    write-ahead log) is refused here, naming the file, not at the first trial's commit."""
+    if path.exists() and not os.access(path, os.W_OK):
+        raise StorageError(
+            f"storage {shown}: {str(path)!r} is read-only; `trials`, `best` and `report` can read it, a run cannot"
+        )
+    folder = next((p for p in [path.parent, *path.parent.parents] if p.exists()), None)
+    if folder is not None and not os.access(folder, os.W_OK | os.X_OK):
+        raise StorageError(f"storage {shown}: the folder {str(folder)!r} is not writable (SQLite keeps its log there)")
+
+
 def check_url(url: str, create: bool = True) -> None:
     """What can be said of a storage URL before opening it (and before taking its lock, which
     would leave a ``.lock`` file beside a mistyped path): a file storage's path is not a folder,
@@ -110,6 +135,8 @@ def check_url(url: str, create: bool = True) -> None:
     path = _sqlite_path(url)
     if path is not None:
         _check_sqlite_file(path, shown)
+        if create:
+            _check_writable(path, shown)
         if not create and not path.is_file():
             raise StorageError(f"storage {shown}: no database file {str(path)!r} (a mistyped path?)")
     elif url.startswith("sqlite"):
@@ -132,6 +159,7 @@ def open_storage(
     """
     shown = redact(url)
     check_url(url, create)
+    beats = heartbeat_settings() if heartbeat else None  # a bad setting stops before any file exists
     if url.startswith("journal:"):
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
@@ -152,9 +180,8 @@ def open_storage(
             raise StorageError(f"storage {shown}: {str(path)!r} cannot be used as an SQLite database: {e}") from None
         engine_kwargs = {"connect_args": {"timeout": 120}}
     kwargs: dict[str, Any] = {}
-    if heartbeat:
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        interval, grace = heartbeat_settings()
+    if beats is not None:
+        interval, grace = beats
         kwargs = {
             "heartbeat_interval": interval,
             "grace_period": grace,

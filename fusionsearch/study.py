@@ -23,7 +23,7 @@ from .queueing import _queue_lock
 from .recipe import Recipe
 from .recovery import requeue_failed
 from .space import SearchSpace
-from .storage import DEFAULT_STORAGE, check_url, open_storage, redact, study_lock
+from .storage import DEFAULT_STORAGE, check_url, heartbeat_settings, open_storage, redact, study_lock
 
 __all__ = [
     "StudySettings",
@@ -36,6 +36,7 @@ __all__ = [
     "trial_steps",
     "rungs",
     "prepare_study",
+    "check_study",
     "prepare_confirmation",
     "grid_points",
     "load_study",
@@ -162,9 +163,27 @@ def prepare_study(recipe: Recipe, settings: StudySettings) -> optuna.Study:
     Safe to call from several processes at once (two ``run`` commands on one new database): the
     whole read-then-write runs under the storage's lock, so the second finds the first's slots
     and adds none; each slot is identified by its fixed ``slot`` number."""
+    check_study(recipe, settings)
     check_url(settings.storage)
     with study_lock(settings.storage):
         return _prepare(recipe, settings)
+
+
+def check_study(recipe: Recipe, settings: StudySettings) -> None:
+    """What only the traced backbone can tell, checked before any study or file exists: the
+    backbone takes the recipe's ``backbone_args`` and traces, its candidate points exist, and
+    ``confirm.per`` names a parameter of the search space (a typo would otherwise show only after
+    the whole search had trained)."""
+    heartbeat_settings()  # FUSIONSEARCH_HEARTBEAT=abc stops here, before the lock file exists
+    space = SearchSpace.from_dict(recipe.search)
+    points = Experiment(recipe).points(space.points)
+    per = settings.confirm_per
+    if per is not None:
+        names = space.parameter_names(points)
+        if per not in names:
+            raise FusionSearchError(
+                f"confirm per {per!r} is not a parameter of this study's search space; it has: {', '.join(names)}"
+            )
 
 
 def _prepare(recipe: Recipe, settings: StudySettings) -> optuna.Study:
@@ -194,7 +213,9 @@ def _prepare(recipe: Recipe, settings: StudySettings) -> optuna.Study:
             raise FusionSearchError(f"study {settings.study!r} has other objectives: choose another --study name")
     study.set_user_attr("recipe", recipe.to_dict())
     study.set_user_attr("settings", {**asdict(settings), "storage": redact(settings.storage)})
-    study.set_metric_names([METRIC_NAMES[o] for o in settings.objectives])
+    with warnings.catch_warnings():  # "experimental" since Optuna 3.2; nothing the user can act on
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([METRIC_NAMES[o] for o in settings.objectives])
     study.set_user_attr("delta_m_convention", recipe.gain.describe())
     warm = [WARMSTART] if SearchSpace.from_dict(recipe.search).warm else []
     for name in [*warm, *settings.baselines]:

@@ -128,6 +128,13 @@ class Task(ABC):
     primary: str = ""
 
     def __init__(self, out_channels: int, loss_weight: float = 1.0) -> None:
+        if (
+            isinstance(loss_weight, bool)
+            or not isinstance(loss_weight, (int, float))
+            or not 0 <= loss_weight < math.inf
+        ):
+            name = getattr(self, "task_name", type(self).__name__)
+            raise PlanError(f"task {name!r}: loss_weight must be a number >= 0, got {loss_weight!r}")
         self.out_channels = int(out_channels)
         self.loss_weight = float(loss_weight)
         self.reset()

@@ -98,12 +98,13 @@ class TrainConfig:
         if self.bn_init not in BN_INITS:
             raise FusionSearchError(f"train bn_init must be {', '.join(BN_INITS)}, got {self.bn_init!r}")
         if self.weighting is not None:
-            from .weighting import WEIGHTINGS
+            from .weighting import make_weighting
 
             spec = {"name": self.weighting} if isinstance(self.weighting, str) else dict(self.weighting)
             if set(spec) - {"name", "args"} or "name" not in spec:
                 raise FusionSearchError(f"train weighting must be a name or {{name, args}}, got {self.weighting!r}")
-            WEIGHTINGS.get(str(spec["name"]))
+            # built once, so that its arguments' types and ranges are checked with the recipe
+            make_weighting(spec, ("task_a", "task_b"), where="train.weighting")
 
 
 def calibrates(net: StitchedNet, cfg: TrainConfig) -> bool:

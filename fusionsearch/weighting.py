@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from .errors import PlanError
 from .registry import Registry
+from .schema import check_call
 
 __all__ = [
     "WEIGHTINGS",
@@ -64,8 +65,11 @@ def get_weighting(name: str) -> type[Weighting]:
     return WEIGHTINGS.get(name)
 
 
-def make_weighting(spec: str | Mapping[str, Any] | None, tasks: Sequence[str], seed: int = 0) -> Weighting:
-    """A method from a name or ``{name: ..., args: {...}}`` (None: ``fixed``)."""
+def make_weighting(
+    spec: str | Mapping[str, Any] | None, tasks: Sequence[str], seed: int = 0, where: str = "weighting"
+) -> Weighting:
+    """A method from a name or ``{name: ..., args: {...}}`` (None: ``fixed``); ``where`` is the
+    field an error names (``train.weighting``)."""
     if spec is None:
         spec = {"name": "fixed"}
     if isinstance(spec, str):
@@ -74,10 +78,39 @@ def make_weighting(spec: str | Mapping[str, Any] | None, tasks: Sequence[str], s
     if unknown:
         raise PlanError(f"weighting takes name and args, not {sorted(unknown)}")
     cls = get_weighting(str(spec.get("name", "fixed")))
+    args = spec.get("args") or {}
+    if not isinstance(args, Mapping):
+        raise PlanError(f"weighting {cls.weighting_name!r}: args must be a mapping, got {args!r}")
+    # the signature is the schema: a typo or a string where a number goes names itself here,
+    # before any study exists, instead of failing every trial's first step
+    where = f"{where}.args"
+    check_call(cls, args, where, PlanError, given=("tasks", "seed"))
+    if issubclass(cls, GradientWeighting):
+        check_call(cls.aggregator_from, args, where, PlanError)
     try:
-        return cls(list(tasks), seed=seed, **dict(spec.get("args") or {}))
-    except TypeError as e:
+        return cls(list(tasks), seed=seed, **dict(args))
+    except PlanError:
+        raise
+    except (TypeError, ValueError) as e:
         raise PlanError(f"bad arguments for weighting {cls.weighting_name!r}: {e}") from None
+
+
+def _check_range(
+    method: str,
+    name: str,
+    value: float,
+    low: float,
+    high: float = float("inf"),
+    *,
+    open_low: bool = False,
+    open_high: bool = True,
+) -> None:
+    """``value`` within [low, high) (``open_low``: (low, ...)), else a PlanError naming the argument."""
+    below = value <= low if open_low else value < low
+    above = value >= high if open_high else value > high
+    if below or above:
+        lo, hi = ("(" if open_low else "["), (")" if open_high else "]")
+        raise PlanError(f"weighting {method!r}: {name} must be in {lo}{low:g}, {high:g}{hi}, got {value!r}")
 
 
 class Weighting(nn.Module, ABC):
@@ -204,8 +237,8 @@ class DWA(Weighting):
 
     def __init__(self, tasks: Sequence[str], *, seed: int = 0, temperature: float = 2.0, period: int = 20) -> None:
         super().__init__(tasks, seed=seed)
-        if temperature <= 0 or period < 1:
-            raise PlanError("dwa needs temperature > 0 and period >= 1")
+        _check_range("dwa", "temperature", temperature, 0.0, open_low=True)
+        _check_range("dwa", "period", period, 1)
         self.temperature, self.period = float(temperature), int(period)
         self.history: deque[list[float]] = deque(maxlen=2 * self.period)
 
@@ -276,6 +309,9 @@ class FAMO(Weighting):
         self, tasks: Sequence[str], *, seed: int = 0, w_lr: float = 0.025, gamma: float = 0.01, eps: float = 1e-8
     ) -> None:
         super().__init__(tasks, seed=seed)
+        _check_range("famo", "w_lr", w_lr, 0.0, open_low=True)
+        _check_range("famo", "gamma", gamma, 0.0)
+        _check_range("famo", "eps", eps, 0.0, open_low=True)
         self.logits = nn.Parameter(torch.zeros(len(self.tasks)), requires_grad=False)
         self.min_losses: Tensor
         self.prev: Tensor
@@ -424,6 +460,7 @@ class CAGradMethod(GradientWeighting):
     search_args = {"c": (0.1, 0.9)}
 
     def aggregator_from(self, c: float = 0.5, **args: Any) -> Any:
+        _check_range("cagrad", "c", c, 0.0, 1.0)
         return _torchjd("CAGrad")(c=c, **args)
 
 
@@ -497,6 +534,8 @@ class DBMTL(GradientWeighting):
     def aggregator_from(self, beta: float = 0.9, sigma: float = 0.0, **args: Any) -> Any:
         if args:
             raise TypeError(f"unexpected argument(s) {sorted(args)}")
+        _check_range("dbmtl", "beta", beta, 0.0, 1.0)  # an average's weight on the past: beta >= 1 never forgets
+        _check_range("dbmtl", "sigma", sigma, 0.0)
         return _BalancedEMA(beta, sigma)
 
     def _aggregate(self, jacobian: Tensor, idx: Sequence[int] | None = None) -> Tensor:

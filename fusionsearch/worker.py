@@ -87,6 +87,7 @@ def run_worker(
         _free_memory()
 
     objective.execute = execute
+    objective.log = log
     requeue_failed(study)  # what an accident failed last time comes back before anything else runs
     start, ran = time.monotonic(), 0
     with _terminate_as_interrupt():

@@ -5,6 +5,7 @@ command line, no crafted file steering timm, no user file lost, and one line wit
 from __future__ import annotations
 
 import errno
+import json
 import multiprocessing
 import os
 import signal
@@ -322,6 +323,7 @@ def test_best_replaces_the_file_with_a_whole_network(finished_study, saved_net, 
 # ---- one line, exit 2 ---------------------------------------------------------------------------------
 
 
+TINY = "backbone: test_resnet\ndata: {name: synthetic, size: 32, train_length: 8, val_length: 4}\n"
 BAD_RECIPES = {
     "top_list.yaml": ("- seg\n- normal\n", "must be a mapping"),
     "steps_word.yaml": ("train: {steps: four}\n", "train.steps must be a whole number"),
@@ -333,6 +335,27 @@ BAD_RECIPES = {
     "negative_steps.yaml": ("train: {steps: -4}\n", "steps must be a whole number >= 1"),
     "bad_yaml.yaml": ("train: {steps: [\n", "not valid YAML"),
     "compare_typo.yaml": ("compare: {serach_trials: 3}\n", "unknown field compare.serach_trials"),
+    # issue 23 item 3: nested arguments against the constructors they go to, sizes bounded
+    "backbone_args.yaml": (f"{TINY}backbone_args: {{foo: 1}}\n", "backbone_args {'foo': 1} are refused by timm"),
+    "task_arg_typo.yaml": ("task_args: {seg: {bogus: 3}}\n", "unknown argument task_args.seg.bogus of task 'seg'"),
+    "task_arg_list.yaml": ("task_args: {seg: {rates: [a, b]}}\n", "task_args.seg.rates must be a list of whole"),
+    "task_arg_word.yaml": ("task_args: {normal: {loss_weight: abc}}\n", "task_args.normal.loss_weight must be"),
+    "famo_word.yaml": ("train: {weighting: {name: famo, args: {gamma: abc}}}\n", "train.weighting.args.gamma must"),
+    "huge_size.yaml": ("data: {name: synthetic, size: 99999}\n", "data.size 99999 is over 4096 pixels a side"),
+    "deep.yaml": ("paper: " + "[" * 5000 + "]" * 5000 + "\n", "nested more than 64 levels deep"),
+    # item 4: accepted silently before
+    "dbmtl_beta.yaml": ("train: {weighting: {name: dbmtl, args: {beta: 5}}}\n", "beta must be in [0, 1), got 5"),
+    "dwa_period.yaml": ("train: {weighting: {name: dwa, args: {period: 2.5}}}\n", "period must be a whole number"),
+    "negative_weight.yaml": ("task_args: {normal: {loss_weight: -5}}\n", "loss_weight must be a number >= 0"),
+    # item 5: before the search, naming the field, no empty database left
+    "confirm_per.yaml": (f"{TINY}confirm: {{per: nonsense}}\n", "confirm per 'nonsense' is not a parameter"),
+    "search_weighting.yaml": ("search: {weighting: [fixed, nosuch]}\n", "search.weighting: unknown weighting method"),
+    # item 6: a billion laughs under paper: refused by its expanded size, never expanded
+    "alias_bomb.yaml": (
+        "paper:\n  rows:\n    r:\n      seg:\n        a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n"
+        + "".join(f"        a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 9)),
+        "with its aliases written out, over the limit",
+    ),
 }
 
 
@@ -343,7 +366,28 @@ def _bad_cases(tmp_path: Path) -> list[tuple[list[str], str]]:
     (tmp_path / "folder").mkdir()
     (tmp_path / "cut.pt").write_bytes(b"PK\x03\x04 truncated")
     (tmp_path / "baseline.json").write_text("{not json")
+    words = {t: {m: "high" for m in fs.tasks.TASKS.get(t).metrics} for t in ("seg", "normal")}
+    (tmp_path / "words.json").write_text(json.dumps(words))
+    tiny = ["--backbone", "test_resnet", "--size", "32", "--train-images", "8", "--val-images", "4", "--steps", "1"]
+    build = ["build", "--backbone", "test_resnet", "--out", str(tmp_path / "n.pt"), "--input-size", "3,32,32"]
     cases = [(["run", "--recipe", str(tmp_path / n)], msg) for n, (_, msg) in BAD_RECIPES.items()]
+    cases += [
+        (["run", "--data", "synthetic:data/any_folder"], "unknown argument data.root of the synthetic data set"),
+        (["run", "--data", "nyuv2"], "data.root is required by the nyuv2 data set"),
+        ([*build, "--tasks", "seg:4,normal:3", "--init", "a,b"], "--init takes ALPHA,BETA"),
+        ([*build, "--tasks", "seg:4,normal:3", "--init", "nan,nan"], "--init takes ALPHA,BETA"),
+        ([*build, "--tasks", "seg:4,normal:3", "--lr-mult", "-5"], "--lr-mult must be a number > 0"),
+        ([*build, "--tasks", "seg:4,seg:4"], "task 'seg' is named more than once"),
+        (["inspect", "--backbone", "test_resnet", "--input-size", "3,99999,99999"], "over the limit of 50,331,648"),
+        (["inspect", "--backbone", "test_resnet", "--leaf", "nonsense"], "leaf 'nonsense' is neither a module class"),
+        (["train", *tiny, "--loss-weight", "nosuch=2"], "loss weights name 'nosuch', not a task of this study"),
+        (["train", *tiny, "--loss-weight", "normal=-5"], "loss_weight must be a number >= 0, got -5"),
+        (["train", *tiny, "--baseline", str(tmp_path / "words.json")], "seg/miou must be a finite number"),
+        (
+            ["run", "--recipe", str(tmp_path / "confirm_per.yaml"), "--confirm-per", "weighting"],
+            "confirm per 'weighting'",
+        ),
+    ]
     cases += [
         (["run", "--size", "-3"], "--size must be >= 1"),
         (["run", "--size", "0"], "--size must be >= 1"),
@@ -381,18 +425,22 @@ def _bad_cases(tmp_path: Path) -> list[tuple[list[str], str]]:
 def test_every_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     wrong = []
-    for args, message in _bad_cases(tmp_path):
+    cases = _bad_cases(tmp_path)
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    for args, message in cases:
         result = runner.invoke(app, args, terminal_width=80)
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         if result.exit_code != 2 or len(lines) != 1 or message not in lines[0] or "Traceback" in result.output:
             wrong.append((args, result.exit_code, result.output[-400:]))
     assert not wrong, "\n".join(map(str, wrong))
-    assert not (tmp_path / "typo").exists()  # a reader never creates a mistyped path
-    assert not (tmp_path / "fusionsearch.db").exists()  # nothing was created for a rejected command
+    # a rejected command leaves nothing behind: no database, lock, artefact folder or network
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
 
 
 def test_an_unexpected_error_is_one_line_with_the_traceback_on_request(monkeypatch):
-    from fusionsearch import graph
+    from fusionsearch import cli, graph
+
+    monkeypatch.setitem(cli._debug, "on", False)  # --debug below sets it: restored after the test
 
     def broken(*a, **k):
         raise ZeroDivisionError("a bug")
@@ -418,7 +466,16 @@ def test_a_real_ctrl_c_is_one_line_and_the_same_command_resumes(tmp_path):
     url = f"sqlite:///{tmp_path}/c.db"
     cmd = [sys.executable, "-m", "fusionsearch.cli", "run", "--recipe", str(recipe), "--storage", url, "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        # a shell that started pytest in the background ignores SIGINT in its children: restore it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.time() + 240
     running = False
     while not running and time.time() < deadline and proc.poll() is None:  # until a trial trains
@@ -441,3 +498,128 @@ def test_a_real_ctrl_c_is_one_line_and_the_same_command_resumes(tmp_path):
     assert sorted(jobs([t for t in trials if t.state == TrialState.COMPLETE])) == sorted(
         ["warmstart", "single", "shared", "nddr_default", "slot0"]
     )
+
+
+def test_a_bad_heartbeat_setting_is_one_line_before_any_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(
+        app, ["run", "--backbone", "test_resnet", "--size", "32"], env={"FUSIONSEARCH_HEARTBEAT": "abc"}
+    )
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert "FUSIONSEARCH_HEARTBEAT must be a whole number of seconds >= 1, got 'abc'" in lines[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_read_only_database_is_refused_before_any_trial(tmp_path, monkeypatch):
+    """``run`` on an SQLite file the user cannot write: one line naming the file, not Optuna's
+    StorageInternalError after the warm start. Root may write any file whatever its mode, so
+    under root the permission check is shown the answer an ordinary user would get."""
+    monkeypatch.chdir(tmp_path)
+    db = tmp_path / "ro.db"
+    prepare_study(tiny_recipe(), _settings(f"sqlite:///{db}", trials=0))
+    (tmp_path / "ro.db.fusionsearch-lock").unlink()
+    db.chmod(0o444)
+    if os.geteuid() == 0:
+        real = os.access
+        monkeypatch.setattr(
+            fs.storage.os, "access", lambda p, mode: False if Path(p) == db and mode & os.W_OK else real(p, mode)
+        )
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = runner.invoke(app, ["run", "--backbone", "test_resnet", "--size", "32", "--storage", f"sqlite:///{db}"])
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert f"{str(db)!r} is read-only" in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no lock file, no artefact folder
+    # readers still read it
+    assert runner.invoke(app, ["trials", "--study", "r", "--storage", f"sqlite:///{db}"]).exit_code == 0
+
+
+def test_ctrl_c_that_python_cannot_raise_still_exits_130(tmp_path, monkeypatch):
+    """SIGINT landing in a finaliser (a database connection's, at the end of ``run``) cannot
+    propagate: Python printed "Exception ignored ... KeyboardInterrupt" and the command exited 0."""
+    from fusionsearch import leaderboard
+
+    class Finaliser:
+        def __del__(self):
+            raise KeyboardInterrupt
+
+    original = leaderboard.trials_table
+
+    def table(*a, **k):
+        Finaliser()  # collected at once: its KeyboardInterrupt is "unraisable"
+        return original(*a, **k)
+
+    url = f"sqlite:///{tmp_path}/u.db"
+    prepare_study(tiny_recipe(), _settings(url, trials=0))
+    monkeypatch.setattr(leaderboard, "trials_table", table)
+    result = runner.invoke(app, ["trials", "--study", "r", "--storage", url])
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 130, result.output
+    assert lines == ["interrupted: the running trial is queued again; run the same command to resume"]
+    # at the interpreter's shutdown, after the command: the same line and 130, never a traceback
+    script = tmp_path / "late.py"
+    script.write_text(
+        "import sys\nfrom fusionsearch import cli\n"
+        "class F:\n    def __del__(self):\n        raise KeyboardInterrupt\n"
+        "keep = F()\nsys.argv = ['fusionsearch', 'list', 'units']\ncli.main()\n"
+    )
+    late = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert late.returncode == 130, late.stderr
+    assert late.stderr.strip().splitlines() == [
+        "interrupted: the running trial is queued again; run the same command to resume"
+    ]
+
+
+def test_best_never_writes_over_a_write_protected_file(finished_study, saved_net, tmp_path):
+    url, complete = finished_study
+    complete(saved_net)
+    out = tmp_path / "mine.pt"
+    out.write_bytes(b"the user's own file")
+    out.chmod(0o444)
+    result = runner.invoke(app, ["best", "--study", "b", "--storage", url, "--out", str(out)])
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and "is write-protected" in lines[0], result.output
+    assert out.read_bytes() == b"the user's own file" and out.stat().st_mode & 0o777 == 0o444
+    out.chmod(0o640)  # a writable file is replaced, and keeps its permissions
+    result = runner.invoke(app, ["best", "--study", "b", "--storage", url, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes() == saved_net.read_bytes() and out.stat().st_mode & 0o777 == 0o640
+
+
+def test_the_dashboard_on_a_busy_port_names_the_port(finished_study):
+    import socket
+
+    url, _ = finished_study
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = runner.invoke(app, ["dashboard", "--storage", url, "--port", str(port)])
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert f"cannot listen on 127.0.0.1:{port}" in lines[0] and "--port" in lines[0]
+    assert "optuna-dashboard for" not in result.stdout  # no banner for a server that never started
+
+
+def test_best_exports_the_best_run_of_a_study_without_confirmation(tmp_path):
+    """``--confirm 0`` then ``best``: the README promises the best single run's network, but only
+    the baselines' nets were kept, so a searched winner gave "kept no network". Without a
+    confirmation, a searched trial keeps its net when it is the best run so far."""
+    url = f"sqlite:///{tmp_path}/nc.db"
+    prepare_study(tiny_recipe(), _settings(url, trials=3, confirm_seeds=0, baselines=["single", "shared"]))
+    run_worker("r", url, device="cpu")
+    study = optuna.load_study(study_name="r", storage=url)
+    searched = [t for t in finished(study) if "slot" in t.user_attrs and t.state == TrialState.COMPLETE]
+    assert searched
+    best_so_far = float("-inf")
+    for t in sorted(searched, key=lambda t: t.datetime_complete):
+        assert ("model_artifact" in t.user_attrs) == (t.value >= best_so_far), (t.number, t.value, best_so_far)
+        best_so_far = max(best_so_far, t.value)
+    out = tmp_path / "best.pt"
+    result = runner.invoke(app, ["best", "--study", "r", "--storage", url, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    winner = fs.leaderboard.best_trial(study)
+    assert f"trial {winner.number}, one run" in result.stdout
+    plain = lambda d: json.loads(json.dumps(d))  # tuples and lists alike
+    assert plain(fs.load(out).plan.to_dict()) == plain(winner.user_attrs["plan"])

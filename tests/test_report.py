@@ -9,6 +9,7 @@ import sys
 import time
 import urllib.request
 
+import optuna
 import torch
 from typer.testing import CliRunner
 
@@ -16,6 +17,7 @@ import fusionsearch as fs
 from fusionsearch.cli import app
 from fusionsearch.report import FIGURES, write_report
 from fusionsearch.search import load_study
+from fusionsearch.storage import artifact_dir, open_storage
 
 runner = CliRunner()
 
@@ -32,13 +34,41 @@ def test_report_contains_every_figure(small_study, tmp_path):
         assert "Not drawn" not in sections[name], (name, sections[name][:300])
         assert "Plotly.newPlot" in sections[name], name
     assert "LibMTL&#x27;s Delta_p" in html and "no confirmation was run" in html
-    # our figures also reach optuna-dashboard, once each however often the report is written
-    write_report(study, tmp_path / "r.html", url)
     from optuna_dashboard._custom_plot_data import list_graph_object_ids
 
-    st = load_study("s", url)[0]
-    ids = sorted(list_graph_object_ids(st._storage.get_study_system_attrs(st._study_id)))
-    assert ids == ["fusionsearch-fusion-weights", "fusionsearch-placement-map"]
+    def stored() -> list[str]:
+        st = load_study("s", url)[0]
+        return sorted(list_graph_object_ids(st._storage.get_study_system_attrs(st._study_id)))
+
+    assert stored() == []  # a plain report only reads the study
+    # with to_dashboard (what `run` does) our figures reach optuna-dashboard, once each however
+    # often the report is written
+    write_report(study, tmp_path / "r.html", url, to_dashboard=True)
+    write_report(study, tmp_path / "r.html", url, to_dashboard=True)
+    assert stored() == ["fusionsearch-fusion-weights", "fusionsearch-placement-map"]
+
+
+def test_the_report_command_never_writes_the_storage(small_study, tmp_path, monkeypatch):
+    """``report`` is documented among the commands that only read: on a journal storage each call
+    appended about 100 kB of figures, without bound. Only ``--to-dashboard`` writes."""
+    import shutil
+
+    study, url, _ = small_study
+    journal = tmp_path / "j.log"
+    optuna.copy_study(from_study_name="s", from_storage=url, to_storage=open_storage(f"journal:{journal}"))
+    shutil.copytree(artifact_dir(url), artifact_dir(f"journal:{journal}"))
+    monkeypatch.chdir(tmp_path)
+    before, files = journal.read_bytes(), sorted(p.name for p in tmp_path.iterdir())
+    for _ in range(2):
+        result = runner.invoke(app, ["report", "--study", "s", "--storage", f"journal:{journal}", "--out", "r.html"])
+        assert result.exit_code == 0, result.output
+    assert journal.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*files, "r.html"])
+    result = runner.invoke(
+        app, ["report", "--study", "s", "--storage", f"journal:{journal}", "--out", "r.html", "--to-dashboard"]
+    )
+    assert result.exit_code == 0, result.output
+    assert len(journal.read_bytes()) > len(before)
 
 
 def test_dashboard_serves_the_study(small_study):
