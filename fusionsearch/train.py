@@ -33,6 +33,7 @@ __all__ = [
     "calibrates",
     "calibrate",
     "BN_INITS",
+    "amp_dtype",
 ]
 
 
@@ -59,7 +60,7 @@ class TrainConfig:
     eval_every: int = 100
     eval_steps: list[int] | None = None  # evaluate at exactly these steps (and the last) instead
     grad_clip: float | None = None
-    amp: bool | None = None  # None: on for CUDA (bf16 where supported), off on CPU
+    amp: bool | None = None  # None: on for CUDA (bf16 from sm80, fp16 + GradScaler before: amp_dtype), off on CPU
     channels_last: bool | None = None  # None: on for CUDA
     num_workers: int = 0
     seed: int = 0
@@ -163,9 +164,24 @@ def _to(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
 
 
+def amp_dtype(device: torch.device) -> torch.dtype:
+    """The autocast type on ``device``: bf16 on the CPU and on GPUs with bf16 units (compute
+    capability 8.0 on: Ampere, Hopper), fp16 before them (T4, V100). Asked of *this* device, not
+    the current one, and not ``torch.cuda.is_bf16_supported()``, which in torch 2.14 answers True
+    on pre-Ampere GPUs too, where bf16 is emulated: slower than fp32, and the GradScaler that fp16
+    needs was then never enabled."""
+    if device.type != "cuda":
+        return torch.bfloat16
+    return torch.bfloat16 if torch.cuda.get_device_capability(device) >= (8, 0) else torch.float16
+
+
 def _autocast(device: torch.device, enabled: bool) -> Any:
-    dtype = torch.bfloat16 if device.type == "cpu" or torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast(device.type, dtype=dtype, enabled=enabled)
+    return torch.autocast(device.type, dtype=amp_dtype(device), enabled=enabled)
+
+
+def _scaler(device: torch.device, use_amp: bool) -> torch.amp.GradScaler:
+    """A GradScaler, enabled only where fp16 autocast runs (bf16 has fp32's exponent range)."""
+    return torch.amp.GradScaler(device.type, enabled=use_amp and amp_dtype(device) == torch.float16)
 
 
 @torch.no_grad()
@@ -175,12 +191,15 @@ def evaluate(
     data: Dataset,
     batch_size: int = 8,
     device: str | torch.device | None = None,
-    amp: bool | None = None,
+    amp: bool = False,
     num_workers: int = 0,
 ) -> dict[str, dict[str, float]]:
-    """Metrics of every task over the whole of ``data`` (accumulated, not averaged per batch)."""
+    """Metrics of every task over the whole of ``data`` (accumulated, not averaged per batch).
+
+    In fp32 by default, also when training ran under AMP: autocast would round the depth and
+    normal predictions to bf16 (3 significant digits) before they are scored."""
     dev = _device(net, device)
-    use_amp = dev.type == "cuda" if amp is None else amp
+    use_amp = amp
     was_training = net.training
     net.eval()
     for t in tasks.values():
@@ -242,9 +261,7 @@ def fit(
         net.to(memory_format=torch.channels_last)
     weighting = make_weighting(cfg.weighting, list(net.tasks), cfg.seed).to(dev)
     opt = _optimizer(net, cfg, weighting)
-    scaler = torch.amp.GradScaler(
-        dev.type, enabled=use_amp and dev.type == "cuda" and not torch.cuda.is_bf16_supported()
-    )
+    scaler = _scaler(dev, use_amp)
     history: dict[str, Any] = {"losses": [], "evals": []}
     start = 0
     ckpt = Path(checkpoint) if checkpoint is not None else None
@@ -300,7 +317,7 @@ def fit(
             history["losses"].append(logged)  # the present tasks' weighted sum (NaN: none labelled)
             progress.update(bar, advance=1, loss=logged)
             if val_data is not None and evaluates_at(step, cfg):
-                metrics = evaluate(net, tasks, val_data, cfg.batch_size, dev, use_amp, cfg.num_workers)
+                metrics = evaluate(net, tasks, val_data, cfg.batch_size, dev, num_workers=cfg.num_workers)
                 history["evals"].append({"step": step, "metrics": metrics, "weights": weighting.weights()})
                 if callback is not None:
                     callback(step, metrics)

@@ -393,8 +393,12 @@ class GradientWeighting(Weighting):
                 torch.cat([(g[j] if g[j] is not None else torch.zeros_like(params[j])).flatten() for j in shared])
                 for g in per_task
             ]
-            jacobian = torch.stack(rows).float()
-            vector = self._aggregate(jacobian, idx)
+            # the aggregators see true gradients: under fp16 the rows are the GradScaler's scale S
+            # times them, and Nash-MTL's norm clip or DB-MTL's running average (which mixes steps
+            # of different S) would then depend on S; the update goes back to scaled space after
+            factor = scale(torch.ones((), device=rows[0].device)).float()
+            jacobian = torch.stack(rows).float() / factor
+            vector = self._aggregate(jacobian, idx) * factor
             start = 0
             for j in shared:
                 n = params[j].numel()
