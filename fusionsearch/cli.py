@@ -755,6 +755,12 @@ def worker(
         help="this worker's number in the study (0, 1, ...), which seeds its sampler: give each worker its own"
         " to make a study repeat exactly (default: drawn from the process id)",
     ),
+    shares_device: bool = typer.Option(
+        False,
+        "--shares-device",
+        help="other workers train on this GPU too: running out of memory is then an accident (queued again),"
+        " not the plan's verdict",
+    ),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
 ) -> None:
     """Join a study (from this or another machine) and run its queued trials on one device."""
@@ -779,6 +785,7 @@ def worker(
         log=lambda m: console.print(m, highlight=False),
         # workers started by hand without an index must not all sample the same plans
         worker=worker_index if worker_index is not None else 1000 + os.getpid(),
+        shares_device=shares_device,
     )
     console.print(f"worker done: {n} trials", highlight=False)
 

@@ -11,7 +11,7 @@ import torch
 
 from .errors import ArgumentError
 
-__all__ = ["check_device", "assign_devices"]
+__all__ = ["check_device", "assign_devices", "use_device"]
 
 
 def check_device(name: str) -> str:
@@ -46,3 +46,19 @@ def assign_devices(spec: str, workers: int) -> list[str]:
         n = torch.cuda.device_count()
         pool = [f"cuda:{i}" for i in range(n)] if n else ["cpu"]
     return [pool[i % len(pool)] for i in range(workers)]
+
+
+def use_device(name: str, worker: int = 0) -> str:
+    """The device this worker trains on, made CUDA's current device. ``auto`` is GPU
+    ``worker % count`` (several ``fusionsearch worker`` processes left at the default used to pile
+    onto GPU 0), else the CPU. Making it current matters beyond placement: ``torch.cuda.synchronize``
+    (the latency timer's), ``empty_cache`` and new CUDA tensors without an index act on the
+    current device, GPU 0 unless told."""
+    name = check_device(name)
+    if name == "auto":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        name = f"cuda:{worker % n}" if n else "cpu"
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev.index if dev.index is not None else 0)
+    return name

@@ -11,6 +11,7 @@ __all__ = [
     "CheckpointError",
     "DataError",
     "DependencyError",
+    "DeviceError",
     "StorageError",
     "UntrustedFileError",
     "MissingDataError",
@@ -102,3 +103,8 @@ class LostDependencyError(DependencyError):
 
 
 __all__ += ["LostDependencyError"]
+
+
+class DeviceError(FusionSearchError, RuntimeError):
+    """A CUDA error that broke this process's CUDA context (a device-side assert, an illegal
+    address): the worker stops, its trial is queued again, and a fresh process resumes."""

@@ -28,7 +28,9 @@ __all__ = [
     "INFRASTRUCTURE",
     "DEPENDENCY",
     "PLAN",
+    "DEVICE",
     "RETRYABLE",
+    "sticky_device_error",
     "failure_kind",
     "interrupted",
     "retry",
@@ -38,7 +40,21 @@ __all__ = [
 
 MAX_RETRY = 2  # copies of one failed trial, as the heartbeat's retry callback allows
 INTERRUPTED, INFRASTRUCTURE, DEPENDENCY, PLAN = "interrupted", "infrastructure", "dependency", "plan"
-RETRYABLE = (INTERRUPTED, INFRASTRUCTURE, DEPENDENCY)
+DEVICE = "device"  # a sticky CUDA error: the process's CUDA context is broken, not the plan
+RETRYABLE = (INTERRUPTED, INFRASTRUCTURE, DEPENDENCY, DEVICE)
+# CUDA errors after which every later call in the process fails too ("sticky": the context is
+# corrupted until the process exits); CUDA's and cuBLAS's own wording
+STICKY_CUDA_ERRORS = (
+    "device-side assert",
+    "illegal memory access",
+    "illegal instruction",
+    "misaligned address",
+    "unspecified launch failure",
+    "uncorrectable ECC error",
+    "cudaErrorIllegalAddress",
+    "cudaErrorLaunchFailure",
+    "CUBLAS_STATUS_EXECUTION_FAILED",
+)
 # what identifies a trial's job; everything else a run wrote (metrics, step, reason) is not copied
 IDENTITY = ("baseline", "confirm", "seed", "slot", "source", "keep_net", "replaces")
 
@@ -56,14 +72,27 @@ def interrupted(e: BaseException) -> bool:
     return False
 
 
-def failure_kind(e: BaseException) -> str:
-    """``plan`` for a failure that is the plan's own (final); else the accident it was."""
+def sticky_device_error(e: BaseException) -> bool:
+    """Whether ``e`` is a CUDA error that leaves the process's CUDA context broken (a device-side
+    assert, an illegal address): every later trial of this worker would fail the same way."""
+    text = str(e)
+    return isinstance(e, RuntimeError) and any(marker in text for marker in STICKY_CUDA_ERRORS)
+
+
+def failure_kind(e: BaseException, shared_device: bool = False) -> str:
+    """``plan`` for a failure that is the plan's own (final); else the accident it was.
+
+    ``shared_device``: other workers train on this worker's GPU, so an out-of-memory error may be
+    theirs (their nets hold memory too) and is an accident, queued again; alone on it, the plan
+    does not fit at this batch size, and retrying cannot help."""
     if interrupted(e):
         return INTERRUPTED
     if isinstance(e, DependencyError):
         return DEPENDENCY
     if isinstance(e, torch.OutOfMemoryError):
-        return PLAN  # this plan at this batch size does not fit: retrying it cannot help
+        return INFRASTRUCTURE if shared_device else PLAN
+    if sticky_device_error(e):
+        return DEVICE
     if isinstance(e, OSError) and e.errno != errno.ENOMEM:
         return INFRASTRUCTURE  # I/O, a full disk, a vanished file or mount
     from optuna.artifacts.exceptions import ArtifactNotFound

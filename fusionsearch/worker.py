@@ -17,10 +17,11 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from .errors import DependencyError
+from .devices import use_device
+from .errors import DependencyError, DeviceError
 from .objective import Objective, _free_memory, failure_reason
 from .queueing import _Heartbeat, _pop, _queue_lock, _stale_possible, reap_stale
-from .recovery import INTERRUPTED, PLAN, failure_kind, interrupted, requeue_failed, retry
+from .recovery import DEVICE, INTERRUPTED, PLAN, failure_kind, interrupted, requeue_failed, retry
 from .storage import DEFAULT_STORAGE
 from .study import load_study
 
@@ -44,12 +45,18 @@ def run_worker(
     before_trial: Callable[[optuna.Trial], None] | None = None,
     artifacts: str | None = None,
     worker: int = 0,
+    shares_device: bool = False,
 ) -> int:
     """Run queued trials of a study until none are left (or ``timeout`` / ``max_trials``); returns
     how many this worker ran. Failures (out of memory, NaN loss, a bad plan) fail that trial with
     its reason and the worker goes on. ``worker`` is this worker's number in the study: with the
-    study seed it seeds the sampler, so the same workers sample the same plans."""
+    study seed it seeds the sampler, so the same workers sample the same plans (and, with
+    ``device="auto"``, picks GPU ``worker % count``). ``shares_device``: other workers train on
+    the same GPU, so running out of memory is an accident (queued again), not the plan's verdict.
+    A sticky CUDA error (``recovery.sticky_device_error``) queues its trial again and stops the
+    worker with a DeviceError: its CUDA context is broken."""
     study, recipe, settings = load_study(study_name, storage, worker)
+    device = use_device(device, worker)
     timeout = settings.timeout if timeout is None else timeout
     if artifacts is not None:
         settings.artifacts = artifacts
@@ -60,31 +67,45 @@ def run_worker(
         label = trial_label(trial)
         log(f"{label}: started on {device}")
         with _Heartbeat(study._storage, trial._trial_id):
-            try:
-                values = objective(trial)
-            except optuna.TrialPruned as e:
-                study.tell(trial, state=TrialState.PRUNED)
-                log(f"{label}: {e}")
-                return
-            except (KeyboardInterrupt, SystemExit, DependencyError) as e:
-                # no verdict on the plan: queue it again now, then stop this worker
-                kind = failure_kind(e)
-                reason = "interrupted (queued again)" if kind == INTERRUPTED else f"{e} (queued again)"
-                _fail(study, trial, reason, kind, requeue=True)
-                raise
-            except Exception as e:
-                if interrupted(e):  # Ctrl-C inside a database commit
-                    _fail(study, trial, "interrupted (queued again)", INTERRUPTED, requeue=True)
-                    raise KeyboardInterrupt from e
-                reason, kind = failure_reason(e), failure_kind(e)
-                _fail(study, trial, reason, kind)
-                again = "" if kind == PLAN else " (an accident, not the plan's: the next run queues it again)"
-                log(f"{label}: failed: {reason}{again}")
-                _free_memory()
-                return
+            failed = _run_trial(trial, label)
+        # outside the except blocks: there the traceback still held the trial's frames, and with
+        # them its net, so collecting freed nothing of what ran out of memory
+        _free_memory()
+        if failed is not None:
+            raise failed
+
+    def _run_trial(trial: optuna.Trial, label: str) -> BaseException | None:
+        """Run one trial and record its end; returns what must stop this worker, if anything."""
+        try:
+            values = objective(trial)
+        except optuna.TrialPruned as e:
+            study.tell(trial, state=TrialState.PRUNED)
+            log(f"{label}: {e}")
+            return None
+        except (KeyboardInterrupt, SystemExit, DependencyError) as e:
+            # no verdict on the plan: queue it again now, then stop this worker
+            kind = failure_kind(e)
+            reason = "interrupted (queued again)" if kind == INTERRUPTED else f"{e} (queued again)"
+            _fail(study, trial, reason, kind, requeue=True)
+            raise
+        except Exception as e:
+            if interrupted(e):  # Ctrl-C inside a database commit
+                _fail(study, trial, "interrupted (queued again)", INTERRUPTED, requeue=True)
+                raise KeyboardInterrupt from e
+            reason, kind = failure_reason(e), failure_kind(e, shares_device)
+            if kind == DEVICE:  # every later trial of this process would fail the same way
+                _fail(study, trial, f"{reason} (queued again)", kind, requeue=True)
+                return DeviceError(
+                    f"{label}: the CUDA context of {device} is broken ({reason}): this worker stops and the trial"
+                    " is queued again; run the same command to resume in a fresh process"
+                )
+            _fail(study, trial, reason, kind)
+            again = "" if kind == PLAN else " (an accident, not the plan's: the next run queues it again)"
+            log(f"{label}: failed: {reason}{again}")
+            return None
         study.tell(trial, values if len(values) > 1 else values[0])
         log(f"{label}: done, " + ", ".join(f"{o}={v:.4g}" for o, v in zip(settings.objectives, values)))
-        _free_memory()
+        return None
 
     objective.execute = execute
     objective.log = log
@@ -150,12 +171,15 @@ def trial_label(t: Any) -> str:
     return a.get("baseline") or f"trial {t.number}"
 
 
-def worker_command(study: str, device: str, threads: int, artifacts: str | None = None, index: int = 0) -> list[str]:
+def worker_command(
+    study: str, device: str, threads: int, artifacts: str | None = None, index: int = 0, shared: bool = False
+) -> list[str]:
     """The command line of one worker process. The storage URL is not on it: it may hold a
     password, and ``ps`` shows every process's arguments to every user; workers read it from
     ``FUSIONSEARCH_STORAGE`` in their environment."""
     cmd = [sys.executable, "-m", "fusionsearch.cli", "worker", "--study", study, "--device", device]
     cmd += ["--threads", str(threads), "--worker-index", str(index), "--quiet"]
+    cmd += ["--shares-device"] if shared else []
     return cmd + (["--artifacts", artifacts] if artifacts else [])
 
 
@@ -189,7 +213,8 @@ def run_workers(
     procs = []
     for i, dev in enumerate(devices):
         log = open(logs / f"{settings.study}-worker{i}.log", "a")  # noqa: SIM115 - closed below
-        cmd = worker_command(settings.study, dev, threads, artifacts, i)
+        shared = dev.startswith("cuda") and devices.count(dev) > 1
+        cmd = worker_command(settings.study, dev, threads, artifacts, i, shared)
         procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
     say(f"{len(devices)} workers on {', '.join(devices)}; logs in {logs}")
     try:

@@ -157,3 +157,121 @@ def test_channels_last_trains_the_same_net(backbone, at):
     for t in preds[0]:
         torch.testing.assert_close(preds[1][t], preds[0][t], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(torch.tensor(runs[1]), torch.tensor(runs[0]), rtol=1e-5, atol=1e-6)
+
+
+# ---- failures on a GPU -----------------------------------------------------------------------------
+
+
+def _study(tmp_path, trials: int = 1):
+    """A tiny study whose sampled plans all fuse at layer1 (the baselines never fuse)."""
+    from helpers import tiny_recipe
+
+    from fusionsearch.search import StudySettings, prepare_study
+
+    url = f"sqlite:///{tmp_path}/g.db"
+    settings = StudySettings(study="g", storage=url, trials=trials, baselines=["single"], pruner="none")
+    recipe = tiny_recipe(fixed={"shared_prefix": "none", "unit@layer1": "nddr"})
+    return prepare_study(recipe, settings), url
+
+
+def _trials(url):
+    import optuna
+
+    return optuna.load_study(study_name="g", storage=url).get_trials()
+
+
+def test_memory_is_freed_after_the_traceback_has_let_go_of_the_net(tmp_path, monkeypatch):
+    """``_free_memory`` ran inside the ``except`` block, where the traceback still held the
+    trial's frames and so its net: after an out-of-memory error nothing was freed."""
+    import weakref
+
+    from fusionsearch import experiment, worker
+    from fusionsearch.search import run_worker
+
+    _, url = _study(tmp_path)
+    nets: list = []
+    build, real_fit = experiment.Experiment.build, experiment.fit
+
+    def kept(self, plan, *a, **k):
+        net = build(self, plan, *a, **k)
+        if plan.at:
+            nets.append(weakref.ref(net))
+        return net
+
+    def fit(net, *a, **k):
+        if net.plan.at:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real_fit(net, *a, **k)
+
+    alive_at_free: list[bool] = []
+    real_free = worker._free_memory
+
+    def free() -> None:
+        real_free()
+        alive_at_free.append(any(r() is not None for r in nets))
+
+    monkeypatch.setattr(experiment.Experiment, "build", kept)
+    monkeypatch.setattr(experiment, "fit", fit)
+    monkeypatch.setattr(worker, "_free_memory", free)
+    run_worker("g", url, device="cpu")
+    failed = [t for t in _trials(url) if t.state.name == "FAIL"]
+    assert [t.user_attrs["fail_kind"] for t in failed] == ["plan"]  # alone on its device: the plan's
+    assert nets and alive_at_free and not any(alive_at_free), alive_at_free
+
+
+def test_a_sticky_cuda_error_stops_the_worker_and_queues_the_trial_again(tmp_path, monkeypatch):
+    """A device-side assert or an illegal address corrupts the process's CUDA context: filed as
+    the plan's, it made every later trial of that worker fail too. It is an accident now: the
+    trial is queued again and the worker stops with one line."""
+    from fusionsearch.errors import DeviceError
+    from fusionsearch.recovery import DEVICE, INFRASTRUCTURE, PLAN, failure_kind
+    from fusionsearch.search import run_worker
+
+    sticky = torch.AcceleratorError if hasattr(torch, "AcceleratorError") else RuntimeError
+    assert failure_kind(RuntimeError("CUDA error: device-side assert triggered")) == DEVICE
+    assert failure_kind(RuntimeError("CUDA error: an illegal memory access was encountered")) == DEVICE
+    assert failure_kind(RuntimeError("CUBLAS_STATUS_EXECUTION_FAILED when calling cublasSgemm")) == DEVICE
+    assert failure_kind(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) == PLAN
+    oom = torch.OutOfMemoryError("CUDA out of memory")
+    assert failure_kind(oom) == PLAN and failure_kind(oom, shared_device=True) == INFRASTRUCTURE
+
+    _, url = _study(tmp_path, trials=2)
+    from fusionsearch import experiment
+
+    original = experiment.Experiment.train
+
+    def train(self, plan, *a, **k):
+        if plan.at:
+            raise sticky("CUDA error: an illegal memory access was encountered")
+        return original(self, plan, *a, **k)
+
+    monkeypatch.setattr(experiment.Experiment, "train", train)
+    with pytest.raises(DeviceError, match="the CUDA context of cpu is broken"):
+        run_worker("g", url, device="cpu")
+    states = [(t.state.name, t.user_attrs.get("fail_kind")) for t in _trials(url) if "slot" in t.user_attrs]
+    assert ("FAIL", DEVICE) in states and ("WAITING", None) in states  # its copy is queued, slot 2 untouched
+    assert sum(s == ("FAIL", DEVICE) for s in states) == 1  # the worker stopped at the first
+
+
+def test_each_worker_makes_its_own_gpu_current(monkeypatch):
+    """``device=auto`` meant GPU 0 for every ``fusionsearch worker`` left at the default, and
+    nothing set the current device, so the latency timer's synchronise and ``empty_cache`` acted
+    on GPU 0 for all of them."""
+    from fusionsearch import devices
+
+    current = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda i: current.append(i))
+    assert [devices.use_device("auto", w) for w in range(6)] == [
+        "cuda:0",
+        "cuda:1",
+        "cuda:2",
+        "cuda:3",
+        "cuda:0",
+        "cuda:1",
+    ]
+    assert devices.use_device("cuda:3", 0) == "cuda:3"
+    assert current == [0, 1, 2, 3, 0, 1, 3]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert devices.use_device("auto", 5) == "cpu" and len(current) == 7
