@@ -222,6 +222,7 @@ def build(
     from .stitch import StitchPlan, save
     from .stitch import build as build_net
 
+    check_out(out, "--out")
     names = backbone.split(",")
     size = parse_size(input_size)
     if at is None:
@@ -253,6 +254,32 @@ def build(
     console.print(f"saved to {out}", highlight=False)
 
 
+def check_out(path: str | None, flag: str, folder: bool = False) -> None:
+    """An output path that can be written, checked before any work: a folder where a file goes
+    (or a file where a folder goes), a device or pipe (``os.replace`` would put a regular file in
+    place of ``/dev/null``), a name the file system cannot hold, or a folder that cannot be
+    created or written would otherwise fail only after the training, losing it."""
+    import stat
+    from pathlib import Path
+
+    if path is None:
+        return
+    p = Path(path)
+    if path == "" or any(len(part.encode()) > 255 for part in p.parts):
+        raise ArgumentError(f"{flag} {path[:80]!r}: a file name must be 1 to 255 bytes long")
+    if p.exists():
+        mode = p.stat().st_mode
+        if folder and not stat.S_ISDIR(mode):
+            raise ArgumentError(f"{flag} {path!r} is a file: give a folder")
+        if not folder and stat.S_ISDIR(mode):
+            raise ArgumentError(f"{flag} {path!r} is a folder: give a file name such as {p / 'out.pt'}")
+        if not folder and not stat.S_ISREG(mode):
+            raise ArgumentError(f"{flag} {path!r} exists and is not a regular file (a device or a pipe)")
+    parent = next((q for q in [p.parent if not folder else p, *p.parents] if q.exists()), Path("."))
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ArgumentError(f"{flag} {path!r}: {str(parent)!r} is not a folder this user can write to")
+
+
 def parse_init(text: str) -> Any:
     """``--init ALPHA,BETA`` (two finite numbers) or ``xavier``."""
     if text == "xavier":
@@ -265,6 +292,8 @@ def parse_init(text: str) -> Any:
         raise ArgumentError(f"--init takes ALPHA,BETA (two finite numbers such as 0.9,0.1) or xavier, got {text!r}")
     return values
 
+
+MAX_WORKERS = 256
 
 RECIPE_HELP = "recipe name (recipes/NAME.yaml) or YAML file; other options override it"
 DATA_HELP = (
@@ -335,6 +364,14 @@ def parse_labelled(items: list[str]) -> dict[str, float | str]:
             except ValueError:
                 out[name.strip()] = value.strip()
     return out
+
+
+def check_seed(seed: int | None) -> None:
+    """``--seed``: the samplers' seed is seed x 1000 + the worker's number, below 2^32."""
+    from .recipe import MAX_SEED
+
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise ArgumentError(f"--seed must be in 0..{MAX_SEED:,}, got {seed}")
 
 
 def at_least(flag: str, value: float | None, low: float) -> None:
@@ -422,11 +459,13 @@ def train(
     from pathlib import Path
 
     from .devices import check_device
-    from .experiment import Experiment, check_metrics
+    from .experiment import Experiment
     from .stitch import save
 
     for flag, value in (("--steps", steps), ("--batch-size", batch_size), ("--eval-every", eval_every)):
         at_least(flag, value, 1)
+    for flag, path in (("--out", out), ("--save-metrics", save_metrics), ("--checkpoint", checkpoint)):
+        check_out(path, flag)
     check_device(device)
     r = load_recipe_with(recipe, backbone, tasks, data, size, train_images, val_images, labelled)
     exp = Experiment(r, seed)
@@ -442,16 +481,7 @@ def train(
         stitch = exp.plan_from(spec)
     else:
         stitch = exp.baseline_plan(plan)
-    base = None
-    if baseline is not None:
-        path = Path(baseline)
-        if not path.is_file():
-            raise FileNotFoundError(f"baseline metrics {baseline!r} do not exist")
-        try:
-            base = json.loads(path.read_text())
-        except (ValueError, UnicodeDecodeError) as e:
-            raise ArgumentError(f"--baseline {baseline!r} is not a metrics JSON file: {e}") from None
-        check_metrics(base, exp.directions(), baseline)
+    base = read_baseline(baseline, exp.directions())
     cfg = r.train_config(
         steps=steps,
         batch_size=batch_size,
@@ -484,10 +514,31 @@ def train(
         console.print(f"saved to {out}", highlight=False)
 
 
+def read_baseline(baseline: str | None, directions: Any) -> Any:
+    """``--baseline``: a metrics JSON file holding a finite number for every metric of every task."""
+    from pathlib import Path
+
+    from .experiment import check_metrics
+
+    if baseline is None:
+        return None
+    path = Path(baseline)
+    if not path.is_file():
+        raise FileNotFoundError(f"baseline metrics {baseline!r} do not exist")
+    try:
+        base = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ArgumentError(f"--baseline {baseline!r} is not a metrics JSON file: {e}") from None
+    check_metrics(base, directions, baseline)
+    return base
+
+
 def _devices(spec: str, workers: int) -> list[str]:
     from .devices import assign_devices
 
     at_least("--workers", workers, 1)
+    if workers > MAX_WORKERS:
+        raise ArgumentError(f"--workers must be <= {MAX_WORKERS} (one process each), got {workers}")
     return assign_devices(spec, workers)
 
 
@@ -602,6 +653,7 @@ def run(
     at_least("--steps", steps, 1)
     at_least("--trials", trials, 0)
     at_least("--timeout", timeout, 0)
+    check_seed(seed)
     r = load_recipe_with(recipe, backbone, tasks, data, size, labelled=labelled)
     fusion_tasks(r)
     _devices(devices, workers)  # a missing GPU is an error now, not a failure of every trial
@@ -625,6 +677,7 @@ def run(
     )
     if settings.multi_objective and settings.sampler == "tpe" and sampler is None:
         settings.sampler = "nsga2"
+    check_out(report or f"{settings.study}-report.html", "--report")
     study_obj = prepare_study(r, settings)
     url = redact(settings.storage)
     queued = sum(t.state.name == "WAITING" for t in study_obj.get_trials(deepcopy=False))
@@ -696,6 +749,7 @@ def compare(
 
     at_least("--steps", steps, 1)
     at_least("--trials", trials, 0)
+    check_out(out, "--out", folder=True)
     r = load_recipe_with(recipe, None, None, data, size, labelled=labelled)
     fusion_tasks(r)
     _devices(devices, workers)
@@ -856,9 +910,8 @@ def best(
             f"trial {chosen.number} kept no network (studies keep the baselines' and the confirmed plans'; "
             "run with --keep-nets all to keep every one, or let the confirmation finish)"
         )
+    check_out(out, "--out")
     target = Path(out)
-    if target.is_dir():
-        raise FusionSearchError(f"--out {out!r} is a directory: give a file name such as best.pt")
     if target.exists() and not target.stat().st_mode & 0o222:  # the mode, not os.access: root may write anyway
         raise FusionSearchError(f"--out {out!r} is write-protected: it is left as it is; choose another file")
     target.parent.mkdir(parents=True, exist_ok=True)

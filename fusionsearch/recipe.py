@@ -31,6 +31,8 @@ CONFIRM_DEFAULTS: dict[str, Any] = {"top": 2, "seeds": 3, "per": None}
 # the largest image side a recipe may ask for: one 4096 x 4096 batch of 8 with a ResNet's first
 # activations already takes about 8 GiB; a typo such as 99999 must stop here, not in the allocator
 MAX_IMAGE_SIDE = 4096
+# the samplers' seed is the study seed x 1000 + the worker's number, below numpy's 2^32
+MAX_SEED = (2**32 - 1) // 1000 - 1000
 
 
 class RecipeError(FusionSearchError, ValueError):
@@ -120,6 +122,9 @@ class Recipe:
             value = self.data.get(key)
             if value is not None and min(value if isinstance(value, (list, tuple)) else [value]) < 1:
                 raise RecipeError(f"{where} data.{key} must be >= 1, got {value!r}")
+        seed = self.study.get("seed", 0)
+        if not 0 <= seed <= MAX_SEED:
+            raise RecipeError(f"{where} study.seed must be in 0..{MAX_SEED:,}, got {seed}")
         side = max(self.image_size)
         if side > MAX_IMAGE_SIDE:
             raise RecipeError(
@@ -199,6 +204,15 @@ class Recipe:
                 except (TypeError, ValueError) as e:
                     raise RecipeError(f"task_args.{t}: {e}") from None
             SearchSpace.from_dict(self.search)
+            for t, metrics in dict(self.compare.get("columns") or {}).items():
+                known = list(TASKS.get(t).metrics) if t in self.tasks else None
+                if known is None:
+                    raise RecipeError(
+                        f"compare.columns names {t!r}, not a task of this recipe ({', '.join(self.tasks)})"
+                    )
+                bad = [m for m in metrics if m not in known]
+                if bad:
+                    raise RecipeError(f"compare.columns.{t} names {bad[0]!r}; {t} has {', '.join(known)}")
         except FusionSearchError as e:
             raise RecipeError(f"{where} {e}") from None
 
@@ -331,16 +345,34 @@ class _BoundedLoader(yaml.SafeLoader):
         finally:
             self._depth -= 1
 
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        """A key written twice is an error: YAML would keep the last one silently, so a setting
+        added at the end of a file would quietly override the one the reader sees first."""
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                line = key_node.start_mark.line + 1
+                raise RecipeError(f"line {line}: the key {key!r} is written twice in one mapping")
+            seen.add(key) if isinstance(key, (str, int, float, bool)) else None
+        return super().construct_mapping(node, deep=deep)
+
 
 def _expanded(node: yaml.Node, memo: dict[int, int]) -> int:
-    """How many nodes ``node`` stands for with every alias written out (shared nodes count each time)."""
+    """How many nodes ``node`` stands for with every alias written out (shared nodes count each
+    time). A node that contains itself (``&a [*a]``) has no written-out form: no setting needs
+    one, and the study's stored copy (JSON) cannot hold it."""
     key = id(node)
+    if memo.get(key) == -1:
+        raise RecipeError("holds a recursive alias (a value that contains itself)")
     if key not in memo:
-        memo[key] = 1  # a recursive alias (&a [*a]) counts once instead of looping
+        memo[key] = -1  # on the current path
         if isinstance(node, yaml.SequenceNode):
             memo[key] = 1 + sum(_expanded(v, memo) for v in node.value)
         elif isinstance(node, yaml.MappingNode):
             memo[key] = 1 + sum(_expanded(k, memo) + _expanded(v, memo) for k, v in node.value)
+        else:
+            memo[key] = 1
     return memo[key]
 
 
@@ -355,13 +387,16 @@ def load_yaml(text: str, source: str = "recipe") -> Any:
             raise RecipeError(f"{source}: {e}") from None
         if node is None:
             return None
-        size = _expanded(node, {})
-        if size > MAX_NODES:
-            raise RecipeError(
-                f"{source} expands to {size:,} values with its aliases written out, over the limit of {MAX_NODES:,}"
-                " (a YAML alias bomb?)"
-            )
-        return loader.construct_document(node)
+        try:
+            size = _expanded(node, {})
+            if size <= MAX_NODES:
+                return loader.construct_document(node)
+        except RecipeError as e:
+            raise RecipeError(f"{source}: {e}") from None
+        raise RecipeError(
+            f"{source} expands to {size:,} values with its aliases written out, over the limit of {MAX_NODES:,}"
+            " (a YAML alias bomb?)"
+        )
     finally:
         loader.dispose()
 

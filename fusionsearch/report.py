@@ -327,7 +327,7 @@ def write_report(
             path = Path(d) / "w.json"
             try:
                 download_artifact(
-                    artifact_store=artifact_store(storage_url, artifacts),
+                    artifact_store=artifact_store(storage_url, artifacts, create=False),
                     file_path=str(path),
                     artifact_id=fused.user_attrs["fusion_artifact"],
                 )

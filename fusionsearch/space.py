@@ -23,7 +23,7 @@ import optuna
 from .conventions import fusion_lr_mult
 from .errors import PlanError
 from .fusion import FUSION_UNITS, get_fusion
-from .schema import did_you_mean
+from .schema import check_call, did_you_mean, finite
 from .stitch import StitchPlan
 from .weighting import get_weighting
 
@@ -119,9 +119,7 @@ class SearchSpace:
             hint = did_you_mean(sorted(unknown)[0], list(cls.__dataclass_fields__))
             raise PlanError(f"unknown search field(s) {sorted(unknown)}{hint}; known: {known}")
         space = cls(**dict(d))
-        for u in space.units:
-            if u != NONE and u not in FUSION_UNITS:
-                raise PlanError(f"search units name {u!r}; registered units: {', '.join(sorted(FUSION_UNITS))}, none")
+        space._check_choices()
         for name in ("init_alpha", "lr_mult", "lr_scale", "fusion_weight_decay", "base_lr"):
             r = getattr(space, name)
             ok = isinstance(r, (list, tuple)) and len(r) == 2 and 0 <= r[0] <= r[1] and (r[0] > 0 or r[0] == r[1])
@@ -148,6 +146,47 @@ class SearchSpace:
         if isinstance(m, bool) or not isinstance(m, (int, float)) or not m > 0:
             raise PlanError(f"search finetune_lr_mult must be a number > 0, got {m!r}")
         return space
+
+    def _check_choices(self) -> None:
+        """Every choice list, each unit's arguments and each loss-weight range, checked before any
+        study exists (a bad one used to fail every sampled trial, leaving a study of failures)."""
+        for name in ("units", "shortcut"):
+            if not getattr(self, name):
+                raise PlanError(f"search.{name} is empty: give at least one choice")
+        for u in self.units:
+            if u != NONE and u not in FUSION_UNITS:
+                raise PlanError(f"search units name {u!r}; registered units: {', '.join(sorted(FUSION_UNITS))}, none")
+        for u, args in self.unit_args.items():
+            check_call(get_fusion(u), args, f"search.unit_args.{u}", PlanError, given=("channels", "layout"))
+        for v in self.init or []:
+            if v != "xavier" and not (isinstance(v, (list, tuple)) and len(v) == 2 and all(finite(x) for x in v)):
+                raise PlanError(f"search.init choices must be [alpha, beta] pairs of numbers or xavier, got {v!r}")
+        for v in self.lr_mult_choices or []:
+            if not (finite(v) and v > 0):
+                raise PlanError(f"search.lr_mult_choices must be numbers > 0, got {v!r}")
+        if not 0 <= self.init_alpha[0] <= self.init_alpha[1] <= 1:
+            raise PlanError(f"search.init_alpha must be a [low, high] range within [0, 1], got {self.init_alpha!r}")
+        for t, r in self.loss_weights.items():
+            if not (isinstance(r, (list, tuple)) and len(r) == 2 and all(finite(x) for x in r) and 0 < r[0] <= r[1]):
+                raise PlanError(f"search.loss_weights.{t} must be a [low, high] range with 0 < low <= high, got {r!r}")
+        if self.weighting is not None and len(set(self.weighting)) < len(self.weighting):
+            raise PlanError(f"search.weighting names a method twice: {self.weighting}")
+
+    def check_fixed(self, points: Sequence[str]) -> None:
+        """``fixed`` pins parameters this space draws, to values it could draw (a typo in a name
+        would pin nothing; a unit that does not exist would fail every trial)."""
+        names = self.parameter_names(points)
+        for key, value in self.fixed.items():
+            if key not in names:
+                raise PlanError(f"search.fixed.{key} is not a parameter of this search space{did_you_mean(key, names)}")
+            if key.startswith("unit@") and value != NONE and value not in FUSION_UNITS:
+                raise PlanError(
+                    f"search.fixed.{key} names {value!r}; registered units: {', '.join(sorted(FUSION_UNITS))}, none"
+                )
+            if key == "shared_prefix" and value != NONE and value not in points[:-1]:
+                raise PlanError(
+                    f"search.fixed.shared_prefix must be none or one of {', '.join(points[:-1])}, got {value!r}"
+                )
 
     def effective(self, params: Mapping[str, Any], points: Sequence[str]) -> dict[str, Any]:
         """``params`` without the choices ``sample`` would not read: units at or before the shared

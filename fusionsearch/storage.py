@@ -94,6 +94,11 @@ def _sqlite_path(url: str) -> Path | None:
     if not url.startswith("sqlite:///"):
         return None
     rest = url[len("sqlite:///") :]
+    if "?" in rest:
+        raise StorageError(
+            f"storage {url}: an SQLite URL takes no query (?...): fusionsearch sets what it needs itself"
+            " (write-ahead log, timeouts); give sqlite:///FILE.db"
+        )
     return None if rest in ("", ":memory:") else Path(rest)
 
 
@@ -187,8 +192,8 @@ def open_storage(
             "grace_period": grace,
             "heartbeat_stale_trial_callback": retry,  # a dead worker's trial: a copy, same plan
         }
-    try:
-        with study_lock(url), warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.8
+    try:  # creating the schema is serialised; a reader creates nothing, so it takes no lock (and writes no file)
+        with study_lock(url) if create else contextlib.nullcontext(), warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
     except ImportError as e:

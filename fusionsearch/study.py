@@ -20,10 +20,11 @@ from .confirm import confirm_seeds, queue_confirmation
 from .errors import FusionSearchError
 from .experiment import BASELINES, WARMSTART, Experiment
 from .queueing import _queue_lock
-from .recipe import Recipe
+from .recipe import MAX_SEED, Recipe
 from .recovery import requeue_failed
 from .space import SearchSpace
-from .storage import DEFAULT_STORAGE, check_url, heartbeat_settings, open_storage, redact, study_lock
+from .stitch import StitchPlan
+from .storage import DEFAULT_STORAGE, artifact_dir, check_url, heartbeat_settings, open_storage, redact, study_lock
 
 __all__ = [
     "StudySettings",
@@ -56,6 +57,7 @@ PRUNERS = ("successive_halving", "hyperband", "median", "none")
 
 
 KEEP_NETS = ("confirmed", "all")
+MAX_TRIALS = 100_000  # queued slots: each is a row in the storage before anything runs
 
 
 @dataclass
@@ -87,8 +89,14 @@ class StudySettings:
             raise FusionSearchError(f"unknown sampler {self.sampler!r}: tpe, nsga2, random or grid")
         if self.pruner not in PRUNERS:
             raise FusionSearchError(f"unknown pruner {self.pruner!r}: {', '.join(PRUNERS)}")
-        if self.trials < 0:
-            raise FusionSearchError(f"trials must be >= 0, got {self.trials}")
+        if not self.objectives or len(set(self.objectives)) < len(self.objectives):
+            raise FusionSearchError(f"objectives must name each objective once, got {self.objectives}")
+        if not 0 <= self.trials <= MAX_TRIALS:
+            raise FusionSearchError(f"trials must be in 0..{MAX_TRIALS:,}, got {self.trials}")
+        if not 0 <= self.seed <= MAX_SEED:  # the samplers' seed is seed x 1000 + worker, below 2^32
+            raise FusionSearchError(f"the study seed must be in 0..{MAX_SEED:,}, got {self.seed}")
+        if self.timeout is not None and not 0 <= self.timeout < float("inf"):
+            raise FusionSearchError(f"timeout must be a number of seconds >= 0, got {self.timeout}")
         if self.confirm_top < 0 or self.confirm_seeds < 0:
             raise FusionSearchError("confirm top and seeds must be >= 0")
         if self.keep_nets not in KEEP_NETS:
@@ -176,7 +184,20 @@ def check_study(recipe: Recipe, settings: StudySettings) -> None:
     the whole search had trained)."""
     heartbeat_settings()  # FUSIONSEARCH_HEARTBEAT=abc stops here, before the lock file exists
     space = SearchSpace.from_dict(recipe.search)
-    points = Experiment(recipe).points(space.points)
+    exp = Experiment(recipe)
+    points = exp.points(space.points)
+    space.check_fixed(points)
+    for t in space.loss_weights:
+        if t not in recipe.tasks:
+            raise FusionSearchError(
+                f"search.loss_weights names {t!r}, not a task of this study ({', '.join(recipe.tasks)})"
+            )
+    check_plan(exp.plan_from(recipe.plan), "plan")
+    if settings.sampler == "grid":
+        grid_points(recipe)  # a range where the grid needs choices is named now, not after the database exists
+    artefacts = artifact_dir(settings.storage, settings.artifacts)
+    if artefacts.exists() and not artefacts.is_dir():
+        raise FusionSearchError(f"the artefact folder {str(artefacts)!r} is a file: give --artifacts a folder")
     per = settings.confirm_per
     if per is not None:
         names = space.parameter_names(points)
@@ -257,6 +278,17 @@ def prepare_confirmation(study: optuna.Study, settings: StudySettings) -> tuple[
     with _queue_lock(study._storage):  # two commands finishing together queue it once
         added = queue_confirmation(study, settings.baselines, settings.confirm_top, seeds, settings.confirm_per)
         return added, None
+
+
+def check_plan(plan: StitchPlan, where: str) -> None:
+    """Each point's unit is registered and takes the plan's arguments (``schema.check_call``)."""
+    from .fusion import get_fusion
+    from .schema import check_call
+
+    # the main unit even without points: the papers' baseline (UNIT_default) puts it at every boundary
+    units = [(plan.unit, dict(plan.unit_args))] + [plan.unit_for(str(p)) for p in plan.per_point]
+    for name, args in units:
+        check_call(get_fusion(name), args, f"{where}.unit_args", FusionSearchError, given=("channels", "layout"))
 
 
 def grid_points(recipe: Recipe) -> list[dict[str, Any]]:

@@ -227,6 +227,8 @@ class Segmentation(Task):
         ignore_index: int = 255,
         rates: Sequence[int] = (1, 6, 12, 18),
     ) -> None:
+        if not rates or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in rates):
+            raise PlanError(f"task 'seg': rates must be a non-empty list of dilation rates >= 1, got {list(rates)!r}")
         self.ignore_index = ignore_index
         self.rates = tuple(rates)
         super().__init__(out_channels, loss_weight)

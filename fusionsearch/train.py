@@ -38,6 +38,7 @@ __all__ = [
 
 
 BN_INITS = ("auto", "paper", "calibrated")
+MAX_LOADER_WORKERS = 64  # data-loader processes per trial: more only multiplies memory
 
 
 class NonFiniteLossError(FusionSearchError, FloatingPointError):
@@ -90,10 +91,20 @@ class TrainConfig:
                 raise FusionSearchError(f"train {name} must be a whole number >= {low}, got {value!r}")
         for name in ("base_lr", "momentum", "weight_decay", "head_lr_mult", "poly_power"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or value != value:
-                raise FusionSearchError(f"train {name} must be a number >= 0, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+                raise FusionSearchError(f"train {name} must be a finite number >= 0, got {value!r}")
         if not self.base_lr > 0:
             raise FusionSearchError(f"train base_lr must be > 0, got {self.base_lr!r}")
+        if self.momentum >= 1:
+            raise FusionSearchError(f"train momentum must be < 1 (0.9 in the papers), got {self.momentum!r}")
+        if self.num_workers > MAX_LOADER_WORKERS:
+            raise FusionSearchError(f"train num_workers must be <= {MAX_LOADER_WORKERS}, got {self.num_workers}")
+        clip = self.grad_clip
+        if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or not 0 < clip < 1e30):
+            raise FusionSearchError(f"train grad_clip must be a number > 0 (or null: no clipping), got {clip!r}")
+        bad = [s for s in self.eval_steps or [] if isinstance(s, bool) or not isinstance(s, int) or s < 1]
+        if bad:
+            raise FusionSearchError(f"train eval_steps must be whole numbers >= 1, got {bad}")
         if self.optimizer not in ("sgd", "adamw"):
             raise FusionSearchError(f"train optimizer must be sgd or adamw, got {self.optimizer!r}")
         if self.bn_init not in BN_INITS:

@@ -78,7 +78,7 @@ def make_weighting(
     if unknown:
         raise PlanError(f"weighting takes name and args, not {sorted(unknown)}")
     cls = get_weighting(str(spec.get("name", "fixed")))
-    args = spec.get("args") or {}
+    args = {} if spec.get("args") is None else spec["args"]
     if not isinstance(args, Mapping):
         raise PlanError(f"weighting {cls.weighting_name!r}: args must be a mapping, got {args!r}")
     # the signature is the schema: a typo or a string where a number goes names itself here,
@@ -87,6 +87,8 @@ def make_weighting(
     check_call(cls, args, where, PlanError, given=("tasks", "seed"))
     if issubclass(cls, GradientWeighting):
         check_call(cls.aggregator_from, args, where, PlanError)
+        if cls.torchjd:  # what aggregator_from passes on goes to TorchJD's class: its signature too
+            check_call(_torchjd(cls.torchjd), args, where, PlanError, given=("n_tasks",))
     try:
         return cls(list(tasks), seed=seed, **dict(args))
     except PlanError:
@@ -357,9 +359,12 @@ class GradientWeighting(Weighting):
 
     level = GRADIENT_LEVEL
     extra_requirement = ""  # the torchjd extra the aggregator needs, if any
+    torchjd = ""  # the TorchJD aggregator class ``aggregator_from`` builds, if one (checks its arguments)
 
     def __init__(self, tasks: Sequence[str], *, seed: int = 0, **args: Any) -> None:
         super().__init__(tasks, seed=seed)
+        # YAML has lists, TorchJD wants tensors (``pref_vector: [1, 2]``)
+        args = {k: torch.tensor(v, dtype=torch.float32) if isinstance(v, list) else v for k, v in args.items()}
         try:
             self.aggregator = self.aggregator_from(**args)
         except ImportError as e:
@@ -434,6 +439,8 @@ class UPGradMethod(GradientWeighting):
     """UPGrad (Quinton and Rey, 2024): each task gradient projected onto the dual cone of all of
     them, then averaged; never conflicts with any task."""
 
+    torchjd = "UPGrad"
+
     def aggregator_from(self, **args: Any) -> Any:
         return _torchjd("UPGrad")(**args)
 
@@ -441,6 +448,8 @@ class UPGradMethod(GradientWeighting):
 @register_weighting("mgda")
 class MGDAMethod(GradientWeighting):
     """MGDA (Sener and Koltun, NeurIPS 2018): the min-norm point of the task gradients' convex hull."""
+
+    torchjd = "MGDA"
 
     def aggregator_from(self, **args: Any) -> Any:
         return _torchjd("MGDA")(**args)
@@ -451,6 +460,8 @@ class PCGradMethod(GradientWeighting):
     """PCGrad (Yu et al., NeurIPS 2020): a gradient that conflicts with another (negative inner
     product) loses its component along it; the projected gradients are summed."""
 
+    torchjd = "PCGrad"
+
     def aggregator_from(self, **args: Any) -> Any:
         return _torchjd("PCGrad")(**args)
 
@@ -459,6 +470,8 @@ class PCGradMethod(GradientWeighting):
 class CAGradMethod(GradientWeighting):
     """CAGrad (Liu et al., NeurIPS 2021), ``c`` = 0.5 as its paper's default; needs cvxpy
     (``torchjd[cagrad]``)."""
+
+    torchjd = "CAGrad"
 
     extra_requirement = "torchjd[cagrad] (cvxpy)"
     search_args = {"c": (0.1, 0.9)}
@@ -472,6 +485,8 @@ class CAGradMethod(GradientWeighting):
 class AlignedMTLMethod(GradientWeighting):
     """Aligned-MTL (Senushkin et al., CVPR 2023): the task gradients' system made well conditioned."""
 
+    torchjd = "AlignedMTL"
+
     def aggregator_from(self, **args: Any) -> Any:
         return _torchjd("AlignedMTL")(**args)
 
@@ -481,6 +496,8 @@ class IMTLGMethod(GradientWeighting):
     """IMTL-G (Liu et al., ICLR 2021): weights that give the update equal projections on every task
     gradient's direction."""
 
+    torchjd = "IMTLG"
+
     def aggregator_from(self, **args: Any) -> Any:
         return _torchjd("IMTLG")(**args)
 
@@ -489,6 +506,8 @@ class IMTLGMethod(GradientWeighting):
 class NashMTLMethod(GradientWeighting):
     """Nash-MTL (Navon et al., ICML 2022): the Nash bargaining solution; needs cvxpy and ecos
     (``torchjd[nash-mtl]``)."""
+
+    torchjd = "NashMTL"
 
     extra_requirement = "torchjd[nash-mtl] (cvxpy, ecos)"
 

@@ -350,6 +350,39 @@ BAD_RECIPES = {
     # item 5: before the search, naming the field, no empty database left
     "confirm_per.yaml": (f"{TINY}confirm: {{per: nonsense}}\n", "confirm per 'nonsense' is not a parameter"),
     "search_weighting.yaml": ("search: {weighting: [fixed, nosuch]}\n", "search.weighting: unknown weighting method"),
+    # a hostile review of the above: more nested fields and ranges, each checked before any study
+    "seed_negative.yaml": ("study: {seed: -1}\n", "study.seed must be in 0.."),
+    "no_objectives.yaml": ("study: {objectives: []}\n", "objectives must name each objective once"),
+    "trials_huge.yaml": ("study: {trials: 1000000000}\n", "trials must be in 0..100,000"),
+    "recursive.yaml": ("search: {fixed: &a {foo: *a}}\n", "holds a recursive alias"),
+    "duplicate_key.yaml": ("about: x\nabout: y\n", "the key 'about' is written twice"),
+    "nyuv2_layout.yaml": ("data: {name: nyuv2, root: ., layout: bogus}\n", "layout must be one of"),
+    "units_empty.yaml": ("search: {units: []}\n", "search.units is empty"),
+    "unit_args_typo.yaml": (
+        "search: {unit_args: {nddr: {bogus: 1}}}\n",
+        "unknown argument search.unit_args.nddr.bogus",
+    ),
+    "init_pairs.yaml": ("search: {init: [[0.9], foo]}\n", "search.init choices must be"),
+    "loss_range.yaml": ("search: {loss_weights: {normal: [5, 2]}}\n", "search.loss_weights.normal must be"),
+    "loss_task.yaml": (f"{TINY}search: {{loss_weights: {{nosuch: [1, 2]}}}}\n", "names 'nosuch', not a task"),
+    "fixed_typo.yaml": (f"{TINY}search: {{fixed: {{bogus: 3}}}}\n", "search.fixed.bogus is not a parameter"),
+    "fixed_unit.yaml": (f"{TINY}search: {{fixed: {{unit@layer1: nope}}}}\n", "search.fixed.unit@layer1 names 'nope'"),
+    "plan_unit.yaml": (f"{TINY}plan: {{unit: bogus}}\n", "unknown fusion unit 'bogus'"),
+    "plan_arg.yaml": (f"{TINY}plan: {{unit_args: {{bogus: 1}}}}\n", "unknown argument plan.unit_args.bogus"),
+    "rates_zero.yaml": ("task_args: {seg: {rates: [0]}}\n", "rates must be a non-empty list of dilation rates"),
+    "data_seed.yaml": (
+        "backbone: test_resnet\ndata: {name: synthetic, size: 32, seed: -1}\n",
+        "data.seed must be >= 0",
+    ),
+    "compare_metric.yaml": ("compare: {columns: {seg: [nosuch]}}\n", "compare.columns.seg names 'nosuch'"),
+    "momentum.yaml": ("train: {momentum: 50}\n", "momentum must be < 1"),
+    "grad_clip.yaml": ("train: {grad_clip: -1}\n", "grad_clip must be a number > 0"),
+    "eval_steps.yaml": ("train: {eval_steps: [0, -3]}\n", "eval_steps must be whole numbers >= 1"),
+    "weighting_twice.yaml": ("search: {weighting: [dwa, dwa]}\n", "names a method twice"),
+    "torchjd_arg.yaml": (
+        "train: {weighting: {name: aligned_mtl, args: {scale_mode: bogus}}}\n",
+        "train.weighting.args.scale_mode must be",
+    ),
     # item 6: a billion laughs under paper: refused by its expanded size, never expanded
     "alias_bomb.yaml": (
         "paper:\n  rows:\n    r:\n      seg:\n        a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n"
@@ -387,6 +420,19 @@ def _bad_cases(tmp_path: Path) -> list[tuple[list[str], str]]:
             ["run", "--recipe", str(tmp_path / "confirm_per.yaml"), "--confirm-per", "weighting"],
             "confirm per 'weighting'",
         ),
+        (["run", "--seed", "-1"], "--seed must be in 0.."),
+        (["run", "--objectives", "delta_m,delta_m"], "objectives must name each objective once"),
+        (["run", "--timeout", "nan"], "timeout must be a number of seconds >= 0"),
+        (["run", "--workers", "100000"], "--workers must be <= 256"),
+        (["run", "--sampler", "grid"], "a grid search needs fixed values"),
+        (["run", "--artifacts", str(tmp_path / "words.json")], "is a file: give --artifacts a folder"),
+        (["run", "--storage", f"sqlite:///{tmp_path}/x.db?mode=ro"], "an SQLite URL takes no query"),
+        (["run", "--report", str(tmp_path / "folder")], "--report"),
+        (["run", "--study", "x" * 300], "a file name must be 1 to 255 bytes long"),
+        ([*build, "--tasks", "seg:4,normal:3", "--out", str(tmp_path / "folder")], "is a folder"),
+        (["train", *tiny, "--out", str(tmp_path / "folder")], "--out"),
+        (["train", *tiny, "--checkpoint", str(tmp_path / "words.json" / "c.pt")], "is not a folder this user can"),
+        (["train", *tiny, "--lr", "inf"], "base_lr must be a finite number"),
     ]
     cases += [
         (["run", "--size", "-3"], "--size must be >= 1"),
@@ -581,6 +627,10 @@ def test_best_never_writes_over_a_write_protected_file(finished_study, saved_net
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.exit_code == 2 and len(lines) == 1 and "is write-protected" in lines[0], result.output
     assert out.read_bytes() == b"the user's own file" and out.stat().st_mode & 0o777 == 0o444
+    if Path("/dev/null").exists():  # os.replace would have put a regular file in place of the device
+        result = runner.invoke(app, ["best", "--study", "b", "--storage", url, "--out", "/dev/null"])
+        assert result.exit_code == 2 and "not a regular file" in result.stderr, result.output
+        assert Path("/dev/null").is_char_device()
     out.chmod(0o640)  # a writable file is replaced, and keeps its permissions
     result = runner.invoke(app, ["best", "--study", "b", "--storage", url, "--out", str(out)])
     assert result.exit_code == 0, result.output
@@ -623,3 +673,16 @@ def test_best_exports_the_best_run_of_a_study_without_confirmation(tmp_path):
     assert f"trial {winner.number}, one run" in result.stdout
     plain = lambda d: json.loads(json.dumps(d))  # tuples and lists alike
     assert plain(fs.load(out).plan.to_dict()) == plain(winner.user_attrs["plan"])
+
+
+def test_commands_that_only_read_create_no_file(tmp_path, monkeypatch):
+    """``trials``, ``report`` and ``best`` took the storage's lock (creating FILE.fusionsearch-lock)
+    and ``report`` made an empty artefact folder."""
+    monkeypatch.chdir(tmp_path)
+    url = f"sqlite:///{tmp_path}/r.db"
+    prepare_study(tiny_recipe(), _settings(url, trials=0))
+    (tmp_path / "r.db.fusionsearch-lock").unlink()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for args in (["trials"], ["report", "--out", str(tmp_path / "r.html")], ["best", "--out", str(tmp_path / "b.pt")]):
+        runner.invoke(app, [*args, "--study", "r", "--storage", url])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, "r.html"])

@@ -196,6 +196,8 @@ class NYUv2(MultiTaskDataset):
             raise ArgumentError(
                 "the NYUv2 layout is found from the files: give layout: mtan or nyud to skip reading them"
             )
+        if layout not in LAYOUTS:
+            raise ArgumentError(f"layout must be one of {', '.join(LAYOUTS)} or None, got {layout!r}")
         return {"seg": len(LAYOUTS[layout]), "normal": 3, "depth": 1}
 
     def __init__(

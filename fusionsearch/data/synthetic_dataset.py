@@ -37,6 +37,8 @@ class SyntheticScenes(MultiTaskDataset):
             raise ArgumentError(f"split must be one of {', '.join(_SPLITS)}, got {split!r}")
         if length < 1:
             raise ArgumentError(f"length must be positive, got {length}")
+        if seed < 0:
+            raise ArgumentError(f"data.seed must be >= 0, got {seed}")
         self.split = split
         self.length = int(length)
         self.size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
