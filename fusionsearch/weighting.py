@@ -88,7 +88,11 @@ def make_weighting(
     if issubclass(cls, GradientWeighting):
         check_call(cls.aggregator_from, args, where, PlanError)
         if cls.torchjd:  # what aggregator_from passes on goes to TorchJD's class: its signature too
-            check_call(_torchjd(cls.torchjd), args, where, PlanError, given=("n_tasks",))
+            import inspect
+
+            ours = inspect.signature(cls.aggregator_from).parameters.values()
+            defaults = {p.name: p.default for p in ours if p.default is not p.empty}  # CAGrad's c = 0.5
+            check_call(_torchjd(cls.torchjd), {**defaults, **args}, where, PlanError, given=("n_tasks",))
     try:
         return cls(list(tasks), seed=seed, **dict(args))
     except PlanError:
