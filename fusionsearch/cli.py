@@ -662,7 +662,7 @@ def run(
     st = dict(r.study)
     settings = StudySettings(
         study=study or f"{r.name}-{r.backbone}-{'-'.join(r.tasks)}{labelled_suffix(labelled)}",
-        storage=storage or DEFAULT_STORAGE,
+        storage=DEFAULT_STORAGE if storage is None else storage,
         trials=trials if trials is not None else _study_trials(r, st.get("trials", 8)),
         timeout=timeout if timeout is not None else st.get("timeout"),
         sampler=sampler or st.get("sampler", "tpe"),
@@ -759,7 +759,7 @@ def compare(
     grid = is_grid(r)
     settings = StudySettings(
         study=study or f"{r.name}-compare{labelled_suffix(labelled)}",
-        storage=storage or DEFAULT_STORAGE,
+        storage=DEFAULT_STORAGE if storage is None else storage,
         trials=len(grid_points(r))
         if grid
         else trials
@@ -831,7 +831,7 @@ def worker(
         torch.set_num_threads(threads)
     n = run_worker(
         study,
-        storage or DEFAULT_STORAGE,
+        DEFAULT_STORAGE if storage is None else storage,
         device=device,
         timeout=timeout,
         artifacts=artifacts,
@@ -857,7 +857,7 @@ def trials(
     from .search import load_study
     from .storage import DEFAULT_STORAGE
 
-    st, _, _ = load_study(study, storage or DEFAULT_STORAGE)
+    st, _, _ = load_study(study, DEFAULT_STORAGE if storage is None else storage)
     if as_json:
         console.print_json(json.dumps(trial_rows(st), default=str))
         return
@@ -892,7 +892,7 @@ def best(
     from .stitch import load
     from .storage import DEFAULT_STORAGE, artifact_store
 
-    url = storage or DEFAULT_STORAGE
+    url = DEFAULT_STORAGE if storage is None else storage
     st, _, _ = load_study(study, url)
     conf = summarize(st)
     top = conf.best
@@ -963,7 +963,7 @@ def report(
     from .search import load_study
     from .storage import DEFAULT_STORAGE
 
-    url = storage or DEFAULT_STORAGE
+    url = DEFAULT_STORAGE if storage is None else storage
     st, _, _ = load_study(study, url)
     console.print(f"report: {write_report(st, out, url, artifacts, to_dashboard=to_dashboard)}", highlight=False)
 
@@ -980,7 +980,7 @@ def dashboard(
 
     from .storage import DEFAULT_STORAGE, artifact_store, open_storage, redact
 
-    url = storage or DEFAULT_STORAGE
+    url = DEFAULT_STORAGE if storage is None else storage
     st = open_storage(url, heartbeat=False, create=False)
     check_port(host, port)
     console.print(f"optuna-dashboard for {redact(url)} on http://{host}:{port}/ (Ctrl-C stops)", highlight=False)

@@ -130,6 +130,10 @@ def check_url(url: str, create: bool = True) -> None:
     would leave a ``.lock`` file beside a mistyped path): a file storage's path is not a folder,
     an existing SQLite path is a database, and a reader's file exists."""
     shown = redact(url)
+    if not url.strip():
+        raise StorageError(
+            f"--storage is empty: give a URL such as {DEFAULT_STORAGE}, or leave it out for that default"
+        )
     if url.startswith("journal:"):
         journal = Path(url[len("journal:") :])
         if journal.is_dir():

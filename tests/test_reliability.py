@@ -421,6 +421,7 @@ def _bad_cases(tmp_path: Path) -> list[tuple[list[str], str]]:
             "confirm per 'weighting'",
         ),
         (["run", "--seed", "-1"], "--seed must be in 0.."),
+        (["run", "--storage", ""], "--storage is empty"),
         (["run", "--objectives", "delta_m,delta_m"], "objectives must name each objective once"),
         (["run", "--timeout", "nan"], "timeout must be a number of seconds >= 0"),
         (["run", "--workers", "100000"], "--workers must be <= 256"),
