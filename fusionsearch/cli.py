@@ -316,6 +316,13 @@ ArtifactsOpt = Annotated[str | None, typer.Option(help="artifact folder (default
 StorageOpt = Annotated[str | None, typer.Option(envvar="FUSIONSEARCH_STORAGE", help=STORAGE_HELP)]
 WorkersOpt = Annotated[int, typer.Option(help="worker processes, each on one device")]
 DevicesOpt = Annotated[str, typer.Option(help="auto (every visible GPU, else CPU), cpu, or cuda:0,cuda:1")]
+DeterministicOpt = Annotated[
+    bool,
+    typer.Option(
+        "--deterministic",
+        help="torch's deterministic algorithms (on a GPU: the same numbers on every rerun, slower; see README On GPUs)",
+    ),
+]
 LabelledOpt = Annotated[
     list[str] | None,
     typer.Option(
@@ -447,6 +454,7 @@ def train(
         help="task weighting: fixed, uncertainty, dwa, rlw, gls, famo, upgrad, ... (fusionsearch list weightings)",
     ),
     device: str = typer.Option("auto", help="auto, cpu or cuda[:N]"),
+    deterministic: DeterministicOpt = False,
     checkpoint: str | None = typer.Option(None, help="save here and resume from here"),
     seed: int = typer.Option(0, help="random seed"),
     save_metrics: str | None = typer.Option(None, help="write the final metrics as JSON here"),
@@ -490,6 +498,7 @@ def train(
         eval_every=eval_every,
         seed=seed,
         weighting=weighting,
+        deterministic=deterministic or None,
     )
     result = exp.train(
         stitch, cfg=cfg, loss_weights=parse_weights(loss_weight) or None, device=device, checkpoint=checkpoint
@@ -637,6 +646,7 @@ def run(
     keep_nets: str = typer.Option(
         "confirmed", help="trained nets kept as artefacts: confirmed (baselines and confirmed plans) or all"
     ),
+    deterministic: DeterministicOpt = False,
     quiet: bool = typer.Option(False, "--quiet", help="plain log lines instead of the live view"),
 ) -> None:
     """Run an architecture search: warm start and baselines first, then sampled plans with pruning,
@@ -659,6 +669,8 @@ def run(
     _devices(devices, workers)  # a missing GPU is an error now, not a failure of every trial
     if steps is not None:
         r.train = {**r.train, "steps": steps}
+    if deterministic:  # part of the recipe: workers on other machines train the same way
+        r.train = {**r.train, "deterministic": True}
     st = dict(r.study)
     settings = StudySettings(
         study=study or f"{r.name}-{r.backbone}-{'-'.join(r.tasks)}{labelled_suffix(labelled)}",

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from .errors import PlanError
 from .layouts import FUSABLE, from_channels_first, is_map, to_channels_first
 from .registry import Registry
+from .resize import RESIZES, resize_bilinear
 
 __all__ = [
     "FUSION_UNITS",
@@ -478,38 +479,6 @@ class Sluice(FusionUnit):
     def head_input(cls, channels: Sequence[int], layout: str, lr_mult: float | None) -> nn.Module | None:
         """The sluice paper's learned beta mix of the task's layer outputs."""
         return SluiceHeadMix(channels, layout, lr_mult=lr_mult)
-
-
-RESIZES = ("tf_legacy", "align_corners", "half_pixel")
-
-
-def resize_bilinear(x: Tensor, size: tuple[int, ...], mode: str = "half_pixel") -> Tensor:
-    """Bilinear resize of an NCHW map under one of three sampling conventions, which differ:
-
-    - ``tf_legacy``: TF 1.x ``tf.image.resize_bilinear(align_corners=False)``, the official NDDR
-      code's: source = destination x in/out, no half-pixel offset, the last row repeated;
-    - ``align_corners``: corners on corners (the PyTorch port's ``align_corners=True``);
-    - ``half_pixel``: pixel centres (``F.interpolate(align_corners=False)``, torch's default).
-    """
-    if tuple(x.shape[2:]) == tuple(size):
-        return x
-    if mode == "half_pixel":
-        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-    if mode == "align_corners":
-        return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
-    if mode != "tf_legacy":
-        raise PlanError(f"unknown resize {mode!r}: use {', '.join(RESIZES)}")
-    for dim, out in ((2, size[0]), (3, size[1])):
-        n = x.shape[dim]
-        src = torch.arange(out, dtype=torch.float64, device=x.device) * (n / out)
-        lo = src.floor().long().clamp(max=n - 1)
-        hi = (lo + 1).clamp(max=n - 1)
-        frac = (src - lo).to(x.dtype)
-        shape = [1] * x.dim()
-        shape[dim] = out
-        a, b = x.index_select(dim, lo), x.index_select(dim, hi)
-        x = a + (b - a) * frac.view(shape)
-    return x
 
 
 def _resize_to(x: Tensor, layout: str, size: tuple[int, ...], mode: str = "half_pixel") -> Tensor:

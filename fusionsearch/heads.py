@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import math
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .layouts import Layout, to_channels_first
+from .resize import resize_bilinear
 
 __all__ = ["CLASSIFICATION_TASKS", "task_kind", "SimpleHead", "LayoutAdapter", "tokens_to_map"]
 
@@ -73,7 +73,7 @@ class _Proj(nn.Module):
     def forward(self, x: Tensor, size: tuple[int, int]) -> Tensor:
         if self.kind == "cls":
             return self.proj(x.flatten(2).mean(-1))
-        return F.interpolate(self.proj(x), size=size, mode="bilinear", align_corners=False)
+        return resize_bilinear(self.proj(x), size=size)
 
 
 class SimpleHead(LayoutAdapter):

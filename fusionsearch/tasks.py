@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from .errors import PlanError
 from .registry import Registry
+from .resize import resize_bilinear
 
 __all__ = [
     "TASKS",
@@ -200,7 +201,7 @@ class _DenseHead(nn.Module):
         self.body = body
 
     def forward(self, x: Tensor, size: tuple[int, int]) -> Tensor:
-        return F.interpolate(self.body(x), size=size, mode="bilinear", align_corners=False)
+        return resize_bilinear(self.body(x), size=size)
 
 
 class _ClsHead(nn.Module):

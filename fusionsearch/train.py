@@ -6,6 +6,7 @@ checkpoint continues exactly as the uninterrupted run would have.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -34,6 +35,7 @@ __all__ = [
     "calibrate",
     "BN_INITS",
     "amp_dtype",
+    "deterministic_mode",
 ]
 
 
@@ -73,6 +75,10 @@ class TrainConfig:
     # columns hold trained weights (warm start, column_weights), else the papers' start
     bn_init: str = "auto"
     bn_calibration_batches: int = 8
+    # torch's deterministic algorithms for this run (cuDNN without autotuning, a fixed cuBLAS
+    # workspace, bilinear resizing as matrix products): on a GPU, a plan trained twice on one seed
+    # gives the same numbers, as it does on the CPU anyway (``deterministic_mode``)
+    deterministic: bool = False
 
     def __post_init__(self) -> None:
         """Values no run can use stop here, before any study or net exists (a study of 0-step
@@ -117,6 +123,30 @@ class TrainConfig:
                 raise FusionSearchError(f"train weighting must be a name or {{name, args}}, got {self.weighting!r}")
             # built once, so that its arguments' types and ranges are checked with the recipe
             make_weighting(spec, ("task_a", "task_b"), where="train.weighting")
+
+
+@contextlib.contextmanager
+def deterministic_mode(on: bool) -> Iterator[None]:
+    """Within: ``torch.use_deterministic_algorithms(True)``, cuDNN deterministic and not
+    autotuned, and ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (cuBLAS's condition for repeatable
+    matrix products), when ``on``; the process's previous settings come back after."""
+    if not on:
+        yield
+        return
+    before = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    )
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[2], before[3]
 
 
 def calibrates(net: StitchedNet, cfg: TrainConfig) -> bool:
@@ -262,84 +292,85 @@ def fit(
     checkpoint there: an interrupted run. Returns ``{"step", "losses", "evals"}``.
     """
     cfg = cfg or TrainConfig()
-    missing = [t for t in net.tasks if t not in tasks]
-    if missing:
-        raise FusionSearchError(f"no Task given for {missing}; tasks has {sorted(tasks)}")
-    dev = _device(net, device)
-    use_amp = dev.type == "cuda" if cfg.amp is None else cfg.amp
-    net.to(dev)
-    if (dev.type == "cuda") if cfg.channels_last is None else cfg.channels_last:
-        net.to(memory_format=torch.channels_last)
-    weighting = make_weighting(cfg.weighting, list(net.tasks), cfg.seed).to(dev)
-    opt = _optimizer(net, cfg, weighting)
-    scaler = _scaler(dev, use_amp)
-    history: dict[str, Any] = {"losses": [], "evals": []}
-    start = 0
-    ckpt = Path(checkpoint) if checkpoint is not None else None
-    if ckpt is not None and resume and ckpt.is_file():
-        try:
-            state = torch.load(ckpt, map_location=dev, weights_only=True)
-            net.load_state_dict(state["net"])
-            if "weighting" in state:
-                weighting.load_state_dict(state["weighting"])
-            opt.load_state_dict(state["optimizer"])
-            scaler.load_state_dict(state["scaler"])
-            start, history = int(state["step"]), state["history"]
-        except Exception as e:  # truncated, refused by weights_only, another net's, or not ours at all
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise CheckpointError(
-                f"checkpoint {str(ckpt)!r} cannot be resumed ({type(e).__name__}: {first}):"
-                " move it away to start over, or give the --checkpoint of this run"
-            ) from None
-    every = checkpoint_every or cfg.eval_every
-    # the lr of step s is initial_lr x lr_factor(s, cfg): a pure function of the step, so a resumed
-    # run continues the schedule exactly (LambdaLR restarted at ``start``, no state of its own)
-    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg), last_epoch=start - 1)
+    with deterministic_mode(cfg.deterministic):
+        missing = [t for t in net.tasks if t not in tasks]
+        if missing:
+            raise FusionSearchError(f"no Task given for {missing}; tasks has {sorted(tasks)}")
+        dev = _device(net, device)
+        use_amp = dev.type == "cuda" if cfg.amp is None else cfg.amp
+        net.to(dev)
+        if (dev.type == "cuda") if cfg.channels_last is None else cfg.channels_last:
+            net.to(memory_format=torch.channels_last)
+        weighting = make_weighting(cfg.weighting, list(net.tasks), cfg.seed).to(dev)
+        opt = _optimizer(net, cfg, weighting)
+        scaler = _scaler(dev, use_amp)
+        history: dict[str, Any] = {"losses": [], "evals": []}
+        start = 0
+        ckpt = Path(checkpoint) if checkpoint is not None else None
+        if ckpt is not None and resume and ckpt.is_file():
+            try:
+                state = torch.load(ckpt, map_location=dev, weights_only=True)
+                net.load_state_dict(state["net"])
+                if "weighting" in state:
+                    weighting.load_state_dict(state["weighting"])
+                opt.load_state_dict(state["optimizer"])
+                scaler.load_state_dict(state["scaler"])
+                start, history = int(state["step"]), state["history"]
+            except Exception as e:  # truncated, refused by weights_only, another net's, or not ours at all
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise CheckpointError(
+                    f"checkpoint {str(ckpt)!r} cannot be resumed ({type(e).__name__}: {first}):"
+                    " move it away to start over, or give the --checkpoint of this run"
+                ) from None
+        every = checkpoint_every or cfg.eval_every
+        # the lr of step s is initial_lr x lr_factor(s, cfg): a pure function of the step, so a resumed
+        # run continues the schedule exactly (LambdaLR restarted at ``start``, no state of its own)
+        schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg), last_epoch=start - 1)
 
-    loader = DataLoader(
-        train_data,
-        batch_sampler=_StepSampler(len(train_data), cfg.batch_size, cfg.seed, start, cfg.steps),  # type: ignore[arg-type]
-        num_workers=cfg.num_workers,
-        pin_memory=dev.type == "cuda",
-    )
-    if start == 0 and calibrates(net, cfg):
-        # before the optimiser's first step, from the first training batches of this seed:
-        # deterministic, so paired plans and workers on other machines start identically
-        calibrate(net, train_data, cfg, dev)
-    progress = _progress(cfg.progress, cfg.steps, start)
-    net.train()
-    step = start
-    with progress:
-        bar = progress.add_task("training", total=cfg.steps, completed=start, loss=float("nan"))
-        for batch in loader:
-            torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout etc.: a function of the step
-            batch = _to(batch, dev)
-            image = batch["image"]
-            if (dev.type == "cuda") if cfg.channels_last is None else cfg.channels_last:
-                image = image.contiguous(memory_format=torch.channels_last)
-            logged = _step(net, tasks, batch, image, cfg, dev, use_amp, opt, scaler, weighting, step)
-            if logged == logged:
-                schedule.step()
-            else:  # a skipped step (no labels) is not the misuse that torch warns of
-                with warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", "Detected call of `lr_scheduler", UserWarning)
+        loader = DataLoader(
+            train_data,
+            batch_sampler=_StepSampler(len(train_data), cfg.batch_size, cfg.seed, start, cfg.steps),  # type: ignore[arg-type]
+            num_workers=cfg.num_workers,
+            pin_memory=dev.type == "cuda",
+        )
+        if start == 0 and calibrates(net, cfg):
+            # before the optimiser's first step, from the first training batches of this seed:
+            # deterministic, so paired plans and workers on other machines start identically
+            calibrate(net, train_data, cfg, dev)
+        progress = _progress(cfg.progress, cfg.steps, start)
+        net.train()
+        step = start
+        with progress:
+            bar = progress.add_task("training", total=cfg.steps, completed=start, loss=float("nan"))
+            for batch in loader:
+                torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout etc.: a function of the step
+                batch = _to(batch, dev)
+                image = batch["image"]
+                if (dev.type == "cuda") if cfg.channels_last is None else cfg.channels_last:
+                    image = image.contiguous(memory_format=torch.channels_last)
+                logged = _step(net, tasks, batch, image, cfg, dev, use_amp, opt, scaler, weighting, step)
+                if logged == logged:
                     schedule.step()
-            step += 1
-            history["losses"].append(logged)  # the present tasks' weighted sum (NaN: none labelled)
-            progress.update(bar, advance=1, loss=logged)
-            if val_data is not None and evaluates_at(step, cfg):
-                metrics = evaluate(net, tasks, val_data, cfg.batch_size, dev, num_workers=cfg.num_workers)
-                history["evals"].append({"step": step, "metrics": metrics, "weights": weighting.weights()})
-                if callback is not None:
-                    callback(step, metrics)
-            stop = until is not None and step >= until
-            if ckpt is not None and (step % every == 0 or step == cfg.steps or stop):
-                _save(ckpt, net, opt, scaler, step, history, cfg, weighting)
-            if stop:
-                break
-    history["step"] = step
-    history["weighting"] = {"name": weighting.weighting_name, "state_dict": weighting.state_dict()}
-    return history
+                else:  # a skipped step (no labels) is not the misuse that torch warns of
+                    with warnings.catch_warnings():
+                        warnings.filterwarnings("ignore", "Detected call of `lr_scheduler", UserWarning)
+                        schedule.step()
+                step += 1
+                history["losses"].append(logged)  # the present tasks' weighted sum (NaN: none labelled)
+                progress.update(bar, advance=1, loss=logged)
+                if val_data is not None and evaluates_at(step, cfg):
+                    metrics = evaluate(net, tasks, val_data, cfg.batch_size, dev, num_workers=cfg.num_workers)
+                    history["evals"].append({"step": step, "metrics": metrics, "weights": weighting.weights()})
+                    if callback is not None:
+                        callback(step, metrics)
+                stop = until is not None and step >= until
+                if ckpt is not None and (step % every == 0 or step == cfg.steps or stop):
+                    _save(ckpt, net, opt, scaler, step, history, cfg, weighting)
+                if stop:
+                    break
+        history["step"] = step
+        history["weighting"] = {"name": weighting.weighting_name, "state_dict": weighting.state_dict()}
+        return history
 
 
 def _step(

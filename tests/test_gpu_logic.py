@@ -276,3 +276,68 @@ def test_each_worker_makes_its_own_gpu_current(monkeypatch):
     assert current == [0, 1, 2, 3, 0, 1, 3]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert devices.use_device("auto", 5) == "cpu" and len(current) == 7
+
+
+# ---- determinism -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["half_pixel", "align_corners", "tf_legacy"])
+@pytest.mark.parametrize(
+    ("shape", "size"), [((2, 3, 5, 7), (11, 13)), ((2, 3, 16, 16), (4, 6)), ((1, 2, 8, 8), (1, 1))]
+)
+def test_the_deterministic_resize_is_the_same_function(mode, shape, size):
+    """Under deterministic algorithms, bilinear resizing runs as two matrix products (CUDA's
+    interpolate backward accumulates with atomics, in a different order each run): the same
+    values and the same gradients as the usual kernels, for all three sampling conventions."""
+    from fusionsearch.resize import resize_bilinear
+
+    torch.manual_seed(0)
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(shape[0], shape[1], *size, dtype=torch.float64)
+    out = []
+    for deterministic in (False, True):
+        torch.use_deterministic_algorithms(deterministic)
+        try:
+            y = resize_bilinear(x, size, mode)
+            (g,) = torch.autograd.grad((y * weights).sum(), x)
+        finally:
+            torch.use_deterministic_algorithms(False)
+        out.append((y.detach(), g))
+    torch.testing.assert_close(out[1][0], out[0][0])
+    torch.testing.assert_close(out[1][1], out[0][1])
+
+
+def test_the_deterministic_switch_holds_for_the_run_and_no_longer():
+    net, tasks = _net()
+    seen = []
+
+    def callback(step, metrics):
+        seen.append((torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark))
+
+    runs = []
+    for _ in range(2):
+        net, tasks = _net()
+        runs.append(fit(net, tasks, _data(), _data(2), _cfg(deterministic=True), device="cpu", callback=callback))
+    assert seen == [(True, False), (True, False)]
+    assert not torch.are_deterministic_algorithms_enabled()  # the process's setting is back
+    import os
+
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    assert runs[0]["losses"] == runs[1]["losses"]
+
+
+def test_run_deterministic_is_part_of_the_studys_recipe(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from fusionsearch import cli
+
+    stored = {}
+
+    def prepare(recipe, settings):
+        stored["train"] = recipe.train
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("fusionsearch.search.prepare_study", prepare)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli.app, ["run", "--backbone", "test_resnet", "--size", "32", "--deterministic"])
+    assert result.exit_code == 130 and stored["train"]["deterministic"] is True
