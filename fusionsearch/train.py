@@ -7,6 +7,7 @@ checkpoint continues exactly as the uninterrupted run would have.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -344,11 +345,13 @@ def fit(
             bar = progress.add_task("training", total=cfg.steps, completed=start, loss=float("nan"))
             for batch in loader:
                 torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout etc.: a function of the step
+                # which tasks the batch labels, read on the host before the copy: no device sync
+                present = [t for t in net.tasks if bool(tasks[t].labelled(batch[t]).any())]
                 batch = _to(batch, dev)
                 image = batch["image"]
                 if (dev.type == "cuda") if cfg.channels_last is None else cfg.channels_last:
                     image = image.contiguous(memory_format=torch.channels_last)
-                logged = _step(net, tasks, batch, image, cfg, dev, use_amp, opt, scaler, weighting, step)
+                logged = _step(net, tasks, batch, image, cfg, dev, use_amp, opt, scaler, weighting, step, present)
                 if logged == logged:
                     schedule.step()
                 else:  # a skipped step (no labels) is not the misuse that torch warns of
@@ -385,30 +388,38 @@ def _step(
     scaler: Any,
     weighting: Weighting,
     step: int,
+    present: list[str] | None = None,
 ) -> float:
     """One optimiser step on ``batch``; returns the present tasks' weighted loss (NaN: none).
 
     Partial labels: a task that the batch labels on no image takes no part in the step (no loss,
-    no gradient); a batch that labels no task at all changes nothing."""
-    present = [t for t in net.tasks if bool(tasks[t].labelled(batch[t]).any())]
+    no gradient); a batch that labels no task at all changes nothing. ``present``: those tasks,
+    if the caller read them from the batch before it went to the device.
+
+    The losses come back to the host once, after the optimiser step, so the device is not made
+    to wait before the backward pass; a NaN or infinite loss is reported then, at the same step
+    (the run stops, and the net, now updated with it, is discarded with the failed run)."""
+    if present is None:
+        present = [t for t in net.tasks if bool(tasks[t].labelled(batch[t]).any())]
     opt.zero_grad(set_to_none=True)
     if not present:
         return float("nan")
     with _autocast(dev, use_amp):
         preds, extra = net(image, return_extra=True)
         losses = {t: tasks[t].loss_weight * tasks[t].loss(preds[t].float(), batch[t]) for t in present}
-    plain = sum(v.detach() for v in losses.values()) + extra.detach().float()
-    if not torch.isfinite(plain):
-        parts = ", ".join(f"{t}={v.item():.4g}" for t, v in losses.items())
-        raise NonFiniteLossError(f"loss is {plain.item()} at step {step} ({parts}, extra={extra.item():.4g})")
     weighting.backward(losses, extra.float(), net, step, scaler.scale)
     if cfg.grad_clip:
         scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
     scaler.step(opt)
     scaler.update()
-    weighting.observe({t: v.item() for t, v in losses.items()}, step)
-    return float(plain.item())
+    values = torch.stack([*(v.detach().float() for v in losses.values()), extra.detach().float()]).tolist()
+    plain = sum(values)
+    if not math.isfinite(plain):
+        parts = ", ".join(f"{t}={v:.4g}" for t, v in zip(losses, values))
+        raise NonFiniteLossError(f"loss is {plain} at step {step} ({parts}, extra={values[-1]:.4g})")
+    weighting.observe(dict(zip(losses, values)), step)
+    return float(plain)
 
 
 def calibrate(net: StitchedNet, data: Dataset, cfg: TrainConfig, dev: torch.device) -> None:

@@ -341,3 +341,39 @@ def test_run_deterministic_is_part_of_the_studys_recipe(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(cli.app, ["run", "--backbone", "test_resnet", "--size", "32", "--deterministic"])
     assert result.exit_code == 130 and stored["train"]["deterministic"] is True
+
+
+def test_a_training_step_reads_nothing_back_before_the_backward_pass(monkeypatch):
+    """On a GPU each host read of a tensor (``.item()``, ``bool()``, ``.tolist()``) waits for the
+    device. The step read each task's label mask, the NaN check and every loss before the
+    backward pass; now the masks are read on the host before the copy, and the losses once, after
+    the optimiser step."""
+    from fusionsearch import train as t
+
+    events: list[str] = []
+    for name in ("item", "tolist", "__bool__"):
+        real = getattr(torch.Tensor, name)
+
+        def reader(self, *a, _real=real, _name=name, **k):
+            events.append(_name)
+            return _real(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, reader)
+    net, tasks = _net()
+    batch = {k: torch.stack([b[k] for b in _data(2)]) for k in ("image", "seg", "normal")}
+    present = [n for n in net.tasks if bool(tasks[n].labelled(batch[n]).any())]  # what fit reads before the copy
+    cfg = _cfg()
+    weighting = make_weighting("fixed", list(net.tasks))
+    real_backward = weighting.backward
+
+    def backward(*a, **k):
+        events.append("backward")
+        return real_backward(*a, **k)
+
+    monkeypatch.setattr(weighting, "backward", backward)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    events.clear()
+    scaler = t._scaler(torch.device("cpu"), False)
+    t._step(net, tasks, batch, batch["image"], cfg, torch.device("cpu"), False, opt, scaler, weighting, 0, present)
+    assert events and events[0] == "backward", events
+    assert events.count("tolist") + events.count("item") + events.count("__bool__") <= 3, events
