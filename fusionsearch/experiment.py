@@ -291,20 +291,32 @@ class _Cached(Dataset):
     def __init__(self, data: Dataset, limit: int = 1 << 29) -> None:
         self.data, self.limit, self.size = data, limit, 0
         self.items: dict[int, Any] = {}
+        self.item_bytes = 0  # of the first item read
 
     def __len__(self) -> int:
         return len(self.data)  # type: ignore[arg-type]
 
     def __getattr__(self, name: str) -> Any:  # tasks, classes, ... of the wrapped set
-        if name in ("data", "items", "limit", "size"):
+        if name in ("data", "items", "limit", "size", "item_bytes"):
             raise AttributeError(name)
         return getattr(self.data, name)
+
+    @property
+    def in_memory(self) -> bool:
+        """Whether the whole set fits the cache (judged by its first item's size): then the
+        training's loader reads it in the main process (``train.loader_workers``), and worker
+        processes, each with a cache of its own, would only copy it. NYUv2's validation split at
+        288 x 384 (654 items of 4 MiB) does not fit, and is decoded by loader workers instead."""
+        if not self.item_bytes and len(self):
+            self[0]
+        return self.item_bytes * len(self) <= self.limit
 
     def __getitem__(self, i: int) -> Any:
         if i in self.items:
             return self.items[i]
         item = self.data[i]
         n = sum(v.numel() * v.element_size() for v in item.values() if isinstance(v, torch.Tensor))
+        self.item_bytes = self.item_bytes or n
         if self.size + n <= self.limit:
             self.items[i] = item
             self.size += n

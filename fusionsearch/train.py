@@ -37,11 +37,18 @@ __all__ = [
     "BN_INITS",
     "amp_dtype",
     "deterministic_mode",
+    "train_loader",
+    "eval_loader",
+    "loader_workers",
+    "item_seed",
+    "LOADER_STARTS",
 ]
 
 
 BN_INITS = ("auto", "paper", "calibrated")
 MAX_LOADER_WORKERS = 64  # data-loader processes per trial: more only multiplies memory
+AUTO_LOADER_WORKERS = 4  # num_workers=None on a GPU: at most this many per trial (fewer on fewer cores)
+LOADER_STARTS = ("fork", "spawn", "forkserver")
 
 
 class NonFiniteLossError(FusionSearchError, FloatingPointError):
@@ -66,7 +73,11 @@ class TrainConfig:
     grad_clip: float | None = None
     amp: bool | None = None  # None: on for CUDA (bf16 from sm80, fp16 + GradScaler before: amp_dtype), off on CPU
     channels_last: bool | None = None  # None: on for CUDA
-    num_workers: int = 0
+    # data-loader processes: None = auto (loader_workers): none on the CPU or for a data set held in
+    # memory, else up to 4 per GPU; every item's augmentation is a function of (seed, position), so
+    # the batches are the same for any number of workers and on resume
+    num_workers: int | None = None
+    loader_start: str | None = None  # their start method: fork, spawn or forkserver; None: Python's default
     seed: int = 0
     progress: bool = True
     weighting: str | dict[str, Any] | None = None  # a method name or {name, args}; None: fixed
@@ -94,6 +105,8 @@ class TrainConfig:
         }
         for name, low in at_least.items():
             value = getattr(self, name)
+            if name == "num_workers" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise FusionSearchError(f"train {name} must be a whole number >= {low}, got {value!r}")
         for name in ("base_lr", "momentum", "weight_decay", "head_lr_mult", "poly_power"):
@@ -104,7 +117,7 @@ class TrainConfig:
             raise FusionSearchError(f"train base_lr must be > 0, got {self.base_lr!r}")
         if self.momentum >= 1:
             raise FusionSearchError(f"train momentum must be < 1 (0.9 in the papers), got {self.momentum!r}")
-        if self.num_workers > MAX_LOADER_WORKERS:
+        if self.num_workers is not None and self.num_workers > MAX_LOADER_WORKERS:
             raise FusionSearchError(f"train num_workers must be <= {MAX_LOADER_WORKERS}, got {self.num_workers}")
         clip = self.grad_clip
         if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or not 0 < clip < 1e30):
@@ -112,10 +125,11 @@ class TrainConfig:
         bad = [s for s in self.eval_steps or [] if isinstance(s, bool) or not isinstance(s, int) or s < 1]
         if bad:
             raise FusionSearchError(f"train eval_steps must be whole numbers >= 1, got {bad}")
-        if self.optimizer not in ("sgd", "adamw"):
-            raise FusionSearchError(f"train optimizer must be sgd or adamw, got {self.optimizer!r}")
-        if self.bn_init not in BN_INITS:
-            raise FusionSearchError(f"train bn_init must be {', '.join(BN_INITS)}, got {self.bn_init!r}")
+        choices = {"optimizer": ("sgd", "adamw"), "bn_init": BN_INITS, "loader_start": (*LOADER_STARTS, None)}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                words = ", ".join("null" if a is None else a for a in allowed)
+                raise FusionSearchError(f"train {name} must be one of {words}, got {getattr(self, name)!r}")
         if self.weighting is not None:
             from .weighting import make_weighting
 
@@ -163,13 +177,21 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return max(0.0, 1 - (step - cfg.warmup_steps) / span) ** cfg.poly_power
 
 
-class _StepSampler(Sampler[list[int]]):
-    """Batches of indices as a function of the step: epoch e is randperm(seed + e)."""
+def item_seed(seed: int, position: int) -> int:
+    """The seed of the random draws (flips) of the ``position``-th item of a run's training stream:
+    a function of the two alone, so that no worker count, prefetching or resume changes a flip,
+    and paired plans, which draw differently in their forward passes, still see the same images."""
+    return (seed * 0x9E3779B97F4A7C15 + position * 0xBF58476D1CE4E5B9 + 0x94D049BB133111EB) % (1 << 63)
+
+
+class _StepSampler(Sampler[list[tuple[int, int]]]):
+    """Batches as a function of the step: epoch e is randperm(seed + e), and the item at stream
+    position k comes with its draw seed ``item_seed(seed, k)``."""
 
     def __init__(self, n: int, batch: int, seed: int, start: int, steps: int) -> None:
         self.n, self.batch, self.seed, self.start, self.steps = n, batch, seed, start, steps
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         perms: dict[int, Tensor] = {}
         for step in range(self.start, self.steps):
             out = []
@@ -178,11 +200,67 @@ class _StepSampler(Sampler[list[int]]):
                 if epoch not in perms:
                     perms.clear()
                     perms[epoch] = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + epoch))
-                out.append(int(perms[epoch][pos]))
+                out.append((int(perms[epoch][pos]), item_seed(self.seed, k)))
             yield out
 
     def __len__(self) -> int:
         return max(0, self.steps - self.start)
+
+
+class _Seeded(Dataset):
+    """Item ``(i, s)`` is ``data[i]`` drawn with torch's generator seeded to ``s`` (the data sets
+    augment with the global generator), and the caller's generator left as it was. Picklable: a
+    spawned loader worker rebuilds it from ``data``."""
+
+    def __init__(self, data: Dataset) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        index, seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.data[index]
+
+
+def loader_workers(data: Dataset, cfg: TrainConfig, device: torch.device) -> int:
+    """The data-loader processes of a run: ``cfg.num_workers`` if set; else (auto) none on the CPU,
+    where they would take the cores the training needs, and none for a data set held in memory
+    (``in_memory``: the generated sets, un-augmented splits), whose items cost nothing to read
+    and whose cache each worker process would rebuild; else, on a GPU, up to 4, within this
+    process's share of the cores (torch's thread count: ``--threads``, which ``run --workers``
+    divides among its worker processes), one of them left to the training loop."""
+    if cfg.num_workers is not None:
+        return cfg.num_workers
+    if device.type != "cuda" or getattr(data, "in_memory", False):
+        return 0
+    return max(0, min(AUTO_LOADER_WORKERS, torch.get_num_threads() - 1))
+
+
+def _loader_args(data: Dataset, cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
+    workers = loader_workers(data, cfg, device)
+    args: dict[str, Any] = {"num_workers": workers, "pin_memory": device.type == "cuda"}
+    if workers:
+        args["persistent_workers"] = True  # an evaluation loader is iterated many times per run
+        if cfg.loader_start is not None:
+            args["multiprocessing_context"] = cfg.loader_start
+    return args
+
+
+def train_loader(data: Dataset, cfg: TrainConfig, device: torch.device, start: int = 0) -> DataLoader:
+    """The batches that ``fit`` trains on from step ``start``: this seed's training order, each item
+    drawn with its own seed (``item_seed``), in ``loader_workers`` processes. The same batches,
+    flips included, for any worker count and after a resume."""
+    sampler = _StepSampler(len(data), cfg.batch_size, cfg.seed, start, cfg.steps)  # type: ignore[arg-type]
+    return DataLoader(_Seeded(data), batch_sampler=sampler, **_loader_args(data, cfg, device))
+
+
+def eval_loader(data: Dataset, cfg: TrainConfig, device: torch.device) -> DataLoader:
+    """The loader of ``fit``'s evaluations: built once per run, its worker processes kept between
+    evaluations instead of started again at each."""
+    return DataLoader(data, batch_size=cfg.batch_size, **_loader_args(data, cfg, device))
 
 
 def evaluates_at(step: int, cfg: TrainConfig) -> bool:
@@ -230,7 +308,7 @@ def _scaler(device: torch.device, use_amp: bool) -> torch.amp.GradScaler:
 def evaluate(
     net: StitchedNet,
     tasks: Mapping[str, Task],
-    data: Dataset,
+    data: Dataset | DataLoader,
     batch_size: int = 8,
     device: str | torch.device | None = None,
     amp: bool = False,
@@ -239,14 +317,19 @@ def evaluate(
     """Metrics of every task over the whole of ``data`` (accumulated, not averaged per batch).
 
     In fp32 by default, also when training ran under AMP: autocast would round the depth and
-    normal predictions to bf16 (3 significant digits) before they are scored."""
+    normal predictions to bf16 (3 significant digits) before they are scored. ``data`` may be a
+    ``DataLoader`` (``eval_loader``: ``fit`` keeps one for all its evaluations); ``batch_size``
+    and ``num_workers`` then do not apply."""
     dev = _device(net, device)
     use_amp = amp
     was_training = net.training
     net.eval()
     for t in tasks.values():
         t.reset()
-    loader = DataLoader(data, batch_size=batch_size, num_workers=num_workers, pin_memory=dev.type == "cuda")
+    if isinstance(data, DataLoader):
+        loader = data
+    else:
+        loader = DataLoader(data, batch_size=batch_size, num_workers=num_workers, pin_memory=dev.type == "cuda")
     for batch in loader:
         batch = _to(batch, dev)
         with _autocast(dev, use_amp):
@@ -328,12 +411,8 @@ def fit(
         # run continues the schedule exactly (LambdaLR restarted at ``start``, no state of its own)
         schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg), last_epoch=start - 1)
 
-        loader = DataLoader(
-            train_data,
-            batch_sampler=_StepSampler(len(train_data), cfg.batch_size, cfg.seed, start, cfg.steps),  # type: ignore[arg-type]
-            num_workers=cfg.num_workers,
-            pin_memory=dev.type == "cuda",
-        )
+        loader = train_loader(train_data, cfg, dev, start)
+        val_loader = eval_loader(val_data, cfg, dev) if val_data is not None else None
         if start == 0 and calibrates(net, cfg):
             # before the optimiser's first step, from the first training batches of this seed:
             # deterministic, so paired plans and workers on other machines start identically
@@ -361,8 +440,8 @@ def fit(
                 step += 1
                 history["losses"].append(logged)  # the present tasks' weighted sum (NaN: none labelled)
                 progress.update(bar, advance=1, loss=logged)
-                if val_data is not None and evaluates_at(step, cfg):
-                    metrics = evaluate(net, tasks, val_data, cfg.batch_size, dev, num_workers=cfg.num_workers)
+                if val_loader is not None and evaluates_at(step, cfg):
+                    metrics = evaluate(net, tasks, val_loader, device=dev)
                     history["evals"].append({"step": step, "metrics": metrics, "weights": weighting.weights()})
                     if callback is not None:
                         callback(step, metrics)
@@ -425,11 +504,12 @@ def _step(
 def calibrate(net: StitchedNet, data: Dataset, cfg: TrainConfig, dev: torch.device) -> None:
     """Calibrate the new BatchNorm on the first ``bn_calibration_batches`` batches of this seed's
     training order (the recipe's training data, no other), leaving the global generator as it was
-    so the training that follows sees the same draws with or without calibration."""
+    so the training that follows sees the same draws with or without calibration. The batches are
+    those that training starts with, flips included (``train_loader``), read in the main process."""
     n = min(cfg.bn_calibration_batches, cfg.steps)
-    loader = DataLoader(data, batch_sampler=_StepSampler(len(data), cfg.batch_size, cfg.seed, 0, n))  # type: ignore[arg-type]
+    sampler = _StepSampler(len(data), cfg.batch_size, cfg.seed, 0, n)  # type: ignore[arg-type]
+    loader = DataLoader(_Seeded(data), batch_sampler=sampler)
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-        torch.manual_seed(cfg.seed * 1_000_003 - 1)  # augmentation draws: a function of the seed
         calibrate_batchnorm(net, loader, dev)
 
 

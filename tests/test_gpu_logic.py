@@ -377,3 +377,112 @@ def test_a_training_step_reads_nothing_back_before_the_backward_pass(monkeypatch
     t._step(net, tasks, batch, batch["image"], cfg, torch.device("cpu"), False, opt, scaler, weighting, 0, present)
     assert events and events[0] == "backward", events
     assert events.count("tolist") + events.count("item") + events.count("__bool__") <= 3, events
+
+
+# ---- the data loader ----------------------------------------------------------------------------
+
+
+def _nyu(tmp_path, train: int = 6):
+    from test_datasets import write_mtan
+
+    from fusionsearch.data import NYUv2
+
+    root = write_mtan(tmp_path / "nyu", {"train": train, "val": 2})
+    data, val = NYUv2(root, "train", size=32, augment=True), NYUv2(root, "val", size=32)
+    return data, val, {"seg": get_task("seg", out_channels=13), "normal": get_task("normal")}
+
+
+def _nyu_net():
+    torch.manual_seed(0)
+    return fs.build("test_resnet", {"seg": 13, "normal": 3}, fs.StitchPlan(at=["layer1"]), input_size=(3, 32, 32))
+
+
+def _same(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), name
+
+
+def test_spawned_loader_workers_train_as_the_main_process_does_and_resume_exactly(tmp_path):
+    """NYUv2's training split flips at random. The flips came from torch's global generator in
+    whichever process read the item: a loader worker's own (seeded by the loader), so they changed
+    with the worker count and on resume. Each item is now drawn with the seed of its position in
+    the run's stream (``train.item_seed``)."""
+    data, val, tasks = _nyu(tmp_path)
+    cfg = _cfg(steps=4, batch_size=2, eval_every=2, num_workers=0)
+    main = _nyu_net()
+    h_main = fit(main, tasks, data, val, cfg, device="cpu")
+    # two spawned workers (each start imports the package: ~3 s here), cut at step 2, then resumed
+    spawned = TrainConfig(**{**cfg.__dict__, "num_workers": 2, "loader_start": "spawn"})
+    fit(_nyu_net(), tasks, data, None, spawned, device="cpu", checkpoint=tmp_path / "ck.pt", until=2)
+    torch.manual_seed(5)  # a fresh process: another global generator, other initial weights
+    resumed = fs.build("test_resnet", {"seg": 13, "normal": 3}, fs.StitchPlan(at=["layer1"]), input_size=(3, 32, 32))
+    h_resumed = fit(resumed, tasks, data, val, spawned, device="cpu", checkpoint=tmp_path / "ck.pt")
+    assert h_resumed["losses"] == h_main["losses"]
+    assert h_resumed["evals"][-1] == h_main["evals"][-1]  # evaluated by spawned workers too
+    _same(main, resumed)
+
+
+def test_a_flip_is_a_function_of_the_items_position_in_the_stream(tmp_path):
+    data, _, _ = _nyu(tmp_path)
+    cfg = _cfg(steps=6, batch_size=2)
+    cpu = torch.device("cpu")
+    full = list(training.train_loader(data, cfg, cpu))
+    torch.manual_seed(99)  # the caller's generator does not reach the draws
+    late = list(training.train_loader(data, cfg, cpu, start=3))
+    assert len(full) == 6 and len(late) == 3
+    for a, b in zip(full[3:], late):
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["normal"], b["normal"])
+    # the flips happen (6 steps x 2 items: 12 draws of p = 0.5), each item as the plain one or its mirror
+    data.augment = False
+    plain = list(training.train_loader(data, cfg, cpu))
+    flipped = [not torch.equal(a["image"][i], p["image"][i]) for a, p in zip(full, plain) for i in range(2)]
+    assert 0 < sum(flipped) < len(flipped)
+    for a, p in zip(full, plain):
+        for i in range(2):
+            assert torch.equal(a["image"][i], p["image"][i]) or torch.equal(a["image"][i], p["image"][i].flip(-1))
+
+
+def test_calibration_reads_the_batches_training_starts_with(tmp_path, monkeypatch):
+    data, _, _ = _nyu(tmp_path)
+    cfg = _cfg(steps=4, batch_size=2, bn_calibration_batches=2)
+    seen: list[torch.Tensor] = []
+    monkeypatch.setattr(training, "calibrate_batchnorm", lambda net, ld, dev: seen.extend(b["image"] for b in ld))
+    training.calibrate(_nyu_net(), data, cfg, torch.device("cpu"))
+    first = [b["image"] for b in training.train_loader(data, cfg, torch.device("cpu"))][:2]
+    assert len(seen) == 2 and all(torch.equal(a, b) for a, b in zip(seen, first))
+
+
+def test_fit_evaluates_with_one_loader_for_the_whole_run(tmp_path, monkeypatch):
+    """``evaluate`` built a loader, and with workers started their processes, at every call."""
+    data, val, tasks = _nyu(tmp_path)
+    loaders: list[object] = []
+    real = training.evaluate
+
+    def spy(net, tasks, data, *a, **k):
+        loaders.append(data)
+        return real(net, tasks, data, *a, **k)
+
+    monkeypatch.setattr(training, "evaluate", spy)
+    fit(_nyu_net(), tasks, data, val, _cfg(steps=4, batch_size=2, eval_every=1), device="cpu")
+    assert len(loaders) == 4 and isinstance(loaders[0], torch.utils.data.DataLoader)
+    assert all(x is loaders[0] for x in loaders)
+
+
+def test_auto_loader_workers(monkeypatch, tmp_path):
+    from fusionsearch.experiment import _Cached
+
+    data, val, _ = _nyu(tmp_path)
+    gpu = torch.device("cuda:1")
+    cfg = TrainConfig(progress=False)
+    assert cfg.num_workers is None
+    assert training.loader_workers(data, cfg, torch.device("cpu")) == 0  # the cores train
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 16)
+    assert training.loader_workers(data, cfg, gpu) == 4
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # a worker of `run --workers` given 2 threads
+    assert training.loader_workers(data, cfg, gpu) == 1  # one core trains
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 16)
+    assert training.loader_workers(_Cached(val), cfg, gpu) == 0  # held in memory
+    assert training.loader_workers(_Cached(val, limit=1000), cfg, gpu) == 4  # too large to hold
+    assert training.loader_workers(data, TrainConfig(num_workers=3, progress=False), torch.device("cpu")) == 3
+    with pytest.raises(fs.FusionSearchError, match="loader_start must be one of fork, spawn, forkserver, null"):
+        TrainConfig(loader_start="spwan")

@@ -40,7 +40,10 @@ class MultiTaskDataset(Dataset, ABC):
     ``__getitem__(i)`` returns ``{"image": (3, H, W) float, TASK: label, ...}`` with one label per
     task under the task's name, each as its task's label kind says (``tasks.LABEL_KINDS``), so that
     the shared transforms can resize and flip it. An image without a task's label holds its kind's
-    ignore value (``tasks.unlabelled_like``: 255, zeros, or -1 for a class).
+    ignore value (``tasks.unlabelled_like``: 255, zeros, or -1 for a class). Random augmentation
+    draws from torch's global generator, and only from it: the training loader seeds it for each
+    item (``train.item_seed``), so that a flip is the same in every loader worker and on resume.
+    A set must be picklable (loader workers started with ``spawn`` receive a copy).
 
     ``item_ids()`` (optional): a stable string id per item, in order, by which a recipe's
     ``data.labelled`` lists the images that carry a task's label (``data.partial``); without it

@@ -231,8 +231,9 @@ class IMDBWiki(MultiTaskDataset):
     files read, the filter and the subject-disjoint split.
 
     ``size`` is the output (H, W) (None keeps each image's own size, which cannot be batched);
-    ``augment`` (default: on for train) flips left-right with p = 0.5 from torch's global RNG;
-    ``length`` keeps the first N samples of the split.
+    ``augment`` (default: on for train) flips left-right with p = 0.5 from torch's global RNG,
+    which the training loader seeds per item (``train.item_seed``); ``length`` keeps the first N
+    samples of the split.
     """
 
     tasks: dict[str, int] = {"age": 100, "gender": 2}

@@ -183,8 +183,9 @@ class NYUv2(MultiTaskDataset):
     """NYUv2 seg + normals + depth from the MTAN or the NYUD (survey) layout; see the module docstring.
 
     ``size`` resizes every item to (H, W) (None keeps the native size); ``augment`` (default: on for
-    the train split) flips left-right with p = 0.5 using torch's global RNG, so a trainer that seeds
-    each step gets the same flips; ``length`` keeps the first N samples of the split.
+    the train split) flips left-right with p = 0.5 using torch's global RNG, which the training loader
+    seeds per item (``train.item_seed``): the same flips for any number of loader workers and after a
+    resume; ``length`` keeps the first N samples of the split.
     """
 
     tasks: dict[str, int] = {"seg": len(MTAN_CLASSES), "normal": 3, "depth": 1}  # per instance: by layout
