@@ -17,8 +17,8 @@ import time
 import torch
 
 import fusionsearch as fs
-from fusionsearch.tasks import get_task
-from fusionsearch.train import TrainConfig, fit
+from fusionsearch.tasks.task import get_task
+from fusionsearch.train.trainer import TrainConfig, fit
 
 
 def run(args: argparse.Namespace, deterministic: bool) -> tuple[float, float]:

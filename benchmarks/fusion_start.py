@@ -32,12 +32,12 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from fusionsearch.confirm import confirm_seeds, t_interval
-from fusionsearch.experiment import Experiment, WarmStart
-from fusionsearch.recipe import load_recipe
-from fusionsearch.space import SearchSpace
-from fusionsearch.stitch import StitchPlan
-from fusionsearch.train import TrainConfig, calibrate, evaluate
+from fusionsearch.nets.stitch import StitchPlan
+from fusionsearch.search.confirm import confirm_seeds, t_interval
+from fusionsearch.search.experiment import Experiment, WarmStart
+from fusionsearch.search.recipe import load_recipe
+from fusionsearch.search.space import SearchSpace
+from fusionsearch.train.trainer import TrainConfig, calibrate, evaluate
 
 DEFAULT_ROWS = (
     "shared",

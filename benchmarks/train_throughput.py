@@ -21,8 +21,8 @@ import torch
 
 import fusionsearch as fs
 from fusionsearch.data import SyntheticScenes
-from fusionsearch.tasks import get_task
-from fusionsearch.train import TrainConfig, _autocast, _optimizer
+from fusionsearch.tasks.task import get_task
+from fusionsearch.train.trainer import TrainConfig, _autocast, _optimizer
 
 
 def generation_rate(size: int, n: int) -> float:

@@ -18,8 +18,8 @@ import torch
 
 import fusionsearch as fs
 from fusionsearch.errors import PlanError
-from fusionsearch.tasks import get_task
-from fusionsearch.weighting import GRADIENT_LEVEL, WEIGHTINGS, make_weighting
+from fusionsearch.tasks.task import get_task
+from fusionsearch.tasks.weighting import GRADIENT_LEVEL, WEIGHTINGS, make_weighting
 
 
 def step_time(name: str, size: int, batch: int, steps: int, device: str) -> tuple[float, float]:

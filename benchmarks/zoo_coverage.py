@@ -175,7 +175,7 @@ def run_one(name: str, max_params: float, batch: int) -> dict[str, Any]:
     import torch
 
     import fusionsearch as fs
-    from fusionsearch.backbone import example_input
+    from fusionsearch.graph.backbone import example_input
 
     warnings.simplefilter("ignore")
     torch.manual_seed(0)

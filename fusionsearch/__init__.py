@@ -9,19 +9,19 @@ import os
 # it only takes effect when torch is first imported after this line, and a user's value wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from .backbone import create_backbone, input_size_of
-from .errors import (
+from fusionsearch.errors import (
     CutPointError,
     FusionSearchError,
     PlanError,
     TraceError,
     UnknownBackboneError,
 )
-from .fusion import FUSION_UNITS, NDDR, CrossStitch, FusionUnit, Sluice, register_fusion
-from .graph import BackboneGraph, Boundary, CutPoint, trace
-from .segments import Segment, run_segments
-from .stitch import StitchedNet, StitchPlan, build, load, save
-from .tasks import TASKS, Task, delta_m, get_task, register_task
+from fusionsearch.graph.backbone import create_backbone, input_size_of
+from fusionsearch.graph.cuts import BackboneGraph, Boundary, CutPoint, trace
+from fusionsearch.graph.segments import Segment, run_segments
+from fusionsearch.nets.fusion import FUSION_UNITS, NDDR, CrossStitch, FusionUnit, Sluice, register_fusion
+from fusionsearch.nets.stitch import StitchedNet, StitchPlan, build, load, save
+from fusionsearch.tasks.task import TASKS, Task, delta_m, get_task, register_task
 
 __version__ = "0.1.0"
 

@@ -23,7 +23,7 @@ from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
 
-from .errors import ArgumentError, FusionSearchError
+from fusionsearch.errors import ArgumentError, FusionSearchError, FusionSearchWarning
 
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)  # an error is one line, also in a log file
@@ -63,6 +63,15 @@ class _Unraisable:
             self.caught += 1
 
 
+def quiet_optuna() -> None:
+    """The commands that run or read studies print their own tables and live view instead of
+    Optuna's line per trial. The command line's choice, made when such a command starts; a
+    Python user of fusionsearch keeps Optuna's default."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
 class _Commands(TyperGroup):
     """The one place where exceptions become exit codes (see the module docstring)."""
 
@@ -85,7 +94,7 @@ class _Commands(TyperGroup):
         except Exception as e:
             if _is_cli_control(e):  # --help, --version, a usage error: typer prints those itself
                 raise
-            from .recovery import interrupted
+            from fusionsearch.search.recovery import interrupted
 
             if interrupted(e):  # Ctrl-C that landed inside a database commit
                 err_console.print(INTERRUPTED, highlight=False)
@@ -114,7 +123,7 @@ app = typer.Typer(
 
 def _print_version(value: bool) -> None:
     if value:
-        from . import __version__
+        from fusionsearch import __version__
 
         console.print(f"fusionsearch {__version__}")
         raise typer.Exit()
@@ -164,15 +173,15 @@ def inspect(
     if (backbone is None) == (model is None):
         raise ArgumentError("give exactly one of --backbone NAME or --model PATH")
     if model is not None:
-        from .inspect_model import inspect_saved
+        from fusionsearch.report.inspect import inspect_saved
 
         inspect_saved(model, console=console, as_json=as_json, trust=trust)
         return
-    from .graph import trace
-    from .inspect_model import fmt_params, points_table
+    from fusionsearch.graph.cuts import trace
+    from fusionsearch.report.inspect import fmt_params, points_table
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # notes are printed below
+        warnings.simplefilter("ignore", FusionSearchWarning)  # notes are printed below
         g = trace(
             backbone,  # type: ignore[arg-type]
             parse_size(input_size),
@@ -217,17 +226,17 @@ def build(
     leaf: LeafOpt = None,
 ) -> None:
     """Build a stitched multi-task network and save it (weights, plan and backbone names)."""
-    from .graph import trace
-    from .inspect_model import print_net
-    from .stitch import StitchPlan, save
-    from .stitch import build as build_net
+    from fusionsearch.graph.cuts import trace
+    from fusionsearch.nets.stitch import StitchPlan, save
+    from fusionsearch.nets.stitch import build as build_net
+    from fusionsearch.report.inspect import print_net
 
     check_out(out, "--out")
     names = backbone.split(",")
     size = parse_size(input_size)
     if at is None:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+            warnings.simplefilter("ignore", FusionSearchWarning)
             points = [b.name for b in trace(names[0], size, leaf=leaf or []).boundaries]
     else:
         points = [p.strip() for p in at.split(",") if p.strip()]
@@ -240,7 +249,7 @@ def build(
         args["lr_mult"] = lr_mult
     plan = StitchPlan(at=points, unit=unit, unit_args=args, shared_prefix=shared_prefix, shortcut=shortcut)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("ignore", FusionSearchWarning)
         net = build_net(
             names if len(names) > 1 else names[0],
             tasks,
@@ -343,7 +352,7 @@ def load_recipe_with(
     val_images: int | None = None,
     labelled: list[str] | None = None,
 ) -> Any:
-    from .recipe import load_recipe, parse_data
+    from fusionsearch.search.recipe import load_recipe, parse_data
 
     for flag, value in (("--size", size), ("--train-images", train_images), ("--val-images", val_images)):
         at_least(flag, value, 1)
@@ -375,7 +384,7 @@ def parse_labelled(items: list[str]) -> dict[str, float | str]:
 
 def check_seed(seed: int | None) -> None:
     """``--seed``: the samplers' seed is seed x 1000 + the worker's number, below 2^32."""
-    from .recipe import MAX_SEED
+    from fusionsearch.search.recipe import MAX_SEED
 
     if seed is not None and not 0 <= seed <= MAX_SEED:
         raise ArgumentError(f"--seed must be in 0..{MAX_SEED:,}, got {seed}")
@@ -405,7 +414,7 @@ def task_list(tasks: str | None) -> list[str] | None:
 def fusion_tasks(r: Any) -> None:
     """Before a study exists: a fusion search or comparison needs two tasks to fuse (one task has
     nothing to search), and the data set must be there and label every task."""
-    from .experiment import Experiment
+    from fusionsearch.search.experiment import Experiment
 
     if len(r.tasks) < 2:
         raise ArgumentError(
@@ -466,9 +475,9 @@ def train(
     """Train one plan and print its metrics (and Delta-m against single-task baselines)."""
     from pathlib import Path
 
-    from .devices import check_device
-    from .experiment import Experiment
-    from .stitch import save
+    from fusionsearch.nets.stitch import save
+    from fusionsearch.search.experiment import Experiment
+    from fusionsearch.train.devices import check_device
 
     for flag, value in (("--steps", steps), ("--batch-size", batch_size), ("--eval-every", eval_every)):
         at_least(flag, value, 1)
@@ -527,7 +536,7 @@ def read_baseline(baseline: str | None, directions: Any) -> Any:
     """``--baseline``: a metrics JSON file holding a finite number for every metric of every task."""
     from pathlib import Path
 
-    from .experiment import check_metrics
+    from fusionsearch.search.experiment import check_metrics
 
     if baseline is None:
         return None
@@ -543,7 +552,7 @@ def read_baseline(baseline: str | None, directions: Any) -> Any:
 
 
 def _devices(spec: str, workers: int) -> list[str]:
-    from .devices import assign_devices
+    from fusionsearch.train.devices import assign_devices
 
     at_least("--workers", workers, 1)
     if workers > MAX_WORKERS:
@@ -564,7 +573,7 @@ def labelled_suffix(labelled: list[str] | None) -> str:
 
 def print_labelled(exp: Any) -> None:
     """Which tasks are labelled on which share of the training images (nothing when all are)."""
-    from .data import describe_labelled
+    from fusionsearch.data import describe_labelled
 
     if exp.recipe.data.get("labelled"):
         console.print(describe_labelled(exp.datasets()[0]), highlight=False)
@@ -572,7 +581,7 @@ def print_labelled(exp: Any) -> None:
 
 def print_conventions(r: Any) -> None:
     """Which fusion learning rates and BatchNorm start a study's plans get (README Conventions)."""
-    from .conventions import describe_bn_init, describe_lr_mults
+    from fusionsearch.nets.conventions import describe_bn_init, describe_lr_mults
 
     cfg = r.train_config()
     console.print(describe_lr_mults(cfg.optimizer), highlight=False)
@@ -583,7 +592,7 @@ def run_study(
     study_obj: Any, settings: Any, workers: int, devices: str, quiet: bool, artifacts: str | None, steps_total: int
 ) -> None:
     """Run the queued trials here (one worker) or in worker processes with the live view."""
-    from .worker import run_workers
+    from fusionsearch.search.worker import run_workers
 
     bad, logs = run_workers(
         study_obj,
@@ -602,7 +611,7 @@ def _study_trials(r: Any, n: Any) -> int:
     """A recipe's ``study.trials``: a number, or ``grid`` for every point of its grid."""
     if n != "grid":
         return int(n)
-    from .search import grid_points
+    from fusionsearch.search import grid_points
 
     return len(grid_points(r))
 
@@ -653,12 +662,14 @@ def run(
     then the winners and baselines confirmed over fresh seeds; resumable."""
     from pathlib import Path
 
-    from .confirm import summarize
-    from .experiment import Experiment
-    from .leaderboard import confirmation_table, trials_table
-    from .report import write_report
-    from .search import StudySettings, prepare_confirmation, prepare_study
-    from .storage import DEFAULT_STORAGE, redact
+    from fusionsearch.report.html import write_report
+    from fusionsearch.report.leaderboard import confirmation_table, trials_table
+    from fusionsearch.search import StudySettings, prepare_confirmation, prepare_study
+
+    quiet_optuna()
+    from fusionsearch.search.confirm import summarize
+    from fusionsearch.search.experiment import Experiment
+    from fusionsearch.search.storage import DEFAULT_STORAGE, redact
 
     at_least("--steps", steps, 1)
     at_least("--trials", trials, 0)
@@ -754,10 +765,12 @@ def compare(
     NDDR, our search's best) under one budget; print them next to the paper's numbers."""
     from pathlib import Path
 
-    from .compare import build_comparison, compare_rows, is_grid
-    from .experiment import Experiment
-    from .search import StudySettings, grid_points, prepare_confirmation, prepare_study
-    from .storage import DEFAULT_STORAGE
+    from fusionsearch.report.compare import build_comparison, compare_rows, is_grid
+    from fusionsearch.search import StudySettings, grid_points, prepare_confirmation, prepare_study
+
+    quiet_optuna()
+    from fusionsearch.search.experiment import Experiment
+    from fusionsearch.search.storage import DEFAULT_STORAGE
 
     at_least("--steps", steps, 1)
     at_least("--trials", trials, 0)
@@ -832,9 +845,11 @@ def worker(
     """Join a study (from this or another machine) and run its queued trials on one device."""
     import torch
 
-    from .devices import check_device
-    from .search import run_worker
-    from .storage import DEFAULT_STORAGE
+    from fusionsearch.search import run_worker
+
+    quiet_optuna()
+    from fusionsearch.search.storage import DEFAULT_STORAGE
+    from fusionsearch.train.devices import check_device
 
     check_device(device)
     at_least("--threads", threads, 1)
@@ -864,10 +879,12 @@ def trials(
 ) -> None:
     """A table of the study's trials (plan, metrics, Delta-m, state, failure reason) and the
     confirmation: mean ± 95% interval per plan and the paired test against the best baseline."""
-    from .confirm import summarize
-    from .leaderboard import confirmation_table, trial_rows, trials_table
-    from .search import load_study
-    from .storage import DEFAULT_STORAGE
+    from fusionsearch.report.leaderboard import confirmation_table, trial_rows, trials_table
+    from fusionsearch.search import load_study
+
+    quiet_optuna()
+    from fusionsearch.search.confirm import summarize
+    from fusionsearch.search.storage import DEFAULT_STORAGE
 
     st, _, _ = load_study(study, DEFAULT_STORAGE if storage is None else storage)
     if as_json:
@@ -898,11 +915,13 @@ def best(
 
     from optuna.artifacts import download_artifact
 
-    from .confirm import summarize
-    from .leaderboard import best_trial, plan_summary
-    from .search import load_study
-    from .stitch import load
-    from .storage import DEFAULT_STORAGE, artifact_store
+    from fusionsearch.nets.stitch import load
+    from fusionsearch.report.leaderboard import best_trial, plan_summary
+    from fusionsearch.search import load_study
+
+    quiet_optuna()
+    from fusionsearch.search.confirm import summarize
+    from fusionsearch.search.storage import DEFAULT_STORAGE, artifact_store
 
     url = DEFAULT_STORAGE if storage is None else storage
     st, _, _ = load_study(study, url)
@@ -944,7 +963,7 @@ def best(
             ) from None
         try:
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+                warnings.simplefilter("ignore", FusionSearchWarning)
                 load(tmp, trust=True)  # this study's own worker wrote it: check it is whole
         except FusionSearchError as e:
             raise FusionSearchError(
@@ -971,9 +990,11 @@ def report(
 ) -> None:
     """Write the study's HTML report (history, importances, Pareto front, parallel coordinates,
     placement map, learned fusion weights). Only reads the study, unless --to-dashboard."""
-    from .report import write_report
-    from .search import load_study
-    from .storage import DEFAULT_STORAGE
+    from fusionsearch.report.html import write_report
+    from fusionsearch.search import load_study
+
+    quiet_optuna()
+    from fusionsearch.search.storage import DEFAULT_STORAGE
 
     url = DEFAULT_STORAGE if storage is None else storage
     st, _, _ = load_study(study, url)
@@ -990,7 +1011,7 @@ def dashboard(
     """Serve optuna-dashboard on the storage, with the trials' artefacts."""
     from optuna_dashboard import run_server
 
-    from .storage import DEFAULT_STORAGE, artifact_store, open_storage, redact
+    from fusionsearch.search.storage import DEFAULT_STORAGE, artifact_store, open_storage, redact
 
     url = DEFAULT_STORAGE if storage is None else storage
     st = open_storage(url, heartbeat=False, create=False)
@@ -1033,11 +1054,11 @@ LISTS = ("units", "tasks", "datasets", "weightings", "recipes")
 @app.command("list")
 def list_(what: str = typer.Argument("units", help="units, tasks, datasets, weightings or recipes")) -> None:
     """List what is registered: fusion units, tasks, data sets, or the recipes found."""
-    from .data import DATASETS
-    from .fusion import FUSION_UNITS
-    from .recipe import list_recipes, load_recipe
-    from .tasks import TASKS
-    from .weighting import WEIGHTINGS
+    from fusionsearch.data import DATASETS
+    from fusionsearch.nets.fusion import FUSION_UNITS
+    from fusionsearch.search.recipe import list_recipes, load_recipe
+    from fusionsearch.tasks.task import TASKS
+    from fusionsearch.tasks.weighting import WEIGHTINGS
 
     if what not in LISTS:
         raise ArgumentError(f"fusionsearch list {what!r}: choose {', '.join(LISTS)}")

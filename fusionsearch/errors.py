@@ -10,6 +10,7 @@ __all__ = [
     "ArgumentError",
     "CheckpointError",
     "DataError",
+    "FusionSearchWarning",
     "DependencyError",
     "DeviceError",
     "StorageError",
@@ -21,6 +22,12 @@ __all__ = [
     "TraceError",
     "UnknownBackboneError",
 ]
+
+
+class FusionSearchWarning(UserWarning):
+    """What fusionsearch warns of (a backbone with fewer cut points than stages, a figure not
+    saved): one category, so a caller silences ours with ``warnings.simplefilter("ignore",
+    FusionSearchWarning)`` and nobody else's."""
 
 
 class FusionSearchError(Exception):

@@ -9,7 +9,7 @@ import pytest
 from optuna.trial import TrialState, create_trial
 from scipy import stats
 
-from fusionsearch.confirm import paired_test, queue_confirmation, search_winners, summarize, t_interval
+from fusionsearch.search.confirm import paired_test, queue_confirmation, search_winners, summarize, t_interval
 
 SEEDS = (1, 2, 3)
 
@@ -126,7 +126,7 @@ def test_winners_per_value_of_a_search_parameter():
 def test_a_mistyped_confirm_per_is_named_not_ignored():
     from optuna.distributions import CategoricalDistribution
 
-    from fusionsearch.study import StudySettings, prepare_confirmation
+    from fusionsearch.search.study import StudySettings, prepare_confirmation
 
     study = optuna.create_study(direction="maximize")
     dist = {"weighting": CategoricalDistribution(["fixed", "dwa"])}

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 import fusionsearch as fs
-from fusionsearch.fusion import NDDR, ShortcutHead, resize_bilinear
-from fusionsearch.tasks import get_task
+from fusionsearch.nets.fusion import NDDR, ShortcutHead, resize_bilinear
+from fusionsearch.tasks.task import get_task
 
 
 def test_nddr_batchnorm_is_the_official_codes():
@@ -153,7 +153,7 @@ def test_depth_reports_libmtl_abs_err_pooled_over_pixels():
 def test_cross_stitch_init_for_three_tasks(off_diagonal, other):
     """K = 3: beta spread over the other tasks (rows sum to alpha + beta), or beta to each (the
     survey code's models/cross_stitch.py)."""
-    unit = fs.fusion.CrossStitch([4, 4, 4], init=(0.9, 0.1), off_diagonal=off_diagonal)
+    unit = fs.nets.fusion.CrossStitch([4, 4, 4], init=(0.9, 0.1), off_diagonal=off_diagonal)
     expected = torch.full((3, 3), other)
     expected.fill_diagonal_(0.9)
     torch.testing.assert_close(unit.mixing_weights(), expected)

@@ -12,12 +12,12 @@ from helpers import _trained_single, tiny_recipe
 from torch.nn.modules.batchnorm import _BatchNorm
 
 import fusionsearch as fs
-from fusionsearch.calibration import calibrate_batchnorm, new_batchnorms
-from fusionsearch.conventions import FUSION_LR_MULT, fusion_lr_mult
 from fusionsearch.errors import FusionSearchError
-from fusionsearch.experiment import Experiment, WarmStart
-from fusionsearch.space import SearchSpace
-from fusionsearch.train import TrainConfig, _StepSampler, calibrate, calibrates, fit
+from fusionsearch.nets.conventions import FUSION_LR_MULT, fusion_lr_mult
+from fusionsearch.search.experiment import Experiment, WarmStart
+from fusionsearch.search.space import SearchSpace
+from fusionsearch.train.calibration import calibrate_batchnorm, new_batchnorms
+from fusionsearch.train.trainer import TrainConfig, _StepSampler, calibrate, calibrates, fit
 
 
 def _fusion_mults(net: fs.StitchedNet, optimizer: str) -> dict[str, float]:

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 import fusionsearch as fs
-from fusionsearch import train as training
 from fusionsearch.errors import PlanError
-from fusionsearch.tasks import get_task
-from fusionsearch.train import TrainConfig, amp_dtype, evaluate, fit
-from fusionsearch.weighting import GRADIENT_LEVEL, WEIGHTINGS, make_weighting
+from fusionsearch.tasks.task import get_task
+from fusionsearch.tasks.weighting import GRADIENT_LEVEL, WEIGHTINGS, make_weighting
+from fusionsearch.train import trainer as training
+from fusionsearch.train.trainer import TrainConfig, amp_dtype, evaluate, fit
 
 GRADIENT_METHODS = sorted(n for n, c in WEIGHTINGS.items() if c.level == GRADIENT_LEVEL)
 
@@ -186,8 +186,9 @@ def test_memory_is_freed_after_the_traceback_has_let_go_of_the_net(tmp_path, mon
     trial's frames and so its net: after an out-of-memory error nothing was freed."""
     import weakref
 
-    from fusionsearch import experiment, worker
+    from fusionsearch.search import experiment as experiment
     from fusionsearch.search import run_worker
+    from fusionsearch.search import worker as worker
 
     _, url = _study(tmp_path)
     nets: list = []
@@ -225,8 +226,8 @@ def test_a_sticky_cuda_error_stops_the_worker_and_queues_the_trial_again(tmp_pat
     the plan's, it made every later trial of that worker fail too. It is an accident now: the
     trial is queued again and the worker stops with one line."""
     from fusionsearch.errors import DeviceError
-    from fusionsearch.recovery import DEVICE, INFRASTRUCTURE, PLAN, failure_kind
     from fusionsearch.search import run_worker
+    from fusionsearch.search.recovery import DEVICE, INFRASTRUCTURE, PLAN, failure_kind
 
     sticky = torch.AcceleratorError if hasattr(torch, "AcceleratorError") else RuntimeError
     assert failure_kind(RuntimeError("CUDA error: device-side assert triggered")) == DEVICE
@@ -237,7 +238,7 @@ def test_a_sticky_cuda_error_stops_the_worker_and_queues_the_trial_again(tmp_pat
     assert failure_kind(oom) == PLAN and failure_kind(oom, shared_device=True) == INFRASTRUCTURE
 
     _, url = _study(tmp_path, trials=2)
-    from fusionsearch import experiment
+    from fusionsearch.search import experiment as experiment
 
     original = experiment.Experiment.train
 
@@ -258,7 +259,7 @@ def test_each_worker_makes_its_own_gpu_current(monkeypatch):
     """``device=auto`` meant GPU 0 for every ``fusionsearch worker`` left at the default, and
     nothing set the current device, so the latency timer's synchronise and ``empty_cache`` acted
     on GPU 0 for all of them."""
-    from fusionsearch import devices
+    from fusionsearch.train import devices as devices
 
     current = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -289,7 +290,7 @@ def test_the_deterministic_resize_is_the_same_function(mode, shape, size):
     """Under deterministic algorithms, bilinear resizing runs as two matrix products (CUDA's
     interpolate backward accumulates with atomics, in a different order each run): the same
     values and the same gradients as the usual kernels, for all three sampling conventions."""
-    from fusionsearch.resize import resize_bilinear
+    from fusionsearch.tasks.resize import resize_bilinear
 
     torch.manual_seed(0)
     x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
@@ -348,7 +349,7 @@ def test_a_training_step_reads_nothing_back_before_the_backward_pass(monkeypatch
     device. The step read each task's label mask, the NaN check and every loss before the
     backward pass; now the masks are read on the host before the copy, and the losses once, after
     the optimiser step."""
-    from fusionsearch import train as t
+    from fusionsearch.train import trainer as t
 
     events: list[str] = []
     for name in ("item", "tolist", "__bool__"):
@@ -469,7 +470,7 @@ def test_fit_evaluates_with_one_loader_for_the_whole_run(tmp_path, monkeypatch):
 
 
 def test_auto_loader_workers(monkeypatch, tmp_path):
-    from fusionsearch.experiment import _Cached
+    from fusionsearch.search.experiment import _Cached
 
     data, val, _ = _nyu(tmp_path)
     gpu = torch.device("cuda:1")

@@ -19,9 +19,9 @@ from typer.testing import CliRunner
 
 from fusionsearch.cli import app
 from fusionsearch.errors import LostDependencyError
-from fusionsearch.recovery import MAX_RETRY, failure_kind
 from fusionsearch.search import StudySettings, prepare_study, run_worker
-from fusionsearch.storage import artifact_dir
+from fusionsearch.search.recovery import MAX_RETRY, failure_kind
+from fusionsearch.search.storage import artifact_dir
 
 runner = CliRunner()
 

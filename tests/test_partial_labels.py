@@ -14,11 +14,11 @@ from typer.testing import CliRunner
 from fusionsearch.cli import app
 from fusionsearch.data import IMDBWiki, NYUv2, PartialLabels, SyntheticScenes, labelled_mask
 from fusionsearch.errors import DataError
-from fusionsearch.experiment import Experiment
-from fusionsearch.recipe import RecipeError
-from fusionsearch.tasks import get_task, unlabelled_like
-from fusionsearch.train import TrainConfig, fit
-from fusionsearch.weighting import WEIGHTINGS, make_weighting
+from fusionsearch.search.experiment import Experiment
+from fusionsearch.search.recipe import RecipeError
+from fusionsearch.tasks.task import get_task, unlabelled_like
+from fusionsearch.tasks.weighting import WEIGHTINGS, make_weighting
+from fusionsearch.train.trainer import TrainConfig, fit
 
 runner = CliRunner()
 

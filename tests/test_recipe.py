@@ -9,8 +9,8 @@ import torch
 from typer.testing import CliRunner
 
 import fusionsearch as fs
-from fusionsearch.recipe import RecipeError, load_recipe
-from fusionsearch.space import SearchSpace
+from fusionsearch.search.recipe import RecipeError, load_recipe
+from fusionsearch.search.space import SearchSpace
 
 runner = CliRunner()
 
@@ -32,8 +32,8 @@ RECIPES = sorted(p.stem for p in (Path(fs.__file__).parent / "recipes").glob("*.
 
 @pytest.mark.parametrize("name", RECIPES)
 def test_every_recipe_loads_validates_and_builds(name):
-    from fusionsearch.compare import compare_rows
-    from fusionsearch.experiment import Experiment
+    from fusionsearch.report.compare import compare_rows
+    from fusionsearch.search.experiment import Experiment
 
     r = load_recipe(name)
     assert r.reproduces and r.about, "a recipe says what it reproduces"

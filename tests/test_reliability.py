@@ -25,10 +25,10 @@ from typer.testing import CliRunner
 import fusionsearch as fs
 from fusionsearch.cli import app
 from fusionsearch.errors import DependencyError, UntrustedFileError
-from fusionsearch.recovery import MAX_RETRY
 from fusionsearch.search import StudySettings, prepare_study, run_worker
-from fusionsearch.storage import artifact_store, open_storage, redact
-from fusionsearch.train import NonFiniteLossError
+from fusionsearch.search.recovery import MAX_RETRY
+from fusionsearch.search.storage import artifact_store, open_storage, redact
+from fusionsearch.train.trainer import NonFiniteLossError
 
 runner = CliRunner()
 
@@ -68,7 +68,7 @@ def test_ctrl_c_in_the_baseline_then_the_same_command_completes_every_trial(tmp_
 def test_ctrl_c_in_a_sampled_trial_keeps_its_plan_and_the_count(tmp_path, monkeypatch):
     url = f"sqlite:///{tmp_path}/b.db"
     study = prepare_study(tiny_recipe(), _settings(url))
-    now, original = {}, fs.tasks.Normals.loss
+    now, original = {}, fs.tasks.task.Normals.loss
 
     def hook(trial):
         now["slot"] = trial.user_attrs.get("slot")
@@ -78,7 +78,7 @@ def test_ctrl_c_in_a_sampled_trial_keeps_its_plan_and_the_count(tmp_path, monkey
             raise KeyboardInterrupt
         return original(self, pred, target)
 
-    monkeypatch.setattr(fs.tasks.Normals, "loss", loss)
+    monkeypatch.setattr(fs.tasks.task.Normals, "loss", loss)
     with pytest.raises(KeyboardInterrupt):
         run_worker("r", url, device="cpu", before_trial=hook)
     prepare_study(tiny_recipe(), _settings(url))
@@ -399,7 +399,7 @@ def _bad_cases(tmp_path: Path) -> list[tuple[list[str], str]]:
     (tmp_path / "folder").mkdir()
     (tmp_path / "cut.pt").write_bytes(b"PK\x03\x04 truncated")
     (tmp_path / "baseline.json").write_text("{not json")
-    words = {t: {m: "high" for m in fs.tasks.TASKS.get(t).metrics} for t in ("seg", "normal")}
+    words = {t: {m: "high" for m in fs.tasks.task.TASKS.get(t).metrics} for t in ("seg", "normal")}
     (tmp_path / "words.json").write_text(json.dumps(words))
     tiny = ["--backbone", "test_resnet", "--size", "32", "--train-images", "8", "--val-images", "4", "--steps", "1"]
     build = ["build", "--backbone", "test_resnet", "--out", str(tmp_path / "n.pt"), "--input-size", "3,32,32"]
@@ -485,7 +485,8 @@ def test_every_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch):
 
 
 def test_an_unexpected_error_is_one_line_with_the_traceback_on_request(monkeypatch):
-    from fusionsearch import cli, graph
+    from fusionsearch import cli
+    from fusionsearch.graph import cuts as graph
 
     monkeypatch.setitem(cli._debug, "on", False)  # --debug below sets it: restored after the test
 
@@ -570,7 +571,7 @@ def test_a_read_only_database_is_refused_before_any_trial(tmp_path, monkeypatch)
     if os.geteuid() == 0:
         real = os.access
         monkeypatch.setattr(
-            fs.storage.os, "access", lambda p, mode: False if Path(p) == db and mode & os.W_OK else real(p, mode)
+            fs.search.storage.os, "access", lambda p, mode: False if Path(p) == db and mode & os.W_OK else real(p, mode)
         )
     before = sorted(p.name for p in tmp_path.iterdir())
     result = runner.invoke(app, ["run", "--backbone", "test_resnet", "--size", "32", "--storage", f"sqlite:///{db}"])
@@ -585,7 +586,7 @@ def test_a_read_only_database_is_refused_before_any_trial(tmp_path, monkeypatch)
 def test_ctrl_c_that_python_cannot_raise_still_exits_130(tmp_path, monkeypatch):
     """SIGINT landing in a finaliser (a database connection's, at the end of ``run``) cannot
     propagate: Python printed "Exception ignored ... KeyboardInterrupt" and the command exited 0."""
-    from fusionsearch import leaderboard
+    from fusionsearch.report import leaderboard as leaderboard
 
     class Finaliser:
         def __del__(self):
@@ -670,7 +671,7 @@ def test_best_exports_the_best_run_of_a_study_without_confirmation(tmp_path):
     out = tmp_path / "best.pt"
     result = runner.invoke(app, ["best", "--study", "r", "--storage", url, "--out", str(out)])
     assert result.exit_code == 0, result.output
-    winner = fs.leaderboard.best_trial(study)
+    winner = fs.report.leaderboard.best_trial(study)
     assert f"trial {winner.number}, one run" in result.stdout
     plain = lambda d: json.loads(json.dumps(d))  # tuples and lists alike
     assert plain(fs.load(out).plan.to_dict()) == plain(winner.user_attrs["plan"])

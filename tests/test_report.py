@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 
 import fusionsearch as fs
 from fusionsearch.cli import app
-from fusionsearch.report import FIGURES, write_report
+from fusionsearch.report.html import FIGURES, write_report
 from fusionsearch.search import load_study
-from fusionsearch.storage import artifact_dir, open_storage
+from fusionsearch.search.storage import artifact_dir, open_storage
 
 runner = CliRunner()
 

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 import fusionsearch as fs
-from fusionsearch.fusion import FUSION_UNITS, NDDR, CrossStitch, Sluice
-from fusionsearch.heads import SimpleHead
+from fusionsearch.nets.fusion import FUSION_UNITS, NDDR, CrossStitch, Sluice
+from fusionsearch.nets.heads import SimpleHead
 
 IDENTITY = {name: {"init": cls.identity_init} for name, cls in FUSION_UNITS.items()}
 UNITS = sorted(FUSION_UNITS)
@@ -40,7 +40,7 @@ def test_identity_init_reproduces_single_task_features(models, backbone, unit, k
     assert len(feats) == k
     for f in feats:
         if unit == "nddr":  # eval BatchNorm divides by sqrt(1 + eps) once per fusion point
-            eps = fs.fusion.BN_EPS * len(g.boundaries)
+            eps = fs.nets.fusion.BN_EPS * len(g.boundaries)
             torch.testing.assert_close(f, ref, rtol=eps, atol=eps * ref.abs().max().item())
         else:
             assert torch.equal(f, ref)
@@ -234,7 +234,7 @@ def test_heads_fix_output_shapes(models):
 
 
 def test_registered_tasks_bring_their_own_heads(tmp_path, models):
-    from fusionsearch.tasks import ASPPHead
+    from fusionsearch.tasks.task import ASPPHead
 
     net = fs.build(
         models["test_resnet"],

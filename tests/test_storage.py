@@ -7,7 +7,7 @@ from helpers import jobs, tiny_recipe
 from optuna.trial import TrialState
 
 from fusionsearch.search import StudySettings, prepare_study
-from fusionsearch.storage import redact
+from fusionsearch.search.storage import redact
 
 
 def test_passwords_are_never_printed():
@@ -29,8 +29,8 @@ def storage_url(request, tmp_path, monkeypatch):
 
 
 def test_every_storage_queues_once_pops_in_order_and_requeues_accidents(storage_url):
-    from fusionsearch.queueing import _pop
-    from fusionsearch.recovery import INTERRUPTED, requeue_failed
+    from fusionsearch.search.queueing import _pop, requeue_failed
+    from fusionsearch.search.recovery import INTERRUPTED
 
     settings = StudySettings(study="st", storage=storage_url, trials=2)
     study = prepare_study(tiny_recipe(), settings)

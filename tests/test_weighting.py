@@ -9,9 +9,9 @@ import torch
 
 import fusionsearch as fs
 from fusionsearch.errors import PlanError
-from fusionsearch.tasks import get_task
-from fusionsearch.train import TrainConfig, fit
-from fusionsearch.weighting import WEIGHTINGS, make_weighting
+from fusionsearch.tasks.task import get_task
+from fusionsearch.tasks.weighting import WEIGHTINGS, make_weighting
+from fusionsearch.train.trainer import TrainConfig, fit
 
 
 def _losses(*values: float, grad: bool = False) -> dict[str, torch.Tensor]:
@@ -172,7 +172,7 @@ def test_a_study_searches_weighting_jointly_with_placement(tmp_path):
     from helpers import tiny_recipe
     from optuna.trial import TrialState
 
-    from fusionsearch.report import write_report
+    from fusionsearch.report.html import write_report
     from fusionsearch.search import StudySettings, prepare_study, run_worker
 
     recipe = tiny_recipe(weighting=["fixed", "dwa", "upgrad"])

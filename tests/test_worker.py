@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 import fusionsearch as fs
 from fusionsearch.cli import app
-from fusionsearch.report import write_report
+from fusionsearch.report.html import write_report
 from fusionsearch.search import StudySettings, load_study, prepare_study, run_worker
 
 runner = CliRunner()
@@ -77,7 +77,7 @@ def _two_workers(url: str, study: str, n: int) -> None:
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), "\n---\n".join(outs)
     assert not any("locked" in o for o in outs), outs
-    st = optuna.load_study(study_name=study, storage=fs.storage.open_storage(url, heartbeat=False))
+    st = optuna.load_study(study_name=study, storage=fs.search.storage.open_storage(url, heartbeat=False))
     trials = st.get_trials()
     assert all(t.state == TrialState.COMPLETE for t in trials), [(t.number, t.state) for t in trials]
     expected = ["warmstart", "single", "shared", "nddr_default"] + [f"slot{i}" for i in range(n)]
@@ -163,7 +163,7 @@ def test_confirmation_is_queued_once_and_resumes_after_a_kill(tmp_path):
     url = f"sqlite:///{tmp_path}/k.db"
     cmd = [sys.executable, "-m", "fusionsearch.cli", "run", "--recipe", "kill.yaml", "--storage", url, "--quiet"]
     victim = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    storage = fs.storage.open_storage(url, heartbeat=False)
+    storage = fs.search.storage.open_storage(url, heartbeat=False)
     deadline, running = time.time() + 300, []
     while time.time() < deadline and not running and victim.poll() is None:
         time.sleep(0.3)
@@ -246,7 +246,7 @@ def test_the_same_command_samples_the_same_plans(tmp_path):
 def test_journal_storage_never_shares_optunas_lock_file(tmp_path):
     """Our advisory lock is FILE.fusionsearch-lock: on FILE.lock, Optuna's own journal lock waited
     10 s three times and then forced it open (issue 23, item 2)."""
-    from fusionsearch.storage import study_lock
+    from fusionsearch.search.storage import study_lock
 
     path = tmp_path / "j.log"
     with study_lock(f"journal:{path}"):

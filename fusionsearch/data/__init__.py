@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from .base import DATASETS, MultiTaskDataset, get_dataset, register_dataset
-from .imdb_wiki import IMDBWiki
-from .nyuv2 import NYUv2
-from .partial import PartialLabels, check_labelled, describe_labelled, item_ids, labelled_mask
-from .synthetic import CLASSES, render_scene
-from .synthetic_dataset import SyntheticScenes
-from .transforms import DataError, MissingDataError
+from fusionsearch.data.base import DATASETS, MultiTaskDataset, get_dataset, register_dataset
+from fusionsearch.data.imdb_wiki import IMDBWiki
+from fusionsearch.data.nyuv2 import NYUv2
+from fusionsearch.data.partial import PartialLabels, check_labelled, describe_labelled, item_ids, labelled_mask
+from fusionsearch.data.synthetic import CLASSES, render_scene
+from fusionsearch.data.synthetic_dataset import SyntheticScenes
+from fusionsearch.data.transforms import DataError, MissingDataError
 
 __all__ = [
     "DATASETS",

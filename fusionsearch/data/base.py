@@ -14,8 +14,8 @@ from typing import Any, ClassVar
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ..errors import FusionSearchError
-from ..registry import Registry
+from fusionsearch.errors import FusionSearchError
+from fusionsearch.registry import Registry
 
 __all__ = ["MultiTaskDataset", "DATASETS", "register_dataset", "get_dataset"]
 

@@ -49,9 +49,9 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from ..errors import ArgumentError
-from .base import MultiTaskDataset, register_dataset
-from .transforms import DataError, MissingDataError, as_hw, check_root, normalize_image
+from fusionsearch.data.base import MultiTaskDataset, register_dataset
+from fusionsearch.data.transforms import DataError, MissingDataError, as_hw, check_root, normalize_image
+from fusionsearch.errors import ArgumentError
 
 __all__ = [
     "IMDBWiki",

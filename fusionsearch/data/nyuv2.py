@@ -42,9 +42,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from ..errors import ArgumentError
-from .base import MultiTaskDataset, register_dataset
-from .transforms import (
+from fusionsearch.data.base import MultiTaskDataset, register_dataset
+from fusionsearch.data.transforms import (
     IGNORE_INDEX,
     DataError,
     MissingDataError,
@@ -56,6 +55,7 @@ from .transforms import (
     normalize_image,
     resize_dense,
 )
+from fusionsearch.errors import ArgumentError
 
 __all__ = ["NYUv2", "MTAN_CLASSES", "NYUD40_CLASSES", "LAYOUTS", "detect_layout"]
 

@@ -30,8 +30,8 @@ import numpy as np
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ..errors import DataError
-from ..tasks import label_kind, unlabelled_like
+from fusionsearch.errors import DataError
+from fusionsearch.tasks.task import label_kind, unlabelled_like
 
 __all__ = ["PartialLabels", "item_ids", "labelled_mask", "check_labelled", "describe_labelled"]
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..errors import ArgumentError
-from .base import MultiTaskDataset, register_dataset
-from .synthetic import CLASSES, render_scene
-from .transforms import normalize_image
+from fusionsearch.data.base import MultiTaskDataset, register_dataset
+from fusionsearch.data.synthetic import CLASSES, render_scene
+from fusionsearch.data.transforms import normalize_image
+from fusionsearch.errors import ArgumentError
 
 __all__ = ["SyntheticScenes"]
 

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import DataError, MissingDataError
-from ..tasks import CLASS, INDEX_MAP, SCALAR_MAP, VECTOR_MAP
+from fusionsearch.errors import DataError, MissingDataError
+from fusionsearch.tasks.task import CLASS, INDEX_MAP, SCALAR_MAP, VECTOR_MAP
 
 __all__ = [
     "IGNORE_INDEX",
@@ -84,7 +84,7 @@ def _resize_masked(x: Tensor, valid: Tensor, size: tuple[int, int]) -> tuple[Ten
 
 
 def _kind(key: str) -> str:
-    from ..tasks import TASKS
+    from fusionsearch.tasks.task import TASKS
 
     cls = TASKS.get(key) if key in TASKS else None
     if cls is None:

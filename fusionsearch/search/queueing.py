@@ -12,20 +12,22 @@ from __future__ import annotations
 import contextlib
 import threading
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
-from .experiment import WARMSTART
-from .storage import HEARTBEAT_INTERVAL, study_lock
+from fusionsearch.search.experiment import WARMSTART
+from fusionsearch.search.recovery import RETRYABLE
+from fusionsearch.search.requeue import retried, retry
+from fusionsearch.search.storage import HEARTBEAT_INTERVAL, queue_lock
 
 __all__ = [
     "is_baseline",
     "is_reference",
     "single_metrics",
-    "storage_url",
+    "requeue_failed",
     "reap_stale",
     "heartbeat_interval",
 ]
@@ -110,7 +112,7 @@ def _pop(study: optuna.Study, match: Callable[[Any], bool] | None = None) -> opt
     """Take one WAITING trial (atomically: a trial another worker took is skipped) in ``_rank``
     order; with ``match``, only a trial it picks."""
     storage = study._storage
-    with _queue_lock(storage):
+    with queue_lock(storage):
         waiting = storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,))
         waiting = sorted(waiting, key=lambda t: (_rank(t), t.number))
         if match is not None:
@@ -122,30 +124,6 @@ def _pop(study: optuna.Study, match: Callable[[Any], bool] | None = None) -> opt
             except RuntimeError:  # finished meanwhile
                 continue
     return None
-
-
-def storage_url(storage: Any) -> str | None:
-    """The URL (or ``journal:PATH``) of an opened storage, behind Optuna's cache, for ``study_lock``."""
-    backend = getattr(storage, "_backend", storage)
-    engine = getattr(backend, "engine", None)
-    if engine is not None:
-        return engine.url.render_as_string(hide_password=False)
-    path = getattr(getattr(backend, "_backend", None), "_file_path", None)
-    return f"journal:{path}" if path else None
-
-
-@contextlib.contextmanager
-def _queue_lock(storage: Any) -> Iterator[None]:
-    """One read-and-claim at a time among the processes sharing a storage. SQLite has no row
-    locks (``SELECT ... FOR UPDATE`` is ignored), so two workers could both see a trial WAITING
-    and both take it, or one fail with "database is locked" on a stale snapshot (seen under load
-    with two workers); re-queueing a failed trial is check-then-act on every storage."""
-    url = storage_url(storage)
-    if url is None:
-        yield
-        return
-    with study_lock(url):
-        yield
 
 
 def reap_stale(study: optuna.Study) -> None:
@@ -165,3 +143,22 @@ def heartbeat_interval(storage: Any) -> int | None:
     """The storage's heartbeat interval (RDB storages, also behind Optuna's cache), or None."""
     get = getattr(storage, "get_heartbeat_interval", None)
     return get() if get is not None else None
+
+
+def requeue_failed(study: optuna.Study) -> int:
+    """Queue again every failed trial whose failure was an accident (see the module docstring)
+    and that has no copy yet; returns how many. Safe from many processes at once: it runs under
+    the storage's lock, and a trial with a copy is never copied again."""
+    added = 0
+    with queue_lock(study._storage):
+        trials = study.get_trials(deepcopy=False)
+        done = retried(trials)
+        for t in trials:
+            if (
+                t.state == TrialState.FAIL
+                and t.user_attrs.get("fail_kind") in RETRYABLE
+                and t.number not in done
+                and retry(study, t)
+            ):
+                added += 1
+    return added

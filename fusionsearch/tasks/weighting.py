@@ -37,9 +37,9 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from .errors import PlanError
-from .registry import Registry
-from .schema import check_call
+from fusionsearch.errors import PlanError
+from fusionsearch.registry import Registry
+from fusionsearch.schema import check_call
 
 __all__ = [
     "WEIGHTINGS",
@@ -584,7 +584,3 @@ class DBMTL(GradientWeighting):
                 {t: float(a) / max(float(losses[t].detach()), 1e-8) for t, a in zip(present, alpha.tolist())}
             )
         return self._stack(losses).sum().detach() + extra.detach()
-
-
-def is_gradient_level(name: str) -> bool:
-    return get_weighting(name).level == GRADIENT_LEVEL

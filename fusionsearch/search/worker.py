@@ -17,13 +17,14 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from .devices import use_device
-from .errors import DependencyError, DeviceError
-from .objective import Objective, _free_memory, failure_reason
-from .queueing import _Heartbeat, _pop, _queue_lock, _stale_possible, reap_stale
-from .recovery import DEVICE, INTERRUPTED, PLAN, failure_kind, interrupted, requeue_failed, retry
-from .storage import DEFAULT_STORAGE
-from .study import load_study
+from fusionsearch.errors import DependencyError, DeviceError
+from fusionsearch.search.objective import Objective, _free_memory, failure_reason
+from fusionsearch.search.queueing import _Heartbeat, _pop, _stale_possible, reap_stale, requeue_failed
+from fusionsearch.search.recovery import DEVICE, INTERRUPTED, PLAN, failure_kind, interrupted
+from fusionsearch.search.requeue import retry
+from fusionsearch.search.storage import DEFAULT_STORAGE, queue_lock
+from fusionsearch.search.study import load_study
+from fusionsearch.train.devices import use_device
 
 __all__ = [
     "run_worker",
@@ -139,7 +140,7 @@ def _fail(study: optuna.Study, trial: optuna.Trial, reason: str, kind: str, requ
     trial.set_user_attr("fail_kind", kind)
     frozen = study.tell(trial, state=TrialState.FAIL)
     if requeue:
-        with _queue_lock(study._storage):
+        with queue_lock(study._storage):
             retry(study, frozen)
 
 
@@ -198,8 +199,8 @@ def run_workers(
     view. Returns the workers that exited with an error and the folder of their logs."""
     from rich.console import Console
 
-    from .leaderboard import live_view
-    from .storage import artifact_dir
+    from fusionsearch.report.leaderboard import live_view
+    from fusionsearch.search.storage import artifact_dir
 
     console = console or Console()
     say = lambda m: console.print(m, highlight=False)

@@ -12,8 +12,8 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from .confirm import Confirmation, summarize
-from .experiment import WARMSTART
+from fusionsearch.search.confirm import Confirmation, summarize
+from fusionsearch.search.experiment import WARMSTART
 
 __all__ = [
     "counts",

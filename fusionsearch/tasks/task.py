@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import PlanError
-from .registry import Registry
-from .resize import resize_bilinear
+from fusionsearch.errors import PlanError
+from fusionsearch.registry import Registry
+from fusionsearch.tasks.resize import resize_bilinear
 
 __all__ = [
     "TASKS",

@@ -13,15 +13,15 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from .data import DATASETS, PartialLabels, get_dataset
-from .errors import ArgumentError, FusionSearchError, PlanError
-from .fusion import FUSION_UNITS
-from .graph import BackboneGraph, trace
-from .recipe import Recipe
-from .schema import finite
-from .stitch import StitchedNet, StitchPlan, build
-from .tasks import TASKS, Task, get_task
-from .train import TrainConfig, evaluate, fit
+from fusionsearch.data import DATASETS, PartialLabels, get_dataset
+from fusionsearch.errors import ArgumentError, FusionSearchError, FusionSearchWarning, PlanError
+from fusionsearch.graph.cuts import BackboneGraph, trace
+from fusionsearch.nets.fusion import FUSION_UNITS
+from fusionsearch.nets.stitch import StitchedNet, StitchPlan, build
+from fusionsearch.schema import finite
+from fusionsearch.search.recipe import Recipe
+from fusionsearch.tasks.task import TASKS, Task, get_task
+from fusionsearch.train.trainer import TrainConfig, evaluate, fit
 
 __all__ = ["Experiment", "BASELINES", "WARMSTART", "COMPARE_ROWS", "TrialResult", "WarmStart", "column_weights_of"]
 
@@ -128,7 +128,7 @@ class Experiment:
     def graph(self) -> BackboneGraph:
         if self._graph is None:
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+                warnings.simplefilter("ignore", FusionSearchWarning)
                 self._graph = trace(self.recipe.backbone, self.input_size, **self.recipe.backbone_args)
         return self._graph
 
@@ -198,7 +198,7 @@ class Experiment:
         """``plan`` on the recipe's backbone. ``start``: columns and heads from trained single-task
         nets; ``init_seed``: every new module drawn from (seed, its name), see ``stitch.build``."""
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+            warnings.simplefilter("ignore", FusionSearchWarning)
             net = build(
                 self.recipe.backbone,
                 self.task_sizes(read_data),

@@ -19,11 +19,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .calibration import calibrate_batchnorm
-from .errors import CheckpointError, FusionSearchError
-from .stitch import StitchedNet
-from .tasks import Task
-from .weighting import Weighting, make_weighting
+from fusionsearch.errors import CheckpointError, FusionSearchError
+from fusionsearch.nets.stitch import StitchedNet
+from fusionsearch.tasks.task import Task
+from fusionsearch.tasks.weighting import Weighting, make_weighting
+from fusionsearch.train.calibration import calibrate_batchnorm
 
 __all__ = [
     "TrainConfig",
@@ -131,7 +131,7 @@ class TrainConfig:
                 words = ", ".join("null" if a is None else a for a in allowed)
                 raise FusionSearchError(f"train {name} must be one of {words}, got {getattr(self, name)!r}")
         if self.weighting is not None:
-            from .weighting import make_weighting
+            from fusionsearch.tasks.weighting import make_weighting
 
             spec = {"name": self.weighting} if isinstance(self.weighting, str) else dict(self.weighting)
             if set(spec) - {"name", "args"} or "name" not in spec:
@@ -144,7 +144,10 @@ class TrainConfig:
 def deterministic_mode(on: bool) -> Iterator[None]:
     """Within: ``torch.use_deterministic_algorithms(True)``, cuDNN deterministic and not
     autotuned, and ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (cuBLAS's condition for repeatable
-    matrix products), when ``on``; the process's previous settings come back after."""
+    matrix products), when ``on``; torch's and cuDNN's previous settings come back after. The
+    cuBLAS variable stays set: cuBLAS reads it when it creates a handle, so set it before the
+    process's first CUDA matrix product (``--deterministic`` on the command line does, as every
+    trial of the study runs deterministic) for the earlier handles to repeat as well."""
     if not on:
         yield
         return

@@ -4,23 +4,22 @@ A trial that diverged (NaN), ran out of memory, or holds a plan that cannot be b
 merits: that is final, and the search learns from it. A trial that was interrupted (Ctrl-C,
 SIGTERM), lost its worker (stale heartbeat), hit an I/O error or a full disk, or could not start
 because a trial it needs was itself interrupted, says nothing about its plan. Such a trial is
-queued again, as a copy with the same plan, by Optuna's own bookkeeping for retried trials
+queued again (``requeue``), as a copy with the same plan, by Optuna's own bookkeeping for retried trials
 (``failed_trial`` and ``retry_history`` system attributes, as ``RetryHeartbeatStaleTrialCallback``
 writes them), at most ``MAX_RETRY`` times, so a machine that always fails cannot loop for ever.
 A warm start whose saved nets are missing or damaged is the same kind of accident: it is trained
 again before the trial that needs it goes on (``Objective.warm_start``).
+
+This module only classifies; it imports nothing of the search.
 """
 
 from __future__ import annotations
 
 import errno
-from typing import Any
 
-import optuna
 import torch
-from optuna.trial import FrozenTrial, TrialState
 
-from .errors import DependencyError
+from fusionsearch.errors import DependencyError
 
 __all__ = [
     "MAX_RETRY",
@@ -33,9 +32,6 @@ __all__ = [
     "sticky_device_error",
     "failure_kind",
     "interrupted",
-    "retry",
-    "requeue_failed",
-    "retries_left",
 ]
 
 MAX_RETRY = 2  # copies of one failed trial, as the heartbeat's retry callback allows
@@ -114,68 +110,3 @@ def failure_kind(e: BaseException, shared_device: bool = False) -> str:
     ):
         return INFRASTRUCTURE
     return PLAN
-
-
-def _history(t: FrozenTrial) -> list[int]:
-    return list(t.system_attrs.get("retry_history", []))
-
-
-def retries_left(t: FrozenTrial) -> bool:
-    """Whether a failed trial may be copied once more (its history holds earlier copies)."""
-    return len(_history(t)) < MAX_RETRY
-
-
-def retry(study: optuna.Study, t: FrozenTrial) -> bool:
-    """Queue a copy of the failed trial ``t`` (same plan, same identity); False when its retries
-    are used up. The copy carries Optuna's ``failed_trial``/``retry_history`` bookkeeping."""
-    if not retries_left(t):
-        return False
-    system_attrs: dict[str, Any] = {
-        **t.system_attrs,
-        "failed_trial": t.number,
-        "retry_history": [*_history(t), t.number],
-    }
-    study.add_trial(
-        optuna.create_trial(
-            state=TrialState.WAITING,
-            params=t.params,
-            distributions=t.distributions,
-            user_attrs={k: v for k, v in t.user_attrs.items() if k in IDENTITY},
-            system_attrs=system_attrs,
-        )
-    )
-    return True
-
-
-def _retried(trials: list[FrozenTrial]) -> set[int]:
-    return {n for t in trials for n in _history(t)}
-
-
-def requeue_failed(study: optuna.Study) -> int:
-    """Queue again every failed trial whose failure was an accident (see the module docstring)
-    and that has no copy yet; returns how many. Safe from many processes at once: it runs under
-    the storage's lock, and a trial with a copy is never copied again."""
-    from .queueing import _queue_lock
-
-    added = 0
-    with _queue_lock(study._storage):
-        trials = study.get_trials(deepcopy=False)
-        done = _retried(trials)
-        for t in trials:
-            if (
-                t.state == TrialState.FAIL
-                and t.user_attrs.get("fail_kind") in RETRYABLE
-                and t.number not in done
-                and retry(study, t)
-            ):
-                added += 1
-    return added
-
-
-def failed_for_good(t: FrozenTrial, trials: list[FrozenTrial]) -> bool:
-    """A failure that will not come back: the plan's own, or an accident out of retries."""
-    if t.state != TrialState.FAIL:
-        return False
-    if t.number in _retried(trials):
-        return False  # a copy stands in for it
-    return t.user_attrs.get("fail_kind") not in RETRYABLE or not retries_left(t)

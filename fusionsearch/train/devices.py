@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import ArgumentError
+from fusionsearch.errors import ArgumentError
 
 __all__ = ["check_device", "assign_devices", "use_device"]
 

@@ -17,10 +17,10 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from .confirm import summarize
-from .experiment import COMPARE_ROWS, Experiment
-from .leaderboard import plan_summary
-from .recipe import Recipe, RecipeError
+from fusionsearch.report.leaderboard import plan_summary
+from fusionsearch.search.confirm import summarize
+from fusionsearch.search.experiment import COMPARE_ROWS, Experiment
+from fusionsearch.search.recipe import Recipe, RecipeError
 
 __all__ = ["Comparison", "compare_rows", "build_comparison", "is_grid", "DEFAULT_ROWS"]
 

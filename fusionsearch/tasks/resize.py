@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .errors import PlanError
+from fusionsearch.errors import PlanError
 
 __all__ = ["RESIZES", "resize_bilinear", "interpolation_matrix"]
 

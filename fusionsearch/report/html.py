@@ -20,9 +20,10 @@ import plotly.graph_objects as go
 from optuna.trial import TrialState
 from plotly.subplots import make_subplots
 
-from .confirm import Confirmation, summarize
-from .leaderboard import best_trial, counts, plan_summary, search_only, trial_rows
-from .storage import artifact_store
+from fusionsearch.errors import FusionSearchWarning
+from fusionsearch.report.leaderboard import best_trial, counts, plan_summary, search_only, trial_rows
+from fusionsearch.search.confirm import Confirmation, summarize
+from fusionsearch.search.storage import artifact_store
 
 __all__ = [
     "write_report",
@@ -337,10 +338,9 @@ def write_report(
             except Exception as e:
                 fw_err = f"cannot read the best trial's fusion weights: {e}"
     figs.append(("fusion weights", fw_fig, fw_err))
-    weighted = next((t for t in [best] if t is not None and t.user_attrs.get("weighting")), best)
     figs.append(
-        _safe("task weights", lambda: task_weight_figure(weighted))
-        if weighted is not None
+        _safe("task weights", lambda: task_weight_figure(best))
+        if best is not None
         else ("task weights", None, "no complete trial yet")
     )
     parts = []
@@ -382,7 +382,9 @@ def write_report(
             try:
                 _to_dashboard(study, name, fig)
             except Exception as e:  # the HTML file is written; the dashboard copy is a bonus
-                warnings.warn(f"{name} not saved for optuna-dashboard: {type(e).__name__}: {e}", stacklevel=2)
+                warnings.warn(
+                    f"{name} not saved for optuna-dashboard: {type(e).__name__}: {e}", FusionSearchWarning, stacklevel=2
+                )
     return out
 
 

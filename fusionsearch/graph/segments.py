@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from ._fx import ValueInfo
+from fusionsearch.graph._fx import ValueInfo
 
 __all__ = ["GraphIndex", "Segment", "run_segments"]
 

@@ -20,12 +20,12 @@ from typing import Any
 
 import optuna
 
-from .conventions import fusion_lr_mult
-from .errors import PlanError
-from .fusion import FUSION_UNITS, get_fusion
-from .schema import check_call, did_you_mean, finite
-from .stitch import StitchPlan
-from .weighting import get_weighting
+from fusionsearch.errors import PlanError
+from fusionsearch.nets.conventions import fusion_lr_mult
+from fusionsearch.nets.fusion import FUSION_UNITS, get_fusion
+from fusionsearch.nets.stitch import StitchPlan
+from fusionsearch.schema import check_call, did_you_mean, finite
+from fusionsearch.tasks.weighting import get_weighting
 
 __all__ = ["SearchSpace", "Sampled", "NONE", "COLUMN_INITS"]
 

@@ -15,7 +15,7 @@ import timm
 import torch
 from torch import nn
 
-from .errors import ArgumentError, CheckpointError, UnknownBackboneError
+from fusionsearch.errors import ArgumentError, CheckpointError, UnknownBackboneError
 
 __all__ = ["create_backbone", "input_size_of", "load_weights", "suggest_names"]
 

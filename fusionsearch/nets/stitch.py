@@ -21,13 +21,13 @@ import timm
 import torch
 from torch import Tensor, nn
 
-from .errors import CheckpointError, PlanError
-from .fusion import FusionUnit, ShortcutHead, get_fusion
-from .graph import BackboneGraph, CutPoint, trace
-from .heads import LayoutAdapter, SimpleHead, task_kind
-from .layouts import is_tokens
-from .schema import did_you_mean
-from .segments import Segment
+from fusionsearch.errors import CheckpointError, PlanError
+from fusionsearch.graph.cuts import BackboneGraph, CutPoint, trace
+from fusionsearch.graph.layouts import is_tokens
+from fusionsearch.graph.segments import Segment
+from fusionsearch.nets.fusion import FusionUnit, ShortcutHead, get_fusion
+from fusionsearch.nets.heads import LayoutAdapter, SimpleHead, task_kind
+from fusionsearch.schema import did_you_mean
 
 __all__ = ["StitchPlan", "StitchedNet", "StitchMeta", "build", "save", "load", "parse_tasks", "SAFE_CREATE_KWARGS"]
 
@@ -227,7 +227,7 @@ class StitchedNet(nn.Module):
         trainable parameter is in exactly one group; each group has a ``name``. A fusion group
         whose plan named no multiplier gets ``conventions.fusion_lr_mult(..., optimizer)``: the
         papers' x100 under SGD, its translation under AdamW."""
-        from .conventions import fusion_lr_mult
+        from fusionsearch.nets.conventions import fusion_lr_mult
 
         def mult_of(value: float | None, component: str, sgd_default: float = 100.0) -> float:
             return float(value) if value is not None else fusion_lr_mult(component, optimizer, sgd_default)
@@ -519,7 +519,7 @@ def make_head(
     task: str, out: int, in_channels: int, layout: str, prefix_tokens: int = 0, args: Mapping[str, Any] | None = None
 ) -> nn.Module:
     """The registered task's own head behind a layout adapter, or ``SimpleHead`` for other names."""
-    from .tasks import TASKS, get_task
+    from fusionsearch.tasks.task import TASKS, get_task
 
     base = task.split(":")[0]
     if base not in TASKS:
@@ -695,7 +695,7 @@ def _check_untrusted(payload: Mapping[str, Any], where: str) -> None:
     """Refuse what a crafted file could use to steer timm (see ``load``)."""
     import timm
 
-    from .errors import UntrustedFileError
+    from fusionsearch.errors import UntrustedFileError
 
     hint = "load it with trust=True (--trust) only if you made the file yourself"
     for name in payload.get("backbones", []):

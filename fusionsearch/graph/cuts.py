@@ -20,18 +20,18 @@ import torch
 from timm.layers import DropBlock2d, DropPath
 from torch import fx, nn
 
-from ._fx import (
+from fusionsearch.errors import ArgumentError, CutPointError, FusionSearchWarning, TraceError
+from fusionsearch.graph._fx import (
     BackboneTracer,
     concrete_defaults,
     first_tensor_mismatch,
     inline_constant_placeholders,
     record_values,
 )
-from .backbone import create_backbone, example_input, input_size_of
-from .errors import ArgumentError, CutPointError, TraceError
-from .layouts import Layout, channels_of, is_map, is_tokens, spatial_of
-from .schema import did_you_mean
-from .segments import GraphIndex, Segment
+from fusionsearch.graph.backbone import create_backbone, example_input, input_size_of
+from fusionsearch.graph.layouts import Layout, channels_of, is_map, is_tokens, spatial_of
+from fusionsearch.graph.segments import GraphIndex, Segment
+from fusionsearch.schema import did_you_mean
 
 __all__ = ["BackboneGraph", "Boundary", "CutPoint", "trace"]
 
@@ -494,7 +494,7 @@ def _analyse(
             " the net carries several tensors there (parallel branches); fusion can only go at the"
             " cut points that exist."
         )
-        warnings.warn(f"{name}: {notes[-1]}", stacklevel=3)
+        warnings.warn(f"{name}: {notes[-1]}", FusionSearchWarning, stacklevel=3)
     if train_gm is not None:
         notes.append("the train-mode graph differs from the eval-mode graph; segments keep both.")
     if len(boundaries) < 3:

@@ -1,4 +1,5 @@
-"""Printing a saved stitched network: its plan, fusion points and the parameters fusion adds."""
+"""``fusionsearch inspect``: a backbone's cut points, and a saved stitched network's plan, fusion
+points and the parameters fusion adds."""
 
 from __future__ import annotations
 
@@ -10,11 +11,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from .stitch import StitchedNet, load
+from fusionsearch.errors import FusionSearchWarning
+from fusionsearch.nets.stitch import StitchedNet, load
 
-
-def _fmt(n: int) -> str:
-    return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}K"
+__all__ = ["fusion_table", "print_net", "inspect_saved", "fmt_params", "points_table"]
 
 
 def fusion_table(net: StitchedNet) -> Table:
@@ -31,7 +31,7 @@ def fusion_table(net: StitchedNet) -> Table:
             unit.unit_name,
             "x".join(map(str, p.shape)),
             p.layout,
-            _fmt(sum(q.numel() for q in unit.parameters())),
+            fmt_params(sum(q.numel() for q in unit.parameters())),
         )
     return table
 
@@ -55,8 +55,8 @@ def print_net(net: StitchedNet, console: Console) -> None:
     added = params["fusion"]
     share = 100 * added / max(1, k * params["single_column"])
     console.print(
-        f"parameters: total {_fmt(params['total'])}, backbone {_fmt(params['backbone'])}, heads"
-        f" {_fmt(params['heads'])}; fusion adds {_fmt(added)} = {share:.2f}%"
+        f"parameters: total {fmt_params(params['total'])}, backbone {fmt_params(params['backbone'])}, heads"
+        f" {fmt_params(params['heads'])}; fusion adds {fmt_params(added)} = {share:.2f}%"
         f" of {k} columns ({100 * added / max(1, params['single_column']):.2f}% of one column)",
         highlight=False,
     )
@@ -64,7 +64,7 @@ def print_net(net: StitchedNet, console: Console) -> None:
 
 def inspect_saved(path: str, console: Console, as_json: bool = False, trust: bool = False) -> None:
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("ignore", FusionSearchWarning)
         net = load(path, trust=trust)
     if as_json:
         json.dump(net.describe(), sys.stdout, indent=2)
@@ -74,6 +74,7 @@ def inspect_saved(path: str, console: Console, as_json: bool = False, trust: boo
 
 
 def fmt_params(n: int) -> str:
+    """A parameter count as people say it: 1.23M, 45.6K."""
     return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}K"
 
 

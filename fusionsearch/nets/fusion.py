@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import PlanError
-from .layouts import FUSABLE, from_channels_first, is_map, to_channels_first
-from .registry import Registry
-from .resize import RESIZES, resize_bilinear
+from fusionsearch.errors import PlanError
+from fusionsearch.graph.layouts import FUSABLE, from_channels_first, is_map, to_channels_first
+from fusionsearch.registry import Registry
+from fusionsearch.tasks.resize import RESIZES, resize_bilinear
 
 __all__ = [
     "FUSION_UNITS",

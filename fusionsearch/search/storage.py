@@ -26,10 +26,12 @@ import optuna
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.storages import RDBStorage
 
-from .errors import ArgumentError, FusionSearchError, StorageError
-from .recovery import retry
+from fusionsearch.errors import ArgumentError, FusionSearchError, StorageError
+from fusionsearch.search.requeue import retry
 
 __all__ = [
+    "queue_lock",
+    "storage_url",
     "DEFAULT_STORAGE",
     "redact",
     "open_storage",
@@ -331,3 +333,27 @@ def artifact_store(
         raise StorageError(f"no artefact folder {str(d)!r} (give --artifacts if the study keeps them elsewhere)")
     d.mkdir(parents=True, exist_ok=True)
     return FileSystemArtifactStore(str(d))
+
+
+def storage_url(storage: Any) -> str | None:
+    """The URL (or ``journal:PATH``) of an opened storage, behind Optuna's cache, for ``study_lock``."""
+    backend = getattr(storage, "_backend", storage)
+    engine = getattr(backend, "engine", None)
+    if engine is not None:
+        return engine.url.render_as_string(hide_password=False)
+    path = getattr(getattr(backend, "_backend", None), "_file_path", None)
+    return f"journal:{path}" if path else None
+
+
+@contextlib.contextmanager
+def queue_lock(storage: Any) -> Iterator[None]:
+    """One read-and-claim at a time among the processes sharing a storage. SQLite has no row
+    locks (``SELECT ... FOR UPDATE`` is ignored), so two workers could both see a trial WAITING
+    and both take it, or one fail with "database is locked" on a stale snapshot (seen under load
+    with two workers); re-queueing a failed trial is check-then-act on every storage."""
+    url = storage_url(storage)
+    if url is None:
+        yield
+        return
+    with study_lock(url):
+        yield

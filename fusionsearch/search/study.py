@@ -16,15 +16,23 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from .confirm import confirm_seeds, queue_confirmation
-from .errors import FusionSearchError
-from .experiment import BASELINES, WARMSTART, Experiment
-from .queueing import _queue_lock
-from .recipe import MAX_SEED, Recipe
-from .recovery import requeue_failed
-from .space import SearchSpace
-from .stitch import StitchPlan
-from .storage import DEFAULT_STORAGE, artifact_dir, check_url, heartbeat_settings, open_storage, redact, study_lock
+from fusionsearch.errors import FusionSearchError
+from fusionsearch.nets.stitch import StitchPlan
+from fusionsearch.search.confirm import confirm_seeds, queue_confirmation
+from fusionsearch.search.experiment import BASELINES, WARMSTART, Experiment
+from fusionsearch.search.queueing import requeue_failed
+from fusionsearch.search.recipe import MAX_SEED, Recipe
+from fusionsearch.search.space import SearchSpace
+from fusionsearch.search.storage import (
+    DEFAULT_STORAGE,
+    artifact_dir,
+    check_url,
+    heartbeat_settings,
+    open_storage,
+    queue_lock,
+    redact,
+    study_lock,
+)
 
 __all__ = [
     "StudySettings",
@@ -42,8 +50,6 @@ __all__ = [
     "grid_points",
     "load_study",
 ]
-
-optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 # objective name -> maximise?
@@ -118,7 +124,7 @@ def make_sampler(settings: StudySettings, recipe: Recipe, worker_seed: int = 0) 
             return optuna.samplers.RandomSampler(seed=seed)
         if settings.sampler == "grid":  # every trial's values are queued with it (see grid_points)
             return optuna.samplers.RandomSampler(seed=seed)
-        if settings.sampler == "nsga2" or (settings.multi_objective and settings.sampler != "tpe"):
+        if settings.sampler == "nsga2":
             return optuna.samplers.NSGAIISampler(seed=seed)
         startup = max(3, min(10, settings.trials // 3))
         return optuna.samplers.TPESampler(
@@ -275,15 +281,15 @@ def prepare_confirmation(study: optuna.Study, settings: StudySettings) -> tuple[
         if names and per not in names:
             return 0, f"confirm per {per!r}: no searched trial has that parameter (they have: {', '.join(names)})"
     seeds = confirm_seeds(settings.seed, settings.confirm_seeds)
-    with _queue_lock(study._storage):  # two commands finishing together queue it once
+    with queue_lock(study._storage):  # two commands finishing together queue it once
         added = queue_confirmation(study, settings.baselines, settings.confirm_top, seeds, settings.confirm_per)
         return added, None
 
 
 def check_plan(plan: StitchPlan, where: str) -> None:
     """Each point's unit is registered and takes the plan's arguments (``schema.check_call``)."""
-    from .fusion import get_fusion
-    from .schema import check_call
+    from fusionsearch.nets.fusion import get_fusion
+    from fusionsearch.schema import check_call
 
     # the main unit even without points: the papers' baseline (UNIT_default) puts it at every boundary
     units = [(plan.unit, dict(plan.unit_args))] + [plan.unit_for(str(p)) for p in plan.per_point]

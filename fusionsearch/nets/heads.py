@@ -1,6 +1,6 @@
 """Task heads of stitched networks, and the adapter that feeds them any backbone layout.
 
-A registered task (``fusionsearch.tasks``) brings its own head (DeepLab ASPP for ``seg``, the
+A registered task (``fusionsearch.tasks.task``) brings its own head (DeepLab ASPP for ``seg``, the
 100-way age softmax, ...); a task name the registry doesn't know gets ``SimpleHead``, so that
 ``build`` still works for ad-hoc tasks. Heads see channels-first maps: ``LayoutAdapter`` turns
 NHWC maps and (B, N, C) tokens into them first.
@@ -12,8 +12,8 @@ import math
 
 from torch import Tensor, nn
 
-from .layouts import Layout, to_channels_first
-from .resize import resize_bilinear
+from fusionsearch.graph.layouts import Layout, to_channels_first
+from fusionsearch.tasks.resize import resize_bilinear
 
 __all__ = ["CLASSIFICATION_TASKS", "task_kind", "SimpleHead", "LayoutAdapter", "tokens_to_map"]
 
@@ -23,7 +23,7 @@ CLASSIFICATION_TASKS = frozenset({"cls", "class", "classification", "age", "gend
 
 def task_kind(name: str) -> str:
     """``"cls"`` for image-level tasks (registered kind, by name, or a ``cls_`` prefix), else ``"dense"``."""
-    from .tasks import TASKS
+    from fusionsearch.tasks.task import TASKS
 
     base = name.split(":")[0]
     if base in TASKS:

@@ -18,11 +18,11 @@ from typing import Any, Literal
 
 import yaml
 
-from .data.partial import check_labelled
-from .errors import FusionSearchError
-from .schema import check_call, check_fields, did_you_mean
-from .tasks import DeltaM, primary_metric
-from .train import TrainConfig
+from fusionsearch.data.partial import check_labelled
+from fusionsearch.errors import FusionSearchError
+from fusionsearch.schema import check_call, check_fields, did_you_mean
+from fusionsearch.tasks.task import DeltaM, primary_metric
+from fusionsearch.train.trainer import TrainConfig
 
 __all__ = ["Recipe", "RecipeError", "load_recipe", "load_yaml", "recipe_dirs", "list_recipes", "parse_data"]
 
@@ -165,7 +165,7 @@ class Recipe:
         check(self.study, StudySection, "study")
         check(self.compare, CompareSection, "compare")
         check(self.paper, PaperSection, "paper")
-        from .space import SearchSpace  # imports the fusion units: only when a recipe is checked
+        from fusionsearch.search.space import SearchSpace  # imports the fusion units: only when a recipe is checked
 
         check(self.search, SearchSpace, "search")
 
@@ -173,9 +173,9 @@ class Recipe:
         """The nested arguments against the constructors they go to (``schema.check_call``), then
         built once so that each constructor's own range checks run: the data set's, each task's,
         the search space's. Nothing is read from disk and no network is built."""
-        from .data import DATASETS
-        from .space import SearchSpace
-        from .tasks import TASKS
+        from fusionsearch.data import DATASETS
+        from fusionsearch.search.space import SearchSpace
+        from fusionsearch.tasks.task import TASKS
 
         try:
             data = DATASETS.get(str(self.data["name"]))

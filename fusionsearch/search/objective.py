@@ -24,16 +24,25 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from .errors import DataError, DependencyError, LostDependencyError
-from .experiment import WARMSTART, Experiment, WarmStart
-from .fusion import fusion_weights
-from .queueing import _find, _pop, _queue_lock, is_baseline, is_reference, reap_stale, single_metrics
-from .recipe import Recipe
-from .recovery import MAX_RETRY, failed_for_good, interrupted, requeue_failed
-from .space import Sampled, SearchSpace
-from .stitch import StitchPlan
-from .storage import artifact_dir, artifact_store
-from .study import StudySettings, rungs
+from fusionsearch.errors import DataError, DependencyError, LostDependencyError
+from fusionsearch.nets.fusion import fusion_weights
+from fusionsearch.nets.stitch import StitchPlan
+from fusionsearch.search.experiment import WARMSTART, Experiment, WarmStart
+from fusionsearch.search.queueing import (
+    _find,
+    _pop,
+    is_baseline,
+    is_reference,
+    reap_stale,
+    requeue_failed,
+    single_metrics,
+)
+from fusionsearch.search.recipe import Recipe
+from fusionsearch.search.recovery import MAX_RETRY, interrupted
+from fusionsearch.search.requeue import failed_for_good
+from fusionsearch.search.space import Sampled, SearchSpace
+from fusionsearch.search.storage import artifact_dir, artifact_store, queue_lock
+from fusionsearch.search.study import StudySettings, rungs
 
 __all__ = [
     "Objective",
@@ -208,7 +217,7 @@ class Objective:
         were saved (a file damaged in place loads without an error, and would train)."""
         from optuna.artifacts import download_artifact
 
-        from .stitch import load
+        from fusionsearch.nets.stitch import load
 
         with tempfile.TemporaryDirectory() as d:
             path = Path(d) / "warmstart.pt"
@@ -227,7 +236,7 @@ class Objective:
         disk) would retrain for ever: after ``MAX_RETRY`` retrains this worker stops with one line,
         and the waiting trial is queued again (``run_worker``), so nothing is lost."""
         where = artifact_dir(self.settings.storage, self.settings.artifacts)
-        with _queue_lock(self.study._storage):
+        with queue_lock(self.study._storage):
             trials = self.study.get_trials(deepcopy=False)
             warm = [t for t in trials if is_baseline(t) == WARMSTART]
             if not all(t.number in lost or failed_for_good(t, trials) for t in warm):
@@ -382,7 +391,7 @@ class Objective:
     ) -> None:
         from optuna.artifacts import upload_artifact
 
-        from .stitch import save
+        from fusionsearch.nets.stitch import save
 
         with tempfile.TemporaryDirectory() as d:
             if self._keeps_net(trial, values):

@@ -1,0 +1,119 @@
+"""What a person reads: the leaderboard and live view (``leaderboard``), the HTML report
+(``html``), ``fusionsearch compare``'s tables (``compare``), and ``fusionsearch inspect``
+(``inspect``). Reads studies; the search does not depend on it (but for the live view).
+
+The names load on first use (PEP 562), so that importing one module of this package, such as
+``fusionsearch.search.recipe`` for ``fusionsearch list``, does not import all of them (Optuna,
+SQLAlchemy, plotly) with it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fusionsearch.report.compare import (
+        DEFAULT_ROWS,
+        Comparison,
+        build_comparison,
+        compare_rows,
+        is_grid,
+    )
+    from fusionsearch.report.html import (
+        FIGURES,
+        confirmation_figure,
+        fusion_weight_figure,
+        importances,
+        placement_map,
+        task_weight_figure,
+        write_report,
+    )
+    from fusionsearch.report.inspect import (
+        fmt_params,
+        fusion_table,
+        inspect_saved,
+        points_table,
+        print_net,
+    )
+    from fusionsearch.report.leaderboard import (
+        best_trial,
+        confirmation_table,
+        counts,
+        headline_metrics,
+        is_ranked,
+        live_view,
+        plan_summary,
+        trial_rows,
+        trials_table,
+    )
+
+_HOMES: dict[str, str] = {
+    "DEFAULT_ROWS": "fusionsearch.report.compare",
+    "Comparison": "fusionsearch.report.compare",
+    "build_comparison": "fusionsearch.report.compare",
+    "compare_rows": "fusionsearch.report.compare",
+    "is_grid": "fusionsearch.report.compare",
+    "FIGURES": "fusionsearch.report.html",
+    "confirmation_figure": "fusionsearch.report.html",
+    "fusion_weight_figure": "fusionsearch.report.html",
+    "importances": "fusionsearch.report.html",
+    "placement_map": "fusionsearch.report.html",
+    "task_weight_figure": "fusionsearch.report.html",
+    "write_report": "fusionsearch.report.html",
+    "fmt_params": "fusionsearch.report.inspect",
+    "fusion_table": "fusionsearch.report.inspect",
+    "inspect_saved": "fusionsearch.report.inspect",
+    "points_table": "fusionsearch.report.inspect",
+    "print_net": "fusionsearch.report.inspect",
+    "best_trial": "fusionsearch.report.leaderboard",
+    "confirmation_table": "fusionsearch.report.leaderboard",
+    "counts": "fusionsearch.report.leaderboard",
+    "headline_metrics": "fusionsearch.report.leaderboard",
+    "is_ranked": "fusionsearch.report.leaderboard",
+    "live_view": "fusionsearch.report.leaderboard",
+    "plan_summary": "fusionsearch.report.leaderboard",
+    "trial_rows": "fusionsearch.report.leaderboard",
+    "trials_table": "fusionsearch.report.leaderboard",
+}
+
+__all__ = [
+    "DEFAULT_ROWS",
+    "Comparison",
+    "build_comparison",
+    "compare_rows",
+    "is_grid",
+    "FIGURES",
+    "confirmation_figure",
+    "fusion_weight_figure",
+    "importances",
+    "placement_map",
+    "task_weight_figure",
+    "write_report",
+    "fmt_params",
+    "fusion_table",
+    "inspect_saved",
+    "points_table",
+    "print_net",
+    "best_trial",
+    "confirmation_table",
+    "counts",
+    "headline_metrics",
+    "is_ranked",
+    "live_view",
+    "plan_summary",
+    "trial_rows",
+    "trials_table",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOMES[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_HOMES})

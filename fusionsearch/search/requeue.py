@@ -1,0 +1,62 @@
+"""Queueing a failed trial again: a copy with the same plan and the same identity, carrying
+Optuna's ``failed_trial`` / ``retry_history`` bookkeeping, at most ``recovery.MAX_RETRY`` times.
+Which failures deserve it is ``recovery``'s call; ``queueing.requeue_failed`` runs this for every
+accident under the queue's lock, and the storage's heartbeat calls ``retry`` for a dead worker's
+trial.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from fusionsearch.search.recovery import IDENTITY, MAX_RETRY, RETRYABLE
+
+__all__ = ["retry", "retries_left", "retried", "failed_for_good"]
+
+
+def _history(t: FrozenTrial) -> list[int]:
+    return list(t.system_attrs.get("retry_history", []))
+
+
+def retries_left(t: FrozenTrial) -> bool:
+    """Whether a failed trial may be copied once more (its history holds earlier copies)."""
+    return len(_history(t)) < MAX_RETRY
+
+
+def retry(study: optuna.Study, t: FrozenTrial) -> bool:
+    """Queue a copy of the failed trial ``t`` (same plan, same identity); False when its retries
+    are used up. The copy carries Optuna's ``failed_trial``/``retry_history`` bookkeeping."""
+    if not retries_left(t):
+        return False
+    system_attrs: dict[str, Any] = {
+        **t.system_attrs,
+        "failed_trial": t.number,
+        "retry_history": [*_history(t), t.number],
+    }
+    study.add_trial(
+        optuna.create_trial(
+            state=TrialState.WAITING,
+            params=t.params,
+            distributions=t.distributions,
+            user_attrs={k: v for k, v in t.user_attrs.items() if k in IDENTITY},
+            system_attrs=system_attrs,
+        )
+    )
+    return True
+
+
+def retried(trials: list[FrozenTrial]) -> set[int]:
+    """The numbers of the failed trials that a copy stands in for."""
+    return {n for t in trials for n in _history(t)}
+
+
+def failed_for_good(t: FrozenTrial, trials: list[FrozenTrial]) -> bool:
+    """A failure that will not come back: the plan's own, or an accident out of retries."""
+    if t.state != TrialState.FAIL:
+        return False
+    if t.number in retried(trials):
+        return False  # a copy stands in for it
+    return t.user_attrs.get("fail_kind") not in RETRYABLE or not retries_left(t)

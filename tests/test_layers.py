@@ -1,0 +1,144 @@
+"""The package's shape (issue 21): every documented name imports, the README's Python runs, no
+import cycle (lazy ones included), no private name crosses a subpackage, a layer imports only the
+layers above it, and ``python cli.py`` runs from a clone."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PKG = ROOT / "fusionsearch"
+LAYERS = ["errors", "registry", "schema", "graph", "tasks", "data", "nets", "train", "search", "report", "cli"]
+SUBPACKAGES = ["graph", "tasks", "data", "nets", "train", "search", "report"]
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for p in PKG.rglob("*.py"):
+        parts = list(p.relative_to(ROOT).with_suffix("").parts)
+        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = p
+    return out
+
+
+def _imports(name: str, path: Path) -> list[tuple[str, str]]:
+    """(module imported, name imported) for every import in the file, in functions too."""
+    out = []
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([node.module] if node.module else []))
+            out += [(base, a.name) for a in node.names]
+        elif isinstance(node, ast.Import):
+            out += [(a.name, "") for a in node.names]
+    return [(m, n) for m, n in out if m.startswith("fusionsearch")]
+
+
+def _edges(lazy_inits: bool) -> dict[str, set[str]]:
+    mods = _modules()
+    edges: dict[str, set[str]] = {m: set() for m in mods}
+    for m, p in mods.items():
+        for target, name in _imports(m, p):
+            full = f"{target}.{name}"
+            edges[m].add(full if full in mods else target)
+    if lazy_inits:  # their re-exports load on first use (PEP 562): no import edge at import time
+        for pkg in ("fusionsearch.search", "fusionsearch.report"):
+            edges[pkg] = set()
+    return {m: {t for t in ts if t in mods and t != m} for m, ts in edges.items()}
+
+
+def test_every_documented_name_imports():
+    import fusionsearch as fs
+
+    for name in fs.__all__:
+        assert getattr(fs, name) is not None, name
+    for sub in SUBPACKAGES:
+        mod = importlib.import_module(f"fusionsearch.{sub}")
+        for name in mod.__all__:
+            assert getattr(mod, name) is not None, f"fusionsearch.{sub}.{name}"
+    # and every dotted name the README shows in code, `fusionsearch.train.item_seed` or a module
+    text = (ROOT / "README.md").read_text()
+    assert "from fusionsearch.search import" in text
+    flat = re.sub(r"\s+", " ", text)
+    for module, names in re.findall(r"`from (fusionsearch[\w.]*) import ([\w, ]+)`", flat):
+        mod = importlib.import_module(module)
+        for name in (n.strip() for n in names.split(",")):
+            assert hasattr(mod, name), f"README: from {module} import {name}"
+    shown = set(re.findall(r"`(fusionsearch(?:\.\w+)+)`", text))
+    for dotted in sorted(shown):
+        parts = dotted.split(".")
+        for cut in range(len(parts), 0, -1):  # the longest prefix that is a module, then attributes
+            try:
+                obj = importlib.import_module(".".join(parts[:cut]))
+            except ModuleNotFoundError:
+                continue
+            for attr in parts[cut:]:
+                assert hasattr(obj, attr), f"README names {dotted}, which does not exist"
+                obj = getattr(obj, attr)
+            break
+
+
+def test_the_readmes_python_runs(tmp_path, monkeypatch):
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    assert len(blocks) >= 2
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    for block in blocks:  # in order: later blocks use the names of earlier ones, as a reader would
+        exec(compile(block, "README.md", "exec"), scope)
+    assert (tmp_path / "net.pt").is_file()
+
+
+def test_no_import_cycle_not_even_a_lazy_one():
+    edges = _edges(lazy_inits=True)
+    seen: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(m: str, path: list[str]) -> None:
+        seen[m] = 1
+        for t in sorted(edges[m]):
+            if seen.get(t) == 1:
+                pytest.fail("import cycle: " + " -> ".join([*path[path.index(t) :], t]))
+            if t not in seen:
+                visit(t, [*path, t])
+        seen[m] = 2
+
+    for m in sorted(edges):
+        if m not in seen:
+            visit(m, [m])
+
+
+def _layer(module: str) -> int:
+    parts = module.split(".")
+    return LAYERS.index(parts[1]) if len(parts) > 1 else len(LAYERS)
+
+
+def test_a_layer_imports_only_the_layers_above_it_and_no_private_name_crosses():
+    mods = _modules()
+    upward, private = [], []
+    for m, p in mods.items():
+        if m == "fusionsearch":
+            continue
+        for target, name in _imports(m, p):
+            if (target == "fusionsearch" and m != "fusionsearch.cli") or (
+                target != "fusionsearch" and _layer(target) > _layer(m)
+            ):
+                if m.split(".")[1] == "search" and target.startswith("fusionsearch.report.leaderboard"):
+                    continue  # run_workers' live view, the one allowed reach below (README, Architecture)
+                upward.append(f"{m} imports {target}")
+            crosses = target.split(".")[:2] != m.split(".")[:2]
+            if name.startswith("_") and not name.startswith("__") and f"{target}.{name}" not in mods and crosses:
+                private.append(f"{m} imports {target}.{name}")
+    assert not upward and not private, upward + private
+
+
+def test_cli_py_runs_the_command_line_from_a_clone():
+    out = subprocess.run([sys.executable, str(ROOT / "cli.py"), "--version"], capture_output=True, text=True, cwd="/")
+    assert out.returncode == 0 and out.stdout.startswith("fusionsearch "), out.stderr
