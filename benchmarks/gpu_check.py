@@ -73,8 +73,8 @@ import torch
 import yaml
 from torch.utils.data import Dataset
 
-from fusionsearch.tasks import Task, get_task
-from fusionsearch.train import TrainConfig, amp_dtype, fit
+from fusionsearch.tasks.task import Task, get_task
+from fusionsearch.train.trainer import TrainConfig, amp_dtype, fit
 
 SECTIONS = ("study", "step_time", "loader", "memory", "rerun", "weightings")
 FAIL_ENV = "GPU_CHECK_FAIL"
@@ -373,7 +373,7 @@ def section_study(check: Check) -> None:
 
 def tiny_recipe(path: Path) -> Path:
     """The quick recipe on test_resnet at 32 px, 4 warm-start steps, 2 fine-tuning steps, 16 scenes."""
-    from fusionsearch.recipe import load_recipe
+    from fusionsearch.search.recipe import load_recipe
 
     d = load_recipe("quick").to_dict()
     d.update(
@@ -480,7 +480,7 @@ def write_mtan(root: Path, counts: dict[str, int], hw: tuple[int, int]) -> Path:
 def section_loader(check: Check) -> None:
     """NYUv2 from disk through fit's own loader, 0 and N worker processes, against the step time."""
     from fusionsearch.data.nyuv2 import NYUv2
-    from fusionsearch.train import loader_workers, train_loader
+    from fusionsearch.train.trainer import loader_workers, train_loader
 
     s = check.sizes
     root = write_mtan(check.scratch / "nyuv2", {"train": s.loader_images, "val": 2}, s.loader_native)
@@ -589,7 +589,7 @@ def section_weightings(check: Check) -> None:
     """Every registered weighting method, 3 steps of fit: under AMP on a GPU (fit's default there,
     so fp16's GradScaler and bf16 meet every method); in fp32 on the CPU, fit's default there (the
     tests train every method under CPU bf16 autocast already, at 3x the time on 2 cores)."""
-    from fusionsearch.weighting import WEIGHTINGS
+    from fusionsearch.tasks.weighting import WEIGHTINGS
 
     s = check.sizes
     amp = check.cuda

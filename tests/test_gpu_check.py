@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fusionsearch.weighting import WEIGHTINGS
+from fusionsearch.tasks.weighting import WEIGHTINGS
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
 SECTIONS = ["study", "step_time", "loader", "memory", "rerun", "weightings"]
