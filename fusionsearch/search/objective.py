@@ -109,6 +109,8 @@ class Objective:
         progress: bool = False,
         before_trial: Callable[[optuna.Trial], None] | None = None,
         wait_s: float = 2.0,
+        run: Callable[[optuna.Trial], None] | None = None,
+        log: Callable[[str], None] | None = None,
     ) -> None:
         self.study, self.recipe, self.settings = study, recipe, settings
         self.exp = Experiment(recipe, settings.seed)
@@ -118,8 +120,10 @@ class Objective:
         self.before_trial = before_trial
         self.wait_s = wait_s
         self.store = artifact_store(settings.storage, settings.artifacts)
-        self.execute: Callable[[optuna.Trial], None] | None = None  # set by run_worker
-        self.log: Callable[[str], None] = lambda line: None  # set by run_worker
+        # how a trial this one needs is run when it is queued (the worker's ``TrialRunner.run``);
+        # None: it is awaited from other workers only
+        self.execute = run
+        self.log: Callable[[str], None] = log or (lambda line: None)
         self.rungs = rungs(recipe, settings)
         self._warm: WarmStart | None = None
         self._retrained = 0  # warm starts this worker queued again because their nets were unreadable
@@ -140,7 +144,7 @@ class Objective:
             reap_stale(self.study)
             queued = _pop(self.study, match) if self.execute is not None else None
             if queued is not None:
-                self.execute(queued)  # type: ignore[misc]
+                self.execute(queued)  # type: ignore[misc]  # queued is None when execute is
                 continue
             time.sleep(self.wait_s)
 

@@ -28,6 +28,7 @@ from fusionsearch.train.devices import use_device
 
 __all__ = [
     "run_worker",
+    "TrialRunner",
     "run_workers",
     "worker_command",
     "trial_label",
@@ -61,55 +62,8 @@ def run_worker(
     timeout = settings.timeout if timeout is None else timeout
     if artifacts is not None:
         settings.artifacts = artifacts
-    objective = Objective(study, recipe, settings, device, progress, before_trial)
-    log = log or (lambda s: None)
-
-    def execute(trial: optuna.Trial) -> None:
-        label = trial_label(trial)
-        log(f"{label}: started on {device}")
-        with _Heartbeat(study._storage, trial._trial_id):
-            failed = _run_trial(trial, label)
-        # outside the except blocks: there the traceback still held the trial's frames, and with
-        # them its net, so collecting freed nothing of what ran out of memory
-        _free_memory()
-        if failed is not None:
-            raise failed
-
-    def _run_trial(trial: optuna.Trial, label: str) -> BaseException | None:
-        """Run one trial and record its end; returns what must stop this worker, if anything."""
-        try:
-            values = objective(trial)
-        except optuna.TrialPruned as e:
-            study.tell(trial, state=TrialState.PRUNED)
-            log(f"{label}: {e}")
-            return None
-        except (KeyboardInterrupt, SystemExit, DependencyError) as e:
-            # no verdict on the plan: queue it again now, then stop this worker
-            kind = failure_kind(e)
-            reason = "interrupted (queued again)" if kind == INTERRUPTED else f"{e} (queued again)"
-            _fail(study, trial, reason, kind, requeue=True)
-            raise
-        except Exception as e:
-            if interrupted(e):  # Ctrl-C inside a database commit
-                _fail(study, trial, "interrupted (queued again)", INTERRUPTED, requeue=True)
-                raise KeyboardInterrupt from e
-            reason, kind = failure_reason(e), failure_kind(e, shares_device)
-            if kind == DEVICE:  # every later trial of this process would fail the same way
-                _fail(study, trial, f"{reason} (queued again)", kind, requeue=True)
-                return DeviceError(
-                    f"{label}: the CUDA context of {device} is broken ({reason}): this worker stops and the trial"
-                    " is queued again; run the same command to resume in a fresh process"
-                )
-            _fail(study, trial, reason, kind)
-            again = "" if kind == PLAN else " (an accident, not the plan's: the next run queues it again)"
-            log(f"{label}: failed: {reason}{again}")
-            return None
-        study.tell(trial, values if len(values) > 1 else values[0])
-        log(f"{label}: done, " + ", ".join(f"{o}={v:.4g}" for o, v in zip(settings.objectives, values)))
-        return None
-
-    objective.execute = execute
-    objective.log = log
+    runner = TrialRunner(study, recipe, settings, device, log, shares_device, progress, before_trial)
+    objective, execute, log = runner.objective, runner.run, runner.log
     requeue_failed(study)  # what an accident failed last time comes back before anything else runs
     start, ran = time.monotonic(), 0
     with _terminate_as_interrupt():
@@ -132,6 +86,75 @@ def run_worker(
             ran += 1
             execute(trial)
     return ran
+
+
+class TrialRunner:
+    """Runs one trial and records its end: pruned, complete, failed with its kind, or queued again.
+    It builds the trial's ``Objective`` and hands it ``run``, so that a trial that needs another
+    one queued (a warm start) runs it here, the same way (heartbeat, failure kinds, memory freed)."""
+
+    def __init__(
+        self,
+        study: optuna.Study,
+        recipe: Any,
+        settings: Any,
+        device: str,
+        log: Callable[[str], None] | None = None,
+        shares_device: bool = False,
+        progress: bool = False,
+        before_trial: Callable[[optuna.Trial], None] | None = None,
+    ) -> None:
+        self.study, self.settings, self.device, self.shares_device = study, settings, device, shares_device
+        self.log: Callable[[str], None] = log or (lambda s: None)
+        self.objective = Objective(study, recipe, settings, device, progress, before_trial, run=self.run, log=self.log)
+
+    def run(self, trial: optuna.Trial) -> None:
+        label = trial_label(trial)
+        self.log(f"{label}: started on {self.device}")
+        with _Heartbeat(self.study._storage, trial._trial_id):
+            failed = self._run_trial(trial, label)
+        # outside the except blocks: there the traceback still held the trial's frames, and with
+        # them its net, so collecting freed nothing of what ran out of memory
+        _free_memory()
+        if failed is not None:
+            raise failed
+
+    def _run_trial(self, trial: optuna.Trial, label: str) -> BaseException | None:
+        """Run one trial and record its end; returns what must stop this worker, if anything."""
+        study, log = self.study, self.log
+        try:
+            values = self.objective(trial)
+        except optuna.TrialPruned as e:
+            study.tell(trial, state=TrialState.PRUNED)
+            log(f"{label}: {e}")
+            return None
+        except (KeyboardInterrupt, SystemExit, DependencyError) as e:
+            # no verdict on the plan: queue it again now, then stop this worker
+            kind = failure_kind(e)
+            reason = "interrupted (queued again)" if kind == INTERRUPTED else f"{e} (queued again)"
+            _fail(study, trial, reason, kind, requeue=True)
+            raise
+        except Exception as e:
+            return self._failed(trial, label, e)
+        study.tell(trial, values if len(values) > 1 else values[0])
+        log(f"{label}: done, " + ", ".join(f"{o}={v:.4g}" for o, v in zip(self.settings.objectives, values)))
+        return None
+
+    def _failed(self, trial: optuna.Trial, label: str, e: Exception) -> BaseException | None:
+        if interrupted(e):  # Ctrl-C inside a database commit
+            _fail(self.study, trial, "interrupted (queued again)", INTERRUPTED, requeue=True)
+            raise KeyboardInterrupt from e
+        reason, kind = failure_reason(e), failure_kind(e, self.shares_device)
+        if kind == DEVICE:  # every later trial of this process would fail the same way
+            _fail(self.study, trial, f"{reason} (queued again)", kind, requeue=True)
+            return DeviceError(
+                f"{label}: the CUDA context of {self.device} is broken ({reason}): this worker stops and the trial"
+                " is queued again; run the same command to resume in a fresh process"
+            )
+        _fail(self.study, trial, reason, kind)
+        again = "" if kind == PLAN else " (an accident, not the plan's: the next run queues it again)"
+        self.log(f"{label}: failed: {reason}{again}")
+        return None
 
 
 def _fail(study: optuna.Study, trial: optuna.Trial, reason: str, kind: str, requeue: bool = False) -> None:
