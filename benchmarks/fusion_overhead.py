@@ -30,7 +30,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import fusionsearch as fs
-import fusionsearch.nets.stitch as st
+import fusionsearch.nets as st
 
 GOAL = 1.03
 

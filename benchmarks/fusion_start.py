@@ -32,7 +32,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from fusionsearch.nets.stitch import StitchPlan
+from fusionsearch.nets.plan import StitchPlan
 from fusionsearch.search.confirm import confirm_seeds, t_interval
 from fusionsearch.search.experiment import Experiment, WarmStart
 from fusionsearch.search.recipe import load_recipe

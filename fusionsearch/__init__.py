@@ -19,8 +19,11 @@ from fusionsearch.errors import (
 from fusionsearch.graph.backbone import create_backbone, input_size_of
 from fusionsearch.graph.cuts import BackboneGraph, Boundary, CutPoint, trace
 from fusionsearch.graph.segments import Segment, run_segments
+from fusionsearch.nets.builder import build
 from fusionsearch.nets.fusion import FUSION_UNITS, NDDR, CrossStitch, FusionUnit, Sluice, register_fusion
-from fusionsearch.nets.stitch import StitchedNet, StitchPlan, build, load, save
+from fusionsearch.nets.io import load, save
+from fusionsearch.nets.net import StitchedNet
+from fusionsearch.nets.plan import StitchPlan
 from fusionsearch.tasks.task import TASKS, Task, delta_m, get_task, register_task
 
 __version__ = "0.1.0"

@@ -227,8 +227,9 @@ def build(
 ) -> None:
     """Build a stitched multi-task network and save it (weights, plan and backbone names)."""
     from fusionsearch.graph.cuts import trace
-    from fusionsearch.nets.stitch import StitchPlan, save
-    from fusionsearch.nets.stitch import build as build_net
+    from fusionsearch.nets.builder import build as build_net
+    from fusionsearch.nets.io import save
+    from fusionsearch.nets.plan import StitchPlan
     from fusionsearch.report.inspect import print_net
 
     check_out(out, "--out")
@@ -475,7 +476,7 @@ def train(
     """Train one plan and print its metrics (and Delta-m against single-task baselines)."""
     from pathlib import Path
 
-    from fusionsearch.nets.stitch import save
+    from fusionsearch.nets.io import save
     from fusionsearch.search.experiment import Experiment
     from fusionsearch.train.devices import check_device
 
@@ -915,7 +916,7 @@ def best(
 
     from optuna.artifacts import download_artifact
 
-    from fusionsearch.nets.stitch import load
+    from fusionsearch.nets.io import load
     from fusionsearch.report.leaderboard import best_trial, plan_summary
     from fusionsearch.search import load_study
 

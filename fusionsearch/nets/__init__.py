@@ -1,10 +1,12 @@
-"""Stitched multi-task networks: the fusion units (``fusion``), the task heads behind an adapter for
-every layout (``heads``), the plan, the net, its build, save and load (``stitch``), and the fusion
-learning-rate conventions per optimiser (``conventions``). Built on ``graph`` and ``tasks``.
+"""Stitched multi-task networks: the fusion units, one file per family (``fusion``), the task heads
+behind an adapter for every layout (``heads``), the plan (``plan``), the net (``net``), its build
+(``builder``), its saved file (``io``), and the fusion learning-rate conventions per optimiser
+(``conventions``). Built on ``graph`` and ``tasks``.
 """
 
 from __future__ import annotations
 
+from fusionsearch.nets.builder import build
 from fusionsearch.nets.conventions import (
     FUSION_LR_MULT,
     OPTIMIZERS,
@@ -14,8 +16,11 @@ from fusionsearch.nets.conventions import (
     fusion_lr_mult,
 )
 from fusionsearch.nets.fusion import (
+    BN_EPS,
+    BN_MOMENTUM,
     FUSION_UNITS,
     NDDR,
+    SHORTCUT_INITS,
     CrossStitch,
     FusionUnit,
     ShortcutHead,
@@ -24,7 +29,13 @@ from fusionsearch.nets.fusion import (
     from_channels_first,
     fusion_weights,
     get_fusion,
+    make_norm,
+    project_channels,
     register_fusion,
+    resize_to,
+    rows_to_lists,
+    same_channels,
+    tagged_group,
     to_channels_first,
 )
 from fusionsearch.nets.heads import (
@@ -34,16 +45,9 @@ from fusionsearch.nets.heads import (
     task_kind,
     tokens_to_map,
 )
-from fusionsearch.nets.stitch import (
-    SAFE_CREATE_KWARGS,
-    StitchedNet,
-    StitchMeta,
-    StitchPlan,
-    build,
-    load,
-    parse_tasks,
-    save,
-)
+from fusionsearch.nets.io import SAFE_CREATE_KWARGS, load, save
+from fusionsearch.nets.net import StitchedNet
+from fusionsearch.nets.plan import StitchMeta, StitchPlan, parse_tasks
 
 __all__ = [
     "FUSION_UNITS",
@@ -58,6 +62,15 @@ __all__ = [
     "fusion_weights",
     "to_channels_first",
     "from_channels_first",
+    "SHORTCUT_INITS",
+    "BN_MOMENTUM",
+    "BN_EPS",
+    "tagged_group",
+    "rows_to_lists",
+    "same_channels",
+    "make_norm",
+    "project_channels",
+    "resize_to",
     "CLASSIFICATION_TASKS",
     "task_kind",
     "SimpleHead",

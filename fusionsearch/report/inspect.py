@@ -12,7 +12,8 @@ from rich.console import Console
 from rich.table import Table
 
 from fusionsearch.errors import FusionSearchWarning
-from fusionsearch.nets.stitch import StitchedNet, load
+from fusionsearch.nets.io import load
+from fusionsearch.nets.net import StitchedNet
 
 __all__ = ["fusion_table", "print_net", "inspect_saved", "fmt_params", "points_table"]
 

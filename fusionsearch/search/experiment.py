@@ -16,8 +16,10 @@ from torch.utils.data import Dataset
 from fusionsearch.data import DATASETS, PartialLabels, get_dataset
 from fusionsearch.errors import ArgumentError, FusionSearchError, FusionSearchWarning, PlanError
 from fusionsearch.graph.cuts import BackboneGraph, trace
+from fusionsearch.nets.builder import build
 from fusionsearch.nets.fusion import FUSION_UNITS
-from fusionsearch.nets.stitch import StitchedNet, StitchPlan, build
+from fusionsearch.nets.net import StitchedNet
+from fusionsearch.nets.plan import StitchPlan
 from fusionsearch.schema import finite
 from fusionsearch.search.recipe import Recipe
 from fusionsearch.tasks.task import TASKS, Task, get_task

@@ -26,7 +26,7 @@ from optuna.trial import TrialState
 
 from fusionsearch.errors import DataError, DependencyError, LostDependencyError
 from fusionsearch.nets.fusion import fusion_weights
-from fusionsearch.nets.stitch import StitchPlan
+from fusionsearch.nets.plan import StitchPlan
 from fusionsearch.search.experiment import WARMSTART, Experiment, WarmStart
 from fusionsearch.search.queueing import (
     _find,
@@ -221,7 +221,7 @@ class Objective:
         were saved (a file damaged in place loads without an error, and would train)."""
         from optuna.artifacts import download_artifact
 
-        from fusionsearch.nets.stitch import load
+        from fusionsearch.nets.io import load
 
         with tempfile.TemporaryDirectory() as d:
             path = Path(d) / "warmstart.pt"
@@ -395,7 +395,7 @@ class Objective:
     ) -> None:
         from optuna.artifacts import upload_artifact
 
-        from fusionsearch.nets.stitch import save
+        from fusionsearch.nets.io import save
 
         with tempfile.TemporaryDirectory() as d:
             if self._keeps_net(trial, values):

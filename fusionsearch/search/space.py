@@ -23,7 +23,7 @@ import optuna
 from fusionsearch.errors import PlanError
 from fusionsearch.nets.conventions import fusion_lr_mult
 from fusionsearch.nets.fusion import FUSION_UNITS, get_fusion
-from fusionsearch.nets.stitch import StitchPlan
+from fusionsearch.nets.plan import StitchPlan
 from fusionsearch.schema import check_call, did_you_mean, finite
 from fusionsearch.tasks.weighting import get_weighting
 

@@ -17,7 +17,7 @@ import optuna
 from optuna.trial import TrialState
 
 from fusionsearch.errors import FusionSearchError
-from fusionsearch.nets.stitch import StitchPlan
+from fusionsearch.nets.plan import StitchPlan
 from fusionsearch.search.confirm import confirm_seeds, queue_confirmation
 from fusionsearch.search.experiment import BASELINES, WARMSTART, Experiment
 from fusionsearch.search.queueing import requeue_failed

@@ -20,7 +20,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fusionsearch.errors import CheckpointError, FusionSearchError
-from fusionsearch.nets.stitch import StitchedNet
+from fusionsearch.nets.net import StitchedNet
 from fusionsearch.tasks.task import Task
 from fusionsearch.tasks.weighting import Weighting, make_weighting
 from fusionsearch.train.calibration import calibrate_batchnorm
