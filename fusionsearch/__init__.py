@@ -17,7 +17,8 @@ from fusionsearch.errors import (
     UnknownBackboneError,
 )
 from fusionsearch.graph.backbone import create_backbone, input_size_of
-from fusionsearch.graph.cuts import BackboneGraph, Boundary, CutPoint, trace
+from fusionsearch.graph.cuts import BackboneGraph, trace
+from fusionsearch.graph.points import Boundary, CutPoint
 from fusionsearch.graph.segments import Segment, run_segments
 from fusionsearch.nets.builder import build
 from fusionsearch.nets.fusion import FUSION_UNITS, NDDR, CrossStitch, FusionUnit, Sluice, register_fusion

@@ -124,13 +124,56 @@ def _hit_cylinder(o: np.ndarray, d: np.ndarray, c: np.ndarray, r: float, h: floa
     return t, n
 
 
+@dataclass
+class _Hits:
+    """The nearest surface seen so far along each ray: its distance, world normal, class and albedo.
+    Each object drawn replaces it where the object is nearer."""
+
+    t: np.ndarray
+    normal: np.ndarray
+    seg: np.ndarray
+    albedo: np.ndarray
+
+    def keep_nearer(self, ot: np.ndarray, on: np.ndarray, kind: int, tint: np.ndarray) -> None:
+        closer = ot < self.t
+        self.t = np.where(closer, ot, self.t)
+        self.normal = np.where(closer[..., None], on, self.normal)
+        self.seg = np.where(closer, kind, self.seg)
+        self.albedo = np.where(closer[..., None], np.clip(tint, 0, 1), self.albedo)
+
+
 def render_scene(seed: int, height: int = 128, width: int = 128, max_objects: int = 6) -> Scene:
-    """Render one scene; the same (seed, size) always gives the same arrays."""
+    """Render one scene; the same (seed, size) always gives the same arrays.
+
+    The steps draw from one generator in a fixed order (room, camera, objects, light, noise):
+    reordering them would change every scene of every seed."""
     rng = np.random.default_rng(seed)
     half_x, half_z, room_h = rng.uniform(2.0, 4.0), rng.uniform(2.0, 4.0), rng.uniform(2.4, 3.2)
     lo, hi = np.array([-half_x, 0.0, -half_z]), np.array([half_x, room_h, half_z])
     eye = np.array([rng.uniform(-0.5, 0.5) * half_x, rng.uniform(1.2, 1.8), rng.uniform(-0.5, 0.5) * half_z])
     R = _rotation(rng.uniform(-math.pi, math.pi), rng.uniform(-0.45, 0.05))
+    K, o, d = _camera_rays(rng, eye, R, height, width)
+    hits = _room_hits(o, d, lo, hi)
+    for _ in range(int(rng.integers(2, max_objects + 1))):
+        _add_object(rng, hits, o, d, eye, R, half_x, half_z)
+    image = _shade(rng, hits, o, d, half_x, half_z, room_h)
+    normal_c = hits.normal @ R  # world -> camera: R^T n, row-vector form
+    return Scene(
+        image=np.clip(image, 0, 1).astype(np.float32),
+        seg=hits.seg.astype(np.int64),
+        normal=normal_c.astype(np.float32),
+        depth=hits.t.astype(np.float32),
+        K=K,
+        R=R,
+        eye=eye,
+    )
+
+
+def _camera_rays(
+    rng: np.random.Generator, eye: np.ndarray, R: np.ndarray, height: int, width: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A random field of view: the intrinsics ``K`` and each pixel's ray (origin, world direction),
+    scaled so that the ray parameter ``t`` is the depth."""
     fov = math.radians(rng.uniform(55, 70))
     f = 0.5 * width / math.tan(fov / 2)
     K = np.array([[f, 0, (width - 1) / 2], [0, f, (height - 1) / 2], [0, 0, 1.0]])
@@ -138,56 +181,61 @@ def render_scene(seed: int, height: int = 128, width: int = 128, max_objects: in
     rays_cam = np.stack([(u - K[0, 2]) / f, (v - K[1, 2]) / f, np.ones_like(u)], -1)  # z = 1: t is depth
     d = rays_cam @ R.T
     o = np.broadcast_to(eye, d.shape)
+    return K, o, d
 
+
+def _room_hits(o: np.ndarray, d: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> _Hits:
+    """Where each ray leaves the room: the floor, a wall or the ceiling."""
     t, face = _hit_box_inside(o, d, lo, hi)
     normal_w = np.zeros(d.shape)
     axis = face // 2
     np.put_along_axis(normal_w, axis[..., None], np.where(face % 2 == 1, -1.0, 1.0)[..., None], -1)
     seg = np.where(axis == 1, np.where(face % 2 == 1, 2, 0), 1)  # y faces: floor (0) or ceiling (2)
-    albedo = _ALBEDO[seg]
+    return _Hits(t, normal_w, seg, _ALBEDO[seg])
 
-    for _ in range(int(rng.integers(2, max_objects + 1))):
-        kind = int(rng.integers(3, 6))
-        # most objects stand in front of the camera, so that views are not just walls
-        ahead = R[:, 2][[0, 2]] / max(np.linalg.norm(R[:, 2][[0, 2]]), 1e-6)
-        spot = eye[[0, 2]] + ahead * rng.uniform(1.2, 3.5) + rng.normal(0, 0.8, size=2)
-        if rng.random() < 0.25:
-            spot = rng.uniform([-half_x, -half_z], [half_x, half_z])
-        cx = float(np.clip(spot[0], -half_x + 0.6, half_x - 0.6))
-        cz = float(np.clip(spot[1], -half_z + 0.6, half_z - 0.6))
-        if np.hypot(cx - eye[0], cz - eye[2]) < 0.9:
-            continue  # keep objects off the camera
-        size = rng.uniform(0.25, 0.6)
-        if kind == 3:
-            height_box = rng.uniform(0.3, 1.2)
-            ot, on = _hit_aabb(
-                o, d, np.array([cx - size, 0.0, cz - size]), np.array([cx + size, height_box, cz + size])
-            )
-        elif kind == 4:
-            ot, on = _hit_sphere(o, d, np.array([cx, size, cz]), size)
-        else:
-            ot, on = _hit_cylinder(o, d, np.array([cx, 0.0, cz]), size, rng.uniform(0.4, 1.4))
-        closer = ot < t
-        t = np.where(closer, ot, t)
-        normal_w = np.where(closer[..., None], on, normal_w)
-        seg = np.where(closer, kind, seg)
-        tint = _ALBEDO[kind] * rng.uniform(0.75, 1.25, size=3)
-        albedo = np.where(closer[..., None], np.clip(tint, 0, 1), albedo)
 
-    p = o + t[..., None] * d
+def _add_object(
+    rng: np.random.Generator,
+    hits: _Hits,
+    o: np.ndarray,
+    d: np.ndarray,
+    eye: np.ndarray,
+    R: np.ndarray,
+    half_x: float,
+    half_z: float,
+) -> None:
+    """Draw one box, sphere or cylinder on the floor and keep it where it is the nearest surface;
+    one too close to the camera is dropped (its draws are still made, up to that test)."""
+    kind = int(rng.integers(3, 6))
+    # most objects stand in front of the camera, so that views are not just walls
+    ahead = R[:, 2][[0, 2]] / max(np.linalg.norm(R[:, 2][[0, 2]]), 1e-6)
+    spot = eye[[0, 2]] + ahead * rng.uniform(1.2, 3.5) + rng.normal(0, 0.8, size=2)
+    if rng.random() < 0.25:
+        spot = rng.uniform([-half_x, -half_z], [half_x, half_z])
+    cx = float(np.clip(spot[0], -half_x + 0.6, half_x - 0.6))
+    cz = float(np.clip(spot[1], -half_z + 0.6, half_z - 0.6))
+    if np.hypot(cx - eye[0], cz - eye[2]) < 0.9:
+        return  # keep objects off the camera
+    size = rng.uniform(0.25, 0.6)
+    if kind == 3:
+        height_box = rng.uniform(0.3, 1.2)
+        ot, on = _hit_aabb(o, d, np.array([cx - size, 0.0, cz - size]), np.array([cx + size, height_box, cz + size]))
+    elif kind == 4:
+        ot, on = _hit_sphere(o, d, np.array([cx, size, cz]), size)
+    else:
+        ot, on = _hit_cylinder(o, d, np.array([cx, 0.0, cz]), size, rng.uniform(0.4, 1.4))
+    hits.keep_nearer(ot, on, kind, _ALBEDO[kind] * rng.uniform(0.75, 1.25, size=3))
+
+
+def _shade(
+    rng: np.random.Generator, hits: _Hits, o: np.ndarray, d: np.ndarray, half_x: float, half_z: float, room_h: float
+) -> np.ndarray:
+    """The unclipped image: albedo times a checker texture times Lambertian shading from a random
+    point light under the ceiling, plus noise."""
+    p = o + hits.t[..., None] * d
     light = np.array([rng.uniform(-0.6, 0.6) * half_x, room_h - 0.2, rng.uniform(-0.6, 0.6) * half_z])
     to_light = light - p
     to_light /= np.linalg.norm(to_light, axis=-1, keepdims=True)
-    shade = 0.25 + 0.75 * np.clip((normal_w * to_light).sum(-1), 0, 1)
+    shade = 0.25 + 0.75 * np.clip((hits.normal * to_light).sum(-1), 0, 1)
     texture = 0.85 + 0.15 * np.sign(np.sin(4 * p[..., 0]) * np.sin(4 * p[..., 2]) * np.sin(4 * p[..., 1] + 0.5))
-    image = albedo * (shade * texture)[..., None] + rng.normal(0, 0.02, size=albedo.shape)
-    normal_c = normal_w @ R  # world -> camera: R^T n, row-vector form
-    return Scene(
-        image=np.clip(image, 0, 1).astype(np.float32),
-        seg=seg.astype(np.int64),
-        normal=normal_c.astype(np.float32),
-        depth=t.astype(np.float32),
-        K=K,
-        R=R,
-        eye=eye,
-    )
+    return hits.albedo * (shade * texture)[..., None] + rng.normal(0, 0.02, size=hits.albedo.shape)

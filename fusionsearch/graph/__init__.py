@@ -1,5 +1,6 @@
 """Tracing a timm backbone and finding where it can be cut: the torch.fx tracer that respects timm's
-leaf modules (``_fx``), shapes and cut points and stage boundaries (``trace``), the runnable pieces
+leaf modules (``_fx``), ``trace`` and the graph it returns (``cuts``, on ``_tracing``, ``_analysis``
+and ``_stages``), the cut point and stage boundary types (``points``), the runnable pieces
 between cuts (``segments``), the NCHW / NHWC / token layouts of a feature (``layouts``), and the
 creation of the backbone itself (``backbone``). Nothing here knows of tasks or fusion.
 """
@@ -14,8 +15,6 @@ from fusionsearch.graph.backbone import (
 )
 from fusionsearch.graph.cuts import (
     BackboneGraph,
-    Boundary,
-    CutPoint,
     trace,
 )
 from fusionsearch.graph.layouts import (
@@ -27,6 +26,10 @@ from fusionsearch.graph.layouts import (
     is_tokens,
     spatial_of,
     to_channels_first,
+)
+from fusionsearch.graph.points import (
+    Boundary,
+    CutPoint,
 )
 from fusionsearch.graph.segments import (
     GraphIndex,

@@ -22,8 +22,9 @@ import torch
 from torch import Tensor, nn
 
 from fusionsearch.errors import CheckpointError, PlanError
-from fusionsearch.graph.cuts import BackboneGraph, CutPoint, trace
+from fusionsearch.graph.cuts import BackboneGraph, trace
 from fusionsearch.graph.layouts import is_tokens
+from fusionsearch.graph.points import CutPoint
 from fusionsearch.graph.segments import Segment
 from fusionsearch.nets.fusion import ShortcutHead, get_fusion
 from fusionsearch.nets.heads import LayoutAdapter, SimpleHead, task_kind

@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from fusionsearch.graph.cuts import CutPoint
+from fusionsearch.graph.points import CutPoint
 from fusionsearch.nets.conventions import fusion_lr_mult
 from fusionsearch.nets.fusion import FusionUnit
 from fusionsearch.nets.plan import StitchMeta, StitchPlan

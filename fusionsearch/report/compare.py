@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from fusionsearch.report.leaderboard import plan_summary
 from fusionsearch.search.confirm import summarize
@@ -149,14 +149,24 @@ def _columns(recipe: Recipe, exp: Experiment) -> list[tuple[str, str, bool]]:
 
 
 def build_comparison(study: optuna.Study, recipe: Recipe) -> Comparison:
-    """The comparison table from a finished comparison study."""
+    """The comparison table from a finished comparison study: the recipe's baseline rows, its
+    ablation (grid) rows, the search's best trial, each with its confirmation where it has one."""
     exp = Experiment(recipe)
-    directions = exp.directions()
-    paper_rows: Mapping[str, Any] = recipe.paper.get("rows", {})
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    by_baseline = {t.user_attrs["baseline"]: t for t in trials if t.user_attrs.get("baseline")}
-    single = by_baseline.get("single")
-    paper_single = paper_rows.get("single_task")
+    searched = [t for t in trials if "slot" in t.user_attrs and t.user_attrs.get("delta_m") is not None]
+    paper_dm = _paper_delta_m(recipe, exp.directions())
+    rows = _baseline_rows(recipe, exp, trials, paper_dm) + _grid_rows(recipe, searched, paper_dm)
+    if searched and not is_grid(recipe):
+        rows.append(_search_row(searched))
+    _add_confirmations(study, rows)
+    title = recipe.paper.get("table") or f"{recipe.name}: {recipe.backbone}, {', '.join(recipe.tasks)}"
+    return Comparison(str(title), _columns(recipe, exp), rows, recipe.gain.describe())
+
+
+def _paper_delta_m(recipe: Recipe, directions: dict[str, dict[str, bool]]) -> Callable[[Any], float | None]:
+    """Delta-m of a paper row against the paper's own single-task row, on the metrics both quote
+    (None where the paper has no single-task row or the two share no metric)."""
+    paper_single = recipe.paper.get("rows", {}).get("single_task")
 
     def paper_dm(metrics: Mapping[str, Any] | None) -> float | None:
         if not metrics or not paper_single:
@@ -168,6 +178,17 @@ def build_comparison(study: optuna.Study, recipe: Recipe) -> Comparison:
         except (KeyError, ValueError):
             return None
 
+    return paper_dm
+
+
+def _baseline_rows(
+    recipe: Recipe, exp: Experiment, trials: list[FrozenTrial], paper_dm: Callable[[Any], float | None]
+) -> list[dict[str, Any]]:
+    """One row per paper row the recipe compares (``compare_rows``), from the trial of its baseline;
+    Delta-m against our single-task trial."""
+    paper_rows: Mapping[str, Any] = recipe.paper.get("rows", {})
+    by_baseline = {t.user_attrs["baseline"]: t for t in trials if t.user_attrs.get("baseline")}
+    single = by_baseline.get("single")
     rows = []
     for label, baseline in compare_rows(recipe).items():
         t = by_baseline.get(baseline)
@@ -183,7 +204,15 @@ def build_comparison(study: optuna.Study, recipe: Recipe) -> Comparison:
                 "confirm_label": baseline,
             }
         )
-    searched = [t for t in trials if "slot" in t.user_attrs and t.user_attrs.get("delta_m") is not None]
+    return rows
+
+
+def _grid_rows(
+    recipe: Recipe, searched: list[FrozenTrial], paper_dm: Callable[[Any], float | None]
+) -> list[dict[str, Any]]:
+    """An ablation's rows: the searched trial at each point of the grid (``compare.grid_rows``)."""
+    paper_rows: Mapping[str, Any] = recipe.paper.get("rows", {})
+    rows = []
     for label, params in recipe.compare.get("grid_rows", {}).items():  # ablation rows: points of the grid
         t = next((t for t in searched if all(str(t.params.get(k)) == str(v) for k, v in params.items())), None)
         rows.append(
@@ -197,19 +226,26 @@ def build_comparison(study: optuna.Study, recipe: Recipe) -> Comparison:
                 "confirm_label": f"trial {t.number}" if t is not None else "",
             }
         )
-    if searched and not is_grid(recipe):
-        best = max(searched, key=lambda t: t.user_attrs["delta_m"])
-        rows.append(
-            {
-                "label": f"{SEARCH_ROW} (trial {best.number})",
-                "ours": best.user_attrs["metrics"],
-                "paper": {},
-                "dm": best.user_attrs["delta_m"],
-                "paper_dm": None,
-                "plan": plan_summary(best.user_attrs.get("plan")),
-                "confirm_label": f"trial {best.number}",
-            }
-        )
+    return rows
+
+
+def _search_row(searched: list[FrozenTrial]) -> dict[str, Any]:
+    """The last row: the searched trial with the best Delta-m."""
+    best = max(searched, key=lambda t: t.user_attrs["delta_m"])
+    return {
+        "label": f"{SEARCH_ROW} (trial {best.number})",
+        "ours": best.user_attrs["metrics"],
+        "paper": {},
+        "dm": best.user_attrs["delta_m"],
+        "paper_dm": None,
+        "plan": plan_summary(best.user_attrs.get("plan")),
+        "confirm_label": f"trial {best.number}",
+    }
+
+
+def _add_confirmations(study: optuna.Study, rows: list[dict[str, Any]]) -> None:
+    """Each row's confirmed Delta-m over seeds and whether it beats the best baseline, where the
+    study confirmed the row's plan; drops the rows' ``confirm_label``."""
     conf = summarize(study)
     by_label = {p.label: p for p in conf.plans if p.interval is not None}
     for r in rows:
@@ -219,5 +255,3 @@ def build_comparison(study: optuna.Study, recipe: Recipe) -> Comparison:
         r["interval"] = p.interval
         r["confirmed"] = f"{p.interval} ({p.interval.n if p.interval else 0} seeds)"
         r["beats"] = "reference" if p.label == conf.best_baseline else "yes" if p.test and p.test.beats else "no"
-    title = recipe.paper.get("table") or f"{recipe.name}: {recipe.backbone}, {', '.join(recipe.tasks)}"
-    return Comparison(str(title), _columns(recipe, exp), rows, recipe.gain.describe())

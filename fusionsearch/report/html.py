@@ -17,7 +17,7 @@ from typing import Any
 
 import optuna
 import plotly.graph_objects as go
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from plotly.subplots import make_subplots
 
 from fusionsearch.errors import FusionSearchWarning
@@ -293,11 +293,37 @@ def write_report(
     ``to_dashboard`` also stores the figures in ``DASHBOARD_FIGURES`` in the study, where
     optuna-dashboard shows them: ``run`` does, and ``report --to-dashboard``. A plain ``report``
     only reads the storage (a journal storage would otherwise grow by each call's figures)."""
-    vis = optuna.visualization
     conf = summarize(study)
+    figs = _study_figures(study, conf)
+    best = best_trial(study)
+    figs.append(_fusion_weights(_fused_trial(study, conf), storage_url, artifacts))
+    figs.append(
+        _safe("task weights", lambda: task_weight_figure(best))
+        if best is not None
+        else ("task weights", None, "no complete trial yet")
+    )
+    doc = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>fusionsearch report</title>"
+        "<style>body{font-family:sans-serif;margin:2em} .missing{color:#888}</style></head><body>"
+        + _header(study, conf, best)
+        + "\n".join(_sections(figs))
+        + "</body></html>"
+    )
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(doc)
+    if to_dashboard:
+        _figures_to_dashboard(study, figs)
+    return out
+
+
+def _study_figures(study: optuna.Study, conf: Confirmation) -> list[tuple[str, go.Figure | None, str | None]]:
+    """The figures of the study as a whole: confirmation, Optuna's history, importances, Pareto
+    front and parallel coordinates (of the search's own trials), and the placement map."""
+    vis = optuna.visualization
     ranked, sampled = search_only(study), search_only(study, sampled=True)
     hist_target = None if len(study.directions) == 1 else (lambda t: t.values[0])
-    figs = [
+    return [
         _safe("confirmation", lambda: confirmation_figure(study, conf)),
         _safe(
             "optimization history",
@@ -311,14 +337,24 @@ def write_report(
         ),
         _safe("placement map", lambda: placement_map(study)),
     ]
-    best = best_trial(study)
+
+
+def _fused_trial(study: optuna.Study, conf: Confirmation) -> FrozenTrial | None:
+    """The trial whose fusion weights the report shows: the best confirmed plan with fusion units,
+    which speaks for the study, else the best single trial with fusion units."""
     fused = best_trial(study, with_fusion=True)
     confirmed = [p for p in conf.plans if p.interval is not None and p.net_trial is not None]
-    for p in confirmed:  # the best confirmed plan with fusion units speaks for the study
+    for p in confirmed:
         t = study.trials[p.net_trial]  # type: ignore[index]
         if t.user_attrs.get("fusion_artifact"):
-            fused = t
-            break
+            return t
+    return fused
+
+
+def _fusion_weights(
+    fused: FrozenTrial | None, storage_url: str, artifacts: str | None
+) -> tuple[str, go.Figure | None, str | None]:
+    """The fusion weights figure of ``fused``, read from its artifact, or why it is not drawn."""
     fw_fig: Any = None
     fw_err: str | None = "no complete trial has fusion units"
     if fused is not None:
@@ -337,12 +373,12 @@ def write_report(
                 fw_fig, fw_err = fusion_weight_figure(weights, title), None
             except Exception as e:
                 fw_err = f"cannot read the best trial's fusion weights: {e}"
-    figs.append(("fusion weights", fw_fig, fw_err))
-    figs.append(
-        _safe("task weights", lambda: task_weight_figure(best))
-        if best is not None
-        else ("task weights", None, "no complete trial yet")
-    )
+    return "fusion weights", fw_fig, fw_err
+
+
+def _sections(figs: list[tuple[str, go.Figure | None, str | None]]) -> list[str]:
+    """One HTML section per figure (or the reason it is missing); plotly.js is inlined once, with
+    the first figure drawn, so the file opens offline."""
     parts = []
     first = True
     for name, fig, err in figs:
@@ -353,6 +389,12 @@ def write_report(
         else:
             parts.append(f"<p class='missing'>Not drawn: {html.escape(str(err))}</p>")
         parts.append("</section>")
+    return parts
+
+
+def _header(study: optuna.Study, conf: Confirmation, best: FrozenTrial | None) -> str:
+    """The report's head: the study's name and trial counts, its Delta-m convention, the verdict,
+    the best confirmed plan and the best single run of the search."""
     summary = ", ".join(f"{v} {k}" for k, v in counts(study).items() if v)
     head = f"<h1>fusionsearch study {html.escape(study.study_name)}</h1><p>{html.escape(summary)}</p>"
     head += f"<p>{html.escape(str(study.user_attrs.get('delta_m_convention', 'Delta-m (%)')))}</p>"
@@ -367,25 +409,20 @@ def write_report(
             f"<p>Best single run of the search: trial {best.number}, value {best.values[0]:+.3f}:"
             f" {html.escape(plan_summary(best.user_attrs.get('plan')))}</p>"
         )
-    doc = (
-        "<!doctype html><html><head><meta charset='utf-8'><title>fusionsearch report</title>"
-        "<style>body{font-family:sans-serif;margin:2em} .missing{color:#888}</style></head><body>"
-        + head
-        + "\n".join(parts)
-        + "</body></html>"
-    )
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(doc)
+    return head
+
+
+def _figures_to_dashboard(study: optuna.Study, figs: list[tuple[str, go.Figure | None, str | None]]) -> None:
+    """Copy the drawn ``DASHBOARD_FIGURES`` into the study; a failure only warns, as the HTML file
+    is already written."""
     for name, fig, _ in figs:
-        if to_dashboard and fig is not None and name in DASHBOARD_FIGURES:
+        if fig is not None and name in DASHBOARD_FIGURES:
             try:
                 _to_dashboard(study, name, fig)
             except Exception as e:  # the HTML file is written; the dashboard copy is a bonus
                 warnings.warn(
-                    f"{name} not saved for optuna-dashboard: {type(e).__name__}: {e}", FusionSearchWarning, stacklevel=2
+                    f"{name} not saved for optuna-dashboard: {type(e).__name__}: {e}", FusionSearchWarning, stacklevel=3
                 )
-    return out
 
 
 DASHBOARD_FIGURES = ("confirmation", "placement map", "fusion weights")
