@@ -21,7 +21,8 @@ from fusionsearch.graph.cuts import BackboneGraph, Boundary, CutPoint, trace
 from fusionsearch.graph.segments import Segment, run_segments
 from fusionsearch.nets.fusion import FUSION_UNITS, NDDR, CrossStitch, FusionUnit, Sluice, register_fusion
 from fusionsearch.nets.stitch import StitchedNet, StitchPlan, build, load, save
-from fusionsearch.tasks.task import TASKS, Task, delta_m, get_task, register_task
+from fusionsearch.tasks.delta import delta_m
+from fusionsearch.tasks.task import TASKS, Task, get_task, register_task
 
 __version__ = "0.1.0"
 
