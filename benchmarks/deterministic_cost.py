@@ -18,7 +18,8 @@ import torch
 
 import fusionsearch as fs
 from fusionsearch.tasks.task import get_task
-from fusionsearch.train.trainer import TrainConfig, fit
+from fusionsearch.train.config import TrainConfig
+from fusionsearch.train.trainer import fit
 
 
 def run(args: argparse.Namespace, deterministic: bool) -> tuple[float, float]:

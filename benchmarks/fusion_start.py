@@ -37,7 +37,8 @@ from fusionsearch.search.confirm import confirm_seeds, t_interval
 from fusionsearch.search.experiment import Experiment, WarmStart
 from fusionsearch.search.recipe import load_recipe
 from fusionsearch.search.space import SearchSpace
-from fusionsearch.train.trainer import TrainConfig, calibrate, evaluate
+from fusionsearch.train.config import TrainConfig
+from fusionsearch.train.trainer import calibrate, evaluate
 
 DEFAULT_ROWS = (
     "shared",

@@ -74,7 +74,9 @@ import yaml
 from torch.utils.data import Dataset
 
 from fusionsearch.tasks.task import Task, get_task
-from fusionsearch.train.trainer import TrainConfig, amp_dtype, fit
+from fusionsearch.train.config import TrainConfig
+from fusionsearch.train.precision import amp_dtype
+from fusionsearch.train.trainer import fit
 
 SECTIONS = ("study", "step_time", "loader", "memory", "rerun", "weightings")
 FAIL_ENV = "GPU_CHECK_FAIL"
@@ -480,7 +482,7 @@ def write_mtan(root: Path, counts: dict[str, int], hw: tuple[int, int]) -> Path:
 def section_loader(check: Check) -> None:
     """NYUv2 from disk through fit's own loader, 0 and N worker processes, against the step time."""
     from fusionsearch.data.nyuv2 import NYUv2
-    from fusionsearch.train.trainer import loader_workers, train_loader
+    from fusionsearch.train.loading import loader_workers, train_loader
 
     s = check.sizes
     root = write_mtan(check.scratch / "nyuv2", {"train": s.loader_images, "val": 2}, s.loader_native)

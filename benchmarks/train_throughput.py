@@ -22,7 +22,9 @@ import torch
 import fusionsearch as fs
 from fusionsearch.data import SyntheticScenes
 from fusionsearch.tasks.task import get_task
-from fusionsearch.train.trainer import TrainConfig, _autocast, _optimizer
+from fusionsearch.train.config import TrainConfig
+from fusionsearch.train.precision import autocast
+from fusionsearch.train.trainer import make_optimizer
 
 
 def generation_rate(size: int, n: int) -> float:
@@ -45,7 +47,7 @@ def training_rate(backbone: str, size: int, batch: int, steps: int, device: torc
     net.to(device).train()
     if amp:
         net.to(memory_format=torch.channels_last)
-    opt = _optimizer(net, TrainConfig(optimizer="sgd", base_lr=0.001))
+    opt = make_optimizer(net, TrainConfig(optimizer="sgd", base_lr=0.001))
     data = SyntheticScenes("train", length=batch, size=size)
     items = [data[i] for i in range(batch)]
     batch_d = {k: torch.stack([it[k] for it in items]).to(device) for k in items[0]}
@@ -55,7 +57,7 @@ def training_rate(backbone: str, size: int, batch: int, steps: int, device: torc
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        with _autocast(device, amp):
+        with autocast(device, amp):
             preds, extra = net(image, return_extra=True)
             loss = sum(tasks[t].loss(preds[t].float(), batch_d[t]) for t in tasks) + extra
         opt.zero_grad(set_to_none=True)

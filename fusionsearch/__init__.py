@@ -25,7 +25,8 @@ from fusionsearch.nets.fusion import FUSION_UNITS, NDDR, CrossStitch, FusionUnit
 from fusionsearch.nets.io import load, save
 from fusionsearch.nets.net import StitchedNet
 from fusionsearch.nets.plan import StitchPlan
-from fusionsearch.tasks.task import TASKS, Task, delta_m, get_task, register_task
+from fusionsearch.tasks.delta import delta_m
+from fusionsearch.tasks.task import TASKS, Task, get_task, register_task
 
 __version__ = "0.1.0"
 

@@ -58,17 +58,17 @@ def small_study(tmp_path_factory):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
         nan_trial["on"] = trial.user_attrs.get("slot") == 1
 
-    original = fs.tasks.task.Normals.loss
+    original = fs.tasks.dense.Normals.loss
 
     def loss(self, pred, target):
         out = original(self, pred, target)
         return out * float("nan") if nan_trial.get("on") else out
 
-    fs.tasks.task.Normals.loss = loss
+    fs.tasks.dense.Normals.loss = loss
     try:
         ran = run_worker("s", url, device="cpu", before_trial=inject)
     finally:
-        fs.tasks.task.Normals.loss = original
+        fs.tasks.dense.Normals.loss = original
     return study, url, ran
 
 

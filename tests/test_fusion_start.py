@@ -17,7 +17,9 @@ from fusionsearch.nets.conventions import FUSION_LR_MULT, fusion_lr_mult
 from fusionsearch.search.experiment import Experiment, WarmStart
 from fusionsearch.search.space import SearchSpace
 from fusionsearch.train.calibration import calibrate_batchnorm, new_batchnorms
-from fusionsearch.train.trainer import TrainConfig, _StepSampler, calibrate, calibrates, fit
+from fusionsearch.train.config import TrainConfig
+from fusionsearch.train.loading import StepSampler
+from fusionsearch.train.trainer import calibrate, calibrates, fit
 
 
 def _fusion_mults(net: fs.StitchedNet, optimizer: str) -> dict[str, float]:
@@ -175,7 +177,7 @@ def test_calibration_reads_the_first_training_batches_of_the_seed_and_nothing_el
         calibrate(twin, Recorder(), cfg, torch.device("cpu"))
         assert torch.equal(torch.get_rng_state(), before)  # the training that follows sees the same draws
         runs.append((list(read), [bn.running_mean.clone() for bn in new_batchnorms(twin)]))
-    expected = [i for batch in _StepSampler(len(train), 4, 3, 0, 2) for i, _ in batch]  # (index, draw seed)
+    expected = [i for batch in StepSampler(len(train), 4, 3, 0, 2) for i, _ in batch]  # (index, draw seed)
     assert runs[0][0] == expected == runs[1][0]
     for a, b in zip(runs[0][1], runs[1][1]):  # deterministic: workers elsewhere compute the same
         assert torch.equal(a, b)

@@ -11,8 +11,11 @@ import fusionsearch as fs
 from fusionsearch.errors import PlanError
 from fusionsearch.tasks.task import get_task
 from fusionsearch.tasks.weighting import GRADIENT_LEVEL, WEIGHTINGS, make_weighting
+from fusionsearch.train import loading, precision
 from fusionsearch.train import trainer as training
-from fusionsearch.train.trainer import TrainConfig, amp_dtype, evaluate, fit
+from fusionsearch.train.config import TrainConfig
+from fusionsearch.train.precision import amp_dtype
+from fusionsearch.train.trainer import evaluate, fit
 
 GRADIENT_METHODS = sorted(n for n, c in WEIGHTINGS.items() if c.level == GRADIENT_LEVEL)
 
@@ -69,9 +72,9 @@ def test_the_autocast_type_follows_the_workers_own_gpu(monkeypatch, capability, 
     assert amp_dtype(torch.device("cuda:1")) == dtype
     assert asked == [torch.device("cuda:1")]
     made = []
-    monkeypatch.setattr(training.torch.amp, "GradScaler", lambda device, enabled: made.append(enabled))
-    training._scaler(torch.device("cuda:1"), use_amp=True)
-    training._scaler(torch.device("cuda:1"), use_amp=False)
+    monkeypatch.setattr(precision.torch.amp, "GradScaler", lambda device, enabled: made.append(enabled))
+    precision.grad_scaler(torch.device("cuda:1"), use_amp=True)
+    precision.grad_scaler(torch.device("cuda:1"), use_amp=False)
     assert made == [dtype == torch.float16, False]
     assert amp_dtype(torch.device("cpu")) == torch.bfloat16
 
@@ -374,7 +377,7 @@ def test_a_training_step_reads_nothing_back_before_the_backward_pass(monkeypatch
     monkeypatch.setattr(weighting, "backward", backward)
     opt = torch.optim.SGD(net.parameters(), lr=0.01)
     events.clear()
-    scaler = t._scaler(torch.device("cpu"), False)
+    scaler = precision.grad_scaler(torch.device("cpu"), False)
     t._step(net, tasks, batch, batch["image"], cfg, torch.device("cpu"), False, opt, scaler, weighting, 0, present)
     assert events and events[0] == "backward", events
     assert events.count("tolist") + events.count("item") + events.count("__bool__") <= 3, events
@@ -427,15 +430,15 @@ def test_a_flip_is_a_function_of_the_items_position_in_the_stream(tmp_path):
     data, _, _ = _nyu(tmp_path)
     cfg = _cfg(steps=6, batch_size=2)
     cpu = torch.device("cpu")
-    full = list(training.train_loader(data, cfg, cpu))
+    full = list(loading.train_loader(data, cfg, cpu))
     torch.manual_seed(99)  # the caller's generator does not reach the draws
-    late = list(training.train_loader(data, cfg, cpu, start=3))
+    late = list(loading.train_loader(data, cfg, cpu, start=3))
     assert len(full) == 6 and len(late) == 3
     for a, b in zip(full[3:], late):
         assert torch.equal(a["image"], b["image"]) and torch.equal(a["normal"], b["normal"])
     # the flips happen (6 steps x 2 items: 12 draws of p = 0.5), each item as the plain one or its mirror
     data.augment = False
-    plain = list(training.train_loader(data, cfg, cpu))
+    plain = list(loading.train_loader(data, cfg, cpu))
     flipped = [not torch.equal(a["image"][i], p["image"][i]) for a, p in zip(full, plain) for i in range(2)]
     assert 0 < sum(flipped) < len(flipped)
     for a, p in zip(full, plain):
@@ -449,7 +452,7 @@ def test_calibration_reads_the_batches_training_starts_with(tmp_path, monkeypatc
     seen: list[torch.Tensor] = []
     monkeypatch.setattr(training, "calibrate_batchnorm", lambda net, ld, dev: seen.extend(b["image"] for b in ld))
     training.calibrate(_nyu_net(), data, cfg, torch.device("cpu"))
-    first = [b["image"] for b in training.train_loader(data, cfg, torch.device("cpu"))][:2]
+    first = [b["image"] for b in loading.train_loader(data, cfg, torch.device("cpu"))][:2]
     assert len(seen) == 2 and all(torch.equal(a, b) for a, b in zip(seen, first))
 
 
@@ -476,14 +479,14 @@ def test_auto_loader_workers(monkeypatch, tmp_path):
     gpu = torch.device("cuda:1")
     cfg = TrainConfig(progress=False)
     assert cfg.num_workers is None
-    assert training.loader_workers(data, cfg, torch.device("cpu")) == 0  # the cores train
+    assert loading.loader_workers(data, cfg, torch.device("cpu")) == 0  # the cores train
     monkeypatch.setattr(torch, "get_num_threads", lambda: 16)
-    assert training.loader_workers(data, cfg, gpu) == 4
+    assert loading.loader_workers(data, cfg, gpu) == 4
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # a worker of `run --workers` given 2 threads
-    assert training.loader_workers(data, cfg, gpu) == 1  # one core trains
+    assert loading.loader_workers(data, cfg, gpu) == 1  # one core trains
     monkeypatch.setattr(torch, "get_num_threads", lambda: 16)
-    assert training.loader_workers(_Cached(val), cfg, gpu) == 0  # held in memory
-    assert training.loader_workers(_Cached(val, limit=1000), cfg, gpu) == 4  # too large to hold
-    assert training.loader_workers(data, TrainConfig(num_workers=3, progress=False), torch.device("cpu")) == 3
+    assert loading.loader_workers(_Cached(val), cfg, gpu) == 0  # held in memory
+    assert loading.loader_workers(_Cached(val, limit=1000), cfg, gpu) == 4  # too large to hold
+    assert loading.loader_workers(data, TrainConfig(num_workers=3, progress=False), torch.device("cpu")) == 3
     with pytest.raises(fs.FusionSearchError, match="loader_start must be one of fork, spawn, forkserver, null"):
         TrainConfig(loader_start="spwan")

@@ -18,7 +18,8 @@ from fusionsearch.search.experiment import Experiment
 from fusionsearch.search.recipe import RecipeError
 from fusionsearch.tasks.task import get_task, unlabelled_like
 from fusionsearch.tasks.weighting import WEIGHTINGS, make_weighting
-from fusionsearch.train.trainer import TrainConfig, fit
+from fusionsearch.train.config import TrainConfig
+from fusionsearch.train.trainer import fit
 
 runner = CliRunner()
 

@@ -68,7 +68,7 @@ def test_ctrl_c_in_the_baseline_then_the_same_command_completes_every_trial(tmp_
 def test_ctrl_c_in_a_sampled_trial_keeps_its_plan_and_the_count(tmp_path, monkeypatch):
     url = f"sqlite:///{tmp_path}/b.db"
     study = prepare_study(tiny_recipe(), _settings(url))
-    now, original = {}, fs.tasks.task.Normals.loss
+    now, original = {}, fs.tasks.dense.Normals.loss
 
     def hook(trial):
         now["slot"] = trial.user_attrs.get("slot")
@@ -78,7 +78,7 @@ def test_ctrl_c_in_a_sampled_trial_keeps_its_plan_and_the_count(tmp_path, monkey
             raise KeyboardInterrupt
         return original(self, pred, target)
 
-    monkeypatch.setattr(fs.tasks.task.Normals, "loss", loss)
+    monkeypatch.setattr(fs.tasks.dense.Normals, "loss", loss)
     with pytest.raises(KeyboardInterrupt):
         run_worker("r", url, device="cpu", before_trial=hook)
     prepare_study(tiny_recipe(), _settings(url))

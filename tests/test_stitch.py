@@ -234,7 +234,7 @@ def test_heads_fix_output_shapes(models):
 
 
 def test_registered_tasks_bring_their_own_heads(tmp_path, models):
-    from fusionsearch.tasks.task import ASPPHead
+    from fusionsearch.tasks.dense import ASPPHead
 
     net = fs.build(
         models["test_resnet"],

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 import fusionsearch as fs
-from fusionsearch.tasks.task import TASKS, delta_m, get_task
+from fusionsearch.tasks.delta import delta_m
+from fusionsearch.tasks.task import TASKS, get_task
 
 
 def test_registry_lists_the_papers_tasks():
@@ -94,7 +95,7 @@ def test_delta_m_signs_follow_directions():
 def test_delta_m_conventions_against_hand_computed_values():
     """seg gains +10% (miou) and +20% (pixel_acc); normal gains +10% (mean), -10% (median) and
     +40% (within_11.25, a rare bin with big relative swings) and 0 on the two other bins."""
-    from fusionsearch.tasks.task import DeltaM
+    from fusionsearch.tasks.delta import DeltaM
 
     directions = {
         "seg": {"miou": True, "pixel_acc": True},

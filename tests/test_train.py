@@ -10,7 +10,8 @@ import torch
 import fusionsearch as fs
 from fusionsearch.data import SyntheticScenes
 from fusionsearch.tasks.task import get_task
-from fusionsearch.train.trainer import NonFiniteLossError, TrainConfig, evaluate, fit, lr_factor
+from fusionsearch.train.config import TrainConfig
+from fusionsearch.train.trainer import NonFiniteLossError, evaluate, fit, lr_factor
 
 SIZE = 64
 

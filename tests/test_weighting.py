@@ -11,7 +11,8 @@ import fusionsearch as fs
 from fusionsearch.errors import PlanError
 from fusionsearch.tasks.task import get_task
 from fusionsearch.tasks.weighting import WEIGHTINGS, make_weighting
-from fusionsearch.train.trainer import TrainConfig, fit
+from fusionsearch.train.config import TrainConfig
+from fusionsearch.train.trainer import fit
 
 
 def _losses(*values: float, grad: bool = False) -> dict[str, torch.Tensor]:

@@ -23,7 +23,8 @@ from fusionsearch.nets.plan import StitchPlan
 from fusionsearch.schema import finite
 from fusionsearch.search.recipe import Recipe
 from fusionsearch.tasks.task import TASKS, Task, get_task
-from fusionsearch.train.trainer import TrainConfig, evaluate, fit
+from fusionsearch.train.config import TrainConfig
+from fusionsearch.train.trainer import evaluate, fit
 
 __all__ = ["Experiment", "BASELINES", "WARMSTART", "COMPARE_ROWS", "TrialResult", "WarmStart", "column_weights_of"]
 

@@ -21,8 +21,8 @@ import yaml
 from fusionsearch.data.partial import check_labelled
 from fusionsearch.errors import FusionSearchError
 from fusionsearch.schema import check_call, check_fields, did_you_mean
-from fusionsearch.tasks.task import DeltaM, primary_metric
-from fusionsearch.train.trainer import TrainConfig
+from fusionsearch.tasks.delta import DeltaM, primary_metric
+from fusionsearch.train.config import TrainConfig
 
 __all__ = ["Recipe", "RecipeError", "load_recipe", "load_yaml", "recipe_dirs", "list_recipes", "parse_data"]
 

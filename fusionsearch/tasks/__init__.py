@@ -1,10 +1,28 @@
-"""What the columns learn: the task contract and the built-in tasks with their losses, heads and
-metrics (``task``), the resizing of dense maps that labels and heads share (``resize``), and how
-task losses or gradients are combined (``weighting``). Depends on ``graph`` for nothing, on torch only.
+"""What the columns learn: the task contract and registry with the label kinds (``task``), the
+built-in tasks with their heads, losses and metrics (``dense``: per pixel; ``per_image``), Delta-m
+over the tasks' metrics (``delta``), the resizing of dense maps that labels and heads share
+(``resize``), and how task losses or gradients are combined (``weighting``). Depends on ``graph``
+for nothing, on torch only.
 """
 
 from __future__ import annotations
 
+from fusionsearch.tasks.delta import (
+    DeltaM,
+    delta_m,
+    primary_metric,
+)
+from fusionsearch.tasks.dense import (
+    ASPPHead,
+    Depth,
+    Normals,
+    Segmentation,
+)
+from fusionsearch.tasks.per_image import (
+    Age,
+    Classification,
+    Gender,
+)
 from fusionsearch.tasks.resize import (
     RESIZES,
     interpolation_matrix,
@@ -18,19 +36,9 @@ from fusionsearch.tasks.task import (
     TASKS,
     UNLABELLED_CLASS,
     VECTOR_MAP,
-    Age,
-    ASPPHead,
-    Classification,
-    DeltaM,
-    Depth,
-    Gender,
-    Normals,
-    Segmentation,
     Task,
-    delta_m,
     get_task,
     label_kind,
-    primary_metric,
     register_task,
     unlabelled_like,
 )

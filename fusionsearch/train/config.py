@@ -1,0 +1,105 @@
+"""How to train: ``TrainConfig``, the settings of one training run, and the values its fields
+may take, each checked when the config is made (a recipe's typo stops before any study exists).
+
+Cut from the trainer because the loaders, the search's recipes and the command line read a
+config without training anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fusionsearch.errors import FusionSearchError
+
+__all__ = ["TrainConfig", "BN_INITS", "LOADER_STARTS", "MAX_LOADER_WORKERS"]
+
+
+BN_INITS = ("auto", "paper", "calibrated")
+MAX_LOADER_WORKERS = 64  # data-loader processes per trial: more only multiplies memory
+LOADER_STARTS = ("fork", "spawn", "forkserver")
+
+
+@dataclass
+class TrainConfig:
+    """How to train. Defaults follow the papers: SGD with momentum 0.9 and a poly schedule."""
+
+    steps: int = 300
+    batch_size: int = 8
+    base_lr: float = 0.01
+    optimizer: str = "sgd"  # or "adamw"
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    head_lr_mult: float = 1.0
+    warmup_steps: int = 0
+    poly_power: float = 0.9
+    eval_every: int = 100
+    eval_steps: list[int] | None = None  # evaluate at exactly these steps (and the last) instead
+    grad_clip: float | None = None
+    amp: bool | None = None  # None: on for CUDA (bf16 from sm80, fp16 + GradScaler before: amp_dtype), off on CPU
+    channels_last: bool | None = None  # None: on for CUDA
+    # data-loader processes: None = auto (loader_workers): none on the CPU or for a data set held in
+    # memory, else up to 4 per GPU; every item's augmentation is a function of (seed, position), so
+    # the batches are the same for any number of workers and on resume
+    num_workers: int | None = None
+    loader_start: str | None = None  # their start method: fork, spawn or forkserver; None: Python's default
+    seed: int = 0
+    progress: bool = True
+    weighting: str | dict[str, Any] | None = None  # a method name or {name, args}; None: fixed
+    # how new BatchNorm in fusion units and the shortcut starts: "paper" (statistics (0, 1),
+    # affine (1, 0)), "calibrated" (statistics from bn_calibration_batches training batches,
+    # affine making the unit its input mix: ``calibration``), "auto": calibrated when the
+    # columns hold trained weights (warm start, column_weights), else the papers' start
+    bn_init: str = "auto"
+    bn_calibration_batches: int = 8
+    # torch's deterministic algorithms for this run (cuDNN without autotuning, a fixed cuBLAS
+    # workspace, bilinear resizing as matrix products): on a GPU, a plan trained twice on one seed
+    # gives the same numbers, as it does on the CPU anyway (``deterministic_mode``)
+    deterministic: bool = False
+
+    def __post_init__(self) -> None:
+        """Values no run can use stop here, before any study or net exists (a study of 0-step
+        trials would train nothing and still declare a "best")."""
+        at_least = {
+            "steps": 1,
+            "batch_size": 1,
+            "eval_every": 1,
+            "warmup_steps": 0,
+            "num_workers": 0,
+            "bn_calibration_batches": 1,
+        }
+        for name, low in at_least.items():
+            value = getattr(self, name)
+            if name == "num_workers" and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise FusionSearchError(f"train {name} must be a whole number >= {low}, got {value!r}")
+        for name in ("base_lr", "momentum", "weight_decay", "head_lr_mult", "poly_power"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+                raise FusionSearchError(f"train {name} must be a finite number >= 0, got {value!r}")
+        if not self.base_lr > 0:
+            raise FusionSearchError(f"train base_lr must be > 0, got {self.base_lr!r}")
+        if self.momentum >= 1:
+            raise FusionSearchError(f"train momentum must be < 1 (0.9 in the papers), got {self.momentum!r}")
+        if self.num_workers is not None and self.num_workers > MAX_LOADER_WORKERS:
+            raise FusionSearchError(f"train num_workers must be <= {MAX_LOADER_WORKERS}, got {self.num_workers}")
+        clip = self.grad_clip
+        if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or not 0 < clip < 1e30):
+            raise FusionSearchError(f"train grad_clip must be a number > 0 (or null: no clipping), got {clip!r}")
+        bad = [s for s in self.eval_steps or [] if isinstance(s, bool) or not isinstance(s, int) or s < 1]
+        if bad:
+            raise FusionSearchError(f"train eval_steps must be whole numbers >= 1, got {bad}")
+        choices = {"optimizer": ("sgd", "adamw"), "bn_init": BN_INITS, "loader_start": (*LOADER_STARTS, None)}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                words = ", ".join("null" if a is None else a for a in allowed)
+                raise FusionSearchError(f"train {name} must be one of {words}, got {getattr(self, name)!r}")
+        if self.weighting is not None:
+            from fusionsearch.tasks.weighting import make_weighting
+
+            spec = {"name": self.weighting} if isinstance(self.weighting, str) else dict(self.weighting)
+            if set(spec) - {"name", "args"} or "name" not in spec:
+                raise FusionSearchError(f"train weighting must be a name or {{name, args}}, got {self.weighting!r}")
+            # built once, so that its arguments' types and ranges are checked with the recipe
+            make_weighting(spec, ("task_a", "task_b"), where="train.weighting")

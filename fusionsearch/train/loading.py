@@ -1,0 +1,115 @@
+"""The data of a run: the training batches as a function of (seed, step), each item drawn with its
+own seed, and the loaders and their worker processes for training and evaluation.
+
+Cut from the trainer so that the order of the data, which a resumed run and paired plans rely
+on, is one module: ``fit`` and the calibration before it read the same stream from here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from fusionsearch.train.config import TrainConfig
+
+__all__ = [
+    "item_seed",
+    "StepSampler",
+    "Seeded",
+    "loader_workers",
+    "train_loader",
+    "eval_loader",
+    "AUTO_LOADER_WORKERS",
+]
+
+AUTO_LOADER_WORKERS = 4  # num_workers=None on a GPU: at most this many per trial (fewer on fewer cores)
+
+
+def item_seed(seed: int, position: int) -> int:
+    """The seed of the random draws (flips) of the ``position``-th item of a run's training stream:
+    a function of the two alone, so that no worker count, prefetching or resume changes a flip,
+    and paired plans, which draw differently in their forward passes, still see the same images."""
+    return (seed * 0x9E3779B97F4A7C15 + position * 0xBF58476D1CE4E5B9 + 0x94D049BB133111EB) % (1 << 63)
+
+
+class StepSampler(Sampler[list[tuple[int, int]]]):
+    """Batches as a function of the step: epoch e is randperm(seed + e), and the item at stream
+    position k comes with its draw seed ``item_seed(seed, k)``."""
+
+    def __init__(self, n: int, batch: int, seed: int, start: int, steps: int) -> None:
+        self.n, self.batch, self.seed, self.start, self.steps = n, batch, seed, start, steps
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        perms: dict[int, Tensor] = {}
+        for step in range(self.start, self.steps):
+            out = []
+            for k in range(step * self.batch, (step + 1) * self.batch):
+                epoch, pos = divmod(k, self.n)
+                if epoch not in perms:
+                    perms.clear()
+                    perms[epoch] = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + epoch))
+                out.append((int(perms[epoch][pos]), item_seed(self.seed, k)))
+            yield out
+
+    def __len__(self) -> int:
+        return max(0, self.steps - self.start)
+
+
+class Seeded(Dataset):
+    """Item ``(i, s)`` is ``data[i]`` drawn with torch's generator seeded to ``s`` (the data sets
+    augment with the global generator), and the caller's generator left as it was. Picklable: a
+    spawned loader worker rebuilds it from ``data``."""
+
+    def __init__(self, data: Dataset) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        index, seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.data[index]
+
+
+def loader_workers(data: Dataset, cfg: TrainConfig, device: torch.device) -> int:
+    """The data-loader processes of a run: ``cfg.num_workers`` if set; else (auto) none on the CPU,
+    where they would take the cores the training needs, and none for a data set held in memory
+    (``in_memory``: the generated sets, un-augmented splits), whose items cost nothing to read
+    and whose cache each worker process would rebuild; else, on a GPU, up to 4, within this
+    process's share of the cores (torch's thread count: ``--threads``, which ``run --workers``
+    divides among its worker processes), one of them left to the training loop."""
+    if cfg.num_workers is not None:
+        return cfg.num_workers
+    if device.type != "cuda" or getattr(data, "in_memory", False):
+        return 0
+    return max(0, min(AUTO_LOADER_WORKERS, torch.get_num_threads() - 1))
+
+
+def _loader_args(data: Dataset, cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
+    workers = loader_workers(data, cfg, device)
+    args: dict[str, Any] = {"num_workers": workers, "pin_memory": device.type == "cuda"}
+    if workers:
+        args["persistent_workers"] = True  # an evaluation loader is iterated many times per run
+        if cfg.loader_start is not None:
+            args["multiprocessing_context"] = cfg.loader_start
+    return args
+
+
+def train_loader(data: Dataset, cfg: TrainConfig, device: torch.device, start: int = 0) -> DataLoader:
+    """The batches that ``fit`` trains on from step ``start``: this seed's training order, each item
+    drawn with its own seed (``item_seed``), in ``loader_workers`` processes. The same batches,
+    flips included, for any worker count and after a resume."""
+    sampler = StepSampler(len(data), cfg.batch_size, cfg.seed, start, cfg.steps)  # type: ignore[arg-type]
+    return DataLoader(Seeded(data), batch_sampler=sampler, **_loader_args(data, cfg, device))
+
+
+def eval_loader(data: Dataset, cfg: TrainConfig, device: torch.device) -> DataLoader:
+    """The loader of ``fit``'s evaluations: built once per run, its worker processes kept between
+    evaluations instead of started again at each."""
+    return DataLoader(data, batch_size=cfg.batch_size, **_loader_args(data, cfg, device))
