@@ -341,7 +341,7 @@ def test_run_deterministic_is_part_of_the_studys_recipe(tmp_path, monkeypatch):
         stored["train"] = recipe.train
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("fusionsearch.search.prepare_study", prepare)
+    monkeypatch.setattr("fusionsearch.search.runner.prepare_study", prepare)
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(cli.app, ["run", "--backbone", "test_resnet", "--size", "32", "--deterministic"])
     assert result.exit_code == 130 and stored["train"]["deterministic"] is True

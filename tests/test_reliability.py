@@ -192,7 +192,7 @@ def test_credentials_are_never_shown(url, shown):
 
 
 def test_workers_get_the_storage_url_from_the_environment_not_argv(tmp_path, monkeypatch):
-    from fusionsearch import cli
+    from fusionsearch.search.worker import run_workers
 
     url = "postgresql+psycopg://me:s3cret@127.0.0.1:1/db"
     started = []
@@ -209,7 +209,7 @@ def test_workers_get_the_storage_url_from_the_environment_not_argv(tmp_path, mon
 
     monkeypatch.setattr(subprocess, "Popen", popen)
     settings = StudySettings(study="s", storage=url, artifacts=str(tmp_path))
-    cli.run_study(None, settings, 2, "cpu", True, str(tmp_path), 4)
+    run_workers(None, settings, ["cpu", "cpu"], quiet=True, artifacts=str(tmp_path), steps_total=4)
     assert len(started) == 2
     for cmd, env in started:
         assert not any("s3cret" in part for part in cmd), cmd  # `ps` shows argv to every user
@@ -485,10 +485,9 @@ def test_every_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch):
 
 
 def test_an_unexpected_error_is_one_line_with_the_traceback_on_request(monkeypatch):
-    from fusionsearch import cli
-    from fusionsearch.graph import cuts as graph
+    from fusionsearch import cli, graph
 
-    monkeypatch.setitem(cli._debug, "on", False)  # --debug below sets it: restored after the test
+    monkeypatch.setitem(cli.DEBUG, "on", False)  # --debug below sets it: restored after the test
 
     def broken(*a, **k):
         raise ZeroDivisionError("a bug")

@@ -1,6 +1,7 @@
 """What a person reads: the leaderboard and live view (``leaderboard``), the HTML report
-(``html``), ``fusionsearch compare``'s tables (``compare``), and ``fusionsearch inspect``
-(``inspect``). Reads studies; the search does not depend on it (but for the live view).
+(``html``), ``fusionsearch compare``'s tables (``compare``), ``fusionsearch inspect``
+(``inspect``), and the best network as a file (``export``). Reads studies; the search does not
+depend on it (but for the live view).
 
 The names load on first use (PEP 562), so that importing one module of this package, such as
 ``fusionsearch.search.recipe`` for ``fusionsearch list``, does not import all of them (Optuna,
@@ -18,8 +19,10 @@ if TYPE_CHECKING:
         Comparison,
         build_comparison,
         compare_rows,
+        comparison_settings,
         is_grid,
     )
+    from fusionsearch.report.export import ExportedBest, best_to_export, export_best
     from fusionsearch.report.html import (
         FIGURES,
         confirmation_figure,
@@ -34,6 +37,7 @@ if TYPE_CHECKING:
         fusion_table,
         inspect_saved,
         points_table,
+        print_graph,
         print_net,
     )
     from fusionsearch.report.leaderboard import (
@@ -43,7 +47,9 @@ if TYPE_CHECKING:
         headline_metrics,
         is_ranked,
         live_view,
+        metrics_table,
         plan_summary,
+        print_summary,
         trial_rows,
         trials_table,
     )
@@ -54,6 +60,12 @@ _HOMES: dict[str, str] = {
     "build_comparison": "fusionsearch.report.compare",
     "compare_rows": "fusionsearch.report.compare",
     "is_grid": "fusionsearch.report.compare",
+    "comparison_settings": "fusionsearch.report.compare",
+    "ExportedBest": "fusionsearch.report.export",
+    "best_to_export": "fusionsearch.report.export",
+    "export_best": "fusionsearch.report.export",
+    "metrics_table": "fusionsearch.report.leaderboard",
+    "print_summary": "fusionsearch.report.leaderboard",
     "FIGURES": "fusionsearch.report.html",
     "confirmation_figure": "fusionsearch.report.html",
     "fusion_weight_figure": "fusionsearch.report.html",
@@ -66,6 +78,7 @@ _HOMES: dict[str, str] = {
     "inspect_saved": "fusionsearch.report.inspect",
     "points_table": "fusionsearch.report.inspect",
     "print_net": "fusionsearch.report.inspect",
+    "print_graph": "fusionsearch.report.inspect",
     "best_trial": "fusionsearch.report.leaderboard",
     "confirmation_table": "fusionsearch.report.leaderboard",
     "counts": "fusionsearch.report.leaderboard",
@@ -83,6 +96,12 @@ __all__ = [
     "build_comparison",
     "compare_rows",
     "is_grid",
+    "comparison_settings",
+    "ExportedBest",
+    "best_to_export",
+    "export_best",
+    "metrics_table",
+    "print_summary",
     "FIGURES",
     "confirmation_figure",
     "fusion_weight_figure",
@@ -95,6 +114,7 @@ __all__ = [
     "inspect_saved",
     "points_table",
     "print_net",
+    "print_graph",
     "best_trial",
     "confirmation_table",
     "counts",

@@ -12,6 +12,7 @@ import csv
 import io
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -21,8 +22,9 @@ from fusionsearch.report.leaderboard import plan_summary
 from fusionsearch.search.confirm import summarize
 from fusionsearch.search.experiment import COMPARE_ROWS, Experiment
 from fusionsearch.search.recipe import Recipe, RecipeError
+from fusionsearch.search.study import StudySettings, check_fusion_tasks, grid_points, labelled_suffix
 
-__all__ = ["Comparison", "compare_rows", "build_comparison", "is_grid", "DEFAULT_ROWS"]
+__all__ = ["Comparison", "compare_rows", "build_comparison", "is_grid", "DEFAULT_ROWS", "comparison_settings"]
 
 # paper row name -> the baseline that trains it
 DEFAULT_ROWS = {
@@ -38,6 +40,41 @@ SEARCH_ROW = "search_best"
 def is_grid(recipe: Recipe) -> bool:
     """An ablation recipe: its rows are the points of a grid study (``compare.grid_rows``)."""
     return recipe.study.get("sampler") == "grid"
+
+
+def comparison_settings(
+    recipe: Recipe,
+    *,
+    study: str | None = None,
+    storage: str | None = None,
+    trials: int | None = None,
+    artifacts: str | None = None,
+    confirm_seeds: int | None = None,
+    labelled: Mapping[str, float | str] | None = None,
+) -> StudySettings:
+    """The study behind a comparison table: its rows are the baselines (single first), every row
+    runs its whole budget (no pruning), and the searched row's trials are every grid point of a
+    grid recipe, else ``trials`` or the recipe's ``compare.search_trials`` (4)."""
+    check_fusion_tasks(recipe)
+    grid = is_grid(recipe)
+    if grid:
+        n = len(grid_points(recipe))
+    else:
+        n = trials if trials is not None else int(recipe.compare.get("search_trials", 4))
+    settings = StudySettings(
+        study=study or f"{recipe.name}-compare{labelled_suffix(labelled)}",
+        trials=n,
+        sampler="grid" if grid else recipe.study.get("sampler", "tpe"),
+        pruner="none",  # every row of a table runs its whole budget
+        baselines=list(dict.fromkeys(["single", *compare_rows(recipe).values()])),
+        artifacts=artifacts,
+        seed=int(recipe.study.get("seed", 0)),
+        confirm_top=recipe.confirm_config()["top"],
+        confirm_seeds=confirm_seeds if confirm_seeds is not None else recipe.confirm_config()["seeds"],
+    )
+    if storage is not None:
+        settings.storage = storage
+    return settings
 
 
 def compare_rows(recipe: Recipe) -> dict[str, str]:
@@ -102,6 +139,15 @@ class Comparison:
         lines.append("|" + "---|" * len(head))
         lines += ["| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |" for cells in self.cells()]
         return "\n".join(lines) + "\n"
+
+    def save(self, folder: str | Path, name: str) -> tuple[Path, Path]:
+        """Write ``NAME-compare.md`` and ``NAME-compare.csv`` into ``folder`` (made if missing)."""
+        out = Path(folder)
+        out.mkdir(parents=True, exist_ok=True)
+        md, table = out / f"{name}-compare.md", out / f"{name}-compare.csv"
+        md.write_text(self.markdown())
+        table.write_text(self.csv())
+        return md, table
 
     def csv(self) -> str:
         buf = io.StringIO()

@@ -15,7 +15,7 @@ from fusionsearch.errors import FusionSearchWarning
 from fusionsearch.nets.io import load
 from fusionsearch.nets.net import StitchedNet
 
-__all__ = ["fusion_table", "print_net", "inspect_saved", "fmt_params", "points_table"]
+__all__ = ["fusion_table", "print_net", "inspect_saved", "fmt_params", "points_table", "print_graph"]
 
 
 def fusion_table(net: StitchedNet) -> Table:
@@ -98,3 +98,22 @@ def points_table(title: str, points: list[Any]) -> Table:
             fmt_params(p.params_before),
         )
     return table
+
+
+def print_graph(g: Any, console: Console, all_cuts: bool = False) -> None:
+    """A traced backbone as ``fusionsearch inspect`` shows it: its size, the stage boundaries,
+    the first cut after each downsampling, every cut point with ``all_cuts``, and the notes the
+    trace made (leaf modules, layouts it guessed)."""
+    c, h, w = g.input_size
+    console.print(
+        f"[bold]{g.name}[/]  input {c}x{h}x{w}  {fmt_params(g.num_params)} parameters in forward_features, "
+        f"{len(g.cut_points)} cut points, {len(g.boundaries)} stage boundaries",
+        highlight=False,
+    )
+    console.print(points_table("Stage boundaries (last cut point of each stage)", g.boundaries))
+    if g.stage_starts:
+        console.print(points_table("First cut point after each downsampling (VGG pool1..pool5 style)", g.stage_starts))
+    if all_cuts:
+        console.print(points_table("Every cut point", g.cut_points))
+    for note in g.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)

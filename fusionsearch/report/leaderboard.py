@@ -25,6 +25,8 @@ __all__ = [
     "best_trial",
     "headline_metrics",
     "is_ranked",
+    "print_summary",
+    "metrics_table",
 ]
 
 _SHORT = {"nddr": "nddr", "cross_stitch": "cs", "sluice": "sluice"}
@@ -249,4 +251,41 @@ def confirmation_table(study: optuna.Study, confirmation: Confirmation | None = 
             plan_summary(p.plan),
             style="bold green" if best is not None and p is best else None,
         )
+    return table
+
+
+def print_summary(
+    study: optuna.Study, console: Any, title: str | None = None, compact: bool = False, width: int = 160
+) -> Confirmation:
+    """What a study ends with, as ``run`` and ``trials`` print it: the trials table, the
+    confirmation table (when there was one), how Delta-m averages, and the verdict in words.
+    Printed at least ``width`` columns wide, so that a narrow terminal folds cells, not rows."""
+    from rich.console import Console
+
+    wide = Console(width=max(console.width, width), file=console.file)
+    wide.print(trials_table(study, title, compact=compact))
+    conf = summarize(study)
+    table = confirmation_table(study, conf)
+    if table is not None:
+        wide.print(table)
+    console.print(study.user_attrs.get("delta_m_convention", ""), highlight=False)
+    console.print(f"[bold]{conf.verdict()}[/]", highlight=False)
+    return conf
+
+
+def metrics_table(
+    title: str,
+    metrics: dict[str, dict[str, float]],
+    directions: dict[str, dict[str, bool]],
+    baseline: dict[str, dict[str, float]] | None = None,
+) -> Table:
+    """One trained plan's metrics, each with its direction (higher or lower is better) and, with
+    ``baseline``, the single-task value beside it (``fusionsearch train``)."""
+    table = Table(title=title)
+    for col in ("task", "metric", "value", "better", *(["single-task"] if baseline else [])):
+        table.add_column(col)
+    for t, values in metrics.items():
+        for m, v in values.items():
+            row = [t, m, f"{v:.2f}", "higher" if directions[t][m] else "lower"]
+            table.add_row(*row, *([f"{baseline[t][m]:.2f}"] if baseline else []))
     return table

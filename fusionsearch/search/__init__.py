@@ -1,8 +1,9 @@
 """The search: a recipe (``recipe``) and its search space (``space``) made concrete as data, tasks
 and a traced backbone (``experiment``); the study in its storage (``storage``, ``study``), the queue
 of trials inside it (``queueing``), what a trial does (``objective``), which failures come back
-(``recovery``) and how (``requeue``), the worker process (``worker``), and the confirmation of the winners over seeds
-(``confirm``). Built on ``train``, ``nets``, ``tasks``, ``graph`` and ``data``.
+(``recovery``) and how (``requeue``), the worker process (``worker``), the confirmation of the
+winners over seeds (``confirm``), and a whole study in one call (``runner``). Built on ``train``,
+``nets``, ``tasks``, ``graph`` and ``data``.
 
 The names load on first use (PEP 562), so that importing one module of this package, such as
 ``fusionsearch.search.recipe`` for ``fusionsearch list``, does not import all of them (Optuna,
@@ -79,6 +80,7 @@ if TYPE_CHECKING:
         retries_left,
         retry,
     )
+    from fusionsearch.search.runner import StudyRun, run_study, study_header
     from fusionsearch.search.space import (
         COLUMN_INITS,
         NONE,
@@ -103,8 +105,10 @@ if TYPE_CHECKING:
         OBJECTIVES,
         PRUNERS,
         StudySettings,
+        check_fusion_tasks,
         check_study,
         grid_points,
+        labelled_suffix,
         load_study,
         make_pruner,
         make_sampler,
@@ -163,6 +167,11 @@ _HOMES: dict[str, str] = {
     "prepare_confirmation": "fusionsearch.search.study",
     "grid_points": "fusionsearch.search.study",
     "load_study": "fusionsearch.search.study",
+    "check_fusion_tasks": "fusionsearch.search.study",
+    "labelled_suffix": "fusionsearch.search.study",
+    "StudyRun": "fusionsearch.search.runner",
+    "run_study": "fusionsearch.search.runner",
+    "study_header": "fusionsearch.search.runner",
     "is_baseline": "fusionsearch.search.queueing",
     "is_reference": "fusionsearch.search.queueing",
     "single_metrics": "fusionsearch.search.queueing",
@@ -246,6 +255,11 @@ __all__ = [
     "prepare_confirmation",
     "grid_points",
     "load_study",
+    "check_fusion_tasks",
+    "labelled_suffix",
+    "StudyRun",
+    "run_study",
+    "study_header",
     "is_baseline",
     "is_reference",
     "single_metrics",

@@ -6,7 +6,7 @@ trained by hand and the same plan trained in a study are trained identically.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,6 +159,21 @@ class Experiment:
         if d.get("shared_prefix") == "last":
             d["shared_prefix"] = self.points("boundaries")[-1]
         return StitchPlan.from_dict(d)
+
+    def plan_for(self, kind: str = "fused", unit: str | None = None, at: Sequence[str] | None = None) -> StitchPlan:
+        """What ``fusionsearch train --plan KIND`` trains: ``fused`` is the recipe's plan with its
+        unit (a new unit drops the old unit's arguments) and points replaced where given; any
+        other kind is a baseline (``baseline_plan``)."""
+        if kind != "fused":
+            return self.baseline_plan(kind)
+        spec = dict(self.recipe.plan)
+        if unit is not None:
+            if unit != spec.get("unit"):
+                spec.pop("unit_args", None)
+            spec["unit"] = unit
+        if at is not None:
+            spec["at"] = list(at)
+        return self.plan_from(spec)
 
     def baseline_plan(self, name: str) -> StitchPlan:
         """``single``, ``shared``, or ``UNIT_default``: that unit at the recipe plan's points (every

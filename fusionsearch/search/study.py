@@ -10,13 +10,15 @@ recipe and settings stored in it.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
-from fusionsearch.errors import FusionSearchError
+from fusionsearch.errors import ArgumentError, FusionSearchError
 from fusionsearch.nets.plan import StitchPlan
 from fusionsearch.search.confirm import confirm_seeds, queue_confirmation
 from fusionsearch.search.experiment import BASELINES, WARMSTART, Experiment
@@ -36,6 +38,8 @@ from fusionsearch.search.storage import (
 
 __all__ = [
     "StudySettings",
+    "check_fusion_tasks",
+    "labelled_suffix",
     "OBJECTIVES",
     "METRIC_NAMES",
     "PRUNERS",
@@ -108,12 +112,85 @@ class StudySettings:
         if self.keep_nets not in KEEP_NETS:
             raise FusionSearchError(f"unknown keep_nets {self.keep_nets!r}: {', '.join(KEEP_NETS)}")
 
+    @classmethod
+    def from_recipe(
+        cls,
+        recipe: Recipe,
+        *,
+        study: str | None = None,
+        storage: str | None = None,
+        trials: int | None = None,
+        timeout: float | None = None,
+        sampler: str | None = None,
+        pruner: str | None = None,
+        objectives: Sequence[str] | None = None,
+        artifacts: str | None = None,
+        seed: int | None = None,
+        confirm_top: int | None = None,
+        confirm_seeds: int | None = None,
+        confirm_per: str | None = None,
+        keep_nets: str = "confirmed",
+        labelled: Mapping[str, float | str] | None = None,
+    ) -> StudySettings:
+        """The settings of a fusion study of ``recipe``: each override that is None takes the
+        recipe's ``study`` and ``confirm`` sections, then the defaults. The rules that ``run``
+        and a Python caller share live here: the recipe must have two tasks to fuse, labelled
+        by its data set (``check_fusion_tasks``); ``trials: grid`` counts the grid; several
+        objectives switch TPE to NSGA-II unless ``sampler`` asks for TPE itself; the default
+        study name is the recipe, backbone and tasks, plus ``labelled``, the labelling given on
+        top of the recipe's (another labelling is another study: ``labelled_suffix``)."""
+        check_fusion_tasks(recipe)
+        st, conf = dict(recipe.study), recipe.confirm_config()
+        goals = list(objectives) if objectives else list(st.get("objectives", ["delta_m"]))
+        chosen = sampler or st.get("sampler", "tpe")
+        if len(goals) > 1 and chosen == "tpe" and sampler is None:
+            chosen = "nsga2"  # TPE's multi-objective mode is no default: NSGA-II keeps a Pareto front
+        return cls(
+            study=study or f"{recipe.name}-{recipe.backbone}-{'-'.join(recipe.tasks)}{labelled_suffix(labelled)}",
+            storage=DEFAULT_STORAGE if storage is None else storage,
+            trials=trials if trials is not None else _recipe_trials(recipe, st.get("trials", 8)),
+            timeout=timeout if timeout is not None else st.get("timeout"),
+            sampler=chosen,
+            pruner=pruner or st.get("pruner", "hyperband"),
+            objectives=goals,
+            artifacts=artifacts,
+            seed=seed if seed is not None else int(st.get("seed", 0)),
+            confirm_top=confirm_top if confirm_top is not None else conf["top"],
+            confirm_seeds=confirm_seeds if confirm_seeds is not None else conf["seeds"],
+            confirm_per=confirm_per or conf["per"],
+            keep_nets=keep_nets,
+        )
+
     @property
     def multi_objective(self) -> bool:
         return len(self.objectives) > 1
 
     def directions(self) -> list[str]:
         return ["maximize" if OBJECTIVES[o] else "minimize" for o in self.objectives]
+
+
+def check_fusion_tasks(recipe: Recipe, read_data: bool = True) -> None:
+    """A fusion study needs two tasks to fuse (one task has nothing to search: every sampled
+    trial would fail), and a data set that labels every task; checked before a study exists.
+    ``read_data=False`` asks the data set's class instead of reading the data."""
+    if len(recipe.tasks) < 2:
+        raise ArgumentError(
+            f"fusion needs at least 2 tasks, the study has {len(recipe.tasks)} ({', '.join(recipe.tasks)}):"
+            " add one with --tasks, or train a single-task net with `fusionsearch train --plan single`"
+        )
+    Experiment(recipe).task_sizes(read_data=read_data)
+
+
+def labelled_suffix(labelled: Mapping[str, float | str] | None) -> str:
+    """The default study name's tail for a labelling given on top of the recipe's (``seg=0.1``
+    or ``seg=ids.txt``): another labelling is another study, not a resumption of this one."""
+    parts = [f"{t}{v:g}" if isinstance(v, float) else f"{t}-{Path(v).stem}" for t, v in (labelled or {}).items()]
+    return "-labelled-" + "-".join(parts) if parts else ""
+
+
+def _recipe_trials(recipe: Recipe, n: Any) -> int:
+    """A recipe's ``study.trials``: a number, or ``grid`` for every point of its grid."""
+    return len(grid_points(recipe)) if n == "grid" else int(n)
 
 
 def make_sampler(settings: StudySettings, recipe: Recipe, worker_seed: int = 0) -> optuna.samplers.BaseSampler:
@@ -189,6 +266,7 @@ def check_study(recipe: Recipe, settings: StudySettings) -> None:
     ``confirm.per`` names a parameter of the search space (a typo would otherwise show only after
     the whole search had trained)."""
     heartbeat_settings()  # FUSIONSEARCH_HEARTBEAT=abc stops here, before the lock file exists
+    check_fusion_tasks(recipe, read_data=False)
     space = SearchSpace.from_dict(recipe.search)
     exp = Experiment(recipe)
     points = exp.points(space.points)

@@ -1,0 +1,156 @@
+"""The command line's frame: the Typer app, the consoles, and how exceptions become exit codes.
+
+The commands (``model_commands``, ``study_commands``) register on ``app``. There is one error path,
+``_Commands.invoke``: an error the user caused (every ``FusionSearchError``, and the operating
+system's refusals: a missing file, a full disk, a permission) is printed as one unwrapped line
+(``error: ...``) with exit code 2; Ctrl-C says how to resume and exits 130; anything else is a bug,
+printed as one line with exit code 1, its traceback only with ``--debug`` or ``FUSIONSEARCH_DEBUG=1``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from typer.core import TyperGroup
+
+from fusionsearch.errors import FusionSearchError
+
+__all__ = ["app", "main", "console", "err_console", "say", "note", "quiet_optuna", "DEBUG", "INTERRUPTED"]
+
+console = Console()
+err_console = Console(stderr=True, soft_wrap=True)  # an error is one line, also in a log file
+DEBUG = {"on": os.environ.get("FUSIONSEARCH_DEBUG", "") not in ("", "0")}
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(part.strip() for part in str(e).splitlines() if part.strip())
+    return text or type(e).__name__
+
+
+def _is_cli_control(e: BaseException) -> bool:
+    """typer's and click's own exceptions (typer >= 0.2x vendors click as ``typer._click``)."""
+    return type(e).__module__.split(".")[0] in ("typer", "click")
+
+
+INTERRUPTED = "interrupted: the running trial is queued again; run the same command to resume"
+
+
+class _Unraisable:
+    """``sys.unraisablehook`` while a command runs. Ctrl-C that lands in a finaliser or a database
+    callback cannot propagate: Python would print "Exception ignored in ..." with a traceback, and
+    the command would exit 0 as if it had completed. Here it is noted, and the command exits 130
+    with the one line; after the command (interpreter shutdown, ``at_exit``) it exits at once."""
+
+    def __init__(self, at_exit: bool = False) -> None:
+        self.caught = 0
+        self.at_exit = at_exit
+
+    def __call__(self, info: Any) -> None:
+        if not isinstance(info.exc_value, KeyboardInterrupt):
+            sys.__unraisablehook__(info)
+        elif self.at_exit:  # the interpreter is shutting down: no imports, no rich, only the file descriptor
+            os.write(2, (INTERRUPTED + "\n").encode())
+            os._exit(130)
+        else:
+            self.caught += 1
+
+
+def say(message: str) -> None:
+    """One plain line on stdout: no markup, no highlighting (names may hold brackets)."""
+    console.print(message, highlight=False, markup=False)
+
+
+def note(message: str) -> None:
+    """One plain line on stderr: what a person should know, apart from the results."""
+    err_console.print(message, highlight=False, markup=False)
+
+
+def quiet_optuna() -> None:
+    """The commands that run or read studies print their own tables and live view instead of
+    Optuna's line per trial. The command line's choice, made when such a command starts; a
+    Python user of fusionsearch keeps Optuna's default."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+class _Commands(TyperGroup):
+    """The one place where exceptions become exit codes (see the module docstring)."""
+
+    def invoke(self, ctx: Any) -> Any:
+        default_hook, hook = sys.unraisablehook, _Unraisable()
+        sys.unraisablehook = hook
+        try:
+            out = super().invoke(ctx)
+            if hook.caught:
+                raise KeyboardInterrupt
+            return out
+        except KeyboardInterrupt:
+            err_console.print(INTERRUPTED, highlight=False)
+            raise typer.Exit(130) from None
+        except (FusionSearchError, OSError) as e:
+            if DEBUG["on"]:
+                traceback.print_exc()
+            err_console.print(f"[bold red]error:[/] {escape(_one_line(e))}", highlight=False)
+            raise typer.Exit(2) from None
+        except Exception as e:
+            if _is_cli_control(e):  # --help, --version, a usage error: typer prints those itself
+                raise
+            from fusionsearch.search.recovery import interrupted
+
+            if interrupted(e):  # Ctrl-C that landed inside a database commit
+                err_console.print(INTERRUPTED, highlight=False)
+                raise typer.Exit(130) from None
+            if DEBUG["on"]:
+                traceback.print_exc()
+            hint = "" if DEBUG["on"] else " (--debug or FUSIONSEARCH_DEBUG=1 shows the traceback)"
+            err_console.print(
+                f"[bold red]internal error:[/] {escape(type(e).__name__)}: {escape(_one_line(e))}{hint}",
+                highlight=False,
+            )
+            raise typer.Exit(1) from None
+        finally:
+            sys.unraisablehook = default_hook
+
+
+app = typer.Typer(
+    cls=_Commands,
+    name="fusionsearch",
+    help="Architecture search for multi-task networks over timm backbones.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from fusionsearch import __version__
+
+        console.print(f"fusionsearch {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", help="print the version and exit", is_eager=True, callback=_print_version
+    ),
+    debug: bool = typer.Option(False, "--debug", help="print the traceback of an unexpected error"),
+) -> None:
+    """Architecture search for multi-task networks over timm backbones."""
+    if debug:
+        DEBUG["on"] = True
+
+
+def main() -> None:
+    try:
+        app()
+    finally:  # the interpreter's shutdown still runs finalisers (database connections)
+        sys.unraisablehook = _Unraisable(at_exit=True)

@@ -1,0 +1,240 @@
+"""The command line's options, declared once, and the parsing of their values.
+
+Every option is an ``Annotated`` type here, so that a command's signature is one line per
+option and the same flag means the same thing in every command. The parsers turn text into the
+library's values and refuse bad text with one line naming the flag (``ArgumentError``), before
+anything is built or stored; the rules about studies live in the library, not here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from fusionsearch.errors import ArgumentError
+
+__all__ = [
+    "MAX_WORKERS",
+    "at_least",
+    "check_port",
+    "check_seed",
+    "devices_for",
+    "load_recipe_with",
+    "parse_at",
+    "parse_init",
+    "parse_labelled",
+    "parse_size",
+    "parse_weights",
+    "read_baseline",
+    "task_list",
+]
+
+MAX_WORKERS = 256
+
+RECIPE_HELP = "recipe name (recipes/NAME.yaml) or YAML file; other options override it"
+DATA_HELP = (
+    "a registered data set, NAME or NAME:ROOT, e.g. synthetic or nyuv2:/data/nyud"
+    " (`fusionsearch list datasets`; default: the recipe's)"
+)
+STORAGE_HELP = (
+    "Optuna storage URL (default: an SQLite file here; postgresql://... for many machines);"
+    " FUSIONSEARCH_STORAGE keeps a password off the command line"
+)
+LABELLED_HELP = (
+    "TASK=SHARE or TASK=ID_FILE: keep TASK's label on that share of the training images (seg=0.1)"
+    " or on the ids the file lists; the others lose it (validation stays fully labelled); repeatable"
+)
+DETERMINISTIC_HELP = (
+    "torch's deterministic algorithms (on a GPU: the same numbers on every rerun, slower; see README On GPUs)"
+)
+
+
+# shared by several commands
+RecipeOpt = Annotated[str, typer.Option(help=RECIPE_HELP)]
+DataOpt = Annotated[str | None, typer.Option(help=DATA_HELP)]
+SizeOpt = Annotated[int | None, typer.Option(help="image size")]
+LeafOpt = Annotated[list[str] | None, typer.Option("--leaf", help="module class name or path not to trace into")]
+StudyOpt = Annotated[str, typer.Option(help="study name")]
+ArtifactsOpt = Annotated[str | None, typer.Option(help="artifact folder (default: beside the SQLite file)")]
+StorageOpt = Annotated[str | None, typer.Option(envvar="FUSIONSEARCH_STORAGE", help=STORAGE_HELP)]
+WorkersOpt = Annotated[int, typer.Option(help="worker processes, each on one device")]
+DevicesOpt = Annotated[str, typer.Option(help="auto (every visible GPU, else CPU), cpu, or cuda:0,cuda:1")]
+DeterministicOpt = Annotated[bool, typer.Option("--deterministic", help=DETERMINISTIC_HELP)]
+LabelledOpt = Annotated[list[str] | None, typer.Option("--labelled", help=LABELLED_HELP)]
+BackboneOpt = Annotated[str | None, typer.Option("--backbone", "-b", help="timm model name (default: the recipe's)")]
+TasksOpt = Annotated[str | None, typer.Option(help="comma separated task names, e.g. seg,normal")]
+InputSizeOpt = Annotated[str | None, typer.Option(help="C,H,W of the example input (default: the model's)")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts instead of tables")]
+TimeoutOpt = Annotated[float | None, typer.Option(help="stop starting trials after this many seconds")]
+
+
+def parse_size(text: str | None) -> tuple[int, int, int] | None:
+    """``--input-size C,H,W`` (or CxHxW): three whole numbers >= 1."""
+    if text is None:
+        return None
+    try:
+        parts = tuple(int(p) for p in text.replace("x", ",").split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3:
+        raise ArgumentError(f"--input-size: expected C,H,W such as 3,224,224, got {text!r}")
+    if min(parts) < 1:
+        raise ArgumentError(f"--input-size: every dimension must be >= 1, got {text!r}")
+    return parts
+
+
+def parse_init(text: str) -> Any:
+    """``--init ALPHA,BETA`` (two finite numbers) or ``xavier``."""
+    if text == "xavier":
+        return text
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 2 or not all(math.isfinite(v) for v in values):
+        raise ArgumentError(f"--init takes ALPHA,BETA (two finite numbers such as 0.9,0.1) or xavier, got {text!r}")
+    return values
+
+
+def parse_at(text: str | None) -> list[str] | None:
+    """``--at a,b,c``: cut point names; None keeps the default."""
+    return None if text is None else [p.strip() for p in text.split(",") if p.strip()]
+
+
+def load_recipe_with(
+    recipe: str,
+    backbone: str | None,
+    tasks: str | None,
+    data: str | None,
+    size: int | None,
+    train_images: int | None = None,
+    val_images: int | None = None,
+    labelled: list[str] | None = None,
+) -> Any:
+    """The recipe with the command line's overrides of its backbone, tasks and data."""
+    from fusionsearch.search.recipe import load_recipe, parse_data
+
+    for flag, value in (("--size", size), ("--train-images", train_images), ("--val-images", val_images)):
+        at_least(flag, value, 1)
+    names = task_list(tasks)
+    r = load_recipe(recipe)
+    data_spec = parse_data(data, r.data)
+    for key, value in (("size", size), ("train_length", train_images), ("val_length", val_images)):
+        if value is not None:
+            data_spec[key] = value
+    if labelled:
+        data_spec["labelled"] = {**(data_spec.get("labelled") or {}), **parse_labelled(labelled)}
+    return r.with_overrides(backbone=backbone, tasks=names, data=data_spec)
+
+
+def parse_labelled(items: list[str] | None) -> dict[str, float | str]:
+    """``--labelled TASK=SHARE`` (a number in (0, 1]) or ``TASK=FILE`` (a file of item ids)."""
+    out: dict[str, float | str] = {}
+    for item in items or []:
+        for part in item.split(","):
+            name, sep, value = part.partition("=")
+            if not sep or not name.strip() or not value.strip():
+                raise ArgumentError(f"--labelled takes TASK=SHARE or TASK=ID_FILE, e.g. seg=0.1; got {part!r}")
+            try:
+                out[name.strip()] = float(value)
+            except ValueError:
+                out[name.strip()] = value.strip()
+    return out
+
+
+def check_seed(seed: int | None) -> None:
+    """``--seed``: the samplers' seed is seed x 1000 + the worker's number, below 2^32."""
+    from fusionsearch.search.recipe import MAX_SEED
+
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise ArgumentError(f"--seed must be in 0..{MAX_SEED:,}, got {seed}")
+
+
+def at_least(flag: str, value: float | None, low: float) -> None:
+    """An option's lower bound, checked before anything is built or stored."""
+    if value is not None and value < low:
+        raise ArgumentError(f"{flag} must be >= {low:g}, got {value:g}")
+
+
+def task_list(tasks: str | None) -> list[str] | None:
+    """``--tasks``: None keeps the recipe's; an empty or repeating list is an error, not a default."""
+    if tasks is None:
+        return None
+    names = [t.strip() for t in tasks.split(",")]
+    if not any(names):
+        raise ArgumentError("--tasks is empty: give task names such as seg,normal (or leave it out for the recipe's)")
+    if "" in names:
+        raise ArgumentError(f"--tasks {tasks!r} has an empty name: separate names with single commas")
+    twice = sorted({t for t in names if names.count(t) > 1})
+    if twice:
+        raise ArgumentError(f"--tasks names {', '.join(twice)} more than once: each task is one column")
+    return names
+
+
+def parse_weights(items: list[str]) -> dict[str, float]:
+    """``--loss-weight TASK=WEIGHT``, repeatable."""
+    out = {}
+    for item in items:
+        name, sep, w = item.partition("=")
+        try:
+            out[name.strip()] = float(w)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise ArgumentError(f"--loss-weight takes TASK=WEIGHT, e.g. normal=20; got {item!r}")
+    return out
+
+
+def read_baseline(baseline: str | None, directions: Any) -> Any:
+    """``--baseline``: a metrics JSON file holding a finite number for every metric of every task."""
+    from fusionsearch.search.experiment import check_metrics
+
+    if baseline is None:
+        return None
+    path = Path(baseline)
+    if not path.is_file():
+        raise FileNotFoundError(f"baseline metrics {baseline!r} do not exist")
+    try:
+        base = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ArgumentError(f"--baseline {baseline!r} is not a metrics JSON file: {e}") from None
+    check_metrics(base, directions, baseline)
+    return base
+
+
+def devices_for(spec: str, workers: int) -> list[str]:
+    """``--devices`` and ``--workers``: one device per worker process; a missing GPU is an error
+    now, not a failure of every trial."""
+    from fusionsearch.train.devices import assign_devices
+
+    at_least("--workers", workers, 1)
+    if workers > MAX_WORKERS:
+        raise ArgumentError(f"--workers must be <= {MAX_WORKERS} (one process each), got {workers}")
+    return assign_devices(spec, workers)
+
+
+def check_port(host: str, port: int) -> None:
+    """The dashboard's address can be listened on: a busy port is one line naming it, before the
+    server prints its banner."""
+    import socket
+
+    if not 0 < port < 65536:
+        raise ArgumentError(f"--port must be in 1..65535, got {port}")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as e:
+        raise ArgumentError(f"--host {host!r} cannot be resolved: {e}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # what the server sets: TIME_WAIT is no conflict
+        try:
+            s.bind(address)
+        except OSError as e:
+            raise ArgumentError(
+                f"cannot listen on {host}:{port} ({e.strerror or e}): the port is in use or not allowed; choose"
+                " another with --port"
+            ) from None

@@ -1,0 +1,134 @@
+"""A whole study in one call: prepare it, run the search, then queue and run the confirmation.
+
+``fusionsearch run`` and ``fusionsearch compare`` are this sequence with other settings, and a
+Python user gets the same from ``run_study``: the same resumption (the same call continues a
+study that Ctrl-C stopped), the same notes and the same refusal of a ``confirm_per`` that no
+searched trial has. What it says goes to ``log`` (progress) and ``note`` (what a person should
+know: a worker that failed, a journal storage without heartbeats), so that the command line can
+send the notes to stderr and a notebook can keep both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from fusionsearch.errors import ArgumentError
+from fusionsearch.search.confirm import Confirmation, summarize
+from fusionsearch.search.experiment import Experiment
+from fusionsearch.search.recipe import Recipe
+from fusionsearch.search.storage import redact
+from fusionsearch.search.study import StudySettings, prepare_confirmation, prepare_study
+from fusionsearch.search.worker import run_workers
+
+__all__ = ["StudyRun", "run_study", "study_header"]
+
+
+@dataclass
+class StudyRun:
+    """What ``run_study`` ends with: the study, its confirmation summary (``verdict()`` says the
+    conclusion in words) and the worker processes that exited with an error, with their logs."""
+
+    study: optuna.Study
+    settings: StudySettings
+    confirmation: Confirmation
+    failed_workers: list[int]
+    logs: Path | None
+
+
+def _states(study: optuna.Study) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        out[t.state.name] = out.get(t.state.name, 0) + 1
+    return out
+
+
+def study_header(recipe: Recipe, settings: StudySettings) -> list[str]:
+    """The lines a study starts with: the fusion learning rates and BatchNorm start its plans get
+    (README Conventions), and which tasks are labelled on which share of the images."""
+    from fusionsearch.data import describe_labelled
+    from fusionsearch.nets.conventions import describe_bn_init, describe_lr_mults
+
+    cfg = recipe.train_config()
+    lines = [describe_lr_mults(cfg.optimizer), describe_bn_init(cfg.bn_init, cfg.bn_calibration_batches)]
+    if recipe.data.get("labelled"):
+        lines.append(describe_labelled(Experiment(recipe, settings.seed).datasets()[0]))
+    return lines
+
+
+def _say_resuming(
+    study: optuna.Study, settings: StudySettings, log: Callable[[str], None], note: Callable[[str], None]
+) -> None:
+    states = _states(study)
+    queued, total = states.get("WAITING", 0), sum(states.values())
+    if total > queued:
+        log(f"resuming: {total - queued} trials there already, {queued} queued")
+    running = states.get("RUNNING", 0)
+    if running and settings.storage.startswith("journal:"):
+        note(
+            f"note: {running} trial(s) RUNNING in a journal storage, which has no heartbeats: if their worker"
+            " died they stay RUNNING and are not retried (an SQLite or PostgreSQL storage retries them)"
+        )
+
+
+def _confirm(
+    study: optuna.Study, settings: StudySettings, log: Callable[[str], None], note: Callable[[str], None]
+) -> bool:
+    """Queue the confirmation; whether there is any of it left to run."""
+    added, why_not = prepare_confirmation(study, settings)
+    if why_not is None:
+        if not _states(study).get("WAITING"):
+            return False
+        say = f"confirmation: {added} trials queued" if added else "confirmation: resuming"
+        log(f"{say} (top {settings.confirm_top} plans and the baselines, {settings.confirm_seeds} fresh seeds)")
+        return True
+    if why_not.startswith("confirm per"):
+        raise ArgumentError(f"{why_not}; the search is kept: run again with the right --confirm-per")
+    if settings.confirm_seeds:
+        note(f"note: {why_not}")
+    return False
+
+
+def run_study(
+    recipe: Recipe,
+    settings: StudySettings,
+    devices: Sequence[str] = ("cpu",),
+    *,
+    title: str | None = None,
+    quiet: bool = False,
+    console: Any = None,
+    log: Callable[[str], None] = print,
+    note: Callable[[str], None] = print,
+) -> StudyRun:
+    """Search, then confirm: create or resume the study (``prepare_study``), run its queued trials
+    here (one device) or in one worker process per device with a live view on ``console``
+    (``quiet``: log lines only), then queue the confirmation of the winners and the baselines
+    over fresh seeds and run it. ``title`` replaces the first line (``compare`` names its rows)."""
+    study = prepare_study(recipe, settings)
+    log(title or f"study {settings.study} in {redact(settings.storage)}: {settings.trials} trials + baselines")
+    for line in study_header(recipe, settings):
+        log(line)
+    _say_resuming(study, settings, log, note)
+    steps = recipe.train_config().steps
+    bad: list[int] = []
+    logs: Path | None = None
+    for phase in ("search", "confirmation"):
+        if phase == "confirmation" and not _confirm(study, settings, log, note):
+            break
+        failed, logs = run_workers(
+            study,
+            settings,
+            list(devices),
+            quiet=quiet,
+            artifacts=settings.artifacts,
+            steps_total=steps,
+            console=console,
+        )
+        if failed:
+            note(f"workers {failed} exited with an error: see {logs}")
+        bad += failed
+    return StudyRun(study, settings, summarize(study), sorted(set(bad)), logs)
