@@ -29,7 +29,7 @@ def storage_url(request, tmp_path, monkeypatch):
 
 
 def test_every_storage_queues_once_pops_in_order_and_requeues_accidents(storage_url):
-    from fusionsearch.search.queueing import _pop, requeue_failed
+    from fusionsearch.search.queueing import pop, requeue_failed
     from fusionsearch.search.recovery import INTERRUPTED
 
     settings = StudySettings(study="st", storage=storage_url, trials=2)
@@ -37,7 +37,7 @@ def test_every_storage_queues_once_pops_in_order_and_requeues_accidents(storage_
     prepare_study(tiny_recipe(), settings)  # the same command again adds nothing
     assert sorted(jobs(study.get_trials())) == ["nddr_default", "shared", "single", "slot0", "slot1", "warmstart"]
     order = []
-    while (trial := _pop(study)) is not None:
+    while (trial := pop(study)) is not None:
         order.append(trial.user_attrs.get("baseline") or f"slot{trial.user_attrs['slot']}")
         if order[-1] == "slot1":
             trial.set_user_attr("fail_kind", INTERRUPTED)
@@ -46,6 +46,6 @@ def test_every_storage_queues_once_pops_in_order_and_requeues_accidents(storage_
             study.tell(trial, 0.0)
     assert order[:2] == ["warmstart", "single"] and order[-2:] == ["slot0", "slot1"]
     assert requeue_failed(study) == 1 and requeue_failed(study) == 0  # one copy, once
-    copy = _pop(study)
+    copy = pop(study)
     assert copy is not None and copy.user_attrs["slot"] == 1 and "fail_kind" not in copy.user_attrs
     assert redact(storage_url) == storage_url  # no password in these URLs: nothing to hide

@@ -12,8 +12,9 @@ SQLAlchemy, plotly) with it.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from fusionsearch.registry import lazy_exports
 
 if TYPE_CHECKING:
     from fusionsearch.nets.fusion import (
@@ -46,12 +47,16 @@ if TYPE_CHECKING:
         failure_reason,
     )
     from fusionsearch.search.queueing import (
+        Heartbeat,
+        find,
         heartbeat_interval,
         is_baseline,
         is_reference,
+        pop,
         reap_stale,
         requeue_failed,
         single_metrics,
+        stale_possible,
     )
     from fusionsearch.search.recipe import (
         Recipe,
@@ -118,6 +123,7 @@ if TYPE_CHECKING:
         trial_steps,
     )
     from fusionsearch.search.worker import (
+        TrialRunner,
         run_worker,
         run_workers,
         trial_label,
@@ -178,6 +184,10 @@ _HOMES: dict[str, str] = {
     "requeue_failed": "fusionsearch.search.queueing",
     "reap_stale": "fusionsearch.search.queueing",
     "heartbeat_interval": "fusionsearch.search.queueing",
+    "find": "fusionsearch.search.queueing",
+    "pop": "fusionsearch.search.queueing",
+    "Heartbeat": "fusionsearch.search.queueing",
+    "stale_possible": "fusionsearch.search.queueing",
     "MAX_RETRY": "fusionsearch.search.recovery",
     "INTERRUPTED": "fusionsearch.search.recovery",
     "INFRASTRUCTURE": "fusionsearch.search.recovery",
@@ -195,6 +205,7 @@ _HOMES: dict[str, str] = {
     "Objective": "fusionsearch.search.objective",
     "failure_reason": "fusionsearch.search.objective",
     "run_worker": "fusionsearch.search.worker",
+    "TrialRunner": "fusionsearch.search.worker",
     "run_workers": "fusionsearch.search.worker",
     "worker_command": "fusionsearch.search.worker",
     "trial_label": "fusionsearch.search.worker",
@@ -266,6 +277,10 @@ __all__ = [
     "requeue_failed",
     "reap_stale",
     "heartbeat_interval",
+    "find",
+    "pop",
+    "Heartbeat",
+    "stale_possible",
     "MAX_RETRY",
     "INTERRUPTED",
     "INFRASTRUCTURE",
@@ -283,6 +298,7 @@ __all__ = [
     "Objective",
     "failure_reason",
     "run_worker",
+    "TrialRunner",
     "run_workers",
     "worker_command",
     "trial_label",
@@ -300,14 +316,4 @@ __all__ = [
     "fusion_weights",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _HOMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_HOMES[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_HOMES})
+__getattr__, __dir__ = lazy_exports(__name__, _HOMES)

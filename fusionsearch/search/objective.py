@@ -11,7 +11,6 @@ accident, and a warm start whose saved nets are missing, truncated or damaged (`
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import json
 import tempfile
@@ -29,10 +28,10 @@ from fusionsearch.nets.fusion import fusion_weights
 from fusionsearch.nets.plan import StitchPlan
 from fusionsearch.search.experiment import WARMSTART, Experiment, WarmStart
 from fusionsearch.search.queueing import (
-    _find,
-    _pop,
+    find,
     is_baseline,
     is_reference,
+    pop,
     reap_stale,
     requeue_failed,
     single_metrics,
@@ -43,6 +42,7 @@ from fusionsearch.search.requeue import failed_for_good
 from fusionsearch.search.space import Sampled, SearchSpace
 from fusionsearch.search.storage import artifact_dir, artifact_store, queue_lock
 from fusionsearch.search.study import StudySettings, rungs
+from fusionsearch.train.trainer import TrainConfig
 
 __all__ = [
     "Objective",
@@ -77,12 +77,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def _free_memory() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def failure_reason(e: BaseException) -> str:
@@ -134,7 +128,7 @@ class Objective:
         be left to. One that an accident failed is queued again first; one that failed for good is
         a DependencyError."""
         while True:
-            t, pending = _find(self.study, match, newest)
+            t, pending = find(self.study, match, newest)
             if t is not None:
                 return t
             if not pending:
@@ -142,7 +136,7 @@ class Objective:
                     continue
                 raise DependencyError(self._dependency_failed(match, what))
             reap_stale(self.study)
-            queued = _pop(self.study, match) if self.execute is not None else None
+            queued = pop(self.study, match) if self.execute is not None else None
             if queued is not None:
                 self.execute(queued)  # type: ignore[misc]  # queued is None when execute is
                 continue
@@ -285,18 +279,38 @@ class Objective:
         self.check_dependencies(trial)
         if self.before_trial is not None:
             self.before_trial(trial)
-        baseline, confirm = trial.user_attrs.get("baseline"), trial.user_attrs.get("confirm")
         seed = int(trial.user_attrs.get("seed", self.settings.seed))
         cfg = self.recipe.train_config(seed=seed)
         what = self._what(trial)
-        plan, weights, base_lr, column_init = what.plan, what.loss_weights or None, what.base_lr, what.column_init
+        start = self._configure(trial, cfg, what)
+        self._record_plan(trial, what)
+        result = self.exp.train(
+            what.plan,
+            cfg=cfg,
+            loss_weights=what.loss_weights or None,
+            device=self.device,
+            callback=self._reporter(trial, cfg),
+            progress=self.progress,
+            start=start,
+        )
+        params = self._record_result(trial, result)
+        # measured first: the latency on the device it trained on, and the kept-net rule reads the value
+        values = [MEASURES[o](self, trial, result, params) for o in self.settings.objectives]
+        self._save_artifacts(trial, result.net, result.history.get("weighting"), values)
+        del result
+        return values
+
+    def _configure(self, trial: optuna.Trial, cfg: TrainConfig, what: Sampled) -> WarmStart | None:
+        """Fit ``cfg`` to what the trial trains (its weighting, base lr, warm start's shorter and
+        slower budget, evaluation steps); returns the nets it starts from, None from scratch."""
+        baseline, confirm = trial.user_attrs.get("baseline"), trial.user_attrs.get("confirm")
         if what.weighting is not None:
             cfg.weighting = what.weighting
             trial.set_user_attr("weighting", what.weighting)
-        if base_lr is not None:
-            cfg.base_lr = base_lr
+        if what.base_lr is not None:
+            cfg.base_lr = what.base_lr
         start = None
-        if column_init == "single":
+        if what.column_init == "single":
             start = self.warm_start()
             cfg.steps = self.space.finetune(cfg.steps)
             cfg.base_lr *= self.space.finetune_lr_mult
@@ -306,12 +320,21 @@ class Objective:
             cfg.eval_steps = []
         elif self.rungs is not None:
             cfg.eval_steps = self.rungs
-        trial.set_user_attr("plan", _jsonable(plan.to_dict()))
-        trial.set_user_attr("column_init", column_init)
-        if weights:
-            trial.set_user_attr("loss_weights", weights)
-        if base_lr is not None:
-            trial.set_user_attr("base_lr", base_lr)
+        return start
+
+    def _record_plan(self, trial: optuna.Trial, what: Sampled) -> None:
+        """What the trial trains, in its user attributes before it trains (the report reads them)."""
+        trial.set_user_attr("plan", _jsonable(what.plan.to_dict()))
+        trial.set_user_attr("column_init", what.column_init)
+        if what.loss_weights:
+            trial.set_user_attr("loss_weights", what.loss_weights)
+        if what.base_lr is not None:
+            trial.set_user_attr("base_lr", what.base_lr)
+
+    def _reporter(self, trial: optuna.Trial, cfg: TrainConfig) -> Callable[[int, dict[str, dict[str, float]]], None]:
+        """The training loop's callback at each evaluation: records the step, and for a sampled
+        plan of a single-objective search reports Delta-m to the pruner, which may stop it."""
+        baseline, confirm = trial.user_attrs.get("baseline"), trial.user_attrs.get("confirm")
         prune = not self.settings.multi_objective and baseline is None and confirm is None
         measured = "delta_m" in self.settings.objectives and baseline != WARMSTART
 
@@ -329,25 +352,17 @@ class Objective:
             if prune and step < cfg.steps and trial.should_prune():  # a finished plan is never "pruned"
                 raise optuna.TrialPruned(f"pruned at step {step}")
 
-        result = self.exp.train(
-            plan,
-            cfg=cfg,
-            loss_weights=weights,
-            device=self.device,
-            callback=report,
-            progress=self.progress,
-            start=start,
-        )
+        return report
+
+    def _record_result(self, trial: optuna.Trial, result: Any) -> int:
+        """The trained trial's metrics, evaluations and size in its user attributes; returns its
+        parameter count."""
         params = sum(p.numel() for p in result.net.parameters())
         trial.set_user_attr("metrics", result.metrics)
         trial.set_user_attr("evals", result.history["evals"])
         trial.set_user_attr("params", params)
         trial.set_user_attr("steps", result.step)
-        # measured first: the latency on the device it trained on, and the kept-net rule reads the value
-        values = [MEASURES[o](self, trial, result, params) for o in self.settings.objectives]
-        self._save_artifacts(trial, result.net, result.history.get("weighting"), values)
-        del result
-        return values
+        return params
 
     def _delta_m(self, trial: optuna.Trial, result: Any, params: int) -> float:
         attrs = trial.user_attrs

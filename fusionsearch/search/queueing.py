@@ -2,9 +2,11 @@
 shows it is alive.
 
 Each piece mirrors an Optuna function that works for ``study.optimize`` but not for workers that
-only pop queued trials: ``_pop`` is ``Study._pop_waiting_trial_id`` (in our order, under the
-storage's lock), ``_Heartbeat`` is ``optuna.storages._heartbeat.get_heartbeat_thread``,
+only pop queued trials: ``pop`` is ``Study._pop_waiting_trial_id`` (in our order, under the
+storage's lock), ``Heartbeat`` is ``optuna.storages._heartbeat.get_heartbeat_thread``,
 ``reap_stale`` is ``optuna.storages.fail_stale_trials``.
+The heartbeat is our own thread because Optuna's is private (``optuna.storages._heartbeat``) and only
+runs inside ``study.optimize``'s trial loop, while our workers claim and ``tell`` trials themselves.
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ __all__ = [
     "requeue_failed",
     "reap_stale",
     "heartbeat_interval",
+    "find",
+    "pop",
+    "Heartbeat",
+    "stale_possible",
 ]
 
 
@@ -45,7 +51,7 @@ def is_reference(t: optuna.trial.FrozenTrial, confirm: bool, seed: int | None) -
     return t.user_attrs.get("baseline") == "single"
 
 
-def _find(study: optuna.Study, match: Callable[[Any], bool], newest: bool = False) -> tuple[Any, bool]:
+def find(study: optuna.Study, match: Callable[[Any], bool], newest: bool = False) -> tuple[Any, bool]:
     """The complete trial that ``match`` picks (the first, or with ``newest`` the last: a warm start
     trained again because its artefact was lost stands in for the older one), and whether one may
     still come (queued or running)."""
@@ -64,7 +70,7 @@ def single_metrics(
     study: optuna.Study, confirm: bool = False, seed: int | None = None
 ) -> tuple[dict[str, Any] | None, bool]:
     """The single-task reference's final metrics and its evaluations, and whether it may still come."""
-    t, pending = _find(study, lambda t: is_reference(t, confirm, seed))
+    t, pending = find(study, lambda t: is_reference(t, confirm, seed))
     if t is None:
         return None, pending
     return {"metrics": t.user_attrs["metrics"], "evals": t.user_attrs.get("evals", [])}, False
@@ -81,7 +87,7 @@ def _rank(t: optuna.trial.FrozenTrial) -> int:
     return 3
 
 
-class _Heartbeat:
+class Heartbeat:
     """Records the trial's heartbeat in the storage while it runs (Optuna's own thread is tied to
     ``study.optimize``, which creates trials; our workers only pop queued ones)."""
 
@@ -90,7 +96,7 @@ class _Heartbeat:
         self.stop = threading.Event()
         self.thread: threading.Thread | None = None
 
-    def __enter__(self) -> _Heartbeat:
+    def __enter__(self) -> Heartbeat:
         if heartbeat_interval(self.storage):
             self.storage.record_heartbeat(self.trial_id)
             self.thread = threading.Thread(target=self._run, daemon=True)
@@ -108,7 +114,7 @@ class _Heartbeat:
             self.thread.join()
 
 
-def _pop(study: optuna.Study, match: Callable[[Any], bool] | None = None) -> optuna.Trial | None:
+def pop(study: optuna.Study, match: Callable[[Any], bool] | None = None) -> optuna.Trial | None:
     """Take one WAITING trial (atomically: a trial another worker took is skipped) in ``_rank``
     order; with ``match``, only a trial it picks."""
     storage = study._storage
@@ -134,7 +140,7 @@ def reap_stale(study: optuna.Study) -> None:
             optuna.storages.fail_stale_trials(study)
 
 
-def _stale_possible(study: optuna.Study) -> bool:
+def stale_possible(study: optuna.Study) -> bool:
     """Whether some RUNNING trial could still turn out to be a dead worker's (heartbeats on)."""
     return heartbeat_interval(study._storage) is not None
 

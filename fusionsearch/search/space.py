@@ -265,7 +265,33 @@ class SearchSpace:
 
     def sample(self, trial: optuna.Trial, points: Sequence[str], k: int, optimizer: str = "sgd") -> Sampled:
         """Draw a plan for ``k`` tasks over the candidate ``points`` (in network order);
-        ``optimizer`` (the recipe's) is what a drawn ``lr_scale`` is relative to."""
+        ``optimizer`` (the recipe's) is what a drawn ``lr_scale`` is relative to.
+
+        The draws keep one order, since a seeded sampler's draws follow the order of the suggest
+        calls (the same seed samples the same plans): prefix, units, shortcut, the placed units'
+        arguments, loss weights, base lr, column start, weighting."""
+        prefix, units = self._draw_units(trial, points)
+        at = [p for p, u in units.items() if u != NONE]
+        shortcut = bool(self._pick(trial, "shortcut", lambda: trial.suggest_categorical("shortcut", self.shortcut)))
+        common, lr_mults = self._draw_unit_args(trial, sorted({units[p] for p in at}), optimizer) if at else ({}, {})
+        plan = self._plan(units, at, common, lr_mults, prefix, shortcut)
+        weights = {t: self._range(trial, f"loss_weight@{t}", r) for t, r in self.loss_weights.items()}
+        base_lr = self._range(trial, "base_lr", self.base_lr) if self.base_lr is not None else None
+        if k < 2 and at:
+            raise PlanError("fusion needs at least 2 tasks")
+        column_init = self.column_init
+        if isinstance(column_init, list):
+            starts: list[str] = list(column_init)
+            column_init = self._pick(trial, "column_init", lambda: trial.suggest_categorical("column_init", starts))
+        weighting = self._draw_weighting(trial)
+        if column_init == "single" and plan.shortcut:
+            # a warm-started plan starts as the single-task nets it is paired with: the shortcut's
+            # identity start, not the official Xavier one (which would scramble the trained heads' input)
+            plan.shortcut_init = "identity"
+        return Sampled(plan, weights, base_lr, str(column_init), weighting)
+
+    def _draw_units(self, trial: optuna.Trial, points: Sequence[str]) -> tuple[str, dict[str, str]]:
+        """The shared prefix, then a unit (or none) at each point after it."""
         prefix = NONE
         if self.shared_prefix:
             prefix = self._pick(
@@ -277,26 +303,41 @@ class SearchSpace:
             p: self._pick(trial, f"unit@{p}", lambda p=p: trial.suggest_categorical(f"unit@{p}", self.units))
             for p in after
         }
-        at = [p for p, u in units.items() if u != NONE]
-        shortcut = bool(self._pick(trial, "shortcut", lambda: trial.suggest_categorical("shortcut", self.shortcut)))
-        common: dict[str, Any] = {}
-        lr_mults: dict[str, float] = {}
-        if at:
-            if self.init:
-                labels = [_init_label(v) for v in self.init]
-                init: Any = _parse_init(self._pick(trial, "init", lambda: trial.suggest_categorical("init", labels)))
-            else:
-                alpha = self._range(trial, "init_alpha", self.init_alpha, log=False)
-                init = (alpha, 1.0 - alpha)
-            lr_mults = self._lr_mults(trial, sorted({units[p] for p in at}), optimizer)
-            common = {
-                "init": init,
-                "weight_decay": self._range(trial, "fusion_weight_decay", self.fusion_weight_decay),
-            }
+        return prefix, units
+
+    def _draw_unit_args(
+        self, trial: optuna.Trial, placed: Sequence[str], optimizer: str
+    ) -> tuple[dict[str, Any], dict[str, float]]:
+        """The arguments every ``placed`` unit shares (init, weight decay) and each one's lr
+        multiplier: drawn only when some unit is placed."""
+        if self.init:
+            labels = [_init_label(v) for v in self.init]
+            init: Any = _parse_init(self._pick(trial, "init", lambda: trial.suggest_categorical("init", labels)))
+        else:
+            alpha = self._range(trial, "init_alpha", self.init_alpha, log=False)
+            init = (alpha, 1.0 - alpha)
+        lr_mults = self._lr_mults(trial, placed, optimizer)
+        common = {
+            "init": init,
+            "weight_decay": self._range(trial, "fusion_weight_decay", self.fusion_weight_decay),
+        }
+        return common, lr_mults
+
+    def _plan(
+        self,
+        units: Mapping[str, str],
+        at: list[str],
+        common: Mapping[str, Any],
+        lr_mults: Mapping[str, float],
+        prefix: str,
+        shortcut: bool,
+    ) -> StitchPlan:
+        """The drawn choices as a StitchPlan: the most placed unit is the plan's, the others are
+        per-point overrides with their own arguments and multiplier."""
         chosen = [units[p] for p in at]
         main = max(set(chosen), key=chosen.count) if chosen else "nddr"
         per_point = {p: {"unit": units[p], **self.unit_args.get(units[p], {})} for p in at if units[p] != main}
-        plan = StitchPlan(
+        return StitchPlan(
             at=at,
             unit=main,
             unit_args={**common, **({"lr_mult": lr_mults[main]} if at else {}), **self.unit_args.get(main, {})},
@@ -305,28 +346,18 @@ class SearchSpace:
             shortcut=shortcut and bool(at),
             head_input_lr_mult=_head_input_mult(lr_mults, shortcut, main) if at else None,
         )
-        weights = {t: self._range(trial, f"loss_weight@{t}", r) for t, r in self.loss_weights.items()}
-        base_lr = self._range(trial, "base_lr", self.base_lr) if self.base_lr is not None else None
-        if k < 2 and at:
-            raise PlanError("fusion needs at least 2 tasks")
-        column_init = self.column_init
-        if isinstance(column_init, list):
-            starts: list[str] = list(column_init)
-            column_init = self._pick(trial, "column_init", lambda: trial.suggest_categorical("column_init", starts))
-        weighting = None
-        if self.weighting:
-            methods = list(self.weighting)
-            name = str(self._pick(trial, "weighting", lambda: trial.suggest_categorical("weighting", methods)))
-            cls = get_weighting(name)
-            weighting = {
-                "name": name,
-                "args": {a: self._range(trial, f"{a}@{name}", r) for a, r in cls.search_args.items()},
-            }
-        if column_init == "single" and plan.shortcut:
-            # a warm-started plan starts as the single-task nets it is paired with: the shortcut's
-            # identity start, not the official Xavier one (which would scramble the trained heads' input)
-            plan.shortcut_init = "identity"
-        return Sampled(plan, weights, base_lr, str(column_init), weighting)
+
+    def _draw_weighting(self, trial: optuna.Trial) -> dict[str, Any] | None:
+        """A task weighting method and its own ``search_args``; None keeps the recipe's."""
+        if not self.weighting:
+            return None
+        methods = list(self.weighting)
+        name = str(self._pick(trial, "weighting", lambda: trial.suggest_categorical("weighting", methods)))
+        cls = get_weighting(name)
+        return {
+            "name": name,
+            "args": {a: self._range(trial, f"{a}@{name}", r) for a, r in cls.search_args.items()},
+        }
 
 
 def _head_input_mult(lr_mults: Mapping[str, float], shortcut: bool, main: str) -> float | None:

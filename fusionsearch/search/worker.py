@@ -5,6 +5,7 @@ failures recorded with their kind (``recovery``), and Ctrl-C or SIGTERM handled 
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import subprocess
 import sys
@@ -15,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import torch
 from optuna.trial import TrialState
 
 from fusionsearch.errors import DependencyError, DeviceError
-from fusionsearch.search.objective import Objective, _free_memory, failure_reason
-from fusionsearch.search.queueing import _Heartbeat, _pop, _stale_possible, reap_stale, requeue_failed
+from fusionsearch.search.objective import Objective, failure_reason
+from fusionsearch.search.queueing import Heartbeat, pop, reap_stale, requeue_failed, stale_possible
 from fusionsearch.search.recovery import DEVICE, INTERRUPTED, PLAN, failure_kind, interrupted
 from fusionsearch.search.requeue import retry
 from fusionsearch.search.storage import DEFAULT_STORAGE, queue_lock
@@ -75,9 +77,9 @@ def run_worker(
             why = objective.blocked()
             if why is not None:
                 raise DependencyError(why)
-            trial = _pop(study)
+            trial = pop(study)
             if trial is None:
-                if any(t.state == TrialState.RUNNING for t in study.get_trials(deepcopy=False)) and _stale_possible(
+                if any(t.state == TrialState.RUNNING for t in study.get_trials(deepcopy=False)) and stale_possible(
                     study
                 ):
                     time.sleep(1.0)  # a dead worker's trial may come back to the queue
@@ -111,7 +113,7 @@ class TrialRunner:
     def run(self, trial: optuna.Trial) -> None:
         label = trial_label(trial)
         self.log(f"{label}: started on {self.device}")
-        with _Heartbeat(self.study._storage, trial._trial_id):
+        with Heartbeat(self.study._storage, trial._trial_id):
             failed = self._run_trial(trial, label)
         # outside the except blocks: there the traceback still held the trial's frames, and with
         # them its net, so collecting freed nothing of what ran out of memory
@@ -155,6 +157,12 @@ class TrialRunner:
         again = "" if kind == PLAN else " (an accident, not the plan's: the next run queues it again)"
         self.log(f"{label}: failed: {reason}{again}")
         return None
+
+
+def _free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _fail(study: optuna.Study, trial: optuna.Trial, reason: str, kind: str, requeue: bool = False) -> None:
