@@ -103,7 +103,7 @@ def failure_kind(e: BaseException, shared_device: bool = False) -> str:
         return INFRASTRUCTURE  # the database went away or was locked too long
     text = str(e)
     if isinstance(e, (RuntimeError, AssertionError)) and (
-        "no CUDA GPUs are available" in text
+        "no cuda gpus are available" in text.lower()  # torch: "No CUDA GPUs are available"
         or "Torch not compiled with CUDA" in text
         or "CUDA driver" in text
         or "cudaErrorNoDevice" in text
