@@ -174,3 +174,13 @@ def test_each_command_body_is_at_most_40_lines():
                 long.append(f"{p.name}:{f.lineno} {f.name}: {n} lines")
     assert len(long) == 0, long
     assert len([f for p in (PKG / "cli").glob("*_commands.py") for f in _functions(ast.parse(p.read_text()))]) >= 12
+
+
+def test_the_tests_mirror_the_subpackages():
+    tests = ROOT / "tests"
+    for sub in [*SUBPACKAGES, "cli"]:
+        assert list((tests / sub).glob("test_*.py")), f"tests/{sub}/ has no test file"
+    names = [p.name for p in tests.rglob("test_*.py")]
+    assert len(names) == len(set(names)), "two test files share a name (pytest imports them by base name)"
+    for module in ("queueing", "recovery"):  # the queue and the failure classes have direct tests
+        assert (tests / "search" / f"test_{module}.py").is_file()

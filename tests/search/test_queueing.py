@@ -35,7 +35,7 @@ from fusionsearch.search.queueing import (
 from fusionsearch.search.recovery import DEPENDENCY, DEVICE, INFRASTRUCTURE, INTERRUPTED, MAX_RETRY, PLAN
 from fusionsearch.search.storage import open_storage, queue_lock
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 
