@@ -74,6 +74,13 @@ ConfirmPerOpt = Annotated[
 KeepNetsOpt = Annotated[
     str, typer.Option(help="trained nets kept as artefacts: confirmed (baselines and confirmed plans) or all")
 ]
+ModeOpt = Annotated[
+    _Str,
+    typer.Option(
+        help="trials (one training per sampled plan) or supernet (one weight-sharing training scores placement x unit,"
+        " its best plans then train stand-alone; README The supernet mode); default: the recipe's search.mode"
+    ),
+]
 RunQuietOpt = Annotated[bool, typer.Option("--quiet", help="plain log lines instead of the live view")]
 CompareStepsOpt = Annotated[_Int, typer.Option(help="training steps of every row (the same budget for all)")]
 CompareTrialsOpt = Annotated[
@@ -146,6 +153,7 @@ def run(
     confirm_per: ConfirmPerOpt = None,
     keep_nets: KeepNetsOpt = "confirmed",
     deterministic: DeterministicOpt = False,
+    mode: ModeOpt = None,
     quiet: RunQuietOpt = False,
 ) -> None:
     """Run an architecture search: warm start and baselines first, then sampled plans with pruning,
@@ -162,6 +170,7 @@ def run(
     on = devices_for(devices, workers)
     train = {"steps": steps} if steps is not None else {}
     r.train = {**r.train, **train, **({"deterministic": True} if deterministic else {})}  # workers elsewhere too
+    r.search = {**r.search, **({"mode": mode} if mode else {})}
     settings = StudySettings.from_recipe(
         r, study=study, storage=storage, trials=trials, timeout=timeout, sampler=sampler, pruner=pruner,
         objectives=objectives.split(",") if objectives else None, artifacts=artifacts, seed=seed,

@@ -61,13 +61,19 @@ def headline_metrics(metrics: dict[str, dict[str, float]] | None, compact: bool 
 def _kind(t: FrozenTrial) -> str:
     if t.user_attrs.get("confirm") is not None:
         return f"confirm:{t.user_attrs['confirm']}"
+    if t.user_attrs.get("supernet") is not None:
+        return "supernet"
+    if "supernet_rank" in t.user_attrs:  # a slot of a supernet study: the supernet's k-th best plan
+        return f"search (supernet #{t.user_attrs['supernet_rank']})"
     return f"baseline:{t.user_attrs['baseline']}" if t.user_attrs.get("baseline") else "search"
 
 
 def is_ranked(t: FrozenTrial) -> bool:
     """Trials of the search's leaderboard: baselines and sampled plans, not the warm start (the
-    others' start) nor the confirmation's repeats (summarised per plan instead)."""
-    return t.user_attrs.get("baseline") != WARMSTART and t.user_attrs.get("confirm") is None
+    others' start), the supernet job (it trains no plan of its own) nor the confirmation's repeats
+    (summarised per plan instead)."""
+    attrs = t.user_attrs
+    return attrs.get("baseline") != WARMSTART and attrs.get("confirm") is None and attrs.get("supernet") is None
 
 
 def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
@@ -163,7 +169,7 @@ def trials_table(study: optuna.Study, title: str | None = None, compact: bool = 
         if compact and (r["kind"].startswith("confirm:") or r["kind"] == f"baseline:{WARMSTART}"):
             continue  # the leaderboard shows the confirmation per plan (confirmation_table)
         values = r["values"] or [None] * len(objectives)
-        if r["kind"] == f"baseline:{WARMSTART}":
+        if r["kind"] in (f"baseline:{WARMSTART}", "supernet"):  # no plan of its own: no Delta-m
             values = [None if o == "delta_m" else v for o, v in zip(objectives, values)]
         style = "bold green" if best is not None and r["number"] == best.number else None
         table.add_row(

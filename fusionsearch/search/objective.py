@@ -5,7 +5,7 @@ confirmation run); each objective is one entry of ``MEASURES`` rather than a bra
 
 A trial's dependencies (the warm start, the single-task reference) that an accident took away, at
 any point, come back one way: the dependency is queued again and this worker trains it itself if
-nobody else does (``Objective._await``). That covers a dependency interrupted or failed by an
+nobody else does (``Objective.wait_for``). That covers a dependency interrupted or failed by an
 accident, and a warm start whose saved nets are missing, truncated or damaged (``warm_start``).
 """
 
@@ -42,6 +42,8 @@ from fusionsearch.search.requeue import failed_for_good
 from fusionsearch.search.space import Sampled, SearchSpace
 from fusionsearch.search.storage import artifact_dir, artifact_store, queue_lock
 from fusionsearch.search.study import StudySettings, rungs
+from fusionsearch.search.supernet import is_supernet_job, supernet_job, supernet_slot
+from fusionsearch.train.devices import latency_ms
 from fusionsearch.train.trainer import TrainConfig
 
 __all__ = [
@@ -56,19 +58,6 @@ def _reference(single: Mapping[str, Any], step: int) -> Mapping[str, Any]:
         if e["step"] == step:
             return e["metrics"]
     return single["metrics"]
-
-
-def _latency_ms(net: Any, size: tuple[int, int, int], device: torch.device) -> float:
-    """Median forward time of one image, by ``torch.utils.benchmark.Timer`` (which warms up and
-    synchronises CUDA itself)."""
-    from torch.utils.benchmark import Timer
-
-    net.eval()
-    x = torch.randn(1, *size, device=device)
-    with torch.no_grad():
-        net(x)  # warm-up: lazy initialisation, cuDNN autotuning
-        timer = Timer(stmt="net(x)", globals={"net": net, "x": x}, num_threads=torch.get_num_threads())
-        return 1000 * timer.timeit(5).median
 
 
 def _sha256(path: Path) -> str:
@@ -122,7 +111,7 @@ class Objective:
         self._warm: WarmStart | None = None
         self._retrained = 0  # warm starts this worker queued again because their nets were unreadable
 
-    def _await(self, match: Callable[[Any], bool], what: str, newest: bool = False) -> Any:
+    def wait_for(self, match: Callable[[Any], bool], what: str, newest: bool = False) -> Any:
         """The complete trial ``match`` picks (the last one with ``newest``). Waiting for it, this
         worker runs it itself if it is queued (e.g. retried after its worker died): nobody else may
         be left to. One that an accident failed is queued again first; one that failed for good is
@@ -169,6 +158,8 @@ class Objective:
         needs: list[tuple[Callable[[Any], bool], str]] = []
         if baseline != WARMSTART and self.space.warm:
             needs.append((lambda t: is_baseline(t) == WARMSTART, "the warm start (single-task nets)"))
+        if "slot" in attrs and self.space.mode == "supernet":
+            needs.append((is_supernet_job, "the supernet"))
         own = baseline in ("single", WARMSTART) or confirm == "single"
         if "delta_m" in self.settings.objectives and not own:
             seed = attrs.get("seed")
@@ -186,7 +177,7 @@ class Objective:
         ref, _ = single_metrics(self.study, confirm, seed)
         if ref is not None or not wait:
             return ref
-        self._await(lambda t: is_reference(t, confirm, seed), "the single-task reference: Delta-m is undefined")
+        self.wait_for(lambda t: is_reference(t, confirm, seed), "the single-task reference: Delta-m is undefined")
         return single_metrics(self.study, confirm, seed)[0]
 
     def warm_start(self) -> WarmStart:
@@ -200,7 +191,7 @@ class Objective:
         lost: dict[int, str] = {}  # warm-start trial -> why its nets cannot be read
         while self._warm is None:
             match = lambda t: is_baseline(t) == WARMSTART and t.number not in lost
-            done = self._await(match, "the warm start (single-task nets)", newest=True)
+            done = self.wait_for(match, "the warm start (single-task nets)", newest=True)
             try:
                 self._warm = self._read_warm_start(done)
             except Exception as e:  # any way the file fails to come back whole: retrained, a bounded number of times
@@ -273,12 +264,15 @@ class Objective:
                 src.get("weighting"),
             )
         optimizer = self.recipe.train_config().optimizer
-        return self.space.sample(trial, self.exp.points(self.space.points), len(self.recipe.tasks), optimizer)
+        draw = lambda space: space.sample(trial, self.exp.points(space.points), len(self.recipe.tasks), optimizer)
+        return supernet_slot(self, trial, draw) if self.space.mode == "supernet" else draw(self.space)
 
     def __call__(self, trial: optuna.Trial) -> list[float]:
         self.check_dependencies(trial)
         if self.before_trial is not None:
             self.before_trial(trial)
+        if is_supernet_job(trial):
+            return supernet_job(self, trial)
         seed = int(trial.user_attrs.get("seed", self.settings.seed))
         cfg = self.recipe.train_config(seed=seed)
         what = self._what(trial)
@@ -381,7 +375,7 @@ class Objective:
         return float(params)
 
     def _latency(self, trial: optuna.Trial, result: Any, params: int) -> float:
-        ms = _latency_ms(result.net, self.exp.input_size, next(result.net.parameters()).device)
+        ms = latency_ms(result.net, self.exp.input_size, next(result.net.parameters()).device)
         trial.set_user_attr("latency_ms", ms)
         return ms
 

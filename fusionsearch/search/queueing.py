@@ -78,13 +78,13 @@ def single_metrics(
 
 def _rank(t: optuna.trial.FrozenTrial) -> int:
     """Queue order: the warm start that all others begin from, the single-task reference, the
-    other baselines, sampled slots, then each seed's confirmation reference before its plans."""
+    other baselines and the supernet job, sampled slots, then each seed's confirmation reference before its plans."""
     b, c = t.user_attrs.get("baseline"), t.user_attrs.get("confirm")
     if b is not None:
         return 0 if b == WARMSTART else 1 if b == "single" else 2
     if c is not None:
         return 4 if c == "single" else 5
-    return 3
+    return 2 if t.user_attrs.get("supernet") is not None else 3  # a supernet job: before the slots it fills
 
 
 class Heartbeat:

@@ -27,10 +27,13 @@ from fusionsearch.nets.plan import StitchPlan
 from fusionsearch.schema import check_call, did_you_mean, finite
 from fusionsearch.tasks.weighting import get_weighting
 
-__all__ = ["SearchSpace", "Sampled", "NONE", "COLUMN_INITS"]
+__all__ = ["SearchSpace", "Sampled", "NONE", "COLUMN_INITS", "MODES"]
 
 NONE = "none"
 COLUMN_INITS = ("single", "scratch")
+# how placement x unit is searched: one training per sampled plan, or one weight-sharing supernet
+# whose best plans are then trained stand-alone with their hyperparameters searched (search.supernet)
+MODES = ("trials", "supernet")
 
 
 @dataclass
@@ -76,6 +79,9 @@ class SearchSpace:
     # ``search_args`` drawn conditionally; None keeps the recipe's train.weighting. Baselines
     # always train as the recipe says (the papers' fixed weights)
     weighting: list[str] | None = None
+    mode: str = "trials"  # MODES
+    supernet_steps: int | None = None  # its optimiser steps (None: one warm start's worth of path steps)
+    supernet_plans: int = 200  # plans scored on the trained supernet (TPE over placement x unit)
 
     def grid(self, points: Sequence[str]) -> dict[str, list[Any]]:
         """The categorical choices as a grid for Optuna's GridSampler. Every choice that is not
@@ -145,7 +151,21 @@ class SearchSpace:
         m = space.finetune_lr_mult
         if isinstance(m, bool) or not isinstance(m, (int, float)) or not m > 0:
             raise PlanError(f"search finetune_lr_mult must be a number > 0, got {m!r}")
+        space._check_supernet()
         return space
+
+    def _check_supernet(self) -> None:
+        if self.mode not in MODES:
+            raise PlanError(f"search.mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        for name, low in (("supernet_steps", 1), ("supernet_plans", 1)):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
+                raise PlanError(f"search {name} must be a whole number >= {low}, got {v!r}")
+        if self.mode == "supernet" and (not self.warm or [u for u in self.units if u != NONE] == []):
+            raise PlanError(
+                "search.mode supernet starts from the warm start and needs a fusion unit to place:"
+                " column_init must include single and units a registered unit"
+            )
 
     def _check_choices(self) -> None:
         """Every choice list, each unit's arguments and each loss-weight range, checked before any

@@ -35,6 +35,7 @@ from fusionsearch.search.storage import (
     redact,
     study_lock,
 )
+from fusionsearch.search.supernet import SUPERNET
 
 __all__ = [
     "StudySettings",
@@ -143,10 +144,11 @@ class StudySettings:
         st, conf = dict(recipe.study), recipe.confirm_config()
         goals = list(objectives) if objectives else list(st.get("objectives", ["delta_m"]))
         chosen = sampler or st.get("sampler", "tpe")
+        mode = "-supernet" if recipe.search.get("mode") == "supernet" else ""  # another search, another study
         if len(goals) > 1 and chosen == "tpe" and sampler is None:
             chosen = "nsga2"  # TPE's multi-objective mode is no default: NSGA-II keeps a Pareto front
         return cls(
-            study=study or f"{recipe.name}-{recipe.backbone}-{'-'.join(recipe.tasks)}{labelled_suffix(labelled)}",
+            study=study or f"{recipe.name}-{recipe.backbone}-{'-'.join(recipe.tasks)}{labelled_suffix(labelled)}{mode}",
             storage=DEFAULT_STORAGE if storage is None else storage,
             trials=trials if trials is not None else _recipe_trials(recipe, st.get("trials", 8)),
             timeout=timeout if timeout is not None else st.get("timeout"),
@@ -322,9 +324,12 @@ def _prepare(recipe: Recipe, settings: StudySettings) -> optuna.Study:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names([METRIC_NAMES[o] for o in settings.objectives])
     study.set_user_attr("delta_m_convention", recipe.gain.describe())
-    warm = [WARMSTART] if SearchSpace.from_dict(recipe.search).warm else []
+    space = SearchSpace.from_dict(recipe.search)
+    warm = [WARMSTART] if space.warm else []
     for name in [*warm, *settings.baselines]:
         study.enqueue_trial({"baseline": name}, user_attrs={"baseline": name}, skip_if_exists=True)
+    if space.mode == "supernet":  # one training for placement x unit; its best plans fill the slots
+        study.enqueue_trial({SUPERNET: "train"}, user_attrs={SUPERNET: "train"}, skip_if_exists=True)
     if settings.sampler == "grid":
         for i, point in enumerate(grid_points(recipe)):
             study.enqueue_trial(point, user_attrs={"slot": i}, skip_if_exists=True)

@@ -20,6 +20,7 @@ from fusionsearch.train.config import (
 from fusionsearch.train.devices import (
     assign_devices,
     check_device,
+    latency_ms,
     use_device,
 )
 from fusionsearch.train.loading import (
@@ -77,4 +78,5 @@ __all__ = [
     "check_device",
     "assign_devices",
     "use_device",
+    "latency_ms",
 ]

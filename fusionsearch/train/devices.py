@@ -7,11 +7,13 @@ the first trial, so it is asked once, here.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from fusionsearch.errors import ArgumentError
 
-__all__ = ["check_device", "assign_devices", "use_device"]
+__all__ = ["check_device", "assign_devices", "use_device", "latency_ms"]
 
 
 def check_device(name: str) -> str:
@@ -62,3 +64,16 @@ def use_device(name: str, worker: int = 0) -> str:
     if dev.type == "cuda":
         torch.cuda.set_device(dev.index if dev.index is not None else 0)
     return name
+
+
+def latency_ms(net: Any, size: tuple[int, int, int], device: torch.device) -> float:
+    """Median forward time of one image in milliseconds, by ``torch.utils.benchmark.Timer`` (which warms up and
+    synchronises CUDA itself)."""
+    from torch.utils.benchmark import Timer
+
+    net.eval()
+    x = torch.randn(1, *size, device=device)
+    with torch.no_grad():
+        net(x)  # warm-up: lazy initialisation, cuDNN autotuning
+        timer = Timer(stmt="net(x)", globals={"net": net, "x": x}, num_threads=torch.get_num_threads())
+        return 1000 * timer.timeit(5).median

@@ -3,7 +3,7 @@ warm start's saved nets deleted, truncated or damaged in place are trained again
 an artefact store that loses every copy stops the worker with one line, and nothing is lost.
 
 The single-task reference needs no test of its own here: trials read its metrics from the study's
-database (``single_metrics``), never from an artefact, and its failures go through ``_await``."""
+database (``single_metrics``), never from an artefact, and its failures go through ``wait_for``."""
 
 from __future__ import annotations
 

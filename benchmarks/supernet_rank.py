@@ -1,0 +1,227 @@
+"""Does the supernet rank plans as stand-alone training does, and what does a supernet study cost?
+
+    python benchmarks/supernet_rank.py                          # the quick recipe: ranking, then both studies
+    python benchmarks/supernet_rank.py --plans 24 --seeds 2 --skip-studies
+    python benchmarks/supernet_rank.py --backbone test_resnet --size 32 --steps 8 --plans 6   # a smoke run
+
+**Ranking.** The warm start is trained once (the study seed, ``train.steps``). The supernet is
+built from it (``search.supernet``: every unit of ``search.units`` at every boundary) and trained
+for its default budget, one warm start's worth of path steps, with fair paths. ``--plans``
+placement x unit plans that span the space (1 to all boundaries fused, the units drawn at
+random, no two alike) are then scored on it (BatchNorm recalibrated per plan, Delta-m on the
+validation set), and each is also fine-tuned stand-alone from the warm start as a searched
+trial is (``search.finetune_steps`` at ``base_lr x finetune_lr_mult``, the supernet's unit
+arguments), with ``--seeds`` fresh seeds, its Delta-m against ``single`` at the same seed.
+Printed: Kendall tau and Spearman rho between the supernet score and the stand-alone mean, with
+their p-values, and the same between two seeds of the stand-alone runs (how well stand-alone
+training ranks itself: the ceiling of any proxy).
+
+**Studies.** ``fusionsearch run`` of the recipe in both modes (``search.mode: trials`` and
+``supernet``), each in its own storage: total training steps (path steps: one plan, one batch,
+forward and backward) by kind of trial, the wall time, and the confirmed best with its interval.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.table import Table
+from scipy import stats
+
+from fusionsearch.nets.supernet import NONE_UNIT, plan_of
+from fusionsearch.search.confirm import confirm_seeds, t_interval
+from fusionsearch.search.experiment import WARMSTART, Experiment, WarmStart
+from fusionsearch.search.recipe import Recipe, load_recipe
+from fusionsearch.search.space import SearchSpace
+from fusionsearch.search.supernet import (
+    build_supernet,
+    calibration_images,
+    default_steps,
+    path_key,
+    score_path,
+    supernet_unit_args,
+    train_supernet,
+)
+
+console = Console(emoji=False)
+
+
+def spanning_paths(points: list[str], units: list[str], n: int, seed: int) -> list[dict[str, str]]:
+    """``n`` distinct plans: the number of fused points cycles through 1..len(points), the points
+    and their units drawn at random, so the set spans sparse and dense fusion of every unit."""
+    rng, out, seen = random.Random(seed), [], set()
+    choices = [u for u in units if u != NONE_UNIT]
+    k = 0
+    while len(out) < n:
+        k = k % len(points) + 1
+        at = rng.sample(points, k)
+        path = {p: (rng.choice(choices) if p in at else NONE_UNIT) for p in points}
+        if path_key(path) not in seen:
+            seen.add(path_key(path))
+            out.append(path)
+    return out
+
+
+def _summary(path: dict[str, str]) -> str:
+    return " ".join(f"{p}:{u[:2]}" for p, u in path.items() if u != NONE_UNIT)
+
+
+def ranking(r: Recipe, n_plans: int, n_seeds: int) -> None:
+    exp, space = Experiment(r), SearchSpace.from_dict(r.search)
+    t0 = time.perf_counter()
+    warm_cfg = r.train_config(seed=exp.seed, progress=False, eval_steps=[])
+    warm = WarmStart.of(exp.train(exp.baseline_plan("single"), cfg=warm_cfg, progress=False).net)
+    console.print(f"warm start: {warm_cfg.steps} steps, {time.perf_counter() - t0:.0f} s", highlight=False)
+
+    def finetune(seed: int) -> Any:
+        cfg = r.train_config(seed=seed, progress=False, eval_steps=[])
+        cfg.steps = space.finetune(cfg.steps)
+        cfg.base_lr *= space.finetune_lr_mult
+        return cfg
+
+    seeds = confirm_seeds(exp.seed, n_seeds)
+    single = {
+        s: exp.train(exp.baseline_plan("single"), cfg=finetune(s), start=warm).metrics for s in [exp.seed, *seeds]
+    }
+    sn = build_supernet(exp, warm, seed=exp.seed, space=space)
+    cfg = dataclasses.replace(finetune(exp.seed), steps=default_steps(exp, sn))
+    with tempfile.TemporaryDirectory() as d:
+        run = train_supernet(sn, exp, cfg, checkpoint=Path(d) / "supernet.pt")
+    console.print(
+        f"supernet: {len(sn.unit_names)} units x {len(sn.point_names)} points, {run.steps} steps = {run.path_steps}"
+        f" path steps, {run.seconds:.0f} s; loss {run.losses[0]:.3f} -> {run.losses[-1]:.3f}",
+        highlight=False,
+    )
+    paths = spanning_paths(sn.point_names, sn.unit_names, n_plans, exp.seed)
+    images, val = calibration_images(exp, cfg, cfg.bn_calibration_batches), exp.datasets()[1]
+    args = supernet_unit_args(space, len(r.tasks))
+    rows = []
+    t_score = 0.0
+    for path in paths:
+        t1 = time.perf_counter()
+        score, _ = score_path(sn, path, exp, single[exp.seed], images, val)
+        t_score += time.perf_counter() - t1
+        alone = [
+            exp.delta_m(exp.train(plan_of(path, args), cfg=finetune(s), start=warm).metrics, single[s]) for s in seeds
+        ]
+        rows.append((path, score, alone))
+        console.print(
+            f"{_summary(path)}: supernet {score:+.2f}, stand-alone {[round(a, 2) for a in alone]}", highlight=False
+        )
+    _print_ranking(rows, seeds, run, t_score, space.finetune(r.train_config().steps))
+
+
+def _print_ranking(rows: list[Any], seeds: list[int], run: Any, t_score: float, finetune_steps: int) -> None:
+    scores = [s for _, s, _ in rows]
+    means = [statistics.fmean(a) for _, _, a in rows]
+    table = Table(title=f"supernet score vs stand-alone Delta-m ({len(rows)} plans, {len(seeds)} seeds each)")
+    for col in ("plan", "supernet", "stand-alone mean", "95% CI"):
+        table.add_column(col)
+    for (path, score, alone), mean in sorted(zip(rows, means), key=lambda x: -x[0][1]):
+        iv = t_interval(alone)
+        table.add_row(_summary(path), f"{score:+.2f}", f"{mean:+.2f}", f"[{iv.low:+.2f}, {iv.high:+.2f}]")
+    Console(width=160, emoji=False).print(table)
+    tau, p_tau = stats.kendalltau(scores, means)
+    rho, p_rho = stats.spearmanr(scores, means)
+    say = lambda m: console.print(m, highlight=False)
+    say(f"Kendall tau (supernet vs stand-alone mean) = {tau:+.3f} (p = {p_tau:.3g})")
+    say(f"Spearman rho = {rho:+.3f} (p = {p_rho:.3g})")
+    if len(seeds) >= 2:
+        a, b = [x[2][0] for x in rows], [x[2][1] for x in rows]
+        ceiling = stats.kendalltau(a, b)[0]
+        say(f"stand-alone seed {seeds[0]} vs seed {seeds[1]}: Kendall tau = {ceiling:+.3f} (the ceiling of any proxy)")
+    top = max(range(len(rows)), key=lambda i: scores[i])
+    rank = sorted(means, reverse=True).index(means[top]) + 1
+    say(f"the supernet's best plan is #{rank} of {len(rows)} stand-alone")
+    alone_steps = len(rows) * len(seeds) * finetune_steps
+    say(
+        f"cost: supernet {run.path_steps} path steps + {len(rows)} scores in {t_score:.0f} s;"
+        f" the stand-alone runs above {alone_steps} steps"
+    )
+
+
+def study_costs(r: Recipe, folder: Path) -> None:
+    from fusionsearch.search import StudySettings, run_study
+
+    table = Table(title=f"recipe {r.name}: a per-trial study against a supernet study")
+    for col in ("mode", "warm start", "baselines", "supernet", "search", "confirmation", "total", "min", "best"):
+        table.add_column(col)
+    for mode in ("trials", "supernet"):
+        rm = dataclasses.replace(r, search={**r.search, "mode": mode})
+        settings = StudySettings.from_recipe(rm, storage=f"sqlite:///{folder}/{mode}.db", artifacts=str(folder / mode))
+        t0 = time.perf_counter()
+        done = run_study(rm, settings, ["cpu"], quiet=True, log=lambda m: None, note=lambda m: console.print(m))
+        steps = _steps_by_kind(done.study)
+        best = done.confirmation.best
+        table.add_row(
+            mode,
+            *(str(steps[k]) for k in ("warm", "baselines", "supernet", "search", "confirmation")),
+            str(sum(steps.values())),
+            f"{(time.perf_counter() - t0) / 60:.1f}",
+            f"{best.label}: {best.interval}" if best is not None else "-",
+        )
+        console.print(f"{mode}: {done.confirmation.verdict()}", highlight=False)
+    Console(width=180, emoji=False).print(table)
+
+
+def _steps_by_kind(study: Any) -> dict[str, int]:
+    out = dict.fromkeys(("warm", "baselines", "supernet", "search", "confirmation"), 0)
+    for t in study.get_trials(deepcopy=False):
+        a = t.user_attrs
+        kind = (
+            "warm"
+            if a.get("baseline") == WARMSTART
+            else "baselines"
+            if "baseline" in a
+            else "supernet"
+            if a.get("supernet") is not None
+            else "confirmation"
+            if "confirm" in a
+            else "search"
+        )
+        out[kind] += int(a.get("path_steps", a.get("steps", a.get("step", 0))))  # a pruned trial: its last step
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--recipe", default="quick")
+    ap.add_argument("--backbone", default=None)
+    ap.add_argument("--size", type=int, default=None)
+    ap.add_argument("--steps", type=int, default=None, help="warm-start steps (default: the recipe's)")
+    ap.add_argument("--plans", type=int, default=24)
+    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--skip-ranking", action="store_true")
+    ap.add_argument("--skip-studies", action="store_true")
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    r = load_recipe(args.recipe)
+    if args.backbone:
+        r.backbone = args.backbone
+    if args.size:
+        r.data = {**r.data, "size": args.size}
+    if args.steps:
+        r.train = {**r.train, "steps": args.steps}
+    r.__post_init__()
+    t0 = time.perf_counter()
+    if not args.skip_ranking:
+        ranking(r, args.plans, args.seeds)
+    if not args.skip_studies:
+        with tempfile.TemporaryDirectory() as d:
+            study_costs(r, Path(d))
+    console.print(f"total {time.perf_counter() - t0:.0f} s", highlight=False)
+
+
+if __name__ == "__main__":
+    main()
