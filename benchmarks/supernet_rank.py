@@ -75,7 +75,7 @@ def _summary(path: dict[str, str]) -> str:
     return " ".join(f"{p}:{u[:2]}" for p, u in path.items() if u != NONE_UNIT)
 
 
-def ranking(r: Recipe, n_plans: int, n_seeds: int) -> None:
+def ranking(r: Recipe, n_plans: int, n_seeds: int, tune_steps: int) -> None:
     exp, space = Experiment(r), SearchSpace.from_dict(r.search)
     t0 = time.perf_counter()
     warm_cfg = r.train_config(seed=exp.seed, progress=False, eval_steps=[])
@@ -104,49 +104,53 @@ def ranking(r: Recipe, n_plans: int, n_seeds: int) -> None:
     paths = spanning_paths(sn.point_names, sn.unit_names, n_plans, exp.seed)
     images, val = calibration_images(exp, cfg, cfg.bn_calibration_batches), exp.datasets()[1]
     args = supernet_unit_args(space, len(r.tasks))
-    rows = []
-    t_score = 0.0
+    tune = dataclasses.replace(finetune(exp.seed), steps=tune_steps, eval_steps=[])
+    variants: dict[str, dict[str, Any]] = {  # the fixes for weight-sharing rankings, on the same plans
+        "running BatchNorm": {"recalibrate": False},
+        "BatchNorm recalibrated (default)": {},
+        f"+ {tune_steps}-step fine-tune": {"finetune": tune},
+    }
+    rows, scores, seconds = [], {v: [] for v in variants}, dict.fromkeys(variants, 0.0)
     for path in paths:
-        t1 = time.perf_counter()
-        score, _ = score_path(sn, path, exp, single[exp.seed], images, val)
-        t_score += time.perf_counter() - t1
-        alone = [
-            exp.delta_m(exp.train(plan_of(path, args), cfg=finetune(s), start=warm).metrics, single[s]) for s in seeds
-        ]
-        rows.append((path, score, alone))
-        console.print(
-            f"{_summary(path)}: supernet {score:+.2f}, stand-alone {[round(a, 2) for a in alone]}", highlight=False
-        )
-    _print_ranking(rows, seeds, run, t_score, space.finetune(r.train_config().steps))
+        for v, kw in variants.items():
+            t1 = time.perf_counter()
+            scores[v].append(score_path(sn, path, exp, single[exp.seed], images, val, **kw)[0])
+            seconds[v] += time.perf_counter() - t1
+        plan = plan_of(path, args)
+        alone = [exp.delta_m(exp.train(plan, cfg=finetune(s), start=warm).metrics, single[s]) for s in seeds]
+        rows.append((path, alone))
+        got = ", ".join(f"{scores[v][-1]:+.2f}" for v in variants)
+        console.print(f"{_summary(path)}: supernet {got}; stand-alone {[round(a, 2) for a in alone]}", highlight=False)
+    _print_ranking(rows, scores, seconds, seeds, run, space.finetune(r.train_config().steps))
 
 
-def _print_ranking(rows: list[Any], seeds: list[int], run: Any, t_score: float, finetune_steps: int) -> None:
-    scores = [s for _, s, _ in rows]
-    means = [statistics.fmean(a) for _, _, a in rows]
+def _print_ranking(
+    rows: list[Any], scores: dict[str, list[float]], seconds: dict[str, float], seeds: list[int], run: Any, steps: int
+) -> None:
+    means = [statistics.fmean(a) for _, a in rows]
+    default = "BatchNorm recalibrated (default)"
     table = Table(title=f"supernet score vs stand-alone Delta-m ({len(rows)} plans, {len(seeds)} seeds each)")
-    for col in ("plan", "supernet", "stand-alone mean", "95% CI"):
+    for col in ("plan", *scores, "stand-alone mean", "95% CI"):
         table.add_column(col)
-    for (path, score, alone), mean in sorted(zip(rows, means), key=lambda x: -x[0][1]):
-        iv = t_interval(alone)
-        table.add_row(_summary(path), f"{score:+.2f}", f"{mean:+.2f}", f"[{iv.low:+.2f}, {iv.high:+.2f}]")
-    Console(width=160, emoji=False).print(table)
-    tau, p_tau = stats.kendalltau(scores, means)
-    rho, p_rho = stats.spearmanr(scores, means)
+    for i in sorted(range(len(rows)), key=lambda i: -scores[default][i]):
+        iv = t_interval(rows[i][1])
+        cells = [f"{scores[v][i]:+.2f}" for v in scores]
+        table.add_row(_summary(rows[i][0]), *cells, f"{means[i]:+.2f}", f"[{iv.low:+.2f}, {iv.high:+.2f}]")
+    Console(width=180, emoji=False).print(table)
     say = lambda m: console.print(m, highlight=False)
-    say(f"Kendall tau (supernet vs stand-alone mean) = {tau:+.3f} (p = {p_tau:.3g})")
-    say(f"Spearman rho = {rho:+.3f} (p = {p_rho:.3g})")
+    for v, xs in scores.items():
+        tau, p_tau = stats.kendalltau(xs, means)
+        rho, p_rho = stats.spearmanr(xs, means)
+        rank = sorted(means, reverse=True).index(means[max(range(len(xs)), key=lambda i: xs[i])]) + 1
+        say(
+            f"{v}: Kendall tau {tau:+.3f} (p = {p_tau:.3g}), Spearman rho {rho:+.3f} (p = {p_rho:.3g});"
+            f" its best plan is #{rank} of {len(rows)} stand-alone; {seconds[v] / len(rows):.1f} s per plan"
+        )
     if len(seeds) >= 2:
-        a, b = [x[2][0] for x in rows], [x[2][1] for x in rows]
+        a, b = [x[1][0] for x in rows], [x[1][1] for x in rows]
         ceiling = stats.kendalltau(a, b)[0]
-        say(f"stand-alone seed {seeds[0]} vs seed {seeds[1]}: Kendall tau = {ceiling:+.3f} (the ceiling of any proxy)")
-    top = max(range(len(rows)), key=lambda i: scores[i])
-    rank = sorted(means, reverse=True).index(means[top]) + 1
-    say(f"the supernet's best plan is #{rank} of {len(rows)} stand-alone")
-    alone_steps = len(rows) * len(seeds) * finetune_steps
-    say(
-        f"cost: supernet {run.path_steps} path steps + {len(rows)} scores in {t_score:.0f} s;"
-        f" the stand-alone runs above {alone_steps} steps"
-    )
+        say(f"stand-alone seed {seeds[0]} vs seed {seeds[1]}: Kendall tau {ceiling:+.3f} (how well one seed ranks)")
+    say(f"cost: the supernet {run.path_steps} path steps; the stand-alone runs above {len(rows) * len(seeds) * steps}")
 
 
 def study_costs(r: Recipe, folder: Path) -> None:
@@ -200,6 +204,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="warm-start steps (default: the recipe's)")
     ap.add_argument("--plans", type=int, default=24)
     ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--tune-steps", type=int, default=5, help="steps of the fine-tuned scoring variant")
     ap.add_argument("--skip-ranking", action="store_true")
     ap.add_argument("--skip-studies", action="store_true")
     ap.add_argument("--threads", type=int, default=None)
@@ -216,7 +221,7 @@ def main() -> None:
     r.__post_init__()
     t0 = time.perf_counter()
     if not args.skip_ranking:
-        ranking(r, args.plans, args.seeds)
+        ranking(r, args.plans, args.seeds, args.tune_steps)
     if not args.skip_studies:
         with tempfile.TemporaryDirectory() as d:
             study_costs(r, Path(d))

@@ -54,6 +54,7 @@ if TYPE_CHECKING:
         trial_rows,
         trials_table,
     )
+    from fusionsearch.report.supernet import has_supernet, supernet_figure
 
 _HOMES: dict[str, str] = {
     "DEFAULT_ROWS": "fusionsearch.report.compare",
@@ -65,6 +66,8 @@ _HOMES: dict[str, str] = {
     "ExportedBest": "fusionsearch.report.export",
     "best_to_export": "fusionsearch.report.export",
     "export_best": "fusionsearch.report.export",
+    "has_supernet": "fusionsearch.report.supernet",
+    "supernet_figure": "fusionsearch.report.supernet",
     "metrics_table": "fusionsearch.report.leaderboard",
     "print_summary": "fusionsearch.report.leaderboard",
     "FIGURES": "fusionsearch.report.html",
@@ -101,6 +104,8 @@ __all__ = [
     "ExportedBest",
     "best_to_export",
     "export_best",
+    "has_supernet",
+    "supernet_figure",
     "metrics_table",
     "print_summary",
     "FIGURES",

@@ -22,6 +22,7 @@ from plotly.subplots import make_subplots
 
 from fusionsearch.errors import FusionSearchWarning
 from fusionsearch.report.leaderboard import best_trial, counts, plan_summary, search_only, trial_rows
+from fusionsearch.report.supernet import has_supernet, supernet_figure
 from fusionsearch.search.confirm import Confirmation, summarize
 from fusionsearch.search.storage import artifact_store
 
@@ -44,6 +45,7 @@ FIGURES = (
     "placement map",
     "fusion weights",
     "task weights",
+    "supernet ranking",
 )
 # Fewer complete searched trials than this give importances that are noise (6 trials drew 12 bars
 # all at 0.08): the report says so instead of drawing them.
@@ -336,6 +338,7 @@ def _study_figures(study: optuna.Study, conf: Confirmation) -> list[tuple[str, g
             lambda: vis.plot_parallel_coordinate(sampled, target=hist_target, target_name="Delta-m"),
         ),
         _safe("placement map", lambda: placement_map(study)),
+        *([_safe("supernet ranking", lambda: supernet_figure(study))] if has_supernet(study) else []),
     ]
 
 

@@ -52,7 +52,7 @@ STICKY_CUDA_ERRORS = (
     "CUBLAS_STATUS_EXECUTION_FAILED",
 )
 # what identifies a trial's job; everything else a run wrote (metrics, step, reason) is not copied
-IDENTITY = ("baseline", "confirm", "seed", "slot", "source", "keep_net", "replaces")
+IDENTITY = ("baseline", "confirm", "seed", "slot", "source", "keep_net", "replaces", "supernet")
 
 
 def interrupted(e: BaseException) -> bool:

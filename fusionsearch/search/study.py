@@ -279,6 +279,10 @@ def check_study(recipe: Recipe, settings: StudySettings) -> None:
                 f"search.loss_weights names {t!r}, not a task of this study ({', '.join(recipe.tasks)})"
             )
     check_plan(exp.plan_from(recipe.plan), "plan")
+    if settings.sampler == "grid" and space.mode == "supernet":
+        raise FusionSearchError(
+            "a grid study queues every plan itself: search.mode supernet needs the tpe, nsga2 or random sampler"
+        )
     if settings.sampler == "grid":
         grid_points(recipe)  # a range where the grid needs choices is named now, not after the database exists
     artefacts = artifact_dir(settings.storage, settings.artifacts)

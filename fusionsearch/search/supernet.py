@@ -13,6 +13,7 @@ path with BatchNorm recalibrated on a few training batches, then Delta-m on the 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
@@ -38,6 +39,7 @@ from fusionsearch.train import (
     TrainConfig,
     calibrate,
     evaluate,
+    fit,
     lr_factor,
     make_optimizer,
     train_loader,
@@ -192,13 +194,21 @@ def score_path(
     images: Sequence[torch.Tensor],
     val: Any,
     device: str | torch.device = "cpu",
+    recalibrate: bool = True,
+    finetune: TrainConfig | None = None,
 ) -> tuple[float, dict[str, dict[str, float]]]:
-    """Delta-m (against ``reference``, e.g. the warm start's metrics) and metrics of ``path`` on
-    the supernet, without training: BatchNorm recalibrated on ``images``, then evaluated on
-    ``val`` (a data set or ``train.eval_loader``)."""
+    """Delta-m (against ``reference``, e.g. the single-task baseline's metrics) and metrics of
+    ``path`` on the supernet, without training: BatchNorm recalibrated on ``images`` (unless
+    ``recalibrate`` is off), then evaluated on ``val`` (a data set or ``train.eval_loader``).
+    ``finetune``: first train a copy of the path for ``finetune.steps`` (the supernet is left as
+    it was), the other known fix for weight-sharing rankings, at that many path steps per plan."""
     dev = torch.device(device)
     net = sn.subnet(path).to(dev)
-    recalibrate_batchnorm(net, (x.to(dev) for x in images))
+    if finetune is not None:
+        net = copy.deepcopy(net)
+        fit(net, exp.tasks(), exp.datasets()[0], None, finetune, device=dev)
+    if recalibrate:
+        recalibrate_batchnorm(net, (x.to(dev) for x in images))
     metrics = evaluate(net, exp.tasks(), val, device=dev)
     return exp.delta_m(metrics, reference), metrics
 
@@ -231,7 +241,7 @@ def _scoring_study(settings: Any) -> optuna.Study:
     sampler = optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=20, multivariate=True)
     study = optuna.create_study(
         study_name=scoring_study_name(settings.study),
-        storage=open_storage(settings.storage),
+        storage=open_storage(settings.storage, heartbeat=False),  # asked and told here, in one process
         load_if_exists=True,
         direction="maximize",
         sampler=sampler,
