@@ -45,8 +45,7 @@ FIGURES = (
     "placement map",
     "fusion weights",
     "task weights",
-    "supernet ranking",
-)
+)  # and "supernet ranking" in a supernet study (report.supernet)
 # Fewer complete searched trials than this give importances that are noise (6 trials drew 12 bars
 # all at 0.08): the report says so instead of drawing them.
 MIN_TRIALS_FOR_IMPORTANCES = 10
