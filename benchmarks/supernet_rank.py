@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import random
 import statistics
 import tempfile
@@ -75,7 +76,7 @@ def _summary(path: dict[str, str]) -> str:
     return " ".join(f"{p}:{u[:2]}" for p, u in path.items() if u != NONE_UNIT)
 
 
-def ranking(r: Recipe, n_plans: int, n_seeds: int, tune_steps: int) -> None:
+def ranking(r: Recipe, n_plans: int, n_seeds: int, tune_steps: int, longer: int, cache_file: str | None) -> None:
     exp, space = Experiment(r), SearchSpace.from_dict(r.search)
     t0 = time.perf_counter()
     warm_cfg = r.train_config(seed=exp.seed, progress=False, eval_steps=[])
@@ -89,35 +90,57 @@ def ranking(r: Recipe, n_plans: int, n_seeds: int, tune_steps: int) -> None:
         return cfg
 
     seeds = confirm_seeds(exp.seed, n_seeds)
+    cache = json.loads(Path(cache_file).read_text()) if cache_file and Path(cache_file).exists() else {}
+
+    def train_alone(plan: Any, s: int) -> float:
+        return exp.delta_m(exp.train(plan, cfg=finetune(s), start=warm).metrics, single[s])
+
+    def cached(store: dict[str, float], key: str, make: Any) -> float:
+        if key not in store:
+            store[key] = make()
+            if cache_file:
+                Path(cache_file).write_text(json.dumps(store))
+        return store[key]
+
     single = {
         s: exp.train(exp.baseline_plan("single"), cfg=finetune(s), start=warm).metrics for s in [exp.seed, *seeds]
     }
-    sn = build_supernet(exp, warm, seed=exp.seed, space=space)
+    nets, runs = {}, {}
+    for times in (1, longer):  # the default budget, and a longer one (the fix of an undertrained supernet)
+        sn = build_supernet(exp, warm, seed=exp.seed, space=space)
+        cfg = dataclasses.replace(finetune(exp.seed), steps=default_steps(exp, sn) * times)
+        nets[times], runs[times] = sn, train_supernet(sn, exp, cfg)
+        run = runs[times]
+        console.print(
+            f"supernet x{times}: {len(sn.unit_names)} units x {len(sn.point_names)} points, {run.steps} steps ="
+            f" {run.path_steps} path steps, {run.seconds:.0f} s; loss {run.losses[0]:.3f} -> {run.losses[-1]:.3f}",
+            highlight=False,
+        )
+    sn, run = nets[1], runs[1]
     cfg = dataclasses.replace(finetune(exp.seed), steps=default_steps(exp, sn))
-    with tempfile.TemporaryDirectory() as d:
-        run = train_supernet(sn, exp, cfg, checkpoint=Path(d) / "supernet.pt")
-    console.print(
-        f"supernet: {len(sn.unit_names)} units x {len(sn.point_names)} points, {run.steps} steps = {run.path_steps}"
-        f" path steps, {run.seconds:.0f} s; loss {run.losses[0]:.3f} -> {run.losses[-1]:.3f}",
-        highlight=False,
-    )
     paths = spanning_paths(sn.point_names, sn.unit_names, n_plans, exp.seed)
     images, val = calibration_images(exp, cfg, cfg.bn_calibration_batches), exp.datasets()[1]
     args = supernet_unit_args(space, len(r.tasks))
     tune = dataclasses.replace(finetune(exp.seed), steps=tune_steps, eval_steps=[])
+    many = calibration_images(exp, cfg, 8 * cfg.bn_calibration_batches)
     variants: dict[str, dict[str, Any]] = {  # the fixes for weight-sharing rankings, on the same plans
-        "running BatchNorm": {"recalibrate": False},
-        "BatchNorm recalibrated (default)": {},
-        f"+ {tune_steps}-step fine-tune": {"finetune": tune},
+        "running BatchNorm": {"recalibrate": "off"},
+        "BatchNorm recalibrated": {},
+        "fusion BatchNorm only": {"recalibrate": "fusion"},
+        f"recalibrated on {len(many)} batches": {"images": many},
+        f"+ {tune_steps}-step fine-tune (default)": {"finetune": tune},
+        f"x{longer} supernet + {tune_steps}-step fine-tune": {"sn": nets[longer], "finetune": tune},
     }
     rows, scores, seconds = [], {v: [] for v in variants}, dict.fromkeys(variants, 0.0)
     for path in paths:
         for v, kw in variants.items():
             t1 = time.perf_counter()
-            scores[v].append(score_path(sn, path, exp, single[exp.seed], images, val, **kw)[0])
+            net, imgs = kw.get("sn", sn), kw.get("images", images)
+            kw = {k: a for k, a in kw.items() if k not in ("sn", "images")}
+            scores[v].append(score_path(net, path, exp, single[exp.seed], imgs, val, **kw)[0])
             seconds[v] += time.perf_counter() - t1
         plan = plan_of(path, args)
-        alone = [exp.delta_m(exp.train(plan, cfg=finetune(s), start=warm).metrics, single[s]) for s in seeds]
+        alone = [cached(cache, f"{path_key(path)}@{s}", lambda p=plan, s=s: train_alone(p, s)) for s in seeds]
         rows.append((path, alone))
         got = ", ".join(f"{scores[v][-1]:+.2f}" for v in variants)
         console.print(f"{_summary(path)}: supernet {got}; stand-alone {[round(a, 2) for a in alone]}", highlight=False)
@@ -128,7 +151,7 @@ def _print_ranking(
     rows: list[Any], scores: dict[str, list[float]], seconds: dict[str, float], seeds: list[int], run: Any, steps: int
 ) -> None:
     means = [statistics.fmean(a) for _, a in rows]
-    default = "BatchNorm recalibrated (default)"
+    default = next(v for v in scores if v.endswith("(default)"))
     table = Table(title=f"supernet score vs stand-alone Delta-m ({len(rows)} plans, {len(seeds)} seeds each)")
     for col in ("plan", *scores, "stand-alone mean", "95% CI"):
         table.add_column(col)
@@ -202,9 +225,11 @@ def main() -> None:
     ap.add_argument("--backbone", default=None)
     ap.add_argument("--size", type=int, default=None)
     ap.add_argument("--steps", type=int, default=None, help="warm-start steps (default: the recipe's)")
-    ap.add_argument("--plans", type=int, default=24)
+    ap.add_argument("--plans", type=int, default=20)
     ap.add_argument("--seeds", type=int, default=2)
-    ap.add_argument("--tune-steps", type=int, default=5, help="steps of the fine-tuned scoring variant")
+    ap.add_argument("--tune-steps", type=int, default=5, help="steps of the fine-tuned scoring variants")
+    ap.add_argument("--longer", type=int, default=4, help="the longer supernet's budget, x the default")
+    ap.add_argument("--cache", default=None, help="JSON file of stand-alone Delta-m, reused by a rerun")
     ap.add_argument("--skip-ranking", action="store_true")
     ap.add_argument("--skip-studies", action="store_true")
     ap.add_argument("--threads", type=int, default=None)
@@ -221,7 +246,7 @@ def main() -> None:
     r.__post_init__()
     t0 = time.perf_counter()
     if not args.skip_ranking:
-        ranking(r, args.plans, args.seeds, args.tune_steps)
+        ranking(r, args.plans, args.seeds, args.tune_steps, args.longer, args.cache)
     if not args.skip_studies:
         with tempfile.TemporaryDirectory() as d:
             study_costs(r, Path(d))

@@ -48,6 +48,7 @@ from fusionsearch.nets.heads import (
 from fusionsearch.nets.io import SAFE_CREATE_KWARGS, load, save
 from fusionsearch.nets.net import StitchedNet
 from fusionsearch.nets.plan import StitchMeta, StitchPlan, parse_tasks
+from fusionsearch.nets.supernet import NONE_UNIT, SuperNet, plan_of, recalibrate_batchnorm
 
 __all__ = [
     "FUSION_UNITS",
@@ -77,6 +78,10 @@ __all__ = [
     "LayoutAdapter",
     "tokens_to_map",
     "StitchPlan",
+    "NONE_UNIT",
+    "SuperNet",
+    "plan_of",
+    "recalibrate_batchnorm",
     "StitchedNet",
     "StitchMeta",
     "build",

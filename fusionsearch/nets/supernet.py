@@ -120,13 +120,15 @@ def plan_of(path: Mapping[str, str], unit_args: Mapping[str, Any] | None = None)
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(net: nn.Module, batches: Iterable[torch.Tensor]) -> int:
+def recalibrate_batchnorm(net: nn.Module, batches: Iterable[torch.Tensor], within: nn.Module | None = None) -> int:
     """Recompute every BatchNorm's running statistics of ``net`` on ``batches`` (images): each
     path of a supernet sees other inputs than the mixture of paths it was trained in, so it is
     scored with statistics of its own (the standard fix in one-shot NAS, e.g. SPOS): the mean
     over the batches of each batch's statistics (momentum None), what the net saw in training
-    at that batch size; the modes and momenta are restored. Returns the number of images read."""
-    bns = [m for m in net.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    at that batch size; the modes and momenta are restored. ``within``: only the BatchNorm of
+    that part of ``net`` (e.g. its fusion units), the others keep theirs. Returns the number of
+    images read."""
+    bns = [m for m in (within or net).modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
     momenta = [bn.momentum for bn in bns]
     modes = {m: m.training for m in net.modules()}
     for bn in bns:

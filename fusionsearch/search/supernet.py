@@ -194,12 +194,13 @@ def score_path(
     images: Sequence[torch.Tensor],
     val: Any,
     device: str | torch.device = "cpu",
-    recalibrate: bool = True,
+    recalibrate: str = "all",
     finetune: TrainConfig | None = None,
 ) -> tuple[float, dict[str, dict[str, float]]]:
     """Delta-m (against ``reference``, e.g. the single-task baseline's metrics) and metrics of
-    ``path`` on the supernet, without training: BatchNorm recalibrated on ``images`` (unless
-    ``recalibrate`` is off), then evaluated on ``val`` (a data set or ``train.eval_loader``).
+    ``path`` on the supernet, without training: BatchNorm recalibrated on ``images``
+    (``recalibrate``: ``all`` of it, ``fusion`` the units' only, ``off``), then evaluated on
+    ``val`` (a data set or ``train.eval_loader``).
     ``finetune``: first train a copy of the path for ``finetune.steps`` (the supernet is left as
     it was), the other known fix for weight-sharing rankings, at that many path steps per plan."""
     dev = torch.device(device)
@@ -207,8 +208,10 @@ def score_path(
     if finetune is not None:
         net = copy.deepcopy(net)
         fit(net, exp.tasks(), exp.datasets()[0], None, finetune, device=dev)
-    if recalibrate:
-        recalibrate_batchnorm(net, (x.to(dev) for x in images))
+    if recalibrate not in ("all", "fusion", "off"):
+        raise ValueError(f"recalibrate must be all, fusion or off, got {recalibrate!r}")
+    if recalibrate != "off":
+        recalibrate_batchnorm(net, (x.to(dev) for x in images), net.units if recalibrate == "fusion" else None)
     metrics = evaluate(net, exp.tasks(), val, device=dev)
     return exp.delta_m(metrics, reference), metrics
 
@@ -261,18 +264,21 @@ def score_plans(
     device: str | torch.device = "cpu",
 ) -> list[dict[str, Any]]:
     """Score ``n`` plans (placement x unit) drawn by TPE in the study's scoring study, each marked
-    ``supernet_scored``; a resumed call scores only those still missing. Returns every scored
+    ``supernet_scored``, each after ``search.supernet_score_steps`` steps of training a copy of its
+    path (``score_path``); a resumed call scores only those still missing. Returns every scored
     plan, best first, one entry per distinct path: ``{path, score, trial}``."""
     study = _scoring_study(settings)
     images = calibration_images(exp, cfg, cfg.bn_calibration_batches)
     val = exp.datasets()[1]
+    steps = SearchSpace.from_dict(exp.recipe.search).supernet_score_steps
+    tune = dataclasses.replace(cfg, steps=steps, eval_steps=[], progress=False) if steps else None
     done = {path_key(t.user_attrs["path"]): t.value for t in study.get_trials(deepcopy=False) if t.value is not None}
     while len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) < n:
         trial = study.ask()
         path = {p: trial.suggest_categorical(f"unit@{p}", sn.unit_names) for p in sn.point_names}
         key = path_key(path)
         if key not in done:
-            done[key], metrics = score_path(sn, path, exp, reference, images, val, device)
+            done[key], metrics = score_path(sn, path, exp, reference, images, val, device, finetune=tune)
             trial.set_user_attr("metrics", metrics)
         trial.set_user_attr("path", path)
         trial.set_user_attr("supernet_scored", True)
@@ -307,7 +313,9 @@ def supernet_job(objective: Any, trial: Any) -> list[float]:
     top = [r for r in ranked if any(u != NONE_UNIT for u in r["path"].values())][: max(1, settings.trials)]
     trial.set_user_attr("supernet_top", top)
     trial.set_user_attr("steps", run.steps)
-    trial.set_user_attr("path_steps", run.path_steps)
+    scoring = len(ranked) * space.supernet_score_steps  # each scored plan's copy trains that long
+    trial.set_user_attr("path_steps", run.path_steps + scoring)
+    trial.set_user_attr("supernet_training_path_steps", run.path_steps)
     trial.set_user_attr("supernet_scored_plans", len(ranked))
     trial.set_user_attr("supernet_seconds", run.seconds)
     objective.log(f"supernet: {run.path_steps} path steps, {len(ranked)} plans scored, best {top[0]['score']:+.2f}")

@@ -84,3 +84,11 @@ def test_recalibrated_batchnorm_holds_the_mean_statistics_of_its_batches():
     assert torch.allclose(bn.running_mean, torch.stack([f.mean((0, 2, 3)) for f in feats]).mean(0), atol=1e-5)
     assert torch.allclose(bn.running_var, torch.stack([f.var((0, 2, 3)) for f in feats]).mean(0), atol=1e-5)
     assert bn.momentum == 0.1 and not net.training  # modes and momentum restored
+
+
+def test_recalibration_within_a_part_leaves_the_other_batchnorm_as_it_was():
+    net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4))
+    net.eval()
+    kept = net[1].running_mean.clone()
+    recalibrate_batchnorm(net, [torch.randn(2, 3, 5, 5) + 3], within=net[3])
+    assert torch.equal(net[1].running_mean, kept) and not torch.equal(net[3].running_mean, torch.zeros(4))

@@ -152,7 +152,9 @@ def test_run_mode_supernet_end_to_end_and_resume(tmp_path, monkeypatch):
     assert [t.state.name for t in jobs] == ["FAIL", "COMPLETE"]  # the interrupted one, queued again
     job = jobs[-1]
     top = job.user_attrs["supernet_top"]
-    assert job.user_attrs["path_steps"] == 4 * job.user_attrs["steps"]
+    trained = job.user_attrs["supernet_training_path_steps"]
+    assert trained == 4 * job.user_attrs["steps"]  # none, nddr, cross_stitch, sluice: 4 paths a step
+    assert job.user_attrs["path_steps"] == trained + 6 * 5  # and 5 steps of each scored plan's copy
     slots = sorted((t for t in st.trials if "slot" in t.user_attrs), key=lambda t: t.user_attrs["slot"])
     for t in slots:  # each slot trains the supernet's k-th best placement x unit, stand-alone
         pick = top[t.user_attrs["supernet_rank"] - 1]["path"]
