@@ -203,16 +203,21 @@ def score_path(
     ``val`` (a data set or ``train.eval_loader``).
     ``finetune``: first train a copy of the path for ``finetune.steps`` (the supernet is left as
     it was), the other known fix for weight-sharing rankings, at that many path steps per plan."""
-    dev = torch.device(device)
-    net = sn.subnet(path).to(dev)
-    if finetune is not None:
-        net = copy.deepcopy(net)
-        fit(net, exp.tasks(), exp.datasets()[0], None, finetune, device=dev)
     if recalibrate not in ("all", "fusion", "off"):
         raise ValueError(f"recalibrate must be all, fusion or off, got {recalibrate!r}")
-    if recalibrate != "off":
-        recalibrate_batchnorm(net, (x.to(dev) for x in images), net.units if recalibrate == "fusion" else None)
-    metrics = evaluate(net, exp.tasks(), val, device=dev)
+    dev = torch.device(device)
+    sn.to(dev)
+    saved = {k: v.clone() for k, v in sn.state_dict().items() if not v.is_floating_point() or "running" in k}
+    try:  # the supernet as it was afterwards, so no score depends on the one before it
+        net = sn.subnet(path)
+        if finetune is not None:
+            net = copy.deepcopy(net)
+            fit(net, exp.tasks(), exp.datasets()[0], None, finetune, device=dev)
+        if recalibrate != "off":
+            recalibrate_batchnorm(net, (x.to(dev) for x in images), net.units if recalibrate == "fusion" else None)
+        metrics = evaluate(net, exp.tasks(), val, device=dev)
+    finally:
+        sn.load_state_dict(saved, strict=False)
     return exp.delta_m(metrics, reference), metrics
 
 

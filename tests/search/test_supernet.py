@@ -92,9 +92,11 @@ def test_a_score_depends_on_the_plan_alone_not_on_what_was_scored_before(start):
     images, val = calibration_images(exp, _cfg(exp, 2), 2), exp.datasets()[1]
     a = {"layer1": "nddr", "layer3": "sluice"}
     b = dict.fromkeys(sn.point_names, "cross_stitch")
+    before = {k: v.clone() for k, v in sn.state_dict().items()}
     first = score_path(sn, a, exp, ref, images, val)[0]
-    other = score_path(sn, b, exp, ref, images, val)[0]
+    other = score_path(sn, b, exp, ref, images, val, recalibrate="fusion")[0]
     assert score_path(sn, a, exp, ref, images, val)[0] == first and other != first
+    assert all(torch.equal(before[k], v) for k, v in sn.state_dict().items())  # left as it was
 
 
 def test_scoring_resumes_where_it_stopped(start, tmp_path):
