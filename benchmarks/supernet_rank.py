@@ -106,38 +106,51 @@ def ranking(r: Recipe, n_plans: int, n_seeds: int, tune_steps: int, longer: int,
         s: exp.train(exp.baseline_plan("single"), cfg=finetune(s), start=warm).metrics for s in [exp.seed, *seeds]
     }
     nets, runs = {}, {}
-    for times in (1, longer):  # the default budget, and a longer one (the fix of an undertrained supernet)
+    # the default supernet, a longer one (the fix of an undertrained supernet), and one whose units'
+    # penalties train only the units (sluice's orthogonality penalty otherwise moves the shared columns)
+    for name, times, penalties in (("default", 1, "all"), ("longer", longer, "all"), ("units", 1, "units")):
         sn = build_supernet(exp, warm, seed=exp.seed, space=space)
         cfg = dataclasses.replace(finetune(exp.seed), steps=default_steps(exp, sn) * times)
-        nets[times], runs[times] = sn, train_supernet(sn, exp, cfg)
-        run = runs[times]
+        nets[name], runs[name] = sn, train_supernet(sn, exp, cfg, penalties=penalties)
+        run = runs[name]
         console.print(
-            f"supernet x{times}: {len(sn.unit_names)} units x {len(sn.point_names)} points, {run.steps} steps ="
+            f"supernet {name}: {len(sn.unit_names)} units x {len(sn.point_names)} points, {run.steps} steps ="
             f" {run.path_steps} path steps, {run.seconds:.0f} s; loss {run.losses[0]:.3f} -> {run.losses[-1]:.3f}",
             highlight=False,
         )
-    sn, run = nets[1], runs[1]
+    sn, run = nets["default"], runs["default"]
     cfg = dataclasses.replace(finetune(exp.seed), steps=default_steps(exp, sn))
     paths = spanning_paths(sn.point_names, sn.unit_names, n_plans, exp.seed)
     images, val = calibration_images(exp, cfg, cfg.bn_calibration_batches), exp.datasets()[1]
     args = supernet_unit_args(space, len(r.tasks))
     tune = dataclasses.replace(finetune(exp.seed), steps=tune_steps, eval_steps=[])
-    many = calibration_images(exp, cfg, 8 * cfg.bn_calibration_batches)
+    short = dataclasses.replace(tune, steps=tune_steps // 2)
     variants: dict[str, dict[str, Any]] = {  # the fixes for weight-sharing rankings, on the same plans
         "running BatchNorm": {"recalibrate": "off"},
         "BatchNorm recalibrated": {},
         "fusion BatchNorm only": {"recalibrate": "fusion"},
-        f"recalibrated on {len(many)} batches": {"images": many},
+        f"+ {short.steps}-step fine-tune": {"finetune": short},
+        f"+ {short.steps}-step fine-tune, fusion BatchNorm only": {"finetune": short, "recalibrate": "fusion"},
         f"+ {tune_steps}-step fine-tune (default)": {"finetune": tune},
-        f"x{longer} supernet + {tune_steps}-step fine-tune": {"sn": nets[longer], "finetune": tune},
+        f"+ {tune_steps}-step fine-tune, fusion BatchNorm only": {"finetune": tune, "recalibrate": "fusion"},
+        f"+ {tune_steps}-step fine-tune, running BatchNorm": {"finetune": tune, "recalibrate": "off"},
+        f"x{longer} supernet + {tune_steps}-step fine-tune": {"sn": nets["longer"], "finetune": tune},
+        f"penalties train units only + {short.steps}-step fine-tune": {"sn": nets["units"], "finetune": short},
+        f"penalties train units only + {tune_steps}-step fine-tune": {"sn": nets["units"], "finetune": tune},
+        f"no supernet: {short.steps} stand-alone steps from the warm start": {"alone": short},
+        f"no supernet: {tune_steps} stand-alone steps from the warm start": {"alone": tune},
     }
     rows, scores, seconds = [], {v: [] for v in variants}, dict.fromkeys(variants, 0.0)
     for path in paths:
         for v, kw in variants.items():
             t1 = time.perf_counter()
             net, imgs = kw.get("sn", sn), kw.get("images", images)
-            kw = {k: a for k, a in kw.items() if k not in ("sn", "images")}
-            scores[v].append(score_path(net, path, exp, single[exp.seed], imgs, val, **kw)[0])
+            if "alone" in kw:  # the control: how much of the ranking the short fine-tune alone gives
+                got = exp.train(plan_of(path, args), cfg=kw["alone"], start=warm).metrics
+                scores[v].append(exp.delta_m(got, single[exp.seed]))
+            else:
+                kw = {k: a for k, a in kw.items() if k not in ("sn", "images")}
+                scores[v].append(score_path(net, path, exp, single[exp.seed], imgs, val, **kw)[0])
             seconds[v] += time.perf_counter() - t1
         plan = plan_of(path, args)
         alone = [cached(cache, f"{path_key(path)}@{s}", lambda p=plan, s=s: train_alone(p, s)) for s in seeds]
@@ -197,6 +210,11 @@ def study_costs(r: Recipe, folder: Path) -> None:
             f"{best.label}: {best.interval}" if best is not None else "-",
         )
         console.print(f"{mode}: {done.confirmation.verdict()}", highlight=False)
+        for plan in done.confirmation.plans:  # what each confirmed searched plan is
+            if plan.label.startswith("trial "):
+                params = done.study.trials[int(plan.label.split()[1])].params
+                shown = {k: v for k, v in params.items() if v != "none"}
+                console.print(f"  {plan.label}: {shown}", highlight=False)
     Console(width=180, emoji=False).print(table)
 
 
@@ -227,12 +245,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="warm-start steps (default: the recipe's)")
     ap.add_argument("--plans", type=int, default=20)
     ap.add_argument("--seeds", type=int, default=2)
-    ap.add_argument("--tune-steps", type=int, default=5, help="steps of the fine-tuned scoring variants")
+    tune_help = "fine-tune steps of the scoring (default: search.supernet_score_steps), and half"
+    ap.add_argument("--tune-steps", type=int, default=None, help=tune_help)
     ap.add_argument("--longer", type=int, default=4, help="the longer supernet's budget, x the default")
     ap.add_argument("--cache", default=None, help="JSON file of stand-alone Delta-m, reused by a rerun")
     ap.add_argument("--skip-ranking", action="store_true")
     ap.add_argument("--skip-studies", action="store_true")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=None, help="the study seed (default: the recipe's): another draw")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -243,10 +263,13 @@ def main() -> None:
         r.data = {**r.data, "size": args.size}
     if args.steps:
         r.train = {**r.train, "steps": args.steps}
+    if args.seed is not None:  # the warm start, the supernet, the plans and the stand-alone seeds
+        r.study = {**r.study, "seed": args.seed}
     r.__post_init__()
     t0 = time.perf_counter()
     if not args.skip_ranking:
-        ranking(r, args.plans, args.seeds, args.tune_steps, args.longer, args.cache)
+        tune = args.tune_steps or SearchSpace.from_dict(r.search).supernet_score_steps
+        ranking(r, args.plans, args.seeds, tune, args.longer, args.cache)
     if not args.skip_studies:
         with tempfile.TemporaryDirectory() as d:
             study_costs(r, Path(d))

@@ -1,5 +1,5 @@
 """One training for the placement x unit search: a supernet built from the warm start, trained
-with fair paths, and plans scored on it without training (issue 22).
+with fair paths, and plans scored on it after a brief fine-tune of their path (issue 22).
 
 ``build_supernet`` makes the ``nets.SuperNet`` of a recipe's search space from its warm start:
 every unit of ``search.units`` at every candidate point, each unit with the arguments a
@@ -7,8 +7,10 @@ stand-alone trial of the recipe would give it by default. ``train_supernet`` tra
 step draws ``SuperNet.fair_paths`` (every unit at every point once), accumulates their gradients,
 and takes one optimiser step, under the recipe's optimiser, multipliers and schedule; its cost is
 counted in *path steps* (one forward and backward of one plan on one batch, what one step of a
-stand-alone trial costs), and it resumes from its checkpoint. ``score_path`` rates a plan: its
-path with BatchNorm recalibrated on a few training batches, then Delta-m on the validation set.
+stand-alone trial costs), and it resumes from its checkpoint. ``score_path`` rates a plan: a
+copy of its path fine-tuned for a few steps (``search.supernet_score_steps``; Kendall tau against
+stand-alone training +0.75 with 10, +0.07 with none: ``benchmarks/supernet_rank.py``), BatchNorm
+recalibrated on a few training batches, then Delta-m on the validation set.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import optuna
 import torch
@@ -139,11 +141,17 @@ def train_supernet(
     device: str | torch.device = "cpu",
     checkpoint: str | os.PathLike[str] | None = None,
     save_every: int = 10,
+    penalties: str = "all",
 ) -> SupernetRun:
     """Train ``sn`` for ``cfg.steps`` optimiser steps, each on the fair paths of one batch
     (gradients averaged over the paths). ``cfg`` is the recipe's training config with the
     supernet's steps; ``checkpoint``: saved every ``save_every`` steps and at the end, and a
-    training that finds it continues from it (the same paths and batches as without a stop)."""
+    training that finds it continues from it (the same paths and batches as without a stop).
+    ``penalties``: what the units' extra losses (sluice's orthogonality penalty) train: ``all``
+    the parameters they reach, as in a stand-alone plan, or ``units`` only the path's units, so
+    that one unit's penalty does not move the columns every other path shares."""
+    if penalties not in ("all", "units"):
+        raise ValueError(f"penalties must be all or units, got {penalties!r}")
     dev = torch.device(device)
     sn.to(dev)
     tasks = exp.tasks()
@@ -163,11 +171,19 @@ def train_supernet(
         present = [t for t in tasks if bool(tasks[t].labelled(batch[t]).any())]
         total = 0.0
         for p in paths if present else []:
-            preds, extra = sn.subnet(p)(image, return_extra=True)
-            loss = sum(tasks[t].loss_weight * tasks[t].loss(preds[t].float(), batch[t].to(dev)) for t in present)
-            loss = (loss + extra) / len(paths)
-            loss.backward()
-            total += float(loss.detach())
+            net = sn.subnet(p)
+            preds, extra = net(image, return_extra=True)
+            loss = cast(
+                torch.Tensor,
+                sum(tasks[t].loss_weight * tasks[t].loss(preds[t].float(), batch[t].to(dev)) for t in present),
+            )
+            own = [q for q in net.units.parameters() if q.requires_grad]
+            if penalties == "units" and extra.requires_grad and own:
+                (loss / len(paths)).backward(retain_graph=True)
+                (extra / len(paths)).backward(inputs=own)
+            else:
+                (loss + extra).div(len(paths)).backward()
+            total += float((loss + extra).detach()) / len(paths)
         if not math.isfinite(total):
             raise NonFiniteLossError(f"supernet loss is {total} at step {step}")
         opt.step()
@@ -198,7 +214,7 @@ def score_path(
     finetune: TrainConfig | None = None,
 ) -> tuple[float, dict[str, dict[str, float]]]:
     """Delta-m (against ``reference``, e.g. the single-task baseline's metrics) and metrics of
-    ``path`` on the supernet, without training: BatchNorm recalibrated on ``images``
+    ``path`` on the supernet: BatchNorm recalibrated on ``images``
     (``recalibrate``: ``all`` of it, ``fusion`` the units' only, ``off``), then evaluated on
     ``val`` (a data set or ``train.eval_loader``).
     ``finetune``: first train a copy of the path for ``finetune.steps`` (the supernet is left as

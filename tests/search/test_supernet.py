@@ -77,6 +77,24 @@ def test_a_stopped_training_resumes_to_the_same_weights(start, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_penalties_units_keeps_the_sluice_penalty_out_of_the_shared_columns(start):
+    exp, warm, _ = start
+    nets, sgd = {}, dataclasses.replace(_cfg(exp, 1), optimizer="sgd")  # a step is the gradient, not its sign
+    for penalties in ("all", "units"):
+        nets[penalties] = build_supernet(exp, warm, seed=0)
+        train_supernet(nets[penalties], exp, sgd, penalties=penalties)
+    a, b = nets["all"], nets["units"]
+    # the units' gradients are the same either way (task loss + their own penalty) ...
+    for k, v in a.candidates.state_dict().items():
+        assert torch.allclose(v, b.candidates.state_dict()[k], atol=1e-6), k
+    # ... but only "all" lets sluice's orthogonality penalty move the columns every path shares
+    cols_a, cols_b = a.base.columns.state_dict(), b.base.columns.state_dict()
+    moved = [k for k in cols_a if cols_a[k].is_floating_point() and not torch.allclose(cols_a[k], cols_b[k])]
+    assert moved
+    with pytest.raises(ValueError, match="penalties must be all or units, got 'column'"):
+        train_supernet(b, exp, _cfg(exp, 1), penalties="column")
+
+
 def test_a_damaged_checkpoint_is_one_clear_error(start, tmp_path):
     exp, warm, _ = start
     ck = tmp_path / "sn.pt"
@@ -130,7 +148,7 @@ def test_run_mode_supernet_end_to_end_and_resume(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     d = tiny_recipe().to_dict()
     d.update(name="tiny", study={"trials": 2, "pruner": "none"}, confirm={"top": 1, "seeds": 1})
-    d["search"]["supernet_plans"] = 6
+    d["search"].update(supernet_plans=6, supernet_score_steps=3)
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(d))
     args = ["run", "--recipe", "tiny.yaml", "--mode", "supernet", "--quiet", "--report", "r.html"]
     import fusionsearch.search.supernet as module
@@ -156,7 +174,7 @@ def test_run_mode_supernet_end_to_end_and_resume(tmp_path, monkeypatch):
     top = job.user_attrs["supernet_top"]
     trained = job.user_attrs["supernet_training_path_steps"]
     assert trained == 4 * job.user_attrs["steps"]  # none, nddr, cross_stitch, sluice: 4 paths a step
-    assert job.user_attrs["path_steps"] == trained + 6 * 5  # and 5 steps of each scored plan's copy
+    assert job.user_attrs["path_steps"] == trained + 6 * 3  # and 3 steps of each scored plan's copy
     slots = sorted((t for t in st.trials if "slot" in t.user_attrs), key=lambda t: t.user_attrs["slot"])
     for t in slots:  # each slot trains the supernet's k-th best placement x unit, stand-alone
         pick = top[t.user_attrs["supernet_rank"] - 1]["path"]
