@@ -177,10 +177,9 @@ def train_supernet(
                 torch.Tensor,
                 sum(tasks[t].loss_weight * tasks[t].loss(preds[t].float(), batch[t].to(dev)) for t in present),
             )
-            own = [q for q in net.units.parameters() if q.requires_grad]
-            if penalties == "units" and extra.requires_grad and own:
+            if penalties == "units" and extra.requires_grad:  # a penalty exists only where a unit made it
                 (loss / len(paths)).backward(retain_graph=True)
-                (extra / len(paths)).backward(inputs=own)
+                (extra / len(paths)).backward(inputs=[q for q in net.units.parameters() if q.requires_grad])
             else:
                 (loss + extra).div(len(paths)).backward()
             total += float((loss + extra).detach()) / len(paths)
