@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fusionsearch.data.base import DATASETS, MultiTaskDataset, get_dataset, register_dataset
+from fusionsearch.data.batching import KindCollate, collate_for, label_kinds_of
 from fusionsearch.data.imdb_wiki import IMDBWiki
 from fusionsearch.data.nyuv2 import NYUv2
 from fusionsearch.data.partial import PartialLabels, check_labelled, describe_labelled, item_ids, labelled_mask
@@ -15,6 +16,9 @@ __all__ = [
     "MultiTaskDataset",
     "register_dataset",
     "get_dataset",
+    "KindCollate",
+    "collate_for",
+    "label_kinds_of",
     "SyntheticScenes",
     "NYUv2",
     "IMDBWiki",

@@ -34,13 +34,19 @@ class MultiTaskDataset(Dataset, ABC):
       may narrow it, e.g. by layout);
     - ``tasks_for(**own)`` (static, optional): the same without reading files, so a recipe's
       network can be built before its data is on disk;
+    - ``task_types_for(**own)`` (static, optional): task name -> registered task type for labels
+      whose name is not a registered task (a folder's ``tasks.yaml`` declares ``quality: {task: cls}``);
+      recipes, heads and Delta-m read the type from it;
+    - ``label_kinds`` (optional, may be per instance): task name -> ``LabelKind`` for a label whose
+      kind is not its registered task's (a task declared under another name, a kind with the
+      data's own parameters); the transforms, partial labels and batching read it first;
     - ``default_lengths``: split -> length for sets with no natural length (generated ones);
     - ``takes_seed``: whether the items depend on the study's seed.
 
     ``__getitem__(i)`` returns ``{"image": (3, H, W) float, TASK: label, ...}`` with one label per
-    task under the task's name, each as its task's label kind says (``tasks.LABEL_KINDS``), so that
-    the shared transforms can resize and flip it. An image without a task's label holds its kind's
-    ignore value (``tasks.unlabelled_like``: 255, zeros, or -1 for a class). Random augmentation
+    task under the task's name, each as its label kind says (``tasks.labels``), so that the shared
+    transforms can resize, flip and collate it. An image without a task's label holds its kind's
+    "no label here" value (``LabelKind.unlabelled_like``: 255, zeros, -1 for a class or attribute). Random augmentation
     draws from torch's global generator, and only from it: the training loader seeds it for each
     item (``train.item_seed``), so that a flip is the same in every loader worker and on resume.
     A set must be picklable (loader workers started with ``spawn`` receive a copy).

@@ -12,7 +12,7 @@ from a sensor for every frame, segmentation is drawn by hand on a few. A recipe 
   image's file stem, an IMDB-WIKI image's path as the metadata stores it);
 - a path to a text file of such ids, one per line (``#`` starts a comment).
 
-An image without a task's label holds that label kind's ignore value (``tasks.unlabelled_like``),
+An image without a task's label holds that label kind's ignore value (``LabelKind.unlabelled_like``),
 so resizing, flipping, batching and caching work unchanged; a task's ``loss`` and metrics skip
 it, and training gives the task no loss in a step whose batch labels it nowhere. Only the
 training split is thinned: validation stays fully labelled, so every plan is scored on the same
@@ -30,8 +30,8 @@ import numpy as np
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from fusionsearch.data.transforms import kind_of
 from fusionsearch.errors import DataError
-from fusionsearch.tasks.task import label_kind, unlabelled_like
 
 __all__ = ["PartialLabels", "item_ids", "labelled_mask", "check_labelled", "describe_labelled"]
 
@@ -123,7 +123,8 @@ class PartialLabels(Dataset):
         provided = getattr(data, "tasks", None)
         specs = check_labelled(labelled, list(provided) if provided else list(labelled))
         self.masks = {t: labelled_mask(ids, spec, t, seed) for t, spec in specs.items()}
-        self.kinds = {t: label_kind(t) for t in self.masks}
+        own = getattr(data, "label_kinds", None)
+        self.kinds = {t: kind_of(t, own) for t in self.masks}
 
     def __len__(self) -> int:
         return len(self.data)  # type: ignore[arg-type]
@@ -141,7 +142,7 @@ class PartialLabels(Dataset):
         item = self.data[index]
         for task, mask in self.masks.items():
             if not mask[index]:
-                item = {**item, task: unlabelled_like(self.kinds[task], item[task])}
+                item = {**item, task: self.kinds[task].unlabelled_like(item[task])}
         return item
 
 

@@ -39,10 +39,9 @@ from fusionsearch.nets.fusion import (
     to_channels_first,
 )
 from fusionsearch.nets.heads import (
-    CLASSIFICATION_TASKS,
     LayoutAdapter,
     SimpleHead,
-    task_kind,
+    head_kind,
     tokens_to_map,
 )
 from fusionsearch.nets.io import SAFE_CREATE_KWARGS, load, save
@@ -72,8 +71,7 @@ __all__ = [
     "make_norm",
     "project_channels",
     "resize_to",
-    "CLASSIFICATION_TASKS",
-    "task_kind",
+    "head_kind",
     "SimpleHead",
     "LayoutAdapter",
     "tokens_to_map",

@@ -27,7 +27,7 @@ from fusionsearch.graph.layouts import is_tokens
 from fusionsearch.graph.points import CutPoint
 from fusionsearch.graph.segments import Segment
 from fusionsearch.nets.fusion import ShortcutHead, get_fusion
-from fusionsearch.nets.heads import LayoutAdapter, SimpleHead, task_kind
+from fusionsearch.nets.heads import LayoutAdapter, SimpleHead, head_kind
 from fusionsearch.nets.net import StitchedNet
 from fusionsearch.nets.plan import StitchMeta, StitchPlan, parse_tasks
 
@@ -267,13 +267,16 @@ def _units(
 def make_head(
     task: str, out: int, in_channels: int, layout: str, prefix_tokens: int = 0, args: Mapping[str, Any] | None = None
 ) -> nn.Module:
-    """The registered task's own head behind a layout adapter, or ``SimpleHead`` for other names."""
+    """The task's own head behind a layout adapter: the registered task of its name, or of the
+    type its arguments name (``{"task": "cls"}``: a column named ``quality`` that is a classification);
+    ``SimpleHead`` for a name the registry doesn't know (its arguments may name its ``label`` kind)."""
     from fusionsearch.tasks.task import TASKS, get_task
 
-    base = task.split(":")[0]
+    own = dict(args or {})
+    base = own.pop("task", task.split(":")[0])
     if base not in TASKS:
-        return SimpleHead(in_channels, out, task_kind(task), layout, prefix_tokens)
-    spec = get_task(base, out_channels=out, **dict(args or {}))
+        return SimpleHead(in_channels, out, head_kind(own.get("label")), layout, prefix_tokens)
+    spec = get_task(base, out_channels=out, **own)
     return LayoutAdapter(spec.head(in_channels), spec.kind, layout, prefix_tokens)
 
 

@@ -2,7 +2,8 @@
 
 A registered task (``fusionsearch.tasks.task``) brings its own head (DeepLab ASPP for ``seg``, the
 100-way age softmax, ...); a task name the registry doesn't know gets ``SimpleHead``, so that
-``build`` still works for ad-hoc tasks. Heads see channels-first maps: ``LayoutAdapter`` turns
+``build`` still works for ad-hoc tasks: its label kind (a map unless its arguments name another)
+says whether it predicts a map or one vector per image. Heads see channels-first maps: ``LayoutAdapter`` turns
 NHWC maps and (B, N, C) tokens into them first.
 """
 
@@ -13,22 +14,17 @@ import math
 from torch import Tensor, nn
 
 from fusionsearch.graph.layouts import Layout, to_channels_first
+from fusionsearch.tasks.labels import LabelKind, get_label_kind
 from fusionsearch.tasks.resize import resize_bilinear
 
-__all__ = ["CLASSIFICATION_TASKS", "task_kind", "SimpleHead", "LayoutAdapter", "tokens_to_map"]
-
-# Task names that predict one label per image; every other unregistered task predicts a map.
-CLASSIFICATION_TASKS = frozenset({"cls", "class", "classification", "age", "gender", "attr", "attribute"})
+__all__ = ["head_kind", "SimpleHead", "LayoutAdapter", "tokens_to_map"]
 
 
-def task_kind(name: str) -> str:
-    """``"cls"`` for image-level tasks (registered kind, by name, or a ``cls_`` prefix), else ``"dense"``."""
-    from fusionsearch.tasks.task import TASKS
-
-    base = name.split(":")[0]
-    if base in TASKS:
-        return TASKS[base].kind
-    return "cls" if base in CLASSIFICATION_TASKS or base.startswith("cls_") else "dense"
+def head_kind(label: str | LabelKind | None) -> str:
+    """``"dense"`` when a label kind's head sees a map (``LabelKind.spatial``), ``"cls"`` when it
+    predicts from pooled features; a task the registry doesn't know names its kind in its arguments
+    (``task_args: {mytask: {label: class}}``), and without one it predicts a map."""
+    return "dense" if label is None or get_label_kind(label).spatial else "cls"
 
 
 def tokens_to_map(x: Tensor, prefix: int) -> Tensor:

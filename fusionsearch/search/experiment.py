@@ -22,7 +22,7 @@ from fusionsearch.nets.net import StitchedNet
 from fusionsearch.nets.plan import StitchPlan
 from fusionsearch.schema import finite
 from fusionsearch.search.recipe import Recipe
-from fusionsearch.tasks.task import TASKS, Task, get_task
+from fusionsearch.tasks.task import Task, task_arguments, task_class
 from fusionsearch.train.config import TrainConfig
 from fusionsearch.train.trainer import evaluate, fit
 
@@ -62,6 +62,7 @@ class Experiment:
         self.seed = int(recipe.study.get("seed", 0) if seed is None else seed)
         self._graph: BackboneGraph | None = None
         self._data: tuple[Dataset, Dataset] | None = None
+        self._types: dict[str, str] | None = None
 
     # ---- data and tasks -------------------------------------------------------------------
     def datasets(self) -> tuple[Dataset, Dataset]:
@@ -112,16 +113,24 @@ class Experiment:
                 f" ({', '.join(self.recipe.tasks)})"
             )
         out = {}
+        types = self.types
         for t, n in self.task_sizes().items():
-            args = dict(self.recipe.task_args.get(t, {}))
+            args = task_arguments(self.recipe.task_args.get(t))
             if loss_weights and t in loss_weights:
                 args["loss_weight"] = float(loss_weights[t])
-            out[t] = get_task(t, out_channels=n, **args)
+            out[t] = task_class(t, types)(out_channels=n, **args)
         return out
+
+    @property
+    def types(self) -> dict[str, str]:
+        """Each task's registered type where its name is not one (``Recipe.task_types``), read once."""
+        if self._types is None:
+            self._types = self.recipe.task_types()
+        return self._types
 
     def directions(self) -> dict[str, dict[str, bool]]:
         """Task -> metric -> higher is better (class attributes: no data needed)."""
-        return {t: dict(TASKS.get(t).metrics) for t in self.recipe.tasks}
+        return {t: dict(task_class(t, self.types).metrics) for t in self.recipe.tasks}
 
     # ---- the network ----------------------------------------------------------------------
     @property
@@ -223,7 +232,7 @@ class Experiment:
                 plan,
                 input_size=self.input_size,
                 pretrained=self.recipe.pretrained,
-                task_args={t: _head_args(a) for t, a in self.recipe.task_args.items()},
+                task_args=self.head_args(),
                 column_weights=start.columns if start is not None else column_weights,
                 init_seed=init_seed,
                 **self.recipe.backbone_args,
@@ -231,6 +240,14 @@ class Experiment:
         if start is not None:
             start.load_heads(net)
         return net
+
+    def head_args(self) -> dict[str, dict[str, Any]]:
+        """Per task, the arguments that shape its head, with its registered type where its name is
+        not one, so that a saved net rebuilds the same heads without the study's data."""
+        out = {t: _head_args(a) for t, a in self.recipe.task_args.items()}
+        for t, typ in self.types.items():
+            out[t] = {**out.get(t, {}), "task": typ}
+        return out
 
     # ---- training -------------------------------------------------------------------------
     def train(
@@ -270,7 +287,7 @@ class Experiment:
     ) -> float:
         """Delta-m against ``single`` under the recipe's convention (``recipe.gain``); terms whose
         single-task value is 0 are left out."""
-        return self.recipe.gain(metrics, single, self.directions(), skip_zero=skip_zero)
+        return self.recipe.gain(metrics, single, self.directions(), skip_zero=skip_zero, types=self.types)
 
 
 @dataclass

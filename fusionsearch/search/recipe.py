@@ -22,6 +22,7 @@ from fusionsearch.data.partial import check_labelled
 from fusionsearch.errors import FusionSearchError
 from fusionsearch.schema import check_call, check_fields, did_you_mean
 from fusionsearch.tasks.delta import DeltaM, primary_metric
+from fusionsearch.tasks.task import task_arguments, task_class
 from fusionsearch.train.config import TrainConfig
 
 __all__ = ["Recipe", "RecipeError", "load_recipe", "load_yaml", "recipe_dirs", "list_recipes", "parse_data"]
@@ -144,7 +145,7 @@ class Recipe:
             gain = DeltaM.from_dict(self.delta_m)
             if gain.metrics == "primary":
                 for t in self.tasks:
-                    primary_metric(t)
+                    primary_metric(t, self.task_types())
         except FusionSearchError as e:
             raise RecipeError(f"recipe {self.name!r}: {e}") from None
         self.confirm_config()
@@ -175,11 +176,10 @@ class Recipe:
         the search space's. Nothing is read from disk and no network is built."""
         from fusionsearch.data import DATASETS
         from fusionsearch.search.space import SearchSpace
-        from fusionsearch.tasks.task import TASKS
 
         try:
             data = DATASETS.get(str(self.data["name"]))
-            args = {k: v for k, v in self.data.items() if k not in ("name", "labelled", "train_length", "val_length")}
+            args = self.data_args()
             check_call(
                 data, args, "data", RecipeError, given=("split", "length"), what=f"the {self.data['name']} data set"
             )
@@ -188,24 +188,12 @@ class Recipe:
                 sizes = data.tasks_for(**args) if hasattr(data, "tasks_for") else getattr(data, "tasks", {})
             except FusionSearchError:  # only its files say (NYUv2 without a layout)
                 sizes = {}
+            types = self.task_types()
             for t in self.tasks:
-                cls = TASKS.get(t)
-                args = dict(self.task_args.get(t, {}))
-                check_call(cls, args, f"task_args.{t}", RecipeError, given=("out_channels",), what=f"task {t!r}")
-                if t in sizes:
-                    args["out_channels"] = int(sizes[t])
-                elif (
-                    getattr(inspect.signature(cls).parameters.get("out_channels"), "default", None)
-                    is inspect.Parameter.empty
-                ):
-                    continue  # its size comes from the data: the constructor runs when it is known
-                try:
-                    cls(**args)
-                except (TypeError, ValueError) as e:
-                    raise RecipeError(f"task_args.{t}: {e}") from None
+                self._check_task(t, types, sizes)
             SearchSpace.from_dict(self.search)
             for t, metrics in dict(self.compare.get("columns") or {}).items():
-                known = list(TASKS.get(t).metrics) if t in self.tasks else None
+                known = list(task_class(t, types).metrics) if t in self.tasks else None
                 if known is None:
                     raise RecipeError(
                         f"compare.columns names {t!r}, not a task of this recipe ({', '.join(self.tasks)})"
@@ -215,6 +203,36 @@ class Recipe:
                     raise RecipeError(f"compare.columns.{t} names {bad[0]!r}; {t} has {', '.join(known)}")
         except FusionSearchError as e:
             raise RecipeError(f"{where} {e}") from None
+
+    def _check_task(self, t: str, types: Mapping[str, str], sizes: Mapping[str, int]) -> None:
+        """Task ``t``'s arguments against its class's constructor, then the constructor itself
+        (its own range checks) where the data set's class says the task's size without files."""
+        cls = task_class(t, types)
+        args = task_arguments(self.task_args.get(t, {}))
+        check_call(cls, args, f"task_args.{t}", RecipeError, given=("out_channels",), what=f"task {t!r}")
+        if t in sizes:
+            args["out_channels"] = int(sizes[t])
+        elif getattr(inspect.signature(cls).parameters.get("out_channels"), "default", None) is inspect.Parameter.empty:
+            return  # its size comes from the data: the constructor runs when it is known
+        try:
+            cls(**args)
+        except (TypeError, ValueError) as e:
+            raise RecipeError(f"task_args.{t}: {e}") from None
+
+    def data_args(self) -> dict[str, Any]:
+        """The ``data`` fields that go to the data set's constructor (and its ``tasks_for``)."""
+        return {k: v for k, v in self.data.items() if k not in ("name", "labelled", "train_length", "val_length")}
+
+    def task_types(self) -> dict[str, str]:
+        """Each task's registered type where its name is not one: the data set's declaration
+        (``MultiTaskDataset.task_types_for``: a folder's ``tasks.yaml``), then the recipe's own
+        ``task_args: {NAME: {task: TYPE}}``, which wins."""
+        from fusionsearch.data import DATASETS
+
+        data = DATASETS.get(str(self.data["name"]))
+        declared = data.task_types_for(**self.data_args()) if hasattr(data, "task_types_for") else {}
+        own = {t: a["task"] for t, a in self.task_args.items() if isinstance(a, Mapping) and "task" in a}
+        return {t: str(v) for t, v in {**declared, **own}.items() if t in self.tasks and v != t}
 
     @property
     def gain(self) -> DeltaM:

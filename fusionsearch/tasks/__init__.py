@@ -1,5 +1,6 @@
-"""What the columns learn: the task contract and registry with the label kinds (``task``), the
-built-in tasks with their heads, losses and metrics (``dense``: per pixel; ``per_image``), Delta-m
+"""What the columns learn: the label kinds (``labels``), the task contract and registry (``task``),
+the built-in tasks with their heads, losses and metrics (``dense``: per pixel; ``per_image``;
+``attributes``: multi-label), Delta-m
 over the tasks' metrics (``delta``), the resizing of dense maps that labels and heads share
 (``resize``), and how task losses or gradients are combined (``weighting``). Depends on ``graph``
 for nothing, on torch only.
@@ -7,6 +8,7 @@ for nothing, on torch only.
 
 from __future__ import annotations
 
+from fusionsearch.tasks.attributes import Attributes, attribute_ap
 from fusionsearch.tasks.delta import (
     DeltaM,
     delta_m,
@@ -18,9 +20,21 @@ from fusionsearch.tasks.dense import (
     Normals,
     Segmentation,
 )
+from fusionsearch.tasks.labels import (
+    LABEL_KINDS,
+    ClassLabel,
+    IndexMap,
+    LabelKind,
+    MultiLabel,
+    ScalarMap,
+    VectorMap,
+    get_label_kind,
+    register_label_kind,
+)
 from fusionsearch.tasks.per_image import (
     Age,
     Classification,
+    ClsHead,
     Gender,
 )
 from fusionsearch.tasks.resize import (
@@ -31,7 +45,7 @@ from fusionsearch.tasks.resize import (
 from fusionsearch.tasks.task import (
     CLASS,
     INDEX_MAP,
-    LABEL_KINDS,
+    MULTI_LABEL,
     SCALAR_MAP,
     TASKS,
     UNLABELLED_CLASS,
@@ -40,6 +54,8 @@ from fusionsearch.tasks.task import (
     get_task,
     label_kind,
     register_task,
+    task_arguments,
+    task_class,
     unlabelled_like,
 )
 from fusionsearch.tasks.weighting import (
@@ -61,7 +77,18 @@ __all__ = [
     "SCALAR_MAP",
     "VECTOR_MAP",
     "CLASS",
+    "MULTI_LABEL",
+    "LabelKind",
+    "register_label_kind",
+    "get_label_kind",
+    "IndexMap",
+    "ScalarMap",
+    "VectorMap",
+    "ClassLabel",
+    "MultiLabel",
     "label_kind",
+    "task_class",
+    "task_arguments",
     "UNLABELLED_CLASS",
     "unlabelled_like",
     "register_task",
@@ -76,6 +103,9 @@ __all__ = [
     "Classification",
     "Age",
     "Gender",
+    "ClsHead",
+    "Attributes",
+    "attribute_ap",
     "RESIZES",
     "resize_bilinear",
     "interpolation_matrix",

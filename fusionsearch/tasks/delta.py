@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fusionsearch.errors import PlanError
-from fusionsearch.tasks.task import TASKS
+from fusionsearch.tasks.task import task_class
 
 __all__ = ["delta_m", "DeltaM", "primary_metric"]
 
@@ -65,13 +65,15 @@ class DeltaM:
         single: Mapping[str, Mapping[str, float]],
         directions: Mapping[str, Mapping[str, bool]],
         skip_zero: bool = False,
+        types: Mapping[str, str] | None = None,
     ) -> float:
-        return delta_m(multi, single, directions, skip_zero, average=self.average, metrics=self.metrics)
+        return delta_m(multi, single, directions, skip_zero, average=self.average, metrics=self.metrics, types=types)
 
 
-def primary_metric(task: str) -> str:
-    """The metric that stands for ``task`` when Delta-m uses one per task."""
-    cls = TASKS.get(task.split(":")[0])
+def primary_metric(task: str, types: Mapping[str, str] | None = None) -> str:
+    """The metric that stands for ``task`` when Delta-m uses one per task (``types``: the
+    registered type of a task whose name is not one, ``task_class``)."""
+    cls = task_class(task.split(":")[0], types)
     if not cls.primary:
         raise PlanError(f"task {task!r} declares no primary metric (Task.primary): use delta_m metrics: all")
     return cls.primary
@@ -85,6 +87,7 @@ def delta_m(
     *,
     average: str = "tasks",
     metrics: str = "all",
+    types: Mapping[str, str] | None = None,
 ) -> float:
     """Multi-task gain in %: (-1)^lower_is_better (M_mt - M_st) / M_st averaged as ``DeltaM`` says
     (by default within each task, then over tasks: LibMTL's Delta_p).
@@ -96,7 +99,7 @@ def delta_m(
     DeltaM(average, metrics)  # validates
     per_task: list[list[float]] = []
     for task, dirs in directions.items():
-        names = [primary_metric(task)] if metrics == "primary" else list(dirs)
+        names = [primary_metric(task, types)] if metrics == "primary" else list(dirs)
         terms = []
         for metric in names:
             base = single[task][metric]

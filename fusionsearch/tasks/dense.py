@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fusionsearch.errors import PlanError
+from fusionsearch.tasks.labels import IndexMap
 from fusionsearch.tasks.resize import resize_bilinear
 from fusionsearch.tasks.task import SCALAR_MAP, VECTOR_MAP, Task, register_task
 
@@ -69,6 +70,7 @@ class Segmentation(Task):
         if not rates or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in rates):
             raise PlanError(f"task 'seg': rates must be a non-empty list of dilation rates >= 1, got {list(rates)!r}")
         self.ignore_index = ignore_index
+        self.label = IndexMap(ignore_index)
         self.rates = tuple(rates)
         super().__init__(out_channels, loss_weight)
 

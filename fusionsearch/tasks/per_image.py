@@ -13,10 +13,12 @@ from torch import Tensor, nn
 
 from fusionsearch.tasks.task import CLASS, UNLABELLED_CLASS, Task, register_task
 
-__all__ = ["Classification", "Gender", "Age"]
+__all__ = ["ClsHead", "Classification", "Gender", "Age"]
 
 
-class _ClsHead(nn.Module):
+class ClsHead(nn.Module):
+    """A linear layer on the features averaged over the image (or tokens): every per-image head."""
+
     def __init__(self, in_channels: int, out: int) -> None:
         super().__init__()
         self.fc = nn.Linear(in_channels, out)
@@ -29,13 +31,12 @@ class _ClsHead(nn.Module):
 class Classification(Task):
     """Image classification: cross-entropy; accuracy (%)."""
 
-    kind = "cls"
     label = CLASS
     metrics = {"accuracy": True}
     primary = "accuracy"
 
     def head(self, in_channels: int) -> nn.Module:
-        return _ClsHead(in_channels, self.out_channels)
+        return ClsHead(in_channels, self.out_channels)
 
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
         target = target.long().reshape(-1)
@@ -69,7 +70,6 @@ class Age(Task):
     """Age (NDDR-CNN Sec. 5.2, after DEX): a 100-way softmax over ages 0..99 trained with
     cross-entropy; the estimate is the expected age sum_k p_k k; mean and median absolute error."""
 
-    kind = "cls"
     label = CLASS
     metrics = {"mae": False, "median_ae": False}
     primary = "mae"
@@ -78,7 +78,7 @@ class Age(Task):
         super().__init__(out_channels, loss_weight)
 
     def head(self, in_channels: int) -> nn.Module:
-        return _ClsHead(in_channels, self.out_channels)
+        return ClsHead(in_channels, self.out_channels)
 
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
         target = target.long().reshape(-1)

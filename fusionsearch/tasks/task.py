@@ -11,14 +11,24 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from fusionsearch.errors import PlanError
 from fusionsearch.registry import Registry
+from fusionsearch.tasks.labels import (
+    LABEL_KINDS,
+    UNLABELLED_CLASS,
+    ClassLabel,
+    IndexMap,
+    LabelKind,
+    MultiLabel,
+    ScalarMap,
+    VectorMap,
+    get_label_kind,
+)
 
 __all__ = [
     "TASKS",
@@ -28,7 +38,10 @@ __all__ = [
     "SCALAR_MAP",
     "VECTOR_MAP",
     "CLASS",
+    "MULTI_LABEL",
     "label_kind",
+    "task_class",
+    "task_arguments",
     "UNLABELLED_CLASS",
     "unlabelled_like",
     "register_task",
@@ -48,32 +61,19 @@ def get_task(name: str, **kwargs: Any) -> Task:
     return TASKS.get(name)(**kwargs)
 
 
-# What a task's label is, so that resizing and flipping act on the kind, never on the task's name
-INDEX_MAP = "index_map"  # (H, W) int64 classes, 255 = ignore: resized nearest, flipped as it is
-SCALAR_MAP = "scalar_map"  # (1, H, W) float, 0 = unlabelled: resized over labelled pixels
-VECTOR_MAP = "vector_map"  # (C, H, W) unit vectors, zero = unlabelled, channel 0 the image's x axis:
-#   resized over labelled pixels and renormalised; a left-right flip negates channel 0 (normals)
-CLASS = "class"  # one value per image (a class index or a number), -1 = unlabelled: not resized, not flipped
-LABEL_KINDS = (INDEX_MAP, SCALAR_MAP, VECTOR_MAP, CLASS)
-UNLABELLED_CLASS = -1
-_IGNORE_INDEX = 255
+# The kinds of the built-in tasks, as instances (``labels`` holds the classes and the registry)
+INDEX_MAP = IndexMap()
+SCALAR_MAP = ScalarMap()
+VECTOR_MAP = VectorMap()
+CLASS = ClassLabel()
+MULTI_LABEL = MultiLabel()
 
 
-def unlabelled_like(kind: str, label: Tensor) -> Tensor:
+def unlabelled_like(kind: str | LabelKind, label: Any) -> Any:
     """``label`` with every value replaced by its kind's "no label here" value (255 for index maps,
-    zeros for scalar and vector maps, -1 for per-image classes and numbers): how a data set says
-    that an image carries no label for a task (``data.partial``), in the same form as a label."""
-    if kind == INDEX_MAP:
-        return torch.full_like(label, _IGNORE_INDEX)
-    if kind in (SCALAR_MAP, VECTOR_MAP):
-        return torch.zeros_like(label)
-    if kind == CLASS:
-        return torch.full_like(label, UNLABELLED_CLASS)
-    raise PlanError(f"unknown label kind {kind!r}; kinds: {', '.join(LABEL_KINDS)}")
-
-
-def _any_per_image(valid: Tensor) -> Tensor:
-    return valid.reshape(valid.shape[0], -1).any(1) if valid.dim() > 1 else valid
+    zeros for scalar and vector maps, -1 for per-image classes and numbers and for each attribute):
+    how a data set says that an image carries no label for a task (``data.partial``)."""
+    return get_label_kind(kind).unlabelled_like(label)
 
 
 class Task(ABC):
@@ -83,10 +83,13 @@ class Task(ABC):
 
     Class attributes:
 
-    - ``label``: one of ``LABEL_KINDS`` (``index_map``, ``scalar_map``, ``vector_map``,
-      ``class``): the data transforms resize and flip a label by its kind.
-    - ``kind``: ``dense`` (a per-pixel prediction) or ``cls`` (one per image): the head adapter
-      lays token features out as a map for dense tasks and pools them for ``cls``.
+    - ``label``: a ``LabelKind`` instance (``tasks.labels``: ``INDEX_MAP``, ``SCALAR_MAP``,
+      ``VECTOR_MAP``, ``CLASS``, ``MULTI_LABEL``, or a kind of your own): the data transforms
+      resize, flip and collate a label by its kind, and partial labels blank it with the kind's
+      "no label here" value. A data set may hold its own instance for a label (``label_kinds``).
+    - ``kind``: ``dense`` (the head sees a map) or ``cls`` (pooled features), read from the label
+      kind's ``spatial`` unless a task sets it: the head adapter lays token features out as a map
+      for ``dense`` heads and pools them for ``cls``.
     - ``metrics``: metric name -> True when higher is better (Delta-m and the report read it).
     - ``primary``: the one metric that stands for the task when Delta-m uses one per task (the
       survey of Vandenhende et al.: mIoU, mean angle error, RMSE, accuracy, MAE).
@@ -112,8 +115,7 @@ class Task(ABC):
     """
 
     task_name = "task"  # set by ``register_task``
-    kind = "dense"
-    label = INDEX_MAP
+    label: LabelKind = INDEX_MAP
     metrics: dict[str, bool] = {}
     primary: str = ""
 
@@ -137,15 +139,14 @@ class Task(ABC):
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
         """The training loss on one batch."""
 
-    def labelled(self, target: Tensor) -> Tensor:
-        """Which images of the batch carry this task's label ((B,) bool)."""
-        if self.label == INDEX_MAP:
-            return _any_per_image(target != getattr(self, "ignore_index", _IGNORE_INDEX))
-        if self.label == SCALAR_MAP:
-            return _any_per_image(target > 0)
-        if self.label == VECTOR_MAP:
-            return _any_per_image(target.norm(dim=1) > 0.5)
-        return target.reshape(-1) >= 0
+    @property
+    def kind(self) -> str:
+        """``dense`` when the label kind is spatial (the head sees a map), else ``cls``."""
+        return "dense" if self.label.spatial else "cls"
+
+    def labelled(self, target: Any) -> Tensor:
+        """Which images of the batch carry this task's label ((B,) bool): the label kind says."""
+        return self.label.labelled(target)
 
     @abstractmethod
     def reset(self) -> None:
@@ -160,7 +161,25 @@ class Task(ABC):
         """The metrics of everything added since ``reset``."""
 
 
-def label_kind(name: str) -> str:
-    """The label kind of a registered task (a data item's key is the task's name)."""
-    cls = TASKS.get(name)
-    return cls.label
+def task_class(name: str, types: Mapping[str, str] | None = None) -> type[Task]:
+    """The ``Task`` class behind a study's task ``name``: the registered task ``types[name]`` where
+    the study declares one (a folder's ``tasks.yaml``, a recipe's ``task_args: {NAME: {task: TYPE}}``),
+    else the registered task of that name."""
+    typ = (types or {}).get(name, name)
+    if typ not in TASKS and typ == name:
+        raise PlanError(
+            f"unknown task {name!r}; registered: {', '.join(sorted(TASKS))} (a task of another name says which"
+            f" registered task it is: task_args: {{{name}: {{task: TYPE}}}}, or tasks.yaml in a folder data set)"
+        )
+    return TASKS.get(typ)
+
+
+def task_arguments(args: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A recipe's ``task_args`` entry as constructor arguments: without ``task``, which names the
+    registered type of a task whose name is not one (``task_class``)."""
+    return {k: v for k, v in (args or {}).items() if k != "task"}
+
+
+def label_kind(name: str, types: Mapping[str, str] | None = None) -> LabelKind:
+    """The label kind of a study's task (a data item's key is the task's name)."""
+    return task_class(name, types).label

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from fusionsearch.data.batching import collate_for
 from fusionsearch.train.config import TrainConfig
 
 __all__ = [
@@ -106,10 +107,12 @@ def train_loader(data: Dataset, cfg: TrainConfig, device: torch.device, start: i
     drawn with its own seed (``item_seed``), in ``loader_workers`` processes. The same batches,
     flips included, for any worker count and after a resume."""
     sampler = StepSampler(len(data), cfg.batch_size, cfg.seed, start, cfg.steps)  # type: ignore[arg-type]
-    return DataLoader(Seeded(data), batch_sampler=sampler, **_loader_args(data, cfg, device))
+    return DataLoader(
+        Seeded(data), batch_sampler=sampler, collate_fn=collate_for(data), **_loader_args(data, cfg, device)
+    )
 
 
 def eval_loader(data: Dataset, cfg: TrainConfig, device: torch.device) -> DataLoader:
     """The loader of ``fit``'s evaluations: built once per run, its worker processes kept between
     evaluations instead of started again at each."""
-    return DataLoader(data, batch_size=cfg.batch_size, **_loader_args(data, cfg, device))
+    return DataLoader(data, batch_size=cfg.batch_size, collate_fn=collate_for(data), **_loader_args(data, cfg, device))

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from fusionsearch.data.batching import collate_for
 from fusionsearch.errors import CheckpointError, FusionSearchError
 from fusionsearch.nets.net import StitchedNet
 from fusionsearch.tasks.task import Task
@@ -76,8 +77,15 @@ def _device(net: StitchedNet, device: str | torch.device | None) -> torch.device
     return torch.device(device)
 
 
-def _to(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
+def _to(batch: Any, device: torch.device) -> Any:
+    """A batch on ``device``: its tensors, also inside the lists and dicts a kind collates into."""
+    if isinstance(batch, Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return {k: _to(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to(v, device) for v in batch)
+    return batch
 
 
 @torch.no_grad()
@@ -105,7 +113,13 @@ def evaluate(
     if isinstance(data, DataLoader):
         loader = data
     else:
-        loader = DataLoader(data, batch_size=batch_size, num_workers=num_workers, pin_memory=dev.type == "cuda")
+        loader = DataLoader(
+            data,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            pin_memory=dev.type == "cuda",
+            collate_fn=collate_for(data),
+        )
     for batch in loader:
         batch = _to(batch, dev)
         with autocast(dev, use_amp):
@@ -350,7 +364,7 @@ def calibrate(net: StitchedNet, data: Dataset, cfg: TrainConfig, dev: torch.devi
     those that training starts with, flips included (``train_loader``), read in the main process."""
     n = min(cfg.bn_calibration_batches, cfg.steps)
     sampler = StepSampler(len(data), cfg.batch_size, cfg.seed, 0, n)  # type: ignore[arg-type]
-    loader = DataLoader(Seeded(data), batch_sampler=sampler)
+    loader = DataLoader(Seeded(data), batch_sampler=sampler, collate_fn=collate_for(data))
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         calibrate_batchnorm(net, loader, dev)
 

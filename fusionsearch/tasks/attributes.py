@@ -1,0 +1,105 @@
+"""``attr``: multi-label attributes of an image (CelebA's 40 face attributes, a user's tags), each
+one present, absent or unlabelled (the ``multi_label`` kind: 1, 0, -1).
+
+The loss is binary cross-entropy with logits over the labelled (image, attribute) entries only;
+the metrics are the mean over attributes of the average precision (computed by torchmetrics'
+multilabel AP, exact, with unlabelled entries ignored) and the mean per-attribute accuracy at a
+probability of 0.5, the two numbers the attribute literature reports (aPascal's and CelebA's).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fusionsearch.errors import PlanError
+from fusionsearch.tasks.per_image import ClsHead
+from fusionsearch.tasks.task import MULTI_LABEL, UNLABELLED_CLASS, Task, register_task
+
+__all__ = ["Attributes", "attribute_ap"]
+
+
+def attribute_ap(scores: Tensor, target: Tensor) -> Tensor:
+    """Average precision per attribute ((A,) float64, NaN where an attribute has no labelled
+    positive): torchmetrics' exact multilabel AP (every score a threshold, VOC-style all-point
+    precision), with the -1 entries ignored."""
+    from torchmetrics.functional.classification import multilabel_average_precision
+
+    with warnings.catch_warnings():  # an attribute without positives: masked out below instead
+        warnings.simplefilter("ignore", UserWarning)
+        ap = multilabel_average_precision(
+            scores.float(), target.long(), num_labels=target.shape[1], average=None, ignore_index=UNLABELLED_CLASS
+        )
+    has_pos = (target == 1).any(0)
+    return torch.where(has_pos, ap.double(), torch.tensor(float("nan"), dtype=torch.float64))
+
+
+@register_task("attr")
+class Attributes(Task):
+    """Multi-label attributes: BCE with logits over labelled attributes (optional per-attribute
+    ``pos_weight``); mAP over attributes with positives and mean accuracy at 0.5 (%)."""
+
+    label = MULTI_LABEL
+    metrics = {"map": True, "mean_acc": True}
+    primary = "map"
+
+    def __init__(
+        self, out_channels: int = 40, loss_weight: float = 1.0, pos_weight: float | Sequence[float] | None = None
+    ) -> None:
+        super().__init__(out_channels, loss_weight)
+        self.pos_weight = None if pos_weight is None else _pos_weight(pos_weight, self.out_channels)
+
+    def head(self, in_channels: int) -> nn.Module:
+        return ClsHead(in_channels, self.out_channels)
+
+    def loss(self, pred: Tensor, target: Tensor) -> Tensor:
+        target = target.reshape(pred.shape).float()
+        keep = target >= 0
+        weight = None if self.pos_weight is None else self.pos_weight.to(pred.device)
+        per_entry = F.binary_cross_entropy_with_logits(
+            pred.float(), target.clamp_min(0), pos_weight=weight, reduction="none"
+        )
+        return torch.where(keep, per_entry, 0.0).sum() / keep.sum().clamp_min(1)
+
+    def reset(self) -> None:
+        self.scores: list[Tensor] = []
+        self.targets: list[Tensor] = []
+
+    def update(self, pred: Tensor, target: Tensor) -> None:
+        self.scores.append(pred.detach().float().sigmoid().cpu())
+        self.targets.append(target.detach().reshape(pred.shape).cpu().to(torch.int8))
+
+    def per_attribute(self) -> dict[str, Tensor]:
+        """Per attribute over everything added since ``reset``: ``ap`` (NaN without a labelled
+        positive), ``accuracy`` at 0.5 (NaN without a labelled entry) and ``positives`` (counts)."""
+        if not self.scores:
+            nan = torch.full((self.out_channels,), float("nan"), dtype=torch.float64)
+            return {"ap": nan, "accuracy": nan, "positives": torch.zeros(self.out_channels, dtype=torch.long)}
+        scores, target = torch.cat(self.scores), torch.cat(self.targets).long()
+        keep = target >= 0
+        right = ((scores >= 0.5).long() == target) & keep
+        labelled = keep.sum(0)
+        accuracy = torch.where(labelled > 0, right.sum(0).double() / labelled.clamp_min(1), float("nan"))
+        return {"ap": attribute_ap(scores, target), "accuracy": accuracy, "positives": (target == 1).sum(0)}
+
+    def compute(self) -> dict[str, float]:
+        per = self.per_attribute()
+        ap, acc = per["ap"], per["accuracy"]
+        return {
+            "map": 100 * ap[~ap.isnan()].mean().item() if (~ap.isnan()).any() else 0.0,
+            "mean_acc": 100 * acc[~acc.isnan()].mean().item() if (~acc.isnan()).any() else 0.0,
+        }
+
+
+def _pos_weight(value: float | Sequence[float], n: int) -> Tensor:
+    values = [value] * n if isinstance(value, (int, float)) and not isinstance(value, bool) else list(value)  # type: ignore[arg-type]
+    if len(values) != n or any(
+        isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf for v in values
+    ):
+        raise PlanError(f"task 'attr': pos_weight must be a number > 0 or one per attribute ({n}), got {value!r}")
+    return torch.tensor(values, dtype=torch.float32)
