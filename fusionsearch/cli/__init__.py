@@ -7,7 +7,7 @@ worker, trials, best, report, dashboard).
 
 from __future__ import annotations
 
-from fusionsearch.cli import model_commands, study_commands  # noqa: F401 - they register the commands
+from fusionsearch.cli import data_commands, model_commands, study_commands  # noqa: F401 - they register the commands
 from fusionsearch.cli.core import DEBUG, app, main, quiet_optuna
 
 __all__ = ["app", "main", "quiet_optuna", "DEBUG"]

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
         comparison_settings,
         is_grid,
     )
+    from fusionsearch.report.data_check import folder_tables, print_folder_report
     from fusionsearch.report.export import ExportedBest, best_to_export, export_best
     from fusionsearch.report.html import (
         FIGURES,
@@ -63,6 +64,8 @@ _HOMES: dict[str, str] = {
     "compare_rows": "fusionsearch.report.compare",
     "is_grid": "fusionsearch.report.compare",
     "comparison_settings": "fusionsearch.report.compare",
+    "folder_tables": "fusionsearch.report.data_check",
+    "print_folder_report": "fusionsearch.report.data_check",
     "ExportedBest": "fusionsearch.report.export",
     "best_to_export": "fusionsearch.report.export",
     "export_best": "fusionsearch.report.export",
@@ -101,6 +104,8 @@ __all__ = [
     "compare_rows",
     "is_grid",
     "comparison_settings",
+    "folder_tables",
+    "print_folder_report",
     "ExportedBest",
     "best_to_export",
     "export_best",
