@@ -38,7 +38,7 @@ from fusionsearch.paths import check_out
 
 __all__ = ["inspect", "build", "train", "list_", "units", "LISTS"]
 
-LISTS = ("units", "tasks", "datasets", "weightings", "recipes")
+LISTS = ("units", "tasks", "datasets", "weightings", "kinds", "recipes")
 
 _Str = str | None
 ModelOpt = Annotated[_Str, typer.Option("--model", "-m", help="a stitched network saved by `build`")]
@@ -245,7 +245,7 @@ def _rows(what: str) -> list[tuple[str, ...]]:
     from fusionsearch.data import DATASETS
     from fusionsearch.nets import FUSION_UNITS
     from fusionsearch.search.recipe import list_recipes, load_recipe
-    from fusionsearch.tasks import TASKS, WEIGHTINGS
+    from fusionsearch.tasks import LABEL_KINDS, TASKS, WEIGHTINGS
 
     rows: list[tuple[str, ...]] = []
     if what == "recipes":
@@ -255,17 +255,19 @@ def _rows(what: str) -> list[tuple[str, ...]]:
             except FusionSearchError as e:
                 rows.append((name, f"(invalid: {e})"))
         return rows
-    registry: Any = {"units": FUSION_UNITS, "tasks": TASKS, "datasets": DATASETS, "weightings": WEIGHTINGS}[what]
+    registry: Any = {
+        "units": FUSION_UNITS, "tasks": TASKS, "datasets": DATASETS, "weightings": WEIGHTINGS, "kinds": LABEL_KINDS
+    }[what]  # fmt: skip
     for name, cls in sorted(registry.items()):
         first = (cls.__doc__ or "").strip().splitlines()
-        label = (cls.label,) if what == "tasks" else ()
+        label = (str(cls.label),) if what == "tasks" else ()
         rows.append((name, *label, first[0] if first else ""))
     return rows
 
 
 @app.command("list")
-def list_(what: str = typer.Argument("units", help="units, tasks, datasets, weightings or recipes")) -> None:
-    """List what is registered: fusion units, tasks, data sets, or the recipes found."""
+def list_(what: str = typer.Argument("units", help="units, tasks, datasets, weightings, kinds or recipes")) -> None:
+    """List what is registered: fusion units, tasks, data sets, weightings, label kinds, or the recipes found."""
     if what not in LISTS:
         raise ArgumentError(f"fusionsearch list {what!r}: choose {', '.join(LISTS)}")
     table = Table(title=what.capitalize(), title_justify="left")

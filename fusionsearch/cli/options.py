@@ -128,6 +128,11 @@ def load_recipe_with(
             data_spec[key] = value
     if labelled:
         data_spec["labelled"] = {**(data_spec.get("labelled") or {}), **parse_labelled(labelled)}
+    if names is not None:  # the recipe's per-task settings were for its own tasks: keep those still here
+        r.task_args = {t: a for t, a in r.task_args.items() if t in names}
+        weights = r.search.get("loss_weights")
+        if isinstance(weights, dict):
+            r.search = {**r.search, "loss_weights": {t: w for t, w in weights.items() if t in names}}
     return r.with_overrides(backbone=backbone, tasks=names, data=data_spec)
 
 

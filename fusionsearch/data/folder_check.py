@@ -102,9 +102,7 @@ def _images(layout: FolderLayout, progress: Callable[[Iterable[Any]], Iterable[A
     return sizes
 
 
-def check_folder(
-    root: str | Path, progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None
-) -> FolderReport:
+def check_folder(root: str | Path, progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None) -> FolderReport:
     """Scan the folder and decode every image and dense label; ``progress`` wraps the loop over
     images (a progress bar). MissingDataError / DataError only where nothing can be checked (no
     folder, no ``images/``); every other problem is in the report's ``problems``."""

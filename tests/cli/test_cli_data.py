@@ -114,3 +114,19 @@ def test_run_on_a_folder_with_two_workers(tmp_path):
     states = [t.state.name for t in study.trials]
     assert states.count("COMPLETE") == len(states) == 6, states  # warm start, 3 baselines, 2 trials
     assert set(study.trials[-1].user_attrs["metrics"]) == {"seg", "quality", "shade"}
+
+
+def test_tasks_given_on_the_command_line_drop_the_recipes_settings_for_other_tasks():
+    from fusionsearch.cli.options import load_recipe_with
+
+    r = load_recipe_with("positive_control", None, "seg,depth", None, None)
+    assert r.tasks == ["seg", "depth"] and set(r.task_args) <= {"seg", "depth"}
+    assert set(r.search.get("loss_weights") or {}) <= {"seg", "depth"}
+    q = load_recipe_with("quick", None, "seg,quality", f"folder:{write_folder_once()}", None)
+    assert q.search["loss_weights"] == {} and q.task_types() == {"quality": "cls"}
+
+
+def write_folder_once() -> Path:
+    import tempfile
+
+    return write_folder(Path(tempfile.mkdtemp(prefix="fusionsearch-folder-")))
