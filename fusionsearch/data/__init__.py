@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fusionsearch.data.base import DATASETS, MultiTaskDataset, get_dataset, register_dataset
 from fusionsearch.data.batching import KindCollate, collate_for, label_kinds_of
+from fusionsearch.data.cityscapes import Cityscapes
 from fusionsearch.data.folder import FolderData
 from fusionsearch.data.imdb_wiki import IMDBWiki
 from fusionsearch.data.nyuv2 import NYUv2
@@ -22,6 +23,7 @@ __all__ = [
     "label_kinds_of",
     "SyntheticScenes",
     "NYUv2",
+    "Cityscapes",
     "IMDBWiki",
     "FolderData",
     "PartialLabels",
