@@ -7,6 +7,7 @@ from fusionsearch.data.batching import KindCollate, collate_for, label_kinds_of
 from fusionsearch.data.imdb_wiki import IMDBWiki
 from fusionsearch.data.nyuv2 import NYUv2
 from fusionsearch.data.partial import PartialLabels, check_labelled, describe_labelled, item_ids, labelled_mask
+from fusionsearch.data.pascal_context import PASCALContext
 from fusionsearch.data.synthetic import CLASSES, render_scene
 from fusionsearch.data.synthetic_dataset import SyntheticScenes
 from fusionsearch.data.transforms import DataError, MissingDataError
@@ -22,6 +23,7 @@ __all__ = [
     "SyntheticScenes",
     "NYUv2",
     "IMDBWiki",
+    "PASCALContext",
     "PartialLabels",
     "check_labelled",
     "describe_labelled",
