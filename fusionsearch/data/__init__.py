@@ -9,6 +9,7 @@ from fusionsearch.data.folder import FolderData
 from fusionsearch.data.imdb_wiki import IMDBWiki
 from fusionsearch.data.nyuv2 import NYUv2
 from fusionsearch.data.partial import PartialLabels, check_labelled, describe_labelled, item_ids, labelled_mask
+from fusionsearch.data.pascal_context import PASCALContext
 from fusionsearch.data.synthetic import CLASSES, render_scene
 from fusionsearch.data.synthetic_dataset import SyntheticScenes
 from fusionsearch.data.transforms import DataError, MissingDataError
@@ -26,6 +27,7 @@ __all__ = [
     "Cityscapes",
     "IMDBWiki",
     "FolderData",
+    "PASCALContext",
     "PartialLabels",
     "check_labelled",
     "describe_labelled",

@@ -1,6 +1,6 @@
 """What the columns learn: the label kinds (``labels``), the task contract and registry (``task``),
 the built-in tasks with their heads, losses and metrics (``dense``: per pixel; ``per_image``;
-``attributes``: multi-label), Delta-m
+``attributes``: multi-label; ``pascal``: human parts and saliency), Delta-m
 over the tasks' metrics (``delta``), the resizing of dense maps that labels and heads share
 (``resize``), and how task losses or gradients are combined (``weighting``). Depends on ``graph``
 for nothing, on torch only.
@@ -31,6 +31,7 @@ from fusionsearch.tasks.labels import (
     get_label_kind,
     register_label_kind,
 )
+from fusionsearch.tasks.pascal import SALIENCY_THRESHOLDS, HumanParts, Saliency
 from fusionsearch.tasks.per_image import (
     Age,
     Classification,
@@ -106,6 +107,9 @@ __all__ = [
     "ClsHead",
     "Attributes",
     "attribute_ap",
+    "HumanParts",
+    "Saliency",
+    "SALIENCY_THRESHOLDS",
     "RESIZES",
     "resize_bilinear",
     "interpolation_matrix",
