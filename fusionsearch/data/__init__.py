@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fusionsearch.data.base import DATASETS, MultiTaskDataset, get_dataset, register_dataset
 from fusionsearch.data.batching import KindCollate, collate_for, label_kinds_of
+from fusionsearch.data.celeba import CelebA
 from fusionsearch.data.imdb_wiki import IMDBWiki
 from fusionsearch.data.nyuv2 import NYUv2
 from fusionsearch.data.partial import PartialLabels, check_labelled, describe_labelled, item_ids, labelled_mask
@@ -22,6 +23,7 @@ __all__ = [
     "SyntheticScenes",
     "NYUv2",
     "IMDBWiki",
+    "CelebA",
     "PartialLabels",
     "check_labelled",
     "describe_labelled",

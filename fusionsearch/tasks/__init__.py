@@ -1,6 +1,6 @@
 """What the columns learn: the label kinds (``labels``), the task contract and registry (``task``),
 the built-in tasks with their heads, losses and metrics (``dense``: per pixel; ``per_image``;
-``attributes``: multi-label), Delta-m
+``attributes``: multi-label; ``points``: landmarks), Delta-m
 over the tasks' metrics (``delta``), the resizing of dense maps that labels and heads share
 (``resize``), and how task losses or gradients are combined (``weighting``). Depends on ``graph``
 for nothing, on torch only.
@@ -37,6 +37,7 @@ from fusionsearch.tasks.per_image import (
     ClsHead,
     Gender,
 )
+from fusionsearch.tasks.points import POINTS, LandmarkHead, Landmarks, Points, landmark_nme
 from fusionsearch.tasks.resize import (
     RESIZES,
     interpolation_matrix,
@@ -106,6 +107,11 @@ __all__ = [
     "ClsHead",
     "Attributes",
     "attribute_ap",
+    "Points",
+    "POINTS",
+    "Landmarks",
+    "LandmarkHead",
+    "landmark_nme",
     "RESIZES",
     "resize_bilinear",
     "interpolation_matrix",
