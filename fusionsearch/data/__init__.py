@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fusionsearch.data.base import DATASETS, MultiTaskDataset, get_dataset, register_dataset
 from fusionsearch.data.batching import KindCollate, collate_for, label_kinds_of
+from fusionsearch.data.celeba import CelebA
 from fusionsearch.data.cityscapes import Cityscapes
 from fusionsearch.data.folder import FolderData
 from fusionsearch.data.imdb_wiki import IMDBWiki
@@ -28,6 +29,7 @@ __all__ = [
     "IMDBWiki",
     "FolderData",
     "PASCALContext",
+    "CelebA",
     "PartialLabels",
     "check_labelled",
     "describe_labelled",

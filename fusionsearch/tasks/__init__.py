@@ -1,6 +1,6 @@
 """What the columns learn: the label kinds (``labels``), the task contract and registry (``task``),
 the built-in tasks with their heads, losses and metrics (``dense``: per pixel; ``per_image``;
-``attributes``: multi-label; ``pascal``: human parts and saliency), Delta-m
+``attributes``: multi-label; ``pascal``: human parts and saliency; ``points``: landmarks), Delta-m
 over the tasks' metrics (``delta``), the resizing of dense maps that labels and heads share
 (``resize``), and how task losses or gradients are combined (``weighting``). Depends on ``graph``
 for nothing, on torch only.
@@ -38,6 +38,7 @@ from fusionsearch.tasks.per_image import (
     ClsHead,
     Gender,
 )
+from fusionsearch.tasks.points import POINTS, LandmarkHead, Landmarks, Points, landmark_nme
 from fusionsearch.tasks.resize import (
     RESIZES,
     interpolation_matrix,
@@ -110,6 +111,11 @@ __all__ = [
     "HumanParts",
     "Saliency",
     "SALIENCY_THRESHOLDS",
+    "Points",
+    "POINTS",
+    "Landmarks",
+    "LandmarkHead",
+    "landmark_nme",
     "RESIZES",
     "resize_bilinear",
     "interpolation_matrix",
