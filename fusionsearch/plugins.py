@@ -57,7 +57,7 @@ def load_plugins(specs: Iterable[str], base: str | os.PathLike[str] | None = Non
     """Import each plugin once (the same spec twice is one import) and return their canonical
     specs: a file's absolute path (a relative one is taken from ``base``, else the working
     folder), a module's name as given. Every failure is one ``PluginError`` naming the plugin."""
-    out = [_load_file(spec, base) if is_file_spec(spec) else _load_module(spec) for spec in specs]
+    out = [_load_file(spec, base) if _names_file(spec, base) else _load_module(spec) for spec in specs]
     return list(dict.fromkeys(out))
 
 
@@ -113,6 +113,11 @@ def origin(obj: Any) -> str:
     if module == "fusionsearch" or module.startswith("fusionsearch."):
         return "fusionsearch"
     return _owner.get(module, module)
+
+
+def _names_file(spec: str, base: str | os.PathLike[str] | None) -> bool:
+    """``is_file_spec``, or an existing file such as ``notes.txt``, refused as not ``.py``."""
+    return is_file_spec(spec) or (Path(base or Path.cwd()) / spec).is_file()
 
 
 def _load_module(name: str) -> str:

@@ -286,7 +286,7 @@ def list_(
     use_plugins(plugin)
     table = Table(title=what.capitalize(), title_justify="left")
     for col in ("name", *(["label"] if what == "tasks" else []), *(["from"] if what != "recipes" else []), "what"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold" if col == "from" else "ellipsis")  # a plugin's path in full
     for row in _rows(what):
         table.add_row(*row)
     Console(width=max(console.width, 140)).print(table)
