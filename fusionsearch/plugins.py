@@ -56,7 +56,9 @@ def is_file_spec(spec: str) -> bool:
 def load_plugins(specs: Iterable[str], base: str | os.PathLike[str] | None = None) -> list[str]:
     """Import each plugin once (the same spec twice is one import) and return their canonical
     specs: a file's absolute path (a relative one is taken from ``base``, else the working
-    folder), a module's name as given. Every failure is one ``PluginError`` naming the plugin."""
+    folder), a module's name as given. A file missing at its path whose name a plugin file already
+    loaded from another path is that plugin (``require_plugins``). Every failure is one
+    ``PluginError`` naming the plugin."""
     out = [_load_file(spec, base) if _names_file(spec, base) else _load_module(spec) for spec in specs]
     return list(dict.fromkeys(out))
 
@@ -95,9 +97,9 @@ def require_plugins(specs: Iterable[str], needed_by: str) -> list[str]:
         try:
             out += load_plugins([spec])
         except PluginError as e:
-            hint = "copy it to this machine and pass --plugin PATH" if is_file_spec(spec) else (
-                "install it here, or pass --plugin MODULE_OR_FILE.py"
-            )  # fmt: skip
+            hint = "copy it to this machine and pass --plugin PATH"
+            if not is_file_spec(spec):
+                hint = "install it here, or pass --plugin MODULE_OR_FILE.py"
             raise PluginError(
                 f"{needed_by} needs the plugin {spec!r}, which cannot be loaded here ({e}): {hint}"
             ) from e
