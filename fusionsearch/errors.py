@@ -115,3 +115,12 @@ __all__ += ["LostDependencyError"]
 class DeviceError(FusionSearchError, RuntimeError):
     """A CUDA error that broke this process's CUDA context (a device-side assert, an illegal
     address): the worker stops, its trial is queued again, and a fresh process resumes."""
+
+
+class PluginError(FusionSearchError):
+    """A plugin (a module or ``.py`` file that registers data sets, tasks, units, weightings) that
+    cannot be loaded: missing, failing on import, or named like a module it would shadow. One line
+    naming the plugin and the cause, so a worker refuses before it takes a trial."""
+
+
+__all__ += ["PluginError"]

@@ -15,7 +15,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "fusionsearch"
-LAYERS = ["errors", "registry", "schema", "paths", "graph", "tasks", "data", "nets", "train", "search", "report", "cli"]
+LAYERS = [
+    *("errors", "registry", "schema", "paths", "plugins"),
+    *("graph", "tasks", "data", "nets", "train", "search", "report", "cli"),
+]
 SUBPACKAGES = ["graph", "tasks", "data", "nets", "train", "search", "report"]
 
 

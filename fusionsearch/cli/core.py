@@ -145,8 +145,11 @@ def _root(
     debug: bool = typer.Option(False, "--debug", help="print the traceback of an unexpected error"),
 ) -> None:
     """Architecture search for multi-task networks over timm backbones."""
+    from fusionsearch.plugins import load_entry_points
+
     if debug:
         DEBUG["on"] = True
+    load_entry_points()  # installed packages' plugins, in every command and worker (a broken one: one line)
 
 
 def main() -> None:

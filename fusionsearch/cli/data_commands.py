@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 
 from fusionsearch.cli.core import app, console
+from fusionsearch.cli.options import PluginOpt, use_plugins
 from fusionsearch.errors import DataError
 
 __all__ = ["data_app", "check"]
@@ -19,7 +20,7 @@ PathArg = Annotated[str, typer.Argument(help="the folder: PATH/images, PATH/<tas
 
 
 @data_app.command()
-def check(path: PathArg) -> None:
+def check(path: PathArg, plugin: PluginOpt = None) -> None:
     """Read a folder data set whole (every image and label, as training would) and print, per task,
     the labelled images, the classes seen and the ignored share, per split the images, and every
     problem on one line; exit 2 when there is any."""
@@ -28,6 +29,7 @@ def check(path: PathArg) -> None:
     from fusionsearch.data.folder_check import check_folder
     from fusionsearch.report.data_check import print_folder_report
 
+    use_plugins(plugin)  # a folder's tasks.yaml may name a task a plugin registers
     err = Console(stderr=True)
     report = check_folder(path, progress=lambda xs: track(xs, description="reading", console=err, transient=True))
     print_folder_report(report, Console(width=max(console.width, 140)))

@@ -22,6 +22,7 @@ from fusionsearch.cli.options import (
     JsonOpt,
     LabelledOpt,
     LeafOpt,
+    PluginOpt,
     RecipeOpt,
     SizeOpt,
     TasksOpt,
@@ -32,6 +33,7 @@ from fusionsearch.cli.options import (
     parse_size,
     parse_weights,
     read_baseline,
+    use_plugins,
 )
 from fusionsearch.errors import ArgumentError, FusionSearchError, FusionSearchWarning
 from fusionsearch.paths import check_out
@@ -103,11 +105,13 @@ def inspect(
     pretrained: PretrainedOpt = False,
     checkpoint: CheckpointOpt = None,
     trust: TrustOpt = False,
+    plugin: PluginOpt = None,
 ) -> None:
     """Show a backbone's stage boundaries (where fusion can go), or a saved stitched network."""
     from fusionsearch.graph import trace
     from fusionsearch.report.inspect import inspect_saved, print_graph
 
+    use_plugins(plugin)  # a saved net's unit or a timm model of the user's
     if (backbone is None) == (model is None):
         raise ArgumentError("give exactly one of --backbone NAME or --model PATH")
     if model is not None:
@@ -149,6 +153,7 @@ def build(
     input_size: Annotated[_Str, typer.Option(help="C,H,W used for tracing (default: the model's)")] = None,
     column_weights: ColumnWeightsOpt = [],  # noqa: B006 - typer reads the default, never mutates it
     leaf: LeafOpt = None,
+    plugin: PluginOpt = None,
 ) -> None:
     """Build a stitched multi-task network and save it (weights, plan and backbone names)."""
     from fusionsearch.graph import trace
@@ -156,6 +161,7 @@ def build(
     from fusionsearch.nets import build as build_net
     from fusionsearch.report.inspect import print_net
 
+    use_plugins(plugin)
     check_out(out, "--out")
     names, size = backbone.split(","), parse_size(input_size)
     with warnings.catch_warnings():
@@ -198,6 +204,7 @@ def train(
     save_metrics: SaveMetricsOpt = None,
     baseline: BaselineOpt = None,
     out: TrainOutOpt = None,
+    plugin: PluginOpt = None,
 ) -> None:
     """Train one plan and print its metrics (and Delta-m against single-task baselines)."""
     from fusionsearch.data import describe_labelled
@@ -211,7 +218,7 @@ def train(
     for flag, path in (("--out", out), ("--save-metrics", save_metrics), ("--checkpoint", checkpoint)):
         check_out(path, flag)
     check_device(device)
-    r = load_recipe_with(recipe, backbone, tasks, data, size, train_images, val_images, labelled)
+    r = load_recipe_with(recipe, backbone, tasks, data, size, train_images, val_images, labelled, plugin)
     exp = Experiment(r, seed)
     if r.data.get("labelled"):
         say(describe_labelled(exp.datasets()[0]))
@@ -227,23 +234,27 @@ def train(
     console.print(metrics_table(title, result.metrics, exp.directions(), base))
     if base:
         say(f"Delta-m vs single-task: {exp.delta_m(result.metrics, base):+.2f}%")
-    if save_metrics:
-        _write_json(Path(save_metrics), result.metrics)
+    _write_json(save_metrics, result.metrics)
     if out:
         save(result.net, out, weighting=result.history.get("weighting"))
         say(f"saved to {out}")
 
 
-def _write_json(path: Path, value: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(value, indent=2))
+def _write_json(where: str | None, value: Any) -> None:
+    """``--save-metrics``: nothing when it is not given."""
+    if where:
+        path = Path(where)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(value, indent=2))
 
 
 def _rows(what: str) -> list[tuple[str, ...]]:
-    """The rows of ``fusionsearch list WHAT``: a registry's names and first docstring lines, or
-    the recipes found with what each reproduces (an invalid one says why, it does not stop the list)."""
+    """The rows of ``fusionsearch list WHAT``: a registry's names, where each comes from (the
+    package or a plugin) and first docstring lines, or the recipes found with what each reproduces
+    (an invalid one says why, it does not stop the list)."""
     from fusionsearch.data import DATASETS
     from fusionsearch.nets import FUSION_UNITS
+    from fusionsearch.plugins import origin
     from fusionsearch.search.recipe import list_recipes, load_recipe
     from fusionsearch.tasks import LABEL_KINDS, TASKS, WEIGHTINGS
 
@@ -261,18 +272,23 @@ def _rows(what: str) -> list[tuple[str, ...]]:
     for name, cls in sorted(registry.items()):
         first = (cls.__doc__ or "").strip().splitlines()
         label = (str(cls.label),) if what == "tasks" else ()
-        rows.append((name, *label, first[0] if first else ""))
+        rows.append((name, *label, origin(cls), first[0] if first else ""))
     return rows
 
 
 @app.command("list")
-def list_(what: str = typer.Argument("units", help="units, tasks, datasets, weightings, kinds or recipes")) -> None:
-    """List what is registered: fusion units, tasks, data sets, weightings, label kinds, or the recipes found."""
+def list_(
+    what: str = typer.Argument("units", help="units, tasks, datasets, weightings, kinds or recipes"),
+    plugin: PluginOpt = None,
+) -> None:
+    """List what is registered (with where each name comes from: fusionsearch or a plugin): fusion
+    units, tasks, data sets, weightings, label kinds; or the recipes found."""
     if what not in LISTS:
         raise ArgumentError(f"fusionsearch list {what!r}: choose {', '.join(LISTS)}")
+    use_plugins(plugin)
     table = Table(title=what.capitalize(), title_justify="left")
-    for col in ("name", *(["label"] if what == "tasks" else []), "what"):
-        table.add_column(col)
+    for col in ("name", *(["label"] if what == "tasks" else []), *(["from"] if what != "recipes" else []), "what"):
+        table.add_column(col, overflow="fold" if col == "from" else "ellipsis")  # a plugin's path in full
     for row in _rows(what):
         table.add_row(*row)
     Console(width=max(console.width, 140)).print(table)

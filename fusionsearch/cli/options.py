@@ -19,6 +19,8 @@ from fusionsearch.errors import ArgumentError
 
 __all__ = [
     "MAX_WORKERS",
+    "PluginOpt",
+    "use_plugins",
     "at_least",
     "check_port",
     "check_seed",
@@ -48,6 +50,10 @@ LABELLED_HELP = (
     "TASK=SHARE or TASK=ID_FILE: keep TASK's label on that share of the training images (seg=0.1)"
     " or on the ids the file lists; the others lose it (validation stays fully labelled); repeatable"
 )
+PLUGIN_HELP = (
+    "a module name or a .py file that registers data sets, tasks, fusion units or weightings, loaded before"
+    " anything else; repeatable (README Extending it)"
+)
 DETERMINISTIC_HELP = (
     "torch's deterministic algorithms (on a GPU: the same numbers on every rerun, slower; see README On GPUs)"
 )
@@ -70,6 +76,15 @@ TasksOpt = Annotated[str | None, typer.Option(help="comma separated task names, 
 InputSizeOpt = Annotated[str | None, typer.Option(help="C,H,W of the example input (default: the model's)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts instead of tables")]
 TimeoutOpt = Annotated[float | None, typer.Option(help="stop starting trials after this many seconds")]
+PluginOpt = Annotated[list[str] | None, typer.Option("--plugin", metavar="MODULE_OR_FILE.py", help=PLUGIN_HELP)]
+
+
+def use_plugins(plugins: list[str] | None) -> list[str]:
+    """``--plugin``, repeatable: import each (a relative file from the working folder) before the
+    command reads any name, so a recipe, ``--data`` or ``--unit`` may name what they register."""
+    from fusionsearch.plugins import load_plugins
+
+    return load_plugins(plugins or [])
 
 
 def parse_size(text: str | None) -> tuple[int, int, int] | None:
@@ -114,13 +129,17 @@ def load_recipe_with(
     train_images: int | None = None,
     val_images: int | None = None,
     labelled: list[str] | None = None,
+    plugins: list[str] | None = None,
 ) -> Any:
-    """The recipe with the command line's overrides of its backbone, tasks and data."""
+    """The recipe with the command line's overrides of its backbone, tasks and data, and the
+    ``--plugin`` plugins added to its own: loaded first (the recipe and ``--data`` may name what
+    they register), kept in the recipe so the study stores them for its workers."""
     from fusionsearch.search.recipe import load_recipe, parse_data
 
     for flag, value in (("--size", size), ("--train-images", train_images), ("--val-images", val_images)):
         at_least(flag, value, 1)
     names = task_list(tasks)
+    extra = use_plugins(plugins)
     r = load_recipe(recipe)
     data_spec = parse_data(data, r.data)
     for key, value in (("size", size), ("train_length", train_images), ("val_length", val_images)):
@@ -133,7 +152,8 @@ def load_recipe_with(
         weights = r.search.get("loss_weights")
         if isinstance(weights, dict):
             r.search = {**r.search, "loss_weights": {t: w for t, w in weights.items() if t in names}}
-    return r.with_overrides(backbone=backbone, tasks=names, data=data_spec)
+    added = list(dict.fromkeys([*r.plugins, *extra])) if extra else None
+    return r.with_overrides(backbone=backbone, tasks=names, data=data_spec, plugins=added)
 
 
 def parse_labelled(items: list[str] | None) -> dict[str, float | str]:

@@ -20,6 +20,7 @@ from fusionsearch.cli.options import (
     DeterministicOpt,
     DevicesOpt,
     LabelledOpt,
+    PluginOpt,
     RecipeOpt,
     SizeOpt,
     StorageOpt,
@@ -32,6 +33,7 @@ from fusionsearch.cli.options import (
     devices_for,
     load_recipe_with,
     parse_labelled,
+    use_plugins,
 )
 from fusionsearch.paths import check_out
 
@@ -155,6 +157,7 @@ def run(
     deterministic: DeterministicOpt = False,
     mode: ModeOpt = None,
     quiet: RunQuietOpt = False,
+    plugin: PluginOpt = None,
 ) -> None:
     """Run an architecture search: warm start and baselines first, then sampled plans with pruning,
     then the winners and baselines confirmed over fresh seeds; resumable."""
@@ -166,7 +169,7 @@ def run(
     for flag, value, low in (("--steps", steps, 1), ("--trials", trials, 0), ("--timeout", timeout, 0)):
         at_least(flag, value, low)
     check_seed(seed)
-    r = load_recipe_with(recipe, backbone, tasks, data, size, labelled=labelled)
+    r = load_recipe_with(recipe, backbone, tasks, data, size, labelled=labelled, plugins=plugin)
     on = devices_for(devices, workers)
     train = {"steps": steps} if steps is not None else {}
     r.train = {**r.train, **train, **({"deterministic": True} if deterministic else {})}  # workers elsewhere too
@@ -201,6 +204,7 @@ def compare(
     artifacts: ArtifactsOpt = None,
     confirm: CompareConfirmOpt = None,
     quiet: PlainOpt = False,
+    plugin: PluginOpt = None,
 ) -> None:
     """Train the rows of the paper's table (single-task, multi-task baseline, cross-stitch, sluice,
     NDDR, our search's best) under one budget; print them next to the paper's numbers."""
@@ -211,7 +215,7 @@ def compare(
     at_least("--steps", steps, 1)
     at_least("--trials", trials, 0)
     check_out(out, "--out", folder=True)
-    r = load_recipe_with(recipe, None, None, data, size, labelled=labelled)
+    r = load_recipe_with(recipe, None, None, data, size, labelled=labelled, plugins=plugin)
     on = devices_for(devices, workers)
     if steps is not None:
         r.train = {**r.train, "steps": steps}
@@ -240,6 +244,7 @@ def worker(
     worker_index: WorkerIndexOpt = None,
     shares_device: SharesDeviceOpt = False,
     quiet: NoBarsOpt = False,
+    plugin: PluginOpt = None,
 ) -> None:
     """Join a study (from this or another machine) and run its queued trials on one device."""
     import torch
@@ -248,6 +253,7 @@ def worker(
     from fusionsearch.train.devices import check_device
 
     quiet_optuna()
+    use_plugins(plugin)  # before the study: its stored plugins may be found here under another path
     check_device(device)
     at_least("--threads", threads, 1)
     at_least("--worker-index", worker_index, 0)
@@ -263,13 +269,16 @@ def worker(
 
 
 @app.command()
-def trials(study: StudyOpt, storage: StorageOpt = None, as_json: TrialsJsonOpt = False) -> None:
+def trials(
+    study: StudyOpt, storage: StorageOpt = None, as_json: TrialsJsonOpt = False, plugin: PluginOpt = None
+) -> None:
     """A table of the study's trials (plan, metrics, Delta-m, state, failure reason) and the
     confirmation: mean ± 95% interval per plan and the paired test against the best baseline."""
     from fusionsearch.report.leaderboard import print_summary, trial_rows
     from fusionsearch.search import load_study
 
     quiet_optuna()
+    use_plugins(plugin)  # the study's plugins, where they live elsewhere on this machine
     st, _, _ = load_study(study, _storage(storage))
     if as_json:
         console.print_json(json.dumps(trial_rows(st), default=str))
@@ -279,13 +288,18 @@ def trials(study: StudyOpt, storage: StorageOpt = None, as_json: TrialsJsonOpt =
 
 @app.command()
 def best(
-    study: StudyOpt, storage: StorageOpt = None, out: BestOutOpt = "best.pt", artifacts: ArtifactsOpt = None
+    study: StudyOpt,
+    storage: StorageOpt = None,
+    out: BestOutOpt = "best.pt",
+    artifacts: ArtifactsOpt = None,
+    plugin: PluginOpt = None,
 ) -> None:
     """Export the network of the plan that is best after confirmation (the highest mean Delta-m over
     the fresh seeds), or of the best single run when the study ran no confirmation."""
     from fusionsearch.report.export import export_best
 
     quiet_optuna()
+    use_plugins(plugin)
     say(export_best(study, out, _storage(storage), artifacts, flag="--out").describe())
 
 
@@ -296,6 +310,7 @@ def report(
     out: ReportOutOpt = "report.html",
     artifacts: ArtifactsOpt = None,
     to_dashboard: ToDashboardOpt = False,
+    plugin: PluginOpt = None,
 ) -> None:
     """Write the study's HTML report (history, importances, Pareto front, parallel coordinates,
     placement map, learned fusion weights). Only reads the study, unless --to-dashboard."""
@@ -303,6 +318,7 @@ def report(
     from fusionsearch.search import load_study
 
     quiet_optuna()
+    use_plugins(plugin)
     url = _storage(storage)
     st, _, _ = load_study(study, url)
     say(f"report: {write_report(st, out, url, artifacts, to_dashboard=to_dashboard)}")

@@ -19,7 +19,8 @@ from typing import Any, Literal
 import yaml
 
 from fusionsearch.data.partial import check_labelled
-from fusionsearch.errors import FusionSearchError
+from fusionsearch.errors import FusionSearchError, PluginError
+from fusionsearch.plugins import load_plugins
 from fusionsearch.schema import check_call, check_fields, did_you_mean
 from fusionsearch.tasks.delta import DeltaM, primary_metric
 from fusionsearch.tasks.task import task_arguments, task_class
@@ -105,12 +106,14 @@ class Recipe:
     compare: dict[str, Any] = field(default_factory=dict)
     delta_m: dict[str, Any] = field(default_factory=dict)
     confirm: dict[str, Any] = field(default_factory=dict)
+    plugins: list[str] = field(default_factory=list)  # modules or .py files loaded first (fusionsearch.plugins)
     path: str | None = None
 
     def __post_init__(self) -> None:
+        where = f"recipe {self.name!r}:" if isinstance(self.name, str) else "recipe:"
+        self._load_plugins(where)
         if isinstance(self.tasks, str):
             self.tasks = [t.strip() for t in self.tasks.split(",") if t.strip()]
-        where = f"recipe {self.name!r}:" if isinstance(self.name, str) else "recipe:"
         self._check_types(where)
         if not self.tasks:
             raise RecipeError(f"{where} tasks is empty: name at least one task, e.g. [seg, normal]")
@@ -149,6 +152,18 @@ class Recipe:
         except FusionSearchError as e:
             raise RecipeError(f"recipe {self.name!r}: {e}") from None
         self.confirm_config()
+
+    def _load_plugins(self, where: str) -> None:
+        """Before anything is checked: the recipe's names (data set, tasks, units, weightings) may
+        be a plugin's. Stored absolute, so the study's copy of the recipe finds them anywhere."""
+        if isinstance(self.plugins, str):
+            self.plugins = [self.plugins]
+        if not isinstance(self.plugins, list) or not all(isinstance(p, str) for p in self.plugins):
+            raise RecipeError(f"{where} plugins must be a list of module names or .py files, got {self.plugins!r}")
+        try:
+            self.plugins = load_plugins(self.plugins, Path(self.path).parent if self.path else None)
+        except PluginError as e:
+            raise PluginError(f"{where} plugins: {e}") from e
 
     def _check_types(self, where: str) -> None:
         """Every section against its dataclass: a wrong type or an unknown field names itself."""

@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 
 from fusionsearch.errors import ArgumentError, FusionSearchError
 from fusionsearch.nets.plan import StitchPlan
+from fusionsearch.plugins import loaded_plugins, require_plugins
 from fusionsearch.search.confirm import confirm_seeds, queue_confirmation
 from fusionsearch.search.experiment import BASELINES, WARMSTART, Experiment
 from fusionsearch.search.queueing import requeue_failed
@@ -323,6 +324,7 @@ def _prepare(recipe: Recipe, settings: StudySettings) -> optuna.Study:
         if study.user_attrs.get("settings", {}).get("objectives") != settings.objectives:
             raise FusionSearchError(f"study {settings.study!r} has other objectives: choose another --study name")
     study.set_user_attr("recipe", recipe.to_dict())
+    study.set_user_attr("plugins", loaded_plugins())  # what a worker loads before it reads the recipe
     study.set_user_attr("settings", {**asdict(settings), "storage": redact(settings.storage)})
     with warnings.catch_warnings():  # "experimental" since Optuna 3.2; nothing the user can act on
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -405,7 +407,8 @@ def grid_points(recipe: Recipe) -> list[dict[str, Any]]:
 def load_study(
     name: str, storage: str = DEFAULT_STORAGE, worker: int = 0
 ) -> tuple[optuna.Study, Recipe, StudySettings]:
-    """An existing study with its recipe and settings (what a worker on another machine needs)."""
+    """An existing study with its recipe and settings (what a worker on another machine needs),
+    after the plugins it was made with (``plugins.require_plugins``: one line if one is missing)."""
     st = open_storage(storage, create=False)
     names = [s.study_name for s in optuna.get_all_study_summaries(st)]
     if name not in names:
@@ -417,6 +420,7 @@ def load_study(
     s = dict(study.user_attrs.get("settings", {}))
     s["storage"] = storage
     settings = StudySettings(**s)
+    require_plugins(study.user_attrs.get("plugins", []), f"study {name!r}")  # the recipe names what they register
     recipe = Recipe.from_dict(recipe_d)
     return (
         optuna.load_study(
