@@ -47,9 +47,7 @@ from fusionsearch.data.transforms import (
     MissingDataError,
     as_hw,
     check_root,
-    hflip_dense,
-    normalize_image,
-    resize_dense,
+    finish_item,
 )
 from fusionsearch.errors import ArgumentError
 from fusionsearch.tasks.labels import LabelKind
@@ -338,9 +336,4 @@ class CelebA(MultiTaskDataset):
             item[task] = torch.from_numpy(self.attributes[index, cols].copy())
         if self.landmarks is not None:
             item["landmarks"] = torch.from_numpy(self.landmarks[index].copy())
-        if self.size is not None:
-            item = resize_dense(item, self.size, self.label_kinds)
-        if self.augment and bool(torch.rand(()) < 0.5):
-            item = hflip_dense(item, self.label_kinds)
-        item["image"] = normalize_image(item["image"])
-        return item
+        return finish_item(item, self.size, self.augment, self.label_kinds)

@@ -48,9 +48,7 @@ from fusionsearch.data.transforms import (
     as_hw,
     check_root,
     clean_depth,
-    hflip_dense,
-    normalize_image,
-    resize_dense,
+    finish_item,
 )
 from fusionsearch.errors import ArgumentError
 from fusionsearch.tasks.labels import LabelKind, get_label_kind
@@ -209,12 +207,7 @@ class Cityscapes(MultiTaskDataset):
         if not 0 <= index < len(self.stems):
             raise IndexError(f"index {index} out of range for {len(self.stems)} Cityscapes images")
         item = self.load(index)
-        if self.size is not None:
-            item = resize_dense(item, self.size, self.label_kinds)
-        if self.augment and bool(torch.rand(()) < 0.5):
-            item = hflip_dense(item, self.label_kinds)
-        item["image"] = normalize_image(item["image"])
-        return item
+        return finish_item(item, self.size, self.augment, self.label_kinds)
 
     def load(self, index: int) -> dict[str, Tensor]:
         """Image ``index`` at its native size, image still in [0, 1]: no resize, flip or normalisation."""

@@ -37,9 +37,7 @@ from fusionsearch.data.transforms import (
     check_root,
     clean_depth,
     clean_normals,
-    hflip_dense,
-    normalize_image,
-    resize_dense,
+    finish_item,
 )
 from fusionsearch.errors import ArgumentError
 from fusionsearch.tasks.labels import IndexMap, LabelKind, MultiLabel, ScalarMap, VectorMap
@@ -218,9 +216,4 @@ class FolderData(MultiTaskDataset):
         if not 0 <= index < len(self.ids):
             raise IndexError(f"index {index} out of range for {len(self.ids)} images")
         item = self.load(index)
-        if self.size is not None:
-            item = resize_dense(item, self.size, self.label_kinds)
-        if self.augment and bool(torch.rand(()) < 0.5):
-            item = hflip_dense(item, self.label_kinds)
-        item["image"] = normalize_image(item["image"])
-        return item
+        return finish_item(item, self.size, self.augment, self.label_kinds)

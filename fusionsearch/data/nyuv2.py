@@ -51,9 +51,7 @@ from fusionsearch.data.transforms import (
     check_root,
     clean_depth,
     clean_normals,
-    hflip_dense,
-    normalize_image,
-    resize_dense,
+    finish_item,
 )
 from fusionsearch.errors import ArgumentError
 
@@ -236,12 +234,7 @@ class NYUv2(MultiTaskDataset):
         if not 0 <= index < len(self.samples):
             raise IndexError(f"index {index} out of range for {len(self.samples)} NYUv2 samples")
         item = self.load(index)
-        if self.size is not None:
-            item = resize_dense(item, self.size)
-        if self.augment and bool(torch.rand(()) < 0.5):
-            item = hflip_dense(item)
-        item["image"] = normalize_image(item["image"])
-        return item
+        return finish_item(item, self.size, self.augment)
 
     def load(self, index: int) -> dict[str, Tensor]:
         """Sample ``index`` at its native size, image still in [0, 1]: no resize, flip or normalisation."""

@@ -53,9 +53,7 @@ from fusionsearch.data.transforms import (
     as_hw,
     check_root,
     clean_normals,
-    hflip_dense,
-    normalize_image,
-    resize_dense,
+    finish_item,
 )
 from fusionsearch.errors import ArgumentError
 
@@ -257,12 +255,7 @@ class PASCALContext(MultiTaskDataset):
         if not 0 <= index < len(self.ids):
             raise IndexError(f"index {index} out of range for {len(self.ids)} PASCAL-Context images")
         item = self.load(index)
-        if self.size is not None:
-            item = resize_dense(item, self.size)
-        if self.augment and bool(torch.rand(()) < 0.5):
-            item = hflip_dense(item)
-        item["image"] = normalize_image(item["image"])
-        return item
+        return finish_item(item, self.size, self.augment)
 
     def load(self, index: int) -> dict[str, Tensor]:
         """Image ``index`` at its native size, still in [0, 1]: no resize, flip or normalisation."""

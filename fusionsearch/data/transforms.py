@@ -30,6 +30,7 @@ __all__ = [
     "clean_depth",
     "clean_normals",
     "hflip_dense",
+    "finish_item",
     "kind_of",
     "normalize_image",
     "resize_dense",
@@ -107,6 +108,23 @@ def hflip_dense(item: dict[str, Any], kinds: Mapping[str, LabelKind] | None = No
     x channel changes sign)."""
     width = int(item["image"].shape[-1])
     return {k: v.flip(-1) if k == "image" else kind_of(k, kinds).flip(v, width) for k, v in item.items()}
+
+
+def finish_item(
+    item: dict[str, Any],
+    size: tuple[int, int] | None,
+    augment: bool,
+    kinds: Mapping[str, LabelKind] | None = None,
+) -> dict[str, Any]:
+    """What every loader does to an item read at its native size, image in [0, 1]: resize it to
+    ``size`` (None keeps it), flip it left-right with p = 0.5 when ``augment`` (one draw from torch's
+    global generator, which the training loader seeds per item), then normalise the image."""
+    if size is not None:
+        item = resize_dense(item, size, kinds)
+    if augment and bool(torch.rand(()) < 0.5):
+        item = hflip_dense(item, kinds)
+    item["image"] = normalize_image(item["image"])
+    return item
 
 
 def clean_normals(normal: Tensor) -> Tensor:
