@@ -220,8 +220,8 @@ def train(
     check_device(device)
     r = load_recipe_with(recipe, backbone, tasks, data, size, train_images, val_images, labelled, plugin)
     exp = Experiment(r, seed)
-    if r.data.get("labelled"):
-        say(describe_labelled(exp.datasets()[0]))
+    for line in [*exp.data_notes(), *([describe_labelled(exp.datasets()[0])] if r.data.get("labelled") else [])]:
+        say(line)
     stitch = exp.plan_for(plan, unit, parse_at(at))
     base = read_baseline(baseline, exp.directions())
     cfg = r.train_config(

@@ -165,6 +165,12 @@ class FolderData(MultiTaskDataset):
         """The registered type of each task whose name is not one (``tasks.yaml``'s ``task``)."""
         return {name: t.type for name, t in load_layout(root).tasks.items() if t.type != name}
 
+    @staticmethod
+    def notes_for(root: str | Path, **_: object) -> list[str]:
+        """What a person should know of the folder before a study: class counts read from the
+        labels, the split made without ``splits/``, folders and columns that name no task."""
+        return list(load_layout(root).notes)
+
     def __init__(
         self,
         root: str | Path,

@@ -121,6 +121,12 @@ class Experiment:
             out[t] = task_class(t, types)(out_channels=n, **args)
         return out
 
+    def data_notes(self) -> list[str]:
+        """What the data set's class says a person should know before training (its ``notes_for``:
+        a folder's class counts read from the labels, its split, what it ignored); none for most."""
+        cls = DATASETS.get(self.recipe.data["name"])
+        return list(cls.notes_for(**self.recipe.data_args())) if hasattr(cls, "notes_for") else []
+
     @property
     def types(self) -> dict[str, str]:
         """Each task's registered type where its name is not one (``Recipe.task_types``), read once."""

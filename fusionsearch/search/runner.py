@@ -49,15 +49,17 @@ def _states(study: optuna.Study) -> dict[str, int]:
 
 def study_header(recipe: Recipe, settings: StudySettings) -> list[str]:
     """The lines a study starts with: the fusion learning rates and BatchNorm start its plans get
-    (README Conventions), and which tasks are labelled on which share of the images."""
+    (README Conventions), which tasks are labelled on which share of the images, and what the data
+    set says of itself (a folder's class counts read from its labels)."""
     from fusionsearch.data import describe_labelled
     from fusionsearch.nets.conventions import describe_bn_init, describe_lr_mults
 
     cfg = recipe.train_config()
+    exp = Experiment(recipe, settings.seed)
     lines = [describe_lr_mults(cfg.optimizer), describe_bn_init(cfg.bn_init, cfg.bn_calibration_batches)]
     if recipe.data.get("labelled"):
-        lines.append(describe_labelled(Experiment(recipe, settings.seed).datasets()[0]))
-    return lines
+        lines.append(describe_labelled(exp.datasets()[0]))
+    return lines + [f"data: {line}" for line in exp.data_notes()]
 
 
 def _say_resuming(

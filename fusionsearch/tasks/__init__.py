@@ -9,6 +9,7 @@ for nothing, on torch only.
 from __future__ import annotations
 
 from fusionsearch.tasks.attributes import Attributes, attribute_ap
+from fusionsearch.tasks.boxes import BOXES, Boxes, empty_boxes, make_boxes
 from fusionsearch.tasks.delta import (
     DeltaM,
     delta_m,
@@ -88,6 +89,10 @@ __all__ = [
     "VectorMap",
     "ClassLabel",
     "MultiLabel",
+    "Boxes",
+    "BOXES",
+    "empty_boxes",
+    "make_boxes",
     "label_kind",
     "task_class",
     "task_arguments",

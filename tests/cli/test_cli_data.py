@@ -65,6 +65,7 @@ def test_train_on_a_folder(tmp_path):
     result = runner.invoke(app, [*args, "--labelled", "quality=0.5"])
     assert result.exit_code == 0, result.output
     assert "quality on 2 of 4 training images" in result.output
+    assert "seg: 3 classes read from the labels" in result.output  # the loader says so
     for text in ("miou", "accuracy", "rmse"):
         assert text in result.output
     again = runner.invoke(app, ["train", "--data", f"folder:{root}", "--tasks", "seg,attr", "--backbone", "test_resnet",
