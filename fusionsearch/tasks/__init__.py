@@ -1,14 +1,15 @@
 """What the columns learn: the label kinds (``labels``), the task contract and registry (``task``),
 the built-in tasks with their heads, losses and metrics (``dense``: per pixel; ``per_image``;
-``attributes``: multi-label; ``pascal``: human parts and saliency; ``points``: landmarks), Delta-m
-over the tasks' metrics (``delta``), the resizing of dense maps that labels and heads share
-(``resize``), and how task losses or gradients are combined (``weighting``). Depends on ``graph``
-for nothing, on torch only.
+``attributes``: multi-label; ``box_attributes``: per-box attributes; ``pascal``: human parts and
+saliency; ``points``: landmarks), Delta-m over the tasks' metrics (``delta``), the resizing of
+dense maps that labels and heads share (``resize``), and how task losses or gradients are combined
+(``weighting``). Depends on ``graph`` for nothing, on torch (and torchvision's region ops) only.
 """
 
 from __future__ import annotations
 
 from fusionsearch.tasks.attributes import Attributes, attribute_ap
+from fusionsearch.tasks.box_attributes import BoxAttributes, RegionOutput
 from fusionsearch.tasks.boxes import BOXES, Boxes, empty_boxes, make_boxes
 from fusionsearch.tasks.delta import (
     DeltaM,
@@ -113,6 +114,8 @@ __all__ = [
     "ClsHead",
     "Attributes",
     "attribute_ap",
+    "BoxAttributes",
+    "RegionOutput",
     "HumanParts",
     "Saliency",
     "SALIENCY_THRESHOLDS",

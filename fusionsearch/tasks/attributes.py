@@ -21,7 +21,7 @@ from fusionsearch.errors import PlanError
 from fusionsearch.tasks.per_image import ClsHead
 from fusionsearch.tasks.task import MULTI_LABEL, UNLABELLED_CLASS, Task, register_task
 
-__all__ = ["Attributes", "attribute_ap"]
+__all__ = ["Attributes", "attribute_ap", "attribute_loss", "attribute_metrics", "per_attribute"]
 
 
 def attribute_ap(scores: Tensor, target: Tensor) -> Tensor:
@@ -37,6 +37,41 @@ def attribute_ap(scores: Tensor, target: Tensor) -> Tensor:
         )
     has_pos = (target == 1).any(0)
     return torch.where(has_pos, ap.double(), torch.tensor(float("nan"), dtype=torch.float64))
+
+
+def attribute_loss(pred: Tensor, target: Tensor, pos_weight: Tensor | None = None) -> Tensor:
+    """Binary cross-entropy with logits over the labelled (>= 0) entries of ``target`` (the shape
+    of ``pred``), their mean; 0 (with a graph, zero gradient) when none is labelled."""
+    target = target.float()
+    keep = target >= 0
+    weight = None if pos_weight is None else pos_weight.to(pred.device)
+    per_entry = F.binary_cross_entropy_with_logits(
+        pred.float(), target.clamp_min(0), pos_weight=weight, reduction="none"
+    )
+    return torch.where(keep, per_entry, 0.0).sum() / keep.sum().clamp_min(1)
+
+
+def per_attribute(scores: Sequence[Tensor], targets: Sequence[Tensor], num_attrs: int) -> dict[str, Tensor]:
+    """Per attribute over batches of (N, A) probabilities and 1/0/-1 targets: ``ap`` (NaN without
+    a labelled positive), ``accuracy`` at 0.5 (NaN without a labelled entry), ``positives``."""
+    if not scores:
+        nan = torch.full((num_attrs,), float("nan"), dtype=torch.float64)
+        return {"ap": nan, "accuracy": nan, "positives": torch.zeros(num_attrs, dtype=torch.long)}
+    score, target = torch.cat(list(scores)), torch.cat(list(targets)).long()
+    keep = target >= 0
+    right = ((score >= 0.5).long() == target) & keep
+    labelled = keep.sum(0)
+    accuracy = torch.where(labelled > 0, right.sum(0).double() / labelled.clamp_min(1), float("nan"))
+    return {"ap": attribute_ap(score, target), "accuracy": accuracy, "positives": (target == 1).sum(0)}
+
+
+def attribute_metrics(per: dict[str, Tensor]) -> dict[str, float]:
+    """``map`` and ``mean_acc`` (%) from ``per_attribute``: means over the attributes that have them."""
+    ap, acc = per["ap"], per["accuracy"]
+    return {
+        "map": 100 * ap[~ap.isnan()].mean().item() if (~ap.isnan()).any() else 0.0,
+        "mean_acc": 100 * acc[~acc.isnan()].mean().item() if (~acc.isnan()).any() else 0.0,
+    }
 
 
 @register_task("attr")
@@ -58,13 +93,7 @@ class Attributes(Task):
         return ClsHead(in_channels, self.out_channels)
 
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
-        target = target.reshape(pred.shape).float()
-        keep = target >= 0
-        weight = None if self.pos_weight is None else self.pos_weight.to(pred.device)
-        per_entry = F.binary_cross_entropy_with_logits(
-            pred.float(), target.clamp_min(0), pos_weight=weight, reduction="none"
-        )
-        return torch.where(keep, per_entry, 0.0).sum() / keep.sum().clamp_min(1)
+        return attribute_loss(pred, target.reshape(pred.shape), self.pos_weight)
 
     def reset(self) -> None:
         self.scores: list[Tensor] = []
@@ -77,29 +106,16 @@ class Attributes(Task):
     def per_attribute(self) -> dict[str, Tensor]:
         """Per attribute over everything added since ``reset``: ``ap`` (NaN without a labelled
         positive), ``accuracy`` at 0.5 (NaN without a labelled entry) and ``positives`` (counts)."""
-        if not self.scores:
-            nan = torch.full((self.out_channels,), float("nan"), dtype=torch.float64)
-            return {"ap": nan, "accuracy": nan, "positives": torch.zeros(self.out_channels, dtype=torch.long)}
-        scores, target = torch.cat(self.scores), torch.cat(self.targets).long()
-        keep = target >= 0
-        right = ((scores >= 0.5).long() == target) & keep
-        labelled = keep.sum(0)
-        accuracy = torch.where(labelled > 0, right.sum(0).double() / labelled.clamp_min(1), float("nan"))
-        return {"ap": attribute_ap(scores, target), "accuracy": accuracy, "positives": (target == 1).sum(0)}
+        return per_attribute(self.scores, self.targets, self.out_channels)
 
     def compute(self) -> dict[str, float]:
-        per = self.per_attribute()
-        ap, acc = per["ap"], per["accuracy"]
-        return {
-            "map": 100 * ap[~ap.isnan()].mean().item() if (~ap.isnan()).any() else 0.0,
-            "mean_acc": 100 * acc[~acc.isnan()].mean().item() if (~acc.isnan()).any() else 0.0,
-        }
+        return attribute_metrics(self.per_attribute())
 
 
-def _pos_weight(value: float | Sequence[float], n: int) -> Tensor:
+def _pos_weight(value: float | Sequence[float], n: int, task: str = "attr") -> Tensor:
     values = [value] * n if isinstance(value, (int, float)) and not isinstance(value, bool) else list(value)  # type: ignore[arg-type]
     if len(values) != n or any(
         isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf for v in values
     ):
-        raise PlanError(f"task 'attr': pos_weight must be a number > 0 or one per attribute ({n}), got {value!r}")
+        raise PlanError(f"task {task!r}: pos_weight must be a number > 0 or one per attribute ({n}), got {value!r}")
     return torch.tensor(values, dtype=torch.float32)
