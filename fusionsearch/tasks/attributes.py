@@ -87,6 +87,11 @@ class Attributes(Task):
         accuracy = torch.where(labelled > 0, right.sum(0).double() / labelled.clamp_min(1), float("nan"))
         return {"ap": attribute_ap(scores, target), "accuracy": accuracy, "positives": (target == 1).sum(0)}
 
+    def per_category(self) -> dict[str, float]:
+        """Each attribute's AP (%) from ``per_attribute``, keyed by the attribute index as a string;
+        NaN for an attribute without a labelled positive (left out of ``map`` too)."""
+        return {str(a): 100 * float(v) for a, v in enumerate(self.per_attribute()["ap"].tolist())}
+
     def compute(self) -> dict[str, float]:
         per = self.per_attribute()
         ap, acc = per["ap"], per["accuracy"]
