@@ -18,12 +18,14 @@ attribute values or label files), small next to the warm start that precedes it.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import optuna
 
 from fusionsearch.data.categories import training_counts
+from fusionsearch.errors import FusionSearchError, FusionSearchWarning
 
 __all__ = ["record_per_category", "COUNTS_ATTR", "NAMES_ATTR", "per_category_attr"]
 
@@ -53,7 +55,10 @@ def record_per_category(trial: optuna.Trial, study: optuna.Study, result: Any, e
     counts = {}
     for t in per:
         task = tasks[t]
-        counts[t] = training_counts(train, t, task.label, task.out_channels, attrs=hasattr(task, "per_attribute"))
+        try:
+            counts[t] = training_counts(train, t, task.label, task.out_channels, attrs=hasattr(task, "per_attribute"))
+        except FusionSearchError as e:  # an analysis of the report: never a reason to fail the trial
+            warnings.warn(f"{t}: no training label counts ({e})", FusionSearchWarning, stacklevel=2)
     study.set_user_attr(COUNTS_ATTR, counts)
     names = _names(train, tasks, list(per))
     if names:

@@ -129,3 +129,27 @@ def test_a_study_records_per_category_results_and_reports_them(small_study, tmp_
     section = html.split('id="data-starved"')[1].split("</section>")[0]
     assert "Plotly.newPlot" in section and "search runs, one seed each" in section
     assert "seg: " in section and "least-data" in section
+
+
+def test_a_folder_study_reports_attributes_too(tmp_path):
+    """Per-attribute AP and positives per attribute (from the folder's stored values) reach the
+    report beside segmentation's."""
+    from helpers import tiny_recipe
+
+    from fusionsearch.search import StudySettings, prepare_study, run_worker
+
+    root = write_folder(tmp_path / "f")
+    recipe = tiny_recipe(steps=2, loss_weights={}).with_overrides(
+        tasks=["seg", "attr"], data={"name": "folder", "root": str(root), "size": 32}
+    )
+    url = f"sqlite:///{tmp_path}/s.db"
+    settings = StudySettings(study="a", storage=url, trials=1, confirm_seeds=0, pruner="none")
+    study = prepare_study(recipe, settings)
+    run_worker("a", url, device="cpu")
+    study = optuna.load_study(study_name="a", storage=url)
+    assert study.user_attrs[COUNTS_ATTR]["attr"] == {"0": 2, "1": 1}
+    assert study.user_attrs[NAMES_ATTR]["attr"] == ["smile", "hat"]
+    assert [t.task for t in starved_tables(study)] == ["seg", "attr"]
+    html = write_report(study, tmp_path / "r.html", url).read_text()
+    section = html.split('id="data-starved"')[1].split("</section>")[0]
+    assert "attr: " in section and "smile" in section
