@@ -40,7 +40,7 @@ from fusionsearch.data.transforms import (
     finish_item,
 )
 from fusionsearch.errors import ArgumentError
-from fusionsearch.tasks.labels import IndexMap, LabelKind, MultiLabel, ScalarMap, VectorMap
+from fusionsearch.tasks.labels import ClassLabel, IndexMap, LabelKind, MultiLabel, ScalarMap, VectorMap
 
 __all__ = ["FolderData", "scan", "load_layout", "read_image", "read_label"]
 
@@ -117,6 +117,15 @@ def _index_map(task: FolderTask, arr: np.ndarray, path: Path) -> Tensor:
     if bad.any():
         raise DataError(f"label {str(path)!r} holds class {int(lab[bad].max())}, out of range for {task.size} classes")
     return torch.from_numpy(np.where(ignore, IGNORE_INDEX, lab)[0])
+
+
+def _class_pixels(task: FolderTask, arr: np.ndarray) -> np.ndarray:
+    """Pixels per class (``task.size`` of them) of one stored index map, without its ignored values."""
+    lab = arr.astype(np.int64).ravel()
+    keep = (lab >= 0) & (lab != IGNORE_INDEX) & (lab < task.size)
+    if task.ignore_index is not None:
+        keep &= lab != task.ignore_index
+    return np.bincount(lab[keep], minlength=task.size)
 
 
 def read_label(task: FolderTask, path: Path, hw: tuple[int, int]) -> Tensor:
@@ -200,6 +209,30 @@ class FolderData(MultiTaskDataset):
 
     def item_ids(self) -> list[str]:
         return list(self.ids)
+
+    def category_counts(self, task: str) -> dict[str, int]:
+        """Training label counts per category of ``task`` over this split's images (index as a
+        string): an index map's pixels per class at the files' native size (one pass over its
+        label files, not the images), a multi-label task's positives per attribute and a class
+        task's images per class (both from the layout's stored values, no file read)."""
+        t = self.labels[task]
+        counts = {str(c): 0 for c in range(t.size)}
+        if isinstance(t.kind, IndexMap):
+            for i in self.ids:
+                path = t.files.get(i)
+                if path is not None:
+                    for c, n in enumerate(_class_pixels(t, read_dense(t, path)).tolist()):
+                        counts[str(c)] += int(n)
+        elif isinstance(t.kind, MultiLabel):
+            values = [np.asarray(t.values[i]) for i in self.ids if i in t.values]
+            for a, n in enumerate((np.stack(values) == 1).sum(0).tolist() if values else []):
+                counts[str(a)] = int(n)
+        elif isinstance(t.kind, ClassLabel):
+            for i in self.ids:
+                v = int(t.values.get(i, -1))
+                if 0 <= v < t.size:
+                    counts[str(v)] += 1
+        return counts
 
     def load(self, index: int) -> dict[str, Tensor]:
         """Item ``index`` at its native size, image in [0, 1]: no resize, flip or normalisation."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -50,6 +52,14 @@ class SyntheticScenes(MultiTaskDataset):
     def scene_seed(self, index: int) -> int:
         return int(np.random.SeedSequence([self.seed, _SPLITS[self.split], index]).generate_state(1)[0])
 
+    def category_counts(self, task: str) -> dict[str, int]:
+        """Pixels per class of ``seg`` over this split (class index as a string): a pure function
+        of (seed, split, length, size), rendered once per process (``_seg_pixels``)."""
+        if task != "seg":
+            raise ArgumentError(f"the synthetic scenes count categories of seg only, not {task!r}")
+        counts = _seg_pixels(self.seed, self.split, self.length, self.size)
+        return {str(c): n for c, n in enumerate(counts)}
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for {self.length} scenes")
@@ -61,3 +71,13 @@ class SyntheticScenes(MultiTaskDataset):
             "normal": torch.from_numpy(s.normal).permute(2, 0, 1).contiguous(),
             "depth": torch.from_numpy(s.depth)[None],
         }
+
+
+@functools.lru_cache(maxsize=8)
+def _seg_pixels(seed: int, split: str, length: int, size: tuple[int, int]) -> tuple[int, ...]:
+    """Pixels of each class over the first ``length`` scenes of a split (one render each)."""
+    data = SyntheticScenes(split, length, size, seed)
+    total = np.zeros(len(CLASSES), dtype=np.int64)
+    for i in range(length):
+        total += np.bincount(render_scene(data.scene_seed(i), *size).seg.ravel(), minlength=len(CLASSES))
+    return tuple(int(n) for n in total)

@@ -1,7 +1,7 @@
 """What a person reads: the leaderboard and live view (``leaderboard``), the HTML report
-(``html``), ``fusionsearch compare``'s tables (``compare``), ``fusionsearch inspect``
-(``inspect``), and the best network as a file (``export``). Reads studies; the search does not
-depend on it (but for the live view).
+(``html``, with the data-starved analysis of ``starved``), ``fusionsearch compare``'s tables
+(``compare``), ``fusionsearch inspect`` (``inspect``), and the best network as a file
+(``export``). Reads studies; the search does not depend on it (but for the live view).
 
 The names load on first use (PEP 562), so that importing one module of this package, such as
 ``fusionsearch.search.recipe`` for ``fusionsearch list``, does not import all of them (Optuna,
@@ -55,6 +55,7 @@ if TYPE_CHECKING:
         trial_rows,
         trials_table,
     )
+    from fusionsearch.report.starved import starved_report_figure, starved_rows, starved_tables
     from fusionsearch.report.supernet import has_supernet, supernet_figure
 
 _HOMES: dict[str, str] = {
@@ -71,6 +72,9 @@ _HOMES: dict[str, str] = {
     "export_best": "fusionsearch.report.export",
     "has_supernet": "fusionsearch.report.supernet",
     "supernet_figure": "fusionsearch.report.supernet",
+    "starved_report_figure": "fusionsearch.report.starved",
+    "starved_rows": "fusionsearch.report.starved",
+    "starved_tables": "fusionsearch.report.starved",
     "metrics_table": "fusionsearch.report.leaderboard",
     "print_summary": "fusionsearch.report.leaderboard",
     "FIGURES": "fusionsearch.report.html",
@@ -111,6 +115,9 @@ __all__ = [
     "export_best",
     "has_supernet",
     "supernet_figure",
+    "starved_report_figure",
+    "starved_rows",
+    "starved_tables",
     "metrics_table",
     "print_summary",
     "FIGURES",

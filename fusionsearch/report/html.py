@@ -1,9 +1,11 @@
-"""The HTML report of a study: Optuna's own plotly figures plus two of ours.
+"""The HTML report of a study: Optuna's own plotly figures plus ours.
 
 Ours are the placement map (mean Delta-m of finished trials with and without fusion at each
-boundary: where fusion pays) and the learned fusion weights of the best trial (per fusion point,
+boundary: where fusion pays), the learned fusion weights of the best trial (per fusion point,
 each task's per-channel weights on its own column and on the others, sorted, as in the
-cross-stitch paper's Fig. 5). The file is self-contained (plotly.js inline): it opens offline.
+cross-stitch paper's Fig. 5) and the data-starved analysis (``report.starved``: per category,
+the best plan's gain over single against its training label count). The file is self-contained
+(plotly.js inline): it opens offline.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from plotly.subplots import make_subplots
 
 from fusionsearch.errors import FusionSearchWarning
 from fusionsearch.report.leaderboard import best_trial, counts, plan_summary, search_only, trial_rows
+from fusionsearch.report.starved import starved_report_figure
 from fusionsearch.report.supernet import has_supernet, supernet_figure
 from fusionsearch.search.confirm import Confirmation, summarize
 from fusionsearch.search.storage import artifact_store
@@ -45,6 +48,7 @@ FIGURES = (
     "placement map",
     "fusion weights",
     "task weights",
+    "data-starved",
 )  # and "supernet ranking" in a supernet study (report.supernet)
 # Fewer complete searched trials than this give importances that are noise (6 trials drew 12 bars
 # all at 0.08): the report says so instead of drawing them.
@@ -303,6 +307,7 @@ def write_report(
         if best is not None
         else ("task weights", None, "no complete trial yet")
     )
+    figs.append(_safe("data-starved", lambda: starved_report_figure(study, conf)))
     doc = (
         "<!doctype html><html><head><meta charset='utf-8'><title>fusionsearch report</title>"
         "<style>body{font-family:sans-serif;margin:2em} .missing{color:#888}</style></head><body>"

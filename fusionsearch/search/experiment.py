@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -52,6 +52,8 @@ class TrialResult:
     step: int
     net: StitchedNet
     history: dict[str, Any]
+    # per task that defines ``per_category``: category -> metric, from the final evaluation
+    per_category: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 class Experiment:
@@ -283,7 +285,9 @@ class Experiment:
             metrics = history["evals"][-1]["metrics"]
         else:
             metrics = evaluate(net, tasks, val, cfg.batch_size, device)
-        return TrialResult(metrics, history["step"], net, history)
+        # the tasks still hold the final evaluation's state (the last one ``fit`` ran, or the one above)
+        per = {t: task.per_category() for t, task in tasks.items() if hasattr(task, "per_category")}
+        return TrialResult(metrics, history["step"], net, history, per)
 
     def delta_m(
         self,

@@ -26,6 +26,7 @@ from optuna.trial import TrialState
 from fusionsearch.errors import DataError, DependencyError, LostDependencyError
 from fusionsearch.nets.fusion import fusion_weights
 from fusionsearch.nets.plan import StitchPlan
+from fusionsearch.search.categories import record_per_category
 from fusionsearch.search.experiment import WARMSTART, Experiment, WarmStart
 from fusionsearch.search.queueing import (
     find,
@@ -349,13 +350,14 @@ class Objective:
         return report
 
     def _record_result(self, trial: optuna.Trial, result: Any) -> int:
-        """The trained trial's metrics, evaluations and size in its user attributes; returns its
-        parameter count."""
+        """The trained trial's metrics, evaluations, size and per-category results in its user
+        attributes; returns its parameter count."""
         params = sum(p.numel() for p in result.net.parameters())
         trial.set_user_attr("metrics", result.metrics)
         trial.set_user_attr("evals", result.history["evals"])
         trial.set_user_attr("params", params)
         trial.set_user_attr("steps", result.step)
+        record_per_category(trial, self.study, result, self.exp)  # the data-starved analysis' inputs
         return params
 
     def _delta_m(self, trial: optuna.Trial, result: Any, params: int) -> float:

@@ -108,6 +108,11 @@ class Attributes(Task):
         positive), ``accuracy`` at 0.5 (NaN without a labelled entry) and ``positives`` (counts)."""
         return per_attribute(self.scores, self.targets, self.out_channels)
 
+    def per_category(self) -> dict[str, float]:
+        """Each attribute's AP (%) from ``per_attribute``, keyed by the attribute index as a string;
+        NaN for an attribute without a labelled positive (left out of ``map`` too)."""
+        return {str(a): 100 * float(v) for a, v in enumerate(self.per_attribute()["ap"].tolist())}
+
     def compute(self) -> dict[str, float]:
         return attribute_metrics(self.per_attribute())
 

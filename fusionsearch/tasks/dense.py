@@ -103,6 +103,16 @@ class Segmentation(Task):
         acc = (tp.sum() / cm.sum()).item() if cm.sum() > 0 else 0.0
         return {"miou": 100 * miou, "pixel_acc": 100 * acc}
 
+    def per_category(self) -> dict[str, float]:
+        """Each class's IoU (%) from the same confusion matrix as ``compute``, keyed by the class
+        index as a string; NaN for a class absent from both the labels and the predictions (the
+        classes that ``miou`` leaves out). The data-starved analysis of the report reads it."""
+        cm = self.confusion.double()
+        tp = cm.diagonal()
+        union = cm.sum(0) + cm.sum(1) - tp
+        iou = torch.where(union > 0, 100 * tp / union.clamp_min(1), float("nan"))
+        return {str(c): float(v) for c, v in enumerate(iou.tolist())}
+
 
 _ANGLE_BINS = 18000  # 0.01 degree bins: the median is exact to 0.01 degrees
 

@@ -1,0 +1,82 @@
+"""The per-category results of a study's trials and its training label counts, recorded for the
+report's data-starved analysis (``report.starved``: the cross-stitch paper's Figures 5 and 6).
+
+Every completed trial stores, as its user attribute ``per_category``, ``{task: {category:
+value}}`` for the tasks that define ``per_category`` (per-class IoU of ``seg``, per-attribute AP
+of ``attr``, ...), from the same final evaluation as its metrics; NaN (a category nothing labels
+nor predicts) is stored as null, which JSON has.
+
+The training label counts are stored once per study, as the study's user attribute
+``category_counts`` (``{task: {category: count}}``), by the first trial that records per-category
+results and finds none there. A worker does it because a worker has the study's data: ``report``
+may run on a machine that only reaches the storage, and it only reads. It costs one pass over the
+training labels once per study (``data.categories.training_counts``: the data set's own
+``category_counts`` where it has one, e.g. the synthetic scenes', cached; a folder's stored
+attribute values or label files), small next to the warm start that precedes it.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import optuna
+
+from fusionsearch.data.categories import training_counts
+from fusionsearch.errors import FusionSearchError, FusionSearchWarning
+
+__all__ = ["record_per_category", "COUNTS_ATTR", "NAMES_ATTR", "per_category_attr"]
+
+COUNTS_ATTR = "category_counts"
+NAMES_ATTR = "category_names"
+
+
+def per_category_attr(per: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float | None]]:
+    """``per`` as a JSON-clean user attribute: NaN and infinities become null."""
+    return {
+        t: {c: (float(v) if v is not None and math.isfinite(v) else None) for c, v in cats.items()}
+        for t, cats in per.items()
+    }
+
+
+def record_per_category(trial: optuna.Trial, study: optuna.Study, result: Any, exp: Any) -> None:
+    """Store ``result.per_category`` on ``trial`` and, the first time in the study, the training
+    label counts (and class names, where the data set has them) of those tasks on ``study``."""
+    per = getattr(result, "per_category", None)
+    if not per:
+        return
+    trial.set_user_attr("per_category", per_category_attr(per))
+    if COUNTS_ATTR in study.user_attrs:
+        return
+    train = exp.datasets()[0]
+    tasks = exp.tasks()
+    counts = {}
+    for t in per:
+        task = tasks[t]
+        try:
+            counts[t] = training_counts(train, t, task.label, task.out_channels, attrs=hasattr(task, "per_attribute"))
+        except FusionSearchError as e:  # an analysis of the report: never a reason to fail the trial
+            warnings.warn(f"{t}: no training label counts ({e})", FusionSearchWarning, stacklevel=2)
+    study.set_user_attr(COUNTS_ATTR, counts)
+    names = _names(train, tasks, list(per))
+    if names:
+        study.set_user_attr(NAMES_ATTR, names)
+
+
+def _names(train: Any, tasks: Mapping[str, Any], which: list[str]) -> dict[str, list[str]]:
+    """Category names for display: the data set's ``classes`` for an index-map task of that
+    many classes (``seg``), and a folder's declared class or attribute names."""
+    from fusionsearch.tasks.labels import IndexMap
+
+    out: dict[str, list[str]] = {}
+    folder = getattr(train, "labels", None)
+    for t in which:
+        own = getattr(folder.get(t), "names", ()) if isinstance(folder, Mapping) else ()
+        classes = getattr(train, "classes", None)
+        if own and len(own) == tasks[t].out_channels:
+            out[t] = [str(n) for n in own]
+        elif isinstance(tasks[t].label, IndexMap) and classes is not None and len(classes) == tasks[t].out_channels:
+            out[t] = [str(n) for n in classes]
+    return out
