@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fusionsearch.data.apascal import APascal
 from fusionsearch.data.base import DATASETS, MultiTaskDataset, get_dataset, register_dataset
 from fusionsearch.data.batching import KindCollate, collate_for, label_kinds_of
 from fusionsearch.data.celeba import CelebA
@@ -30,6 +31,7 @@ __all__ = [
     "FolderData",
     "PASCALContext",
     "CelebA",
+    "APascal",
     "PartialLabels",
     "check_labelled",
     "describe_labelled",

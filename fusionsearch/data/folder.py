@@ -19,6 +19,7 @@ from PIL import Image
 from torch import Tensor
 
 from fusionsearch.data.base import MultiTaskDataset, register_dataset
+from fusionsearch.data.folder_boxes import box_tasks, is_boxes
 from fusionsearch.data.folder_csv import labels_csv
 from fusionsearch.data.folder_layout import (
     FolderLayout,
@@ -40,6 +41,7 @@ from fusionsearch.data.transforms import (
     finish_item,
 )
 from fusionsearch.errors import ArgumentError
+from fusionsearch.tasks.boxes import empty_boxes, make_boxes
 from fusionsearch.tasks.labels import ClassLabel, IndexMap, LabelKind, MultiLabel, ScalarMap, VectorMap
 
 __all__ = ["FolderData", "scan", "load_layout", "read_image", "read_label"]
@@ -53,6 +55,7 @@ def scan(root: str | Path) -> FolderLayout:
     declared = tasks_yaml(layout)
     dense_tasks(layout, declared)
     labels_csv(layout, declared)
+    box_tasks(layout, declared)
     for name in declared:
         if name not in layout.tasks:
             layout.problems.append(f"tasks.yaml declares {name!r}, but no folder {name}/ nor labels.csv column has it")
@@ -67,7 +70,7 @@ def scan(root: str | Path) -> FolderLayout:
 def _stamp(root: Path) -> tuple[Any, ...]:
     """What changes when the folder's listing or side files change (their modification times)."""
     paths = [root, root / "images", root / "labels.csv", root / "tasks.yaml", root / "splits"]
-    paths += [p for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
+    paths += [p for p in root.iterdir() if p.is_dir() or p.suffix == ".json"] if root.is_dir() else []
     return tuple((str(p), p.stat().st_mtime_ns) for p in paths if p.exists())
 
 
@@ -155,6 +158,16 @@ def _blank(kind: LabelKind, size: int, hw: tuple[int, int]) -> Tensor:
     return kind.unlabelled_like(template)
 
 
+def _boxes(task: FolderTask, i: str) -> dict[str, Tensor]:
+    """Image ``i``'s boxes for a box task: its objects, or no label where it has no annotation."""
+    if i not in task.values:
+        return empty_boxes(task.n_attrs, labelled=False)
+    boxes, labels, attrs, difficult = task.values[i]
+    if attrs is None and task.n_attrs:  # boxes given without attributes: unlabelled for them
+        attrs = np.full((len(boxes), task.n_attrs), -1.0, dtype=np.float32)
+    return make_boxes(boxes, labels, attrs, difficult, num_attrs=task.n_attrs)
+
+
 @register_dataset("folder")
 class FolderData(MultiTaskDataset):
     """A user's own data: ``PATH/images``, one folder per dense task, ``labels.csv`` for per-image
@@ -239,9 +252,11 @@ class FolderData(MultiTaskDataset):
         i = self.ids[index]
         image = read_image(self.images[i])
         hw = (int(image.shape[1]), int(image.shape[2]))
-        item = {"image": image}
+        item: dict[str, Any] = {"image": image}
         for name, task in self.labels.items():
-            if task.dense:
+            if is_boxes(task):
+                item[name] = _boxes(task, i)
+            elif task.dense:
                 path = task.files.get(i)
                 item[name] = read_label(task, path, hw) if path is not None else _blank(task.kind, task.size, hw)
             elif i in task.values:

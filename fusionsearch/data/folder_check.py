@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from fusionsearch.data.folder import read_image, read_label, scan
+from fusionsearch.data.folder_boxes import is_boxes
 from fusionsearch.data.folder_layout import FolderLayout, FolderTask
 from fusionsearch.data.transforms import IGNORE_INDEX, DataError
 from fusionsearch.tasks.labels import IndexMap, MultiLabel
@@ -39,6 +40,7 @@ class TaskReport:
     seen: dict[Any, int] = field(default_factory=dict)  # class (or attribute) -> pixels (images, positives)
     ignored: float | None = None  # share of ignored pixels in the labelled images of an index map
     shapes_ok: int = 0  # dense: label files at their image's size
+    objects: dict[str, int] = field(default_factory=dict)  # a box task: split -> objects
 
 
 @dataclass
@@ -90,6 +92,20 @@ def _per_image_stats(task: FolderTask, rep: TaskReport) -> None:
             rep.seen[key] = rep.seen.get(key, 0) + 1
 
 
+def _box_stats(task: FolderTask, splits: dict[str, list[str]], rep: TaskReport) -> None:
+    """Objects per split, and per class the objects (``det``) or per attribute the positives."""
+    rep.objects = {s: sum(len(task.values[i][1]) for i in ids if i in task.values) for s, ids in splits.items()}
+    for _, labels, attrs, _ in task.values.values():
+        if task.type == "box_attr" and attrs is not None:
+            for a, count in enumerate((attrs == 1).sum(0).tolist()):
+                key = task.attr_names[a] if a < len(task.attr_names) else a
+                rep.seen[key] = rep.seen.get(key, 0) + int(count)
+        elif task.type != "box_attr":
+            for label in labels.tolist():
+                key = task.names[label - 1] if label - 1 < len(task.names) else label
+                rep.seen[key] = rep.seen.get(key, 0) + 1
+
+
 def _images(layout: FolderLayout, progress: Callable[[Iterable[Any]], Iterable[Any]]) -> dict[str, tuple[int, int]]:
     sizes = {}
     for i, path in progress(list(layout.images.items())):
@@ -110,11 +126,16 @@ def check_folder(root: str | Path, progress: Callable[[Iterable[Any]], Iterable[
     sizes = _images(layout, progress or (lambda xs: xs))
     reports = []
     for name, task in layout.tasks.items():
+        box_file = layout.root / f"{name}.json"
         source = f"{name}/" if task.dense else "labels.csv"
+        if is_boxes(task):
+            source = box_file.name if box_file.is_file() else f"{name}/"
         rep = TaskReport(name, task.type, str(task.kind), source, task.size, task.read_from_labels)
         labelled = task.labelled_ids()
         rep.labelled = {s: sum(1 for i in ids if i in labelled) for s, ids in layout.splits.items()}
-        if task.dense:
+        if is_boxes(task):
+            _box_stats(task, layout.splits, rep)
+        elif task.dense:
             _dense_stats(layout, task, sizes, rep)
         else:
             _per_image_stats(task, rep)

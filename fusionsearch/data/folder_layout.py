@@ -4,6 +4,8 @@ A user's own data, with no code::
 
     PATH/images/<id>.jpg|png|...   RGB images, any size (one file per id)
     PATH/<task>/<id>.png|npy       one folder per dense task, named after the task
+    PATH/<task>/<id>.json          boxes (det, box_attr): one file per image, or PATH/<task>.json in
+                                   COCO's format (``data.folder_boxes`` documents both)
     PATH/labels.csv                id,<task>,<task>.<attribute>,... per-image labels (empty = unlabelled)
     PATH/splits/train.txt, val.txt ids, one per line (without them: a seeded 90/10 split)
     PATH/tasks.yaml                optional: per task, the registered task it is, classes, encodings
@@ -26,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from fusionsearch.data.transforms import DataError
+from fusionsearch.tasks.boxes import BOXES, Boxes
 from fusionsearch.tasks.labels import ClassLabel, IndexMap, LabelKind, MultiLabel, ScalarMap, VectorMap
 from fusionsearch.tasks.task import TASKS
 
@@ -42,12 +45,15 @@ __all__ = [
     "TASK_FIELDS",
     "make_task",
     "read_text",
+    "is_box_type",
+    "BOX_TYPES",
 ]
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 LABEL_EXTS = (".png", ".npy")
 SPLITS = ("train", "val")
-TASK_FIELDS = {"task", "classes", "encoding", "scale", "ignore_index", "channels"}
+TASK_FIELDS = {"task", "classes", "encoding", "scale", "ignore_index", "channels", "attributes", "source"}
+BOX_TYPES = ("det", "box_attr")  # box tasks the folder knows by name, registered or not yet
 ENCODINGS = {  # kind -> the PNG encodings it reads (.npy files hold the values themselves)
     "index_map": ("index",),
     "scalar_map": ("png16", "png8"),
@@ -73,6 +79,9 @@ class FolderTask:
     ignore_index: int | None = None  # the stored value that means "no label" (an index map)
     files: dict[str, Path] = field(default_factory=dict)  # a dense task: id -> label file
     values: dict[str, Any] = field(default_factory=dict)  # a per-image task: id -> int or (A,) array
+    n_classes: int = 0  # a box task: classes 1..C
+    n_attrs: int = 0  # a box task: attributes per box
+    attr_names: tuple[str, ...] = ()  # a box task: attribute names, when declared
 
     @property
     def dense(self) -> bool:
@@ -81,6 +90,8 @@ class FolderTask:
     def labelled_ids(self) -> set[str]:
         if self.dense:
             return set(self.files)
+        if isinstance(self.kind, Boxes):
+            return set(self.values)
         if isinstance(self.kind, MultiLabel):
             return {i for i, v in self.values.items() if (np.asarray(v) >= 0).any()}
         return {i for i, v in self.values.items() if v >= 0}
@@ -160,19 +171,24 @@ def tasks_yaml(layout: FolderLayout) -> dict[str, dict[str, Any]]:
             layout.problems.append(f"tasks.yaml: {name}: unknown field(s) {unknown}; known: {sorted(TASK_FIELDS)}")
             continue
         typ = str(spec.get("task", name))
-        if typ not in TASKS:
+        if typ not in TASKS and typ not in BOX_TYPES:
             layout.problems.append(f"tasks.yaml: {name}: {typ!r} is not a registered task ({', '.join(sorted(TASKS))})")
             continue
         out[str(name)] = spec
     return out
 
 
+def is_box_type(typ: str) -> bool:
+    """Whether task type ``typ`` takes boxes: ``det``, ``box_attr``, or a registered ``boxes`` task."""
+    return typ in BOX_TYPES if typ not in TASKS else isinstance(TASKS[typ].label, Boxes)
+
+
 def make_task(layout: FolderLayout, name: str, spec: dict[str, Any]) -> FolderTask | None:
     """A task from its name and its ``tasks.yaml`` fields; None (and a problem) if unusable."""
     typ = str(spec.get("task", name))
-    kind = TASKS[typ].label
+    kind = BOXES if typ in BOX_TYPES and typ not in TASKS else TASKS[typ].label
     where = f"tasks.yaml: {name}" if spec else name
-    if not isinstance(kind, (*_DENSE, *_PER_IMAGE)):
+    if not isinstance(kind, (*_DENSE, *_PER_IMAGE, Boxes)):
         layout.problems.append(f"{where}: the folder data set reads no {kind} labels (task {typ!r})")
         return None
     task = FolderTask(name, typ, IndexMap() if isinstance(kind, IndexMap) else kind)
@@ -232,9 +248,11 @@ def dense_tasks(layout: FolderLayout, declared: dict[str, dict[str, Any]]) -> No
         name = folder.name
         if name in ("images", "splits"):
             continue
-        if name not in declared and name not in TASKS:
+        if name not in declared and name not in TASKS and name not in BOX_TYPES:
             layout.notes.append(f"{name}/: not a registered task nor declared in tasks.yaml: ignored")
             continue
+        if is_box_type(str(declared.get(name, {}).get("task", name))):
+            continue  # read by data.folder_boxes.box_tasks
         task = make_task(layout, name, declared.get(name, {}))
         if task is None:
             continue
@@ -293,7 +311,7 @@ def read_dense(task: FolderTask, path: Path) -> np.ndarray:
 
 def count_classes(layout: FolderLayout, task: FolderTask) -> None:
     """An undeclared size is read from the labels (the loader says so): classes are max + 1."""
-    if task.size:
+    if task.size or isinstance(task.kind, Boxes):
         return
     if task.dense and not isinstance(task.kind, IndexMap):
         task.size = 3 if isinstance(task.kind, VectorMap) else 1

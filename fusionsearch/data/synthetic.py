@@ -8,17 +8,22 @@ albedo times a procedural texture times Lambertian shading, plus noise. Segmenta
 depth are therefore related the way real ones are: class edges are geometry edges, normals are
 the derivative of depth.
 
+Every object also gets its instance mask (``Scene.instances``) and what was drawn for it
+(``Scene.objects``: its shape, footprint, size, tint and how many pixels it would cover unoccluded),
+from which ``data.synthetic_boxes`` derives its box and attributes; recording them draws nothing,
+so the image and the dense labels are the same with or without them.
+
 Everything is a pure function of (seed, index, size): nothing is stored on disk.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["CLASSES", "Scene", "render_scene"]
+__all__ = ["CLASSES", "Scene", "SceneObject", "render_scene"]
 
 CLASSES = ("floor", "wall", "ceiling", "box", "sphere", "cylinder")
 _ALBEDO = np.array(
@@ -35,9 +40,26 @@ _FAR = 1e9
 
 
 @dataclass
+class SceneObject:
+    """What was drawn for one object: ``kind`` its class index in ``CLASSES`` (3 box, 4 sphere,
+    5 cylinder), ``centre`` its footprint's centre (x, z) on the floor, ``size`` its half-width
+    (radius), ``height`` its height, ``tint`` the factors (3,) its class's albedo was multiplied by,
+    and ``full`` the pixels of the image it would cover with nothing in front of it."""
+
+    kind: int
+    centre: tuple[float, float]
+    size: float
+    height: float
+    tint: np.ndarray
+    full: int = 0
+
+
+@dataclass
 class Scene:
     """One rendered view. Arrays are (H, W[, 3]); ``K`` the intrinsics, ``R`` camera-to-world
-    rotation, ``eye`` the camera centre in world coordinates (world y is up, the floor is y = 0)."""
+    rotation, ``eye`` the camera centre in world coordinates (world y is up, the floor is y = 0).
+    ``instances`` (H, W) int64 is the index in ``objects`` of the object seen at each pixel, -1 for
+    the room."""
 
     image: np.ndarray
     seg: np.ndarray
@@ -46,6 +68,8 @@ class Scene:
     K: np.ndarray
     R: np.ndarray
     eye: np.ndarray
+    instances: np.ndarray | None = None
+    objects: list[SceneObject] = field(default_factory=list)
 
 
 def _rotation(yaw: float, pitch: float) -> np.ndarray:
@@ -126,20 +150,22 @@ def _hit_cylinder(o: np.ndarray, d: np.ndarray, c: np.ndarray, r: float, h: floa
 
 @dataclass
 class _Hits:
-    """The nearest surface seen so far along each ray: its distance, world normal, class and albedo.
-    Each object drawn replaces it where the object is nearer."""
+    """The nearest surface seen so far along each ray: its distance, world normal, class, albedo and
+    object index (-1: the room). Each object drawn replaces it where the object is nearer."""
 
     t: np.ndarray
     normal: np.ndarray
     seg: np.ndarray
     albedo: np.ndarray
+    inst: np.ndarray
 
-    def keep_nearer(self, ot: np.ndarray, on: np.ndarray, kind: int, tint: np.ndarray) -> None:
+    def keep_nearer(self, ot: np.ndarray, on: np.ndarray, kind: int, tint: np.ndarray, index: int = -1) -> None:
         closer = ot < self.t
         self.t = np.where(closer, ot, self.t)
         self.normal = np.where(closer[..., None], on, self.normal)
         self.seg = np.where(closer, kind, self.seg)
         self.albedo = np.where(closer[..., None], np.clip(tint, 0, 1), self.albedo)
+        self.inst = np.where(closer, index, self.inst)
 
 
 def render_scene(seed: int, height: int = 128, width: int = 128, max_objects: int = 6) -> Scene:
@@ -154,8 +180,11 @@ def render_scene(seed: int, height: int = 128, width: int = 128, max_objects: in
     R = _rotation(rng.uniform(-math.pi, math.pi), rng.uniform(-0.45, 0.05))
     K, o, d = _camera_rays(rng, eye, R, height, width)
     hits = _room_hits(o, d, lo, hi)
+    objects: list[SceneObject] = []
     for _ in range(int(rng.integers(2, max_objects + 1))):
-        _add_object(rng, hits, o, d, eye, R, half_x, half_z)
+        obj = _add_object(rng, hits, o, d, eye, R, half_x, half_z, len(objects))
+        if obj is not None:
+            objects.append(obj)
     image = _shade(rng, hits, o, d, half_x, half_z, room_h)
     normal_c = hits.normal @ R  # world -> camera: R^T n, row-vector form
     return Scene(
@@ -166,6 +195,8 @@ def render_scene(seed: int, height: int = 128, width: int = 128, max_objects: in
         K=K,
         R=R,
         eye=eye,
+        instances=hits.inst.astype(np.int64),
+        objects=objects,
     )
 
 
@@ -191,7 +222,7 @@ def _room_hits(o: np.ndarray, d: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> 
     axis = face // 2
     np.put_along_axis(normal_w, axis[..., None], np.where(face % 2 == 1, -1.0, 1.0)[..., None], -1)
     seg = np.where(axis == 1, np.where(face % 2 == 1, 2, 0), 1)  # y faces: floor (0) or ceiling (2)
-    return _Hits(t, normal_w, seg, _ALBEDO[seg])
+    return _Hits(t, normal_w, seg, _ALBEDO[seg], np.full(seg.shape, -1))
 
 
 def _add_object(
@@ -203,9 +234,11 @@ def _add_object(
     R: np.ndarray,
     half_x: float,
     half_z: float,
-) -> None:
-    """Draw one box, sphere or cylinder on the floor and keep it where it is the nearest surface;
-    one too close to the camera is dropped (its draws are still made, up to that test)."""
+    index: int,
+) -> SceneObject | None:
+    """Draw one box, sphere or cylinder on the floor and keep it where it is the nearest surface,
+    as object ``index``; one too close to the camera is dropped (None; its draws are still made, up
+    to that test). The draws are made in the same order as ever: recording them changes no scene."""
     kind = int(rng.integers(3, 6))
     # most objects stand in front of the camera, so that views are not just walls
     ahead = R[:, 2][[0, 2]] / max(np.linalg.norm(R[:, 2][[0, 2]]), 1e-6)
@@ -215,16 +248,20 @@ def _add_object(
     cx = float(np.clip(spot[0], -half_x + 0.6, half_x - 0.6))
     cz = float(np.clip(spot[1], -half_z + 0.6, half_z - 0.6))
     if np.hypot(cx - eye[0], cz - eye[2]) < 0.9:
-        return  # keep objects off the camera
+        return None  # keep objects off the camera
     size = rng.uniform(0.25, 0.6)
     if kind == 3:
-        height_box = rng.uniform(0.3, 1.2)
-        ot, on = _hit_aabb(o, d, np.array([cx - size, 0.0, cz - size]), np.array([cx + size, height_box, cz + size]))
+        height = rng.uniform(0.3, 1.2)
+        ot, on = _hit_aabb(o, d, np.array([cx - size, 0.0, cz - size]), np.array([cx + size, height, cz + size]))
     elif kind == 4:
+        height = 2 * size
         ot, on = _hit_sphere(o, d, np.array([cx, size, cz]), size)
     else:
-        ot, on = _hit_cylinder(o, d, np.array([cx, 0.0, cz]), size, rng.uniform(0.4, 1.4))
-    hits.keep_nearer(ot, on, kind, _ALBEDO[kind] * rng.uniform(0.75, 1.25, size=3))
+        height = rng.uniform(0.4, 1.4)
+        ot, on = _hit_cylinder(o, d, np.array([cx, 0.0, cz]), size, height)
+    tint = rng.uniform(0.75, 1.25, size=3)
+    hits.keep_nearer(ot, on, kind, _ALBEDO[kind] * tint, index)
+    return SceneObject(kind, (cx, cz), float(size), float(height), tint, int((ot < _FAR).sum()))
 
 
 def _shade(

@@ -12,7 +12,7 @@ __all__ = ["folder_tables", "print_folder_report"]
 
 
 def _seen(rep: TaskReport, limit: int = 8) -> str:
-    """Classes seen with their counts (pixels, images, or positives of an attribute)."""
+    """Classes seen with their counts (pixels, images, objects, or positives of an attribute)."""
     if not rep.seen:
         return "-"
     items = sorted(rep.seen.items(), key=lambda kv: str(kv[0]))
@@ -28,8 +28,10 @@ def folder_tables(report: FolderReport) -> list[Table]:
     for rep in report.tasks:
         outputs = f"{rep.outputs}{' (read)' if rep.read_from_labels else ''}"
         labelled = [f"{rep.labelled.get(s, 0)}/{n}" for s, n in report.splits.items()]
+        if rep.objects:  # a box task: its objects too
+            labelled = [f"{cell} ({rep.objects.get(s, 0):,} objects)" for cell, s in zip(labelled, report.splits)]
         ignored = f"{100 * rep.ignored:.1f}%" if rep.ignored is not None else "-"
-        sizes = str(rep.shapes_ok) if rep.source != "labels.csv" else "-"
+        sizes = str(rep.shapes_ok) if rep.source != "labels.csv" and not rep.objects else "-"
         tasks.add_row(rep.name, rep.type, rep.kind, rep.source, outputs, *labelled, _seen(rep), ignored, sizes)
     splits = Table(title="Splits", title_justify="left")
     splits.add_column("split")

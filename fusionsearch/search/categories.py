@@ -66,8 +66,9 @@ def record_per_category(trial: optuna.Trial, study: optuna.Study, result: Any, e
 
 
 def _names(train: Any, tasks: Mapping[str, Any], which: list[str]) -> dict[str, list[str]]:
-    """Category names for display: the data set's ``classes`` for an index-map task of that
-    many classes (``seg``), and a folder's declared class or attribute names."""
+    """Category names for display, indexed by the category key: the data set's ``classes`` for an
+    index-map task of that many classes (``seg``), a folder's declared class or attribute names, and
+    ``box_classes`` (from 1) / ``box_attributes`` for ``det`` / ``box_attr``."""
     from fusionsearch.tasks.labels import IndexMap
 
     out: dict[str, list[str]] = {}
@@ -75,8 +76,12 @@ def _names(train: Any, tasks: Mapping[str, Any], which: list[str]) -> dict[str, 
     for t in which:
         own = getattr(folder.get(t), "names", ()) if isinstance(folder, Mapping) else ()
         classes = getattr(train, "classes", None)
+        boxes = {"det": getattr(train, "box_classes", None), "box_attr": getattr(train, "box_attributes", None)}
+        typ = getattr(tasks[t], "task_name", t)
         if own and len(own) == tasks[t].out_channels:
             out[t] = [str(n) for n in own]
+        elif boxes.get(typ) is not None and len(boxes[typ]) == tasks[t].out_channels:  # det counts from 1
+            out[t] = (["background"] if typ == "det" else []) + [str(n) for n in boxes[typ]]
         elif isinstance(tasks[t].label, IndexMap) and classes is not None and len(classes) == tasks[t].out_channels:
             out[t] = [str(n) for n in classes]
     return out
