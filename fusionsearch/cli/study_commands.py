@@ -208,7 +208,8 @@ def compare(
 ) -> None:
     """Train the rows of the paper's table (single-task, multi-task baseline, cross-stitch, sluice,
     NDDR, our search's best) under one budget; print them next to the paper's numbers."""
-    from fusionsearch.report.compare import build_comparison, comparison_settings
+    from fusionsearch.errors import MissingDataError
+    from fusionsearch.report.compare import build_comparison, comparison_settings, paper_comparison
     from fusionsearch.search import run_study
 
     quiet_optuna()
@@ -219,10 +220,14 @@ def compare(
     on = devices_for(devices, workers)
     if steps is not None:
         r.train = {**r.train, "steps": steps}
-    settings = comparison_settings(
-        r, study=study, storage=storage, trials=trials, artifacts=artifacts, confirm_seeds=confirm,
-        labelled=parse_labelled(labelled),
-    )  # fmt: skip
+    try:
+        settings = comparison_settings(
+            r, study=study, storage=storage, trials=trials, artifacts=artifacts, confirm_seeds=confirm,
+            labelled=parse_labelled(labelled),
+        )  # fmt: skip
+    except MissingDataError as e:  # no data here: the paper's numbers alone, said so, and exit 2
+        Console(width=max(console.width, 160)).print(paper_comparison(r, "no data on this machine").rich())
+        raise MissingDataError(f"{e}: the table above is the paper's alone; give the data with --data NAME:PATH") from e
     what = "grid points" if settings.sampler == "grid" else "searched trials"
     title = f"comparison {settings.study}: rows {', '.join(settings.baselines)} + {settings.trials} {what}"
     done = run_study(r, settings, on, title=title, quiet=quiet, console=console, log=say, note=note)

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
         compare_rows,
         comparison_settings,
         is_grid,
+        paper_comparison,
     )
     from fusionsearch.report.data_check import folder_tables, print_folder_report
     from fusionsearch.report.export import ExportedBest, best_to_export, export_best
@@ -64,6 +65,7 @@ _HOMES: dict[str, str] = {
     "build_comparison": "fusionsearch.report.compare",
     "compare_rows": "fusionsearch.report.compare",
     "is_grid": "fusionsearch.report.compare",
+    "paper_comparison": "fusionsearch.report.compare",
     "comparison_settings": "fusionsearch.report.compare",
     "folder_tables": "fusionsearch.report.data_check",
     "print_folder_report": "fusionsearch.report.data_check",
@@ -107,6 +109,7 @@ __all__ = [
     "build_comparison",
     "compare_rows",
     "is_grid",
+    "paper_comparison",
     "comparison_settings",
     "folder_tables",
     "print_folder_report",

@@ -24,7 +24,15 @@ from fusionsearch.search.experiment import COMPARE_ROWS, Experiment
 from fusionsearch.search.recipe import Recipe, RecipeError
 from fusionsearch.search.study import StudySettings, check_fusion_tasks, grid_points, labelled_suffix
 
-__all__ = ["Comparison", "compare_rows", "build_comparison", "is_grid", "DEFAULT_ROWS", "comparison_settings"]
+__all__ = [
+    "Comparison",
+    "compare_rows",
+    "build_comparison",
+    "paper_comparison",
+    "is_grid",
+    "DEFAULT_ROWS",
+    "comparison_settings",
+]
 
 # paper row name -> the baseline that trains it
 DEFAULT_ROWS = {
@@ -205,6 +213,29 @@ def build_comparison(study: optuna.Study, recipe: Recipe) -> Comparison:
     if searched and not is_grid(recipe):
         rows.append(_search_row(searched))
     _add_confirmations(study, rows)
+    title = recipe.paper.get("table") or f"{recipe.name}: {recipe.backbone}, {', '.join(recipe.tasks)}"
+    return Comparison(str(title), _columns(recipe, exp), rows, recipe.gain.describe())
+
+
+def paper_comparison(recipe: Recipe, why: str = "no data") -> Comparison:
+    """The paper's table alone, our cells empty: what ``compare`` prints when the recipe's data is
+    not on this machine, so the published numbers are there to read, and nothing looks measured."""
+    exp = Experiment(recipe)
+    paper_dm = _paper_delta_m(recipe, exp.directions())
+    paper_rows: Mapping[str, Any] = recipe.paper.get("rows", {})
+    trained = compare_rows(recipe)
+    labels = list(dict.fromkeys([*trained, *paper_rows]))
+    rows = [
+        {
+            "label": label,
+            "ours": {},
+            "paper": paper_rows.get(label, {}),
+            "dm": None,
+            "paper_dm": paper_dm(paper_rows.get(label)),
+            "plan": f"not run: {why}" if label in trained else "not a row fusionsearch trains",
+        }
+        for label in labels
+    ]
     title = recipe.paper.get("table") or f"{recipe.name}: {recipe.backbone}, {', '.join(recipe.tasks)}"
     return Comparison(str(title), _columns(recipe, exp), rows, recipe.gain.describe())
 

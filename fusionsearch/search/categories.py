@@ -76,12 +76,15 @@ def _names(train: Any, tasks: Mapping[str, Any], which: list[str]) -> dict[str, 
     for t in which:
         own = getattr(folder.get(t), "names", ()) if isinstance(folder, Mapping) else ()
         classes = getattr(train, "classes", None)
-        boxes = {"det": getattr(train, "box_classes", None), "box_attr": getattr(train, "box_attributes", None)}
+        boxes: dict[str, Any] = {
+            "det": getattr(train, "box_classes", None),
+            "box_attr": getattr(train, "box_attributes", None),
+        }
         typ = getattr(tasks[t], "task_name", t)
         if own and len(own) == tasks[t].out_channels:
             out[t] = [str(n) for n in own]
-        elif boxes.get(typ) is not None and len(boxes[typ]) == tasks[t].out_channels:  # det counts from 1
-            out[t] = (["background"] if typ == "det" else []) + [str(n) for n in boxes[typ]]
+        elif (named := boxes.get(typ)) is not None and len(named) == tasks[t].out_channels:  # det counts from 1
+            out[t] = (["background"] if typ == "det" else []) + [str(n) for n in named]
         elif isinstance(tasks[t].label, IndexMap) and classes is not None and len(classes) == tasks[t].out_channels:
             out[t] = [str(n) for n in classes]
     return out
