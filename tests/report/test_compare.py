@@ -63,3 +63,17 @@ def test_compare_on_an_ablation_grid(tmp_path, monkeypatch):
     assert "+ 2 grid points" in result.output
     md = (tmp_path / "grid-compare.md").read_text()
     assert "init_1_0" in md and "init_0.9_0.1" in md and "(36.2)" in md and "not run" not in md
+
+
+def test_compare_without_the_data_prints_the_papers_table_alone_and_says_so(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from fusionsearch.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["compare", "--recipe", "cs_nyuv2"])
+    assert result.exit_code == 2, result.output
+    assert "(34.1)" in result.output and "not run" in result.output  # Table 5 cross-stitch: mean angle, ours empty
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "the table above is the paper's alone" in last
+    assert not (tmp_path / "fusionsearch.db").exists()
