@@ -1,9 +1,10 @@
 """What the columns learn: the label kinds (``labels``), the task contract and registry (``task``),
 the built-in tasks with their heads, losses and metrics (``dense``: per pixel; ``per_image``;
-``attributes``: multi-label; ``pascal``: human parts and saliency; ``points``: landmarks), Delta-m
-over the tasks' metrics (``delta``), the resizing of dense maps that labels and heads share
-(``resize``), and how task losses or gradients are combined (``weighting``). Depends on ``graph``
-for nothing, on torch only.
+``attributes``: multi-label; ``pascal``: human parts and saliency; ``points``: landmarks;
+``detection``: boxes, with VOC AP from ``voc``), Delta-m over the tasks' metrics (``delta``), the
+resizing of dense maps that labels and heads share (``resize``), and how task losses or gradients
+are combined (``weighting``). Depends on ``graph`` for nothing, on torch (and torchvision's
+detection parts) only.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from fusionsearch.tasks.dense import (
     Normals,
     Segmentation,
 )
+from fusionsearch.tasks.detection import Detection, RegionHead, RegionOutput
 from fusionsearch.tasks.labels import (
     LABEL_KINDS,
     ClassLabel,
@@ -61,6 +63,7 @@ from fusionsearch.tasks.task import (
     task_class,
     unlabelled_like,
 )
+from fusionsearch.tasks.voc import VOCEvaluator, voc_ap
 from fusionsearch.tasks.weighting import (
     GRADIENT_LEVEL,
     LOSS_LEVEL,
@@ -93,6 +96,11 @@ __all__ = [
     "BOXES",
     "empty_boxes",
     "make_boxes",
+    "Detection",
+    "RegionHead",
+    "RegionOutput",
+    "VOCEvaluator",
+    "voc_ap",
     "label_kind",
     "task_class",
     "task_arguments",
