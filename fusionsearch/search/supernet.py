@@ -44,9 +44,9 @@ from fusionsearch.train import (
     fit,
     lr_factor,
     make_optimizer,
+    to_device,
     train_loader,
 )
-from fusionsearch.train.trainer import _to as to_device
 
 __all__ = [
     "SupernetRun",
