@@ -134,10 +134,8 @@ class VOCEvaluator:
             order = torch.sort(sc, descending=True, stable=True).indices  # the image's part of the global order
             best_iou, best = box_iou(dets, boxes).max(1)
             taken = torch.zeros(len(boxes), dtype=torch.bool)
-            for i in order.tolist():
+            for i in order[best_iou[order] >= self.iou].tolist():  # the rest are false positives
                 j = int(best[i])
-                if best_iou[i] < self.iou:
-                    continue
                 if difficult[j]:
                     outcome[-1][i] = -1
                 elif not taken[j]:
