@@ -44,6 +44,7 @@ from fusionsearch.train import (
     fit,
     lr_factor,
     make_optimizer,
+    to_device,
     train_loader,
 )
 
@@ -175,7 +176,7 @@ def train_supernet(
             preds, extra = net(image, return_extra=True)
             loss = cast(
                 torch.Tensor,
-                sum(tasks[t].loss_weight * tasks[t].loss(preds[t].float(), batch[t].to(dev)) for t in present),
+                sum(tasks[t].loss_weight * tasks[t].loss(preds[t].float(), to_device(batch[t], dev)) for t in present),
             )
             if penalties == "units" and extra.requires_grad:  # a penalty exists only where a unit made it
                 (loss / len(paths)).backward(retain_graph=True)

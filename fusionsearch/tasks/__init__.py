@@ -1,16 +1,17 @@
 """What the columns learn: the label kinds (``labels``), the task contract and registry (``task``),
 the built-in tasks with their heads, losses and metrics (``dense``: per pixel; ``per_image``;
-``attributes``: multi-label; ``box_attributes``: per-box attributes; ``pascal``: human parts and
-saliency; ``points``: landmarks), Delta-m over the tasks' metrics (``delta``), the resizing of
-dense maps that labels and heads share (``resize``), and how task losses or gradients are combined
-(``weighting``). Depends on ``graph`` for nothing, on torch (and torchvision's region ops) only.
+``attributes``: multi-label; ``box_attributes``: per-box attributes; ``detection``: boxes, with
+VOC AP from ``voc``; ``pascal``: human parts and saliency; ``points``: landmarks), Delta-m over the
+tasks' metrics (``delta``), the resizing of dense maps that labels and heads share (``resize``), and
+how task losses or gradients are combined (``weighting``). Depends on ``graph`` for nothing, on
+torch (and torchvision's detection parts and region ops) only.
 """
 
 from __future__ import annotations
 
 from fusionsearch.tasks.attributes import Attributes, attribute_ap
-from fusionsearch.tasks.box_attributes import BoxAttributes, RegionOutput
-from fusionsearch.tasks.boxes import BOXES, Boxes, empty_boxes, make_boxes
+from fusionsearch.tasks.box_attributes import BoxAttributes
+from fusionsearch.tasks.boxes import BOXES, Boxes, RegionOutput, empty_boxes, make_boxes
 from fusionsearch.tasks.delta import (
     DeltaM,
     delta_m,
@@ -22,6 +23,7 @@ from fusionsearch.tasks.dense import (
     Normals,
     Segmentation,
 )
+from fusionsearch.tasks.detection import Detection, RegionHead
 from fusionsearch.tasks.labels import (
     LABEL_KINDS,
     ClassLabel,
@@ -62,6 +64,7 @@ from fusionsearch.tasks.task import (
     task_class,
     unlabelled_like,
 )
+from fusionsearch.tasks.voc import VOCEvaluator, voc_ap
 from fusionsearch.tasks.weighting import (
     GRADIENT_LEVEL,
     LOSS_LEVEL,
@@ -94,6 +97,11 @@ __all__ = [
     "BOXES",
     "empty_boxes",
     "make_boxes",
+    "Detection",
+    "RegionHead",
+    "RegionOutput",
+    "VOCEvaluator",
+    "voc_ap",
     "label_kind",
     "task_class",
     "task_arguments",
@@ -115,7 +123,6 @@ __all__ = [
     "Attributes",
     "attribute_ap",
     "BoxAttributes",
-    "RegionOutput",
     "HumanParts",
     "Saliency",
     "SALIENCY_THRESHOLDS",

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -42,11 +41,11 @@ from torchvision.ops import box_iou, clip_boxes_to_image, roi_align
 
 from fusionsearch.errors import DataError, PlanError
 from fusionsearch.tasks.attributes import _pos_weight, attribute_loss, attribute_metrics, per_attribute
-from fusionsearch.tasks.boxes import BOXES, BoxLabel
+from fusionsearch.tasks.boxes import BOXES, BoxLabel, RegionOutput
 from fusionsearch.tasks.labels import LabelKind
 from fusionsearch.tasks.task import Task, register_task
 
-__all__ = ["BoxAttrHead", "BoxAttributes", "RegionOutput", "jitter_boxes", "match_attributes"]
+__all__ = ["BoxAttrHead", "BoxAttributes", "jitter_boxes", "match_attributes"]
 
 
 def jitter_boxes(
@@ -100,23 +99,6 @@ class BoxAttrHead(nn.Module):
         r = self.roi_size
         pooled = roi_align(features.float(), scaled, (r, r), spatial_scale=1.0, sampling_ratio=2, aligned=True)
         return self.attrs(self.box_head(pooled))
-
-
-@dataclass(eq=False)
-class RegionOutput:
-    """What ``box_attr``'s head returns: the features, the input's (H, W) and the head that pools
-    boxes of them (``logits``). ``float()`` is itself: the pooling runs in the loss and metrics."""
-
-    features: Tensor
-    image_size: tuple[int, int]
-    head: BoxAttrHead
-
-    def float(self) -> RegionOutput:
-        return self
-
-    def logits(self, boxes: Sequence[Tensor]) -> Tensor:
-        """The attribute logits of ``boxes`` (one (n_i, 4) tensor per image of the batch)."""
-        return self.head.predict(self.features, boxes, self.image_size)
 
 
 @register_task("box_attr")
@@ -191,8 +173,8 @@ class BoxAttributes(Task):
     def loss(self, pred: Any, target: Any) -> Tensor:
         """BCE over the labelled attributes of the foreground RoIs (their mean); 0 with a graph
         and zero gradient when the batch has none (no image labelled, no boxes, no attrs)."""
-        rois, targets = self.regions(target, pred.image_size)
-        return attribute_loss(pred.logits(rois), targets, self.pos_weight)
+        rois, targets = self.regions(target, pred.size)
+        return attribute_loss(pred.head.predict(pred.features, rois, pred.size), targets, self.pos_weight)
 
     def reset(self) -> None:
         self.scores: list[Tensor] = []
@@ -205,7 +187,7 @@ class BoxAttributes(Task):
             return
         boxes = [t["boxes"] if k else t["boxes"].new_zeros(0, 4) for t, k in zip(target, keep)]
         with torch.no_grad():
-            logits = pred.logits(boxes)
+            logits = pred.head.predict(pred.features, boxes, pred.size)
         self.scores.append(logits.detach().float().sigmoid().cpu())
         self.targets.append(torch.cat([t["attrs"] for t, k in zip(target, keep) if k]).cpu().to(torch.int8))
 

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from fusionsearch.tasks.labels import LabelKind, register_label_kind
 
-__all__ = ["Boxes", "BOXES", "empty_boxes", "make_boxes"]
+__all__ = ["Boxes", "BOXES", "empty_boxes", "make_boxes", "RegionOutput"]
 
 BoxLabel = dict[str, Tensor]
 
@@ -86,3 +86,26 @@ class Boxes(LabelKind):
 
 
 BOXES = Boxes()
+
+
+class RegionOutput:
+    """What a region head (``det``, ``box_attr``) returns when the net runs: its input features
+    (B, C, h, w), the image's (H, W) and the head itself, which the task's ``loss`` and ``update``
+    run on the regions the targets give (torchvision's RPN and RoI heads take the targets in their
+    forward pass; ``box_attr`` pools the ground-truth boxes); in eval mode a detector also puts its
+    ``detections`` (torchvision's list of dicts) here. ``float()`` returns itself: training casts
+    every prediction to float before its loss."""
+
+    def __init__(self, features: Tensor, size: tuple[int, int], head: Any, detections: Any = None) -> None:
+        self.features = features
+        self.size = (int(size[0]), int(size[1]))
+        self.head = head
+        self.detections = detections
+
+    def float(self) -> RegionOutput:
+        return self
+
+    def select(self, keep: Sequence[int]) -> RegionOutput:
+        """The output of the images ``keep`` only."""
+        dets = None if self.detections is None else [self.detections[i] for i in keep]
+        return RegionOutput(self.features[list(keep)], self.size, self.head, dets)

@@ -47,10 +47,12 @@ from fusionsearch.train.trainer import (
     fit,
     lr_factor,
     make_optimizer,
+    to_device,
 )
 
 __all__ = [
     "TrainConfig",
+    "to_device",
     "NonFiniteLossError",
     "fit",
     "evaluate",

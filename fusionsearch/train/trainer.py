@@ -40,6 +40,7 @@ __all__ = [
     "calibrates",
     "calibrate",
     "make_optimizer",
+    "to_device",
 ]
 
 
@@ -77,15 +78,18 @@ def _device(net: StitchedNet, device: str | torch.device | None) -> torch.device
     return torch.device(device)
 
 
-def _to(batch: Any, device: torch.device) -> Any:
+def to_device(batch: Any, device: torch.device) -> Any:
     """A batch on ``device``: its tensors, also inside the lists and dicts a kind collates into."""
     if isinstance(batch, Tensor):
         return batch.to(device, non_blocking=True)
     if isinstance(batch, Mapping):
-        return {k: _to(v, device) for k, v in batch.items()}
+        return {k: to_device(v, device) for k, v in batch.items()}
     if isinstance(batch, (list, tuple)):
-        return type(batch)(_to(v, device) for v in batch)
+        return type(batch)(to_device(v, device) for v in batch)
     return batch
+
+
+_to = to_device
 
 
 @torch.no_grad()

@@ -72,7 +72,7 @@ def test_a_background_roi_adds_nothing_to_the_loss_and_a_foreground_one_does():
     assert len(rois[0]) == 14 and len(rois[1]) == 0 and targets.shape == (14, A)
     bg = targets.eq(-1).all(1)
     assert 0 < int(bg.sum()) < 12 and not bg[:2].any()  # the jitter makes some background; GT never is
-    logits = pred.logits(rois)
+    logits = pred.head.predict(pred.features, rois, pred.size)
     torch.manual_seed(3)  # the same draw: the loss trains on these RoIs
     loss = task.loss(pred, target)
     torch.testing.assert_close(loss, attribute_loss(logits[~bg], targets[~bg]))
