@@ -209,7 +209,6 @@ def train(
     """Train one plan and print its metrics (and Delta-m against single-task baselines)."""
     from fusionsearch.data import describe_labelled
     from fusionsearch.nets import save
-    from fusionsearch.report.leaderboard import metrics_table
     from fusionsearch.search.experiment import Experiment
     from fusionsearch.train.devices import check_device
 
@@ -230,14 +229,24 @@ def train(
     )  # fmt: skip
     weights = parse_weights(loss_weight) or None
     result = exp.train(stitch, cfg=cfg, loss_weights=weights, device=device, checkpoint=checkpoint)
-    title = f"{r.backbone} {plan} {stitch.unit if plan == 'fused' else ''} after {result.step} steps"
-    console.print(metrics_table(title, result.metrics, exp.directions(), base))
-    if base:
-        say(f"Delta-m vs single-task: {exp.delta_m(result.metrics, base):+.2f}%")
+    _print_result(exp, result, f"{r.backbone} {plan} {stitch.unit if plan == 'fused' else ''}", base)
     _write_json(save_metrics, result.metrics)
     if out:
         save(result.net, out, weighting=result.history.get("weighting"))
         say(f"saved to {out}")
+
+
+def _print_result(exp: Any, result: Any, what: str, base: Any) -> None:
+    """``train``'s output: the metrics table, each task's per-category results (per-class AP of
+    ``det``, ...), and Delta-m against the single-task metrics when given."""
+    from fusionsearch.report.leaderboard import metrics_table
+    from fusionsearch.search.categories import per_category_lines
+
+    console.print(metrics_table(f"{what} after {result.step} steps", result.metrics, exp.directions(), base))
+    for line in per_category_lines(result, exp):
+        say(line)
+    if base:
+        say(f"Delta-m vs single-task: {exp.delta_m(result.metrics, base):+.2f}%")
 
 
 def _write_json(where: str | None, value: Any) -> None:

@@ -4,6 +4,7 @@ boxes for ``det`` and ``box_attr``), generated on the fly."""
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -49,10 +50,10 @@ class SyntheticScenes(MultiTaskDataset):
     takes_seed = True
 
     @staticmethod
-    def tasks_for(boxes: bool = False, **_: object) -> dict[str, int]:
-        """The labels the scenes provide: seg, normal, depth, and with ``boxes`` det (3 classes)
-        and box_attr (12 attributes)."""
-        extra = {"det": len(BOX_CLASSES), "box_attr": len(BOX_ATTRIBUTES)} if boxes else {}
+    def tasks_for(boxes: bool = False, tasks: Sequence[str] | None = None, **_: object) -> dict[str, int]:
+        """The labels the scenes provide: seg, normal, depth, and with ``boxes`` (or when the study's
+        ``tasks`` name a region task) det (3 classes) and box_attr (12 attributes)."""
+        extra = {"det": len(BOX_CLASSES), "box_attr": len(BOX_ATTRIBUTES)} if _with_boxes(boxes, tasks) else {}
         return {**SyntheticScenes.tasks, **extra}
 
     def __init__(
@@ -62,6 +63,7 @@ class SyntheticScenes(MultiTaskDataset):
         size: int | tuple[int, int] = 128,
         seed: int = 0,
         boxes: bool = False,
+        tasks: Sequence[str] | None = None,
     ):
         if split not in _SPLITS:
             raise ArgumentError(f"split must be one of {', '.join(_SPLITS)}, got {split!r}")
@@ -73,7 +75,7 @@ class SyntheticScenes(MultiTaskDataset):
         self.length = int(length)
         self.size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
         self.seed = int(seed)
-        self.boxes = bool(boxes)
+        self.boxes = _with_boxes(boxes, tasks)
         self.tasks = self.tasks_for(boxes=self.boxes)
 
     def __len__(self) -> int:
@@ -111,6 +113,12 @@ class SyntheticScenes(MultiTaskDataset):
             label = make_boxes(*scene_boxes(s), num_attrs=len(BOX_ATTRIBUTES))
             item["det"] = item["box_attr"] = label
         return item
+
+
+def _with_boxes(boxes: bool, tasks: Sequence[str] | None) -> bool:
+    """Boxes are rendered when asked for, or when the study's tasks (which ``Experiment`` passes
+    to a data set that takes ``tasks``) include a region task: ``--tasks det,box_attr`` needs no flag."""
+    return bool(boxes) or any(t in ("det", "box_attr") for t in tasks or ())
 
 
 @functools.lru_cache(maxsize=8)

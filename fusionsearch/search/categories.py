@@ -27,7 +27,7 @@ import optuna
 from fusionsearch.data.categories import training_counts
 from fusionsearch.errors import FusionSearchError, FusionSearchWarning
 
-__all__ = ["record_per_category", "COUNTS_ATTR", "NAMES_ATTR", "per_category_attr"]
+__all__ = ["record_per_category", "COUNTS_ATTR", "NAMES_ATTR", "per_category_attr", "per_category_lines"]
 
 COUNTS_ATTR = "category_counts"
 NAMES_ATTR = "category_names"
@@ -88,3 +88,24 @@ def _names(train: Any, tasks: Mapping[str, Any], which: list[str]) -> dict[str, 
         elif isinstance(tasks[t].label, IndexMap) and classes is not None and len(classes) == tasks[t].out_channels:
             out[t] = [str(n) for n in classes]
     return out
+
+
+def per_category_lines(result: Any, exp: Any, limit: int = 20) -> list[str]:
+    """One line per task with per-category results, for ``train``'s output: each category's value
+    (per-class AP of ``det``, per-class IoU of ``seg``, per-attribute AP), named where the data set
+    names its categories; a task of more than ``limit`` categories shows its first ``limit``."""
+    per = getattr(result, "per_category", None) or {}
+    if not per:
+        return []
+    names = _names(exp.datasets()[0], exp.tasks(), list(per))
+    lines = []
+    for task, values in per.items():
+        own = names.get(task, [])
+        cells = [
+            f"{own[int(c)] if c.isdigit() and int(c) < len(own) else c} "
+            f"{'-' if v is None or not math.isfinite(v) else f'{v:.1f}'}"
+            for c, v in list(values.items())[:limit]
+        ]
+        more = f", ... ({len(values)} in all)" if len(values) > limit else ""
+        lines.append(f"{task} per category: " + ", ".join(cells) + more)
+    return lines

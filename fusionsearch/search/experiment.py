@@ -79,6 +79,8 @@ class Experiment:
             cls = DATASETS.get(name)
             if getattr(cls, "takes_seed", False):
                 common.setdefault("seed", self.seed)
+            if _takes(cls, "tasks"):  # a set that reads (or renders) only what the study uses
+                common.setdefault("tasks", list(self.recipe.tasks))
             lengths = getattr(cls, "default_lengths", {}) or {}
             train_len, val_len = train_len or lengths.get("train"), val_len or lengths.get("val")
             train = get_dataset(name, split="train", length=train_len, **common)
@@ -99,6 +101,8 @@ class Experiment:
         else:
             cls = DATASETS.get(self.recipe.data["name"])
             args = {k: v for k, v in self.recipe.data.items() if k not in ("name", "labelled")}
+            if hasattr(cls, "tasks_for") and _takes(cls.tasks_for, "tasks"):
+                args.setdefault("tasks", list(self.recipe.tasks))
             provided = cls.tasks_for(**args) if hasattr(cls, "tasks_for") else getattr(cls, "tasks", {})
         missing = [t for t in self.recipe.tasks if t not in provided]
         if missing:
@@ -381,6 +385,16 @@ def column_weights_of(net: StitchedNet) -> list[dict[str, torch.Tensor]]:
                     sd.update({k: v.detach().clone() for k, v in graph.state_dict().items()})
         out.append(sd)
     return out
+
+
+def _takes(fn: Any, name: str) -> bool:
+    """Whether a data set's constructor (or ``tasks_for``) has a parameter ``name``."""
+    import inspect
+
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _head_args(args: Mapping[str, Any]) -> dict[str, Any]:
