@@ -47,6 +47,7 @@ from fusionsearch.data.transforms import (
     MissingDataError,
     as_hw,
     check_root,
+    check_shape,
     clean_depth,
     finish_item,
 )
@@ -90,13 +91,6 @@ def _load(path: Path) -> np.ndarray:
         return np.load(path, allow_pickle=False)
     except (OSError, ValueError) as e:
         raise DataError(f"cannot read {str(path)!r}: {e}") from e
-
-
-def _check_shape(arr: np.ndarray, shapes: tuple[tuple[int, ...], ...], path: Path, what: str) -> np.ndarray:
-    if arr.shape not in shapes:
-        want = " or ".join(str(s) for s in shapes)
-        raise DataError(f"Cityscapes {what} {str(path)!r} has shape {arr.shape}, expected {want}")
-    return arr
 
 
 def _seg_tensor(label: np.ndarray, num_classes: int, path: Path) -> Tensor:
@@ -221,7 +215,7 @@ class Cityscapes(MultiTaskDataset):
         item = {"image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))}
         for task, folder in self.folders.items():
             path = folder / stem
-            arr = _check_shape(_load(path), (hw, (*hw, 1)), path, f"{task} label").reshape(hw)
+            arr = check_shape(_load(path), (hw, (*hw, 1)), path, f"Cityscapes {task} label").reshape(hw)
             if task == "depth":
                 item[task] = clean_depth(torch.from_numpy(arr.astype(np.float32))[None])
             else:

@@ -49,6 +49,7 @@ from fusionsearch.data.transforms import (
     MissingDataError,
     as_hw,
     check_root,
+    check_shape,
     clean_depth,
     clean_normals,
     finish_item,
@@ -162,13 +163,6 @@ def _read_array(path: Path, mat_key: str = "", rgb: bool = False) -> np.ndarray:
     return np.asarray(mat[mat_key])
 
 
-def _check_shape(arr: np.ndarray, shapes: tuple[tuple[int, ...], ...], path: Path, what: str) -> np.ndarray:
-    if arr.shape not in shapes:
-        want = " or ".join(str(s) for s in shapes)
-        raise DataError(f"{what} {str(path)!r} has shape {arr.shape}, expected {want} (the image's size)")
-    return arr
-
-
 def _seg_tensor(label: np.ndarray, offset: int, num_classes: int) -> Tensor:
     """Stored labels -> 0..num_classes-1 with everything else (void, -1, NaN, out of range) = 255."""
     lab = np.rint(label.astype(np.float64)) - offset
@@ -242,16 +236,16 @@ class NYUv2(MultiTaskDataset):
         image = _read_array(s.image, rgb=True)
         image = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(np.float32)
         hw = image.shape[:2]
-        _check_shape(image, ((*hw, 3),), s.image, "image")
+        check_shape(image, ((*hw, 3),), s.image, "image")
 
-        seg = _check_shape(_read_array(s.seg, "segmentation"), (hw, (*hw, 1)), s.seg, "label").reshape(hw)
+        seg = check_shape(_read_array(s.seg, "segmentation"), (hw, (*hw, 1)), s.seg, "label").reshape(hw)
         offset = 1 if self.layout == "nyud" else 0  # nyud: 0 = void, k = class k - 1; mtan: -1 = void
 
-        normal = _check_shape(_read_array(s.normal, rgb=True), ((*hw, 3),), s.normal, "normal")
+        normal = check_shape(_read_array(s.normal, rgb=True), ((*hw, 3),), s.normal, "normal")
         if normal.dtype == np.uint8:  # 8-bit encoding of the ASTMT release
             normal = normal.astype(np.float32) * (2.0 / 255.0) - 1.0
 
-        depth = _check_shape(_read_array(s.depth, "depth"), (hw, (*hw, 1)), s.depth, "depth").reshape(hw)
+        depth = check_shape(_read_array(s.depth, "depth"), (hw, (*hw, 1)), s.depth, "depth").reshape(hw)
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
             "seg": _seg_tensor(seg, offset, self.num_classes),

@@ -26,6 +26,7 @@ __all__ = [
     "DataError",
     "MissingDataError",
     "as_hw",
+    "check_shape",
     "check_root",
     "clean_depth",
     "clean_normals",
@@ -48,6 +49,14 @@ def check_root(root: str | Path, what: str) -> Path:
     if not path.is_dir():
         raise MissingDataError(f"{what} root {str(path)!r} does not exist or is not a folder")
     return path
+
+
+def check_shape(arr: Any, shapes: tuple[tuple[int, ...], ...], path: str | Path, what: str) -> Any:
+    """``arr`` if its shape is one of ``shapes`` (the image's size), else a DataError naming the file."""
+    if tuple(arr.shape) not in shapes:
+        want = " or ".join(str(s) for s in shapes)
+        raise DataError(f"{what} {str(path)!r} has shape {tuple(arr.shape)}, expected {want} (the image's size)")
+    return arr
 
 
 def as_hw(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
