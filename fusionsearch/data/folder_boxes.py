@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from fusionsearch.data.folder_layout import FolderLayout, FolderTask, _rel, is_box_type, make_task
+from fusionsearch.data.folder_layout import FolderLayout, FolderTask, _rel, is_box_type, make_task, read_text
 from fusionsearch.tasks.boxes import Boxes
 
 __all__ = ["is_boxes", "read_box_folder", "read_coco", "finish_box_task", "box_tasks"]
@@ -37,9 +37,13 @@ def is_boxes(task: FolderTask) -> bool:
 
 
 def _load_json(layout: FolderLayout, path: Path) -> Any:
+    """A JSON file through ``read_text`` (a FIFO or device is refused, not read for ever)."""
+    text = read_text(layout, path)
+    if text is None:
+        return None
     try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
         layout.problems.append(f"{_rel(layout, path)}: not readable JSON ({' '.join(str(e).split())})")
         return None
 

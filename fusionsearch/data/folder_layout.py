@@ -124,17 +124,20 @@ def _rel(layout: FolderLayout, path: Path) -> str:
         return str(path)
 
 
-MAX_SIDE_FILE_BYTES = 1 << 20  # tasks.yaml and the split lists are pages of text, not data
+MAX_SIDE_FILE_BYTES = 1 << 20  # tasks.yaml is a page of settings, not data
+# labels.csv and the split lists grow with the data (CelebA's 200k rows of 40 attributes: ~20 MB)
+MAX_LIST_BYTES = 1 << 30
 
 
-def read_text(layout: FolderLayout, path: Path) -> str | None:
-    """A small text file, or None with a problem naming it (a FIFO, a huge or binary file)."""
+def read_text(layout: FolderLayout, path: Path, limit: int = MAX_LIST_BYTES) -> str | None:
+    """A text file of at most ``limit`` bytes, or None with a problem naming it (a FIFO or device,
+    a file over the limit, a binary file)."""
     try:
         if not path.is_file():
             layout.problems.append(f"{_rel(layout, path)}: not a regular file")
             return None
-        if path.stat().st_size > MAX_SIDE_FILE_BYTES:
-            layout.problems.append(f"{_rel(layout, path)}: {path.stat().st_size:,} bytes, over the limit of 1 MiB")
+        if path.stat().st_size > limit:
+            layout.problems.append(f"{_rel(layout, path)}: {path.stat().st_size:,} bytes, over the limit of {limit:,}")
             return None
         return path.read_text()
     except (OSError, UnicodeDecodeError) as e:
@@ -149,7 +152,7 @@ def tasks_yaml(layout: FolderLayout) -> dict[str, dict[str, Any]]:
     path = layout.root / "tasks.yaml"
     if not path.exists():
         return {}
-    text = read_text(layout, path)
+    text = read_text(layout, path, MAX_SIDE_FILE_BYTES)
     if text is None:
         return {}
     try:

@@ -140,3 +140,16 @@ def test_partial_labels_on_a_folder_and_a_recipe_reads_its_types(tmp_path):
     assert type(tasks["quality"]).__name__ == "Classification" and tasks["quality"].out_channels == 2
     assert exp.directions()["shade"] == {"abs_err": False, "abs_rel": False, "rmse": False}
     assert exp.head_args() == {"quality": {"task": "cls"}, "shade": {"task": "depth"}}
+
+
+def test_a_fifo_or_device_in_place_of_a_side_file_is_a_problem_not_a_hang(tmp_path):
+    import os
+
+    root = write_folder(tmp_path)
+    (root / "labels.csv").unlink()
+    os.mkfifo(root / "labels.csv")  # reading it would block for ever
+    (root / "tasks.yaml").unlink()
+    (root / "tasks.yaml").symlink_to("/dev/zero")  # reading it would fill the memory
+    problems = scan(root).problems
+    assert any(p.startswith("labels.csv: not a regular file") for p in problems), problems
+    assert any(p.startswith("tasks.yaml: not a regular file") for p in problems), problems
