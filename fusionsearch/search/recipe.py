@@ -435,11 +435,15 @@ def load_yaml(text: str, source: str = "recipe") -> Any:
 
 
 def parse_data(spec: str | None, base: Mapping[str, Any]) -> dict[str, Any]:
-    """``--data`` on the command line: ``synthetic``, ``nyuv2:PATH`` or ``imdb_wiki:PATH``
-    replaces the recipe's data set (keeping its size, lengths and labelled shares)."""
+    """``--data`` on the command line: ``NAME`` or ``NAME:ROOT`` (``synthetic``, ``folder:PATH``,
+    ``celeba:PATH``, ...). Another data set than the recipe's replaces it, keeping the recipe's size,
+    lengths and labelled shares; the recipe's own data set only moves to ``ROOT``, keeping every
+    other setting (CelebA's attribute groups, Cityscapes' class set, NYUv2's layout)."""
     if not spec:
         return dict(base)
     name, sep, root = spec.partition(":")
+    if name == base.get("name"):
+        return {**base, **({"root": root} if sep else {})}
     keep = {k: v for k, v in base.items() if k in ("size", "train_length", "val_length")}
     shares = base.get("labelled") or {}
     if shares and all(isinstance(v, (int, float)) for v in shares.values()):

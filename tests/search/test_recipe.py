@@ -65,3 +65,13 @@ def test_every_recipe_loads_validates_and_builds(name):
     with torch.no_grad():
         out = net.eval()(x)
     assert set(out) == set(r.tasks)
+
+
+def test_data_on_the_command_line_moves_the_recipes_own_data_set_and_replaces_another():
+    from fusionsearch.search.recipe import parse_data
+
+    celeba = {"name": "celeba", "root": "data/celeba", "size": 64, "attributes": {"hair": ["Black_Hair"]}}
+    assert parse_data("celeba:/d/celeba", celeba) == {**celeba, "root": "/d/celeba"}  # groups kept
+    assert parse_data("celeba", celeba) == celeba
+    other = parse_data("folder:/d/mine", {**celeba, "labelled": {"attr": 0.1}})
+    assert other == {"name": "folder", "root": "/d/mine", "size": 64, "labelled": {"attr": 0.1}}
