@@ -435,20 +435,13 @@ def load_yaml(text: str, source: str = "recipe") -> Any:
 
 
 def parse_data(spec: str | None, base: Mapping[str, Any]) -> dict[str, Any]:
-    """``--data`` on the command line: ``NAME`` or ``NAME:ROOT`` (``synthetic``, ``folder:PATH``,
-    ``celeba:PATH``, ...). Another data set than the recipe's replaces it, keeping the recipe's size,
-    lengths and labelled shares; the recipe's own data set only moves to ``ROOT``, keeping every
-    other setting (CelebA's attribute groups, Cityscapes' class set, NYUv2's layout)."""
-    if not spec:
-        return dict(base)
-    name, sep, root = spec.partition(":")
-    if name == base.get("name"):
+    """``--data NAME[:ROOT]``: the recipe's own data set moves to ROOT, keeping its settings (CelebA's
+    groups, NYUv2's layout); another replaces it, keeping size, lengths and labelled shares."""
+    name, sep, root = (spec or "").partition(":")
+    if not spec or name == base.get("name"):
         return {**base, **({"root": root} if sep else {})}
     keep = {k: v for k, v in base.items() if k in ("size", "train_length", "val_length")}
     shares = base.get("labelled") or {}
     if shares and all(isinstance(v, (int, float)) for v in shares.values()):
         keep["labelled"] = dict(shares)  # shares mean the same on any data set; id lists do not
-    out: dict[str, Any] = {**keep, "name": name}
-    if sep:
-        out["root"] = root
-    return out
+    return {**keep, "name": name, **({"root": root} if sep else {})}
