@@ -8,7 +8,8 @@ README; progress lines go to stderr.
 
 Options: ``--out FILE.json`` also writes every row (with its raw numbers) as JSON; ``--sections
 step_time,rerun`` runs a subset. The default device is ``cuda:0`` when CUDA is available, else the
-CPU. Without ``--tiny`` the nets are resnet50 at 288 x 384 (NYUv2's MTAN size), batch 8, and the
+CPU. A device this machine lacks, an ``--out`` that cannot be written or an unknown section is one
+``error:`` line and exit 2 before any work, as in ``fusionsearch``'s commands. Without ``--tiny`` the nets are resnet50 at 288 x 384 (NYUv2's MTAN size), batch 8, and the
 study is the quick recipe (resnet18 at 64 px) with 4 sampled trials and a 2-seed confirmation
 (``--trials 4 --confirm 2 --timeout 120``); with ``--tiny``, test_resnet at 32 x 48, batch 4, and
 the quick recipe shrunk to test_resnet at 32 px, 4 warm-start steps, 2 sampled trials of 2 steps,
@@ -65,7 +66,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import timm
@@ -73,8 +74,11 @@ import torch
 import yaml
 from torch.utils.data import Dataset
 
+from fusionsearch.errors import FusionSearchError
+from fusionsearch.paths import check_out
 from fusionsearch.tasks.task import Task, get_task
 from fusionsearch.train.config import TrainConfig
+from fusionsearch.train.devices import use_device
 from fusionsearch.train.precision import amp_dtype
 from fusionsearch.train.trainer import fit
 
@@ -702,24 +706,54 @@ def scratch_folder() -> Iterator[Path]:
         yield Path(d)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="sections: " + ", ".join(SECTIONS))
-    ap.add_argument("--device", default="cuda:0" if torch.cuda.is_available() else "cpu")
+class Parser(argparse.ArgumentParser):
+    """argparse with the command line's usage error: one ``error:`` line naming ``--help``, exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def parser() -> Parser:
+    ap = Parser(description=__doc__.split("\n\n")[0], epilog="sections: " + ", ".join(SECTIONS))
+    ap.add_argument("--device", default="cuda:0" if torch.cuda.is_available() else "cpu", help="auto, cpu or cuda[:N]")
     ap.add_argument(
         "--tiny",
         action="store_true",
         help="test_resnet, tiny sizes, few steps: CI on the CPU (without it the sizes are a GPU's; on a CPU the"
         " sections then stop at their time budgets)",
     )
-    ap.add_argument("--out", type=Path, help="also write the results here as JSON")
+    ap.add_argument("--out", help="also write the results here as JSON")
     ap.add_argument("--sections", type=section_list, default=list(SECTIONS), help="comma separated subset")
-    args = ap.parse_args(argv)
-    start = time.perf_counter()
-    device = torch.device(args.device)
+    return ap
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device asked for, made current as each worker does (``devices.use_device``): a machine
+    without CUDA, an index past the count or a typo is refused here, before the header."""
+    device = torch.device(use_device(name))
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
-    if device.type == "cuda":
-        torch.cuda.set_device(device)  # as each worker does (devices.use_device)
+    return device
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line's error path (``fusionsearch.cli.core``): a bad ``--device`` or ``--out``,
+    or an operating system's refusal, is one ``error:`` line and exit 2, checked before any work
+    so that a run's results are never lost to a path found bad at its end; Ctrl-C exits 130."""
+    args = parser().parse_args(argv)
+    try:
+        check_out(args.out, "--out")
+        return run(resolve_device(args.device), args)
+    except (FusionSearchError, OSError) as e:
+        print(f"error: {' '.join(str(e).split()) or type(e).__name__}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def run(device: torch.device, args: argparse.Namespace) -> int:
+    start = time.perf_counter()
     sizes = TINY if args.tiny else FULL
     if args.tiny:
         torch.set_num_threads(1)  # as the tests do: on tiny models more threads only add overhead (1.4x slower on 2)
@@ -743,7 +777,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\ntotal wall time: {total:.1f} s; {len(failed)} failed, {len(skipped)} skipped of {len(check.rows)} rows")
     if args.out is not None:
         result = {"header": header, "sections": sections, "total_wall_s": total, "failed": len(failed)}
-        args.out.write_text(json.dumps(result, indent=1, default=str))
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)  # check_out allowed folders still to be made
+        out.write_text(json.dumps(result, indent=1, default=str))
     return 1 if failed else 0
 
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from fusionsearch.tasks.weighting import WEIGHTINGS
 
@@ -71,14 +72,64 @@ def test_a_failing_section_is_a_failed_row_and_exit_1(tmp_path):
     assert "no step time measured" in loader["0 workers"]["detail"]
 
 
-def test_an_unknown_section_is_a_usage_error(capsys):
+@pytest.fixture(scope="module")
+def gpu_check_module():
     sys.path.insert(0, str(SCRIPT.parent))
     try:
         import gpu_check
     finally:
         sys.path.remove(str(SCRIPT.parent))
-    with pytest.raises(SystemExit) as stop:  # argparse: exit 2 before anything runs, not a failed check
-        gpu_check.main(["--device", "cpu", "--sections", "rerun,bogus"])
+    return gpu_check
+
+
+@pytest.fixture
+def sections_run(gpu_check_module, monkeypatch):
+    """The sections replaced by a record of which ran: the checks below come before any work."""
+    ran = []
+
+    def run_section(check, name):
+        ran.append(name)
+        return {"wall_s": 0.0, "budget_s": 1.0, "rows": []}
+
+    monkeypatch.setattr(gpu_check_module, "run_section", run_section)
+    return ran
+
+
+def test_an_unknown_section_is_a_usage_error(gpu_check_module, capsys):
+    with pytest.raises(SystemExit) as stop:  # exit 2 before anything runs, not a failed check
+        gpu_check_module.main(["--device", "cpu", "--sections", "rerun,bogus"])
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert "unknown section(s) ['bogus']" in err and "step_time" in err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "--help" in err
+
+
+@pytest.mark.parametrize(
+    "device, says",
+    [
+        ("cuda:0", "no CUDA device" if not torch.cuda.is_available() else None),
+        ("cuda:7", "'cuda:7' asked for, but this machine has"),
+        ("bogus", "unknown device 'bogus': use auto, cpu or cuda[:N]"),
+    ],
+)
+def test_a_device_this_machine_lacks_is_one_error_line_before_any_work(
+    gpu_check_module, sections_run, capsys, device, says
+):
+    if says is None:
+        pytest.skip("this machine has a GPU")
+    assert gpu_check_module.main(["--device", device, "--tiny"]) == 2
+    out, err = capsys.readouterr()
+    assert err.startswith("error: ") and err.count("\n") == 1 and says in err, err
+    assert out == "" and sections_run == []  # not even the header
+
+
+def test_a_bad_out_is_one_error_line_before_any_work(gpu_check_module, sections_run, capsys, tmp_path):
+    (tmp_path / "file").write_text("x")
+    for out, says in ((tmp_path, "is a folder"), (tmp_path / "file" / "r.json", "is not a folder this user can")):
+        assert gpu_check_module.main(["--device", "cpu", "--tiny", "--out", str(out)]) == 2
+        stdout, err = capsys.readouterr()
+        assert err.startswith("error: --out ") and err.count("\n") == 1 and says in err, err
+        assert stdout == "" and sections_run == []
+    out = tmp_path / "new" / "folder" / "r.json"  # folders still to be made are made, at the end
+    assert gpu_check_module.main(["--device", "cpu", "--tiny", "--sections", "rerun", "--out", str(out)]) == 0
+    assert sections_run == ["rerun"] and json.loads(out.read_text())["sections"]["rerun"]["rows"] == []
