@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -20,6 +20,11 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from fusionsearch.errors import FusionSearchError
+
+try:  # typer >= 0.2x vendors click as typer._click; older ones use click itself
+    from typer._click.exceptions import UsageError
+except ImportError:  # pragma: no cover - the older typers
+    from click.exceptions import UsageError  # type: ignore[assignment]
 
 __all__ = ["app", "main", "console", "err_console", "say", "note", "quiet_optuna", "DEBUG", "INTERRUPTED"]
 
@@ -80,8 +85,26 @@ def quiet_optuna() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
+def _usage_error(e: UsageError, ctx: Any = None) -> NoReturn:
+    """The option parser's errors (a value of the wrong type, an unknown option or command, an
+    extra argument) as one line like every other error, naming ``--help``: click's own is a
+    5-line box without ``error:``. A group named alone (``fusionsearch``) still prints its help."""
+    if type(e).__name__ == "NoArgsIsHelpError":
+        raise e
+    where = (e.ctx or ctx).command_path if (e.ctx or ctx) is not None else "fusionsearch"
+    message = " ".join(e.format_message().split())
+    err_console.print(f"[bold red]error:[/] {escape(message)} (see {escape(where)} --help)", highlight=False)
+    raise typer.Exit(2)
+
+
 class _Commands(TyperGroup):
     """The one place where exceptions become exit codes (see the module docstring)."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any) -> Any:
+        try:  # the root's own options; a command's are parsed in ``invoke``
+            return super().make_context(info_name, args, parent, **extra)
+        except UsageError as e:
+            _usage_error(e)
 
     def invoke(self, ctx: Any) -> Any:
         default_hook, hook = sys.unraisablehook, _Unraisable()
@@ -99,8 +122,10 @@ class _Commands(TyperGroup):
                 traceback.print_exc()
             err_console.print(f"[bold red]error:[/] {escape(_one_line(e))}", highlight=False)
             raise typer.Exit(2) from None
+        except UsageError as e:
+            _usage_error(e, ctx)
         except Exception as e:
-            if _is_cli_control(e):  # --help, --version, a usage error: typer prints those itself
+            if _is_cli_control(e):  # --help, --version: typer prints those itself
                 raise
             from fusionsearch.search.recovery import interrupted
 

@@ -30,6 +30,7 @@ from fusionsearch.cli.options import (
     load_recipe_with,
     parse_at,
     parse_init,
+    parse_leaf,
     parse_size,
     parse_weights,
     read_baseline,
@@ -120,7 +121,7 @@ def inspect(
     assert backbone is not None  # exactly one of the two: checked above
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FusionSearchWarning)  # notes are printed below
-        g = trace(backbone, parse_size(input_size), leaf=leaf or [], pretrained=pretrained, checkpoint=checkpoint)
+        g = trace(backbone, parse_size(input_size), leaf=parse_leaf(leaf, []), pretrained=pretrained, checkpoint=checkpoint)
     if as_json:
         json.dump(g.to_dict(all_cuts=all_cuts), sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -157,21 +158,23 @@ def build(
 ) -> None:
     """Build a stitched multi-task network and save it (weights, plan and backbone names)."""
     from fusionsearch.graph import trace
-    from fusionsearch.nets import StitchPlan, save
+    from fusionsearch.nets import StitchPlan, parse_tasks, save
     from fusionsearch.nets import build as build_net
     from fusionsearch.report.inspect import print_net
 
     use_plugins(plugin)
     check_out(out, "--out")
-    names, size = backbone.split(","), parse_size(input_size)
+    names, size, columns = backbone.split(","), parse_size(input_size), list(parse_tasks(tasks))
+    leaves = parse_leaf(leaf, columns)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FusionSearchWarning)
-        points = parse_at(at) or [b.name for b in trace(names[0], size, leaf=leaf or []).boundaries]
+        first = leaves[columns[0]] if isinstance(leaves, dict) else leaves  # the default points are column 0's
+        points = parse_at(at) or [b.name for b in trace(names[0], size, leaf=first).boundaries]
         plan = StitchPlan(
             at=points, unit=unit, unit_args=_unit_args(init, lr_mult), shared_prefix=shared_prefix, shortcut=shortcut
         )
         one = names if len(names) > 1 else names[0]
-        net = build_net(one, tasks, plan, input_size=size, column_weights=column_weights or None, leaf=leaf or [])
+        net = build_net(one, tasks, plan, input_size=size, column_weights=column_weights or None, leaf=leaves)
     save(net, out)
     print_net(net, console)
     say(f"saved to {out}")

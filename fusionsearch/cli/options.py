@@ -29,6 +29,7 @@ __all__ = [
     "parse_at",
     "parse_init",
     "parse_labelled",
+    "parse_leaf",
     "parse_size",
     "parse_weights",
     "read_baseline",
@@ -63,7 +64,8 @@ DETERMINISTIC_HELP = (
 RecipeOpt = Annotated[str, typer.Option(help=RECIPE_HELP)]
 DataOpt = Annotated[str | None, typer.Option(help=DATA_HELP)]
 SizeOpt = Annotated[int | None, typer.Option(help="image size")]
-LeafOpt = Annotated[list[str] | None, typer.Option("--leaf", help="module class name or path not to trace into")]
+LEAF_HELP = "module class name or path not to trace into, in every column, or TASK=NAME in that task's column; repeatable"
+LeafOpt = Annotated[list[str] | None, typer.Option("--leaf", help=LEAF_HELP)]
 StudyOpt = Annotated[str, typer.Option(help="study name")]
 ArtifactsOpt = Annotated[str | None, typer.Option(help="artifact folder (default: beside the SQLite file)")]
 StorageOpt = Annotated[str | None, typer.Option(envvar="FUSIONSEARCH_STORAGE", help=STORAGE_HELP)]
@@ -118,6 +120,23 @@ def parse_init(text: str) -> Any:
 def parse_at(text: str | None) -> list[str] | None:
     """``--at a,b,c``: cut point names; None keeps the default."""
     return None if text is None else [p.strip() for p in text.split(",") if p.strip()]
+
+
+def parse_leaf(items: list[str] | None, columns: list[str]) -> list[str] | dict[str, list[str]]:
+    """``--leaf NAME`` (every column) or ``--leaf TASK=NAME`` (that task's column), repeatable:
+    columns of different backbones name their modules differently. A list when no item names a
+    column, else each column's leaves (``build``'s ``leaf``)."""
+    every: list[str] = []
+    own: dict[str, list[str]] = {}
+    for item in items or []:
+        column, sep, name = item.partition("=") if "=" in item else ("", "", item)
+        if not name.strip() or (sep and not column.strip()):
+            raise ArgumentError(f"--leaf takes a module class or path, or TASK=NAME, e.g. seg=layer1; got {item!r}")
+        if sep and column.strip() not in columns:
+            where = f"the columns are the tasks {', '.join(columns)}" if columns else "one backbone has no columns"
+            raise ArgumentError(f"--leaf {item!r} names column {column.strip()!r}, but {where}")
+        (own.setdefault(column.strip(), []) if sep else every).append(name.strip())
+    return {c: every + own.get(c, []) for c in columns} if own else every
 
 
 def load_recipe_with(

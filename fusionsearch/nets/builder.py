@@ -34,21 +34,36 @@ from fusionsearch.nets.plan import StitchMeta, StitchPlan, parse_tasks
 __all__ = ["build"]
 
 
+Leaf = Sequence[Any] | Mapping[str, Sequence[Any]]
+
+
+def column_leaves(leaf: Leaf, tasks: Sequence[str]) -> list[list[Any]]:
+    """Each column's tracer leaves: one list for every column, or a mapping from a task to its
+    column's own (a ResNet and a ConvNeXt column have no module class or path in common, and a
+    leaf must name a module of the backbone it is given to)."""
+    if not isinstance(leaf, Mapping):
+        return [list(leaf) for _ in tasks]
+    unknown = [str(t) for t in leaf if t not in tasks]
+    if unknown:
+        raise PlanError(f"leaf names column {unknown[0]!r}, but the columns are the tasks {', '.join(tasks)}")
+    return [list(leaf.get(t, ())) for t in tasks]
+
+
 def _graphs_for(
     backbone: str | nn.Module | Sequence[str | nn.Module],
     k: int,
     input_size: Sequence[int] | None,
-    leaf: Sequence[Any],
+    leaves: list[list[Any]],
     pretrained: bool,
     create_kwargs: dict[str, Any],
 ) -> tuple[list[BackboneGraph], list[str | None]]:
     specs: list[Any] = list(backbone) if isinstance(backbone, (list, tuple)) else [backbone] * k
     if len(specs) != k:
         raise PlanError(f"{len(specs)} backbones given for {k} tasks: give one, or one per task")
-    cache: dict[int | str, BackboneGraph] = {}
+    cache: dict[tuple[Any, ...], BackboneGraph] = {}
     graphs = []
-    for spec in specs:
-        key: int | str = spec if isinstance(spec, str) else id(spec)
+    for spec, leaf in zip(specs, leaves):
+        key = (spec if isinstance(spec, str) else id(spec), *(x if isinstance(x, str) else id(x) for x in leaf))
         if key not in cache:
             cache[key] = trace(spec, input_size, leaf=leaf, pretrained=pretrained, **create_kwargs)
         graphs.append(cache[key])
@@ -80,7 +95,7 @@ def build(
     *,
     input_size: Sequence[int] | None = None,
     column_weights: Sequence[str | os.PathLike[str] | Mapping[str, Tensor] | None] | None = None,
-    leaf: Sequence[Any] = (),
+    leaf: Leaf = (),
     pretrained: bool = False,
     task_args: Mapping[str, Mapping[str, Any]] | None = None,
     init_seed: int | None = None,
@@ -97,7 +112,9 @@ def build(
         column_weights: per task, a checkpoint path or state dict of that task's single-task
             backbone (the papers' best start, NDDR-CNN Table 3), or None to keep the weights. With a
             ``shared_prefix`` the trunk starts from the first task's weights.
-        leaf, pretrained, create_kwargs: passed to ``trace`` / ``timm.create_model``.
+        leaf: modules not to trace into (``trace``'s ``leaf``), for every column, or per task
+            (``{"seg": ["BasicBlock"], "normal": ["ConvNeXtBlock"]}``) where the backbones differ.
+        pretrained, create_kwargs: passed to ``timm.create_model``.
         task_args: per task, constructor arguments of its registered ``Task`` that shape the head
             (e.g. ``{"seg": {"rates": [1, 6]}}``). Registered tasks get their own head (ASPP for
             ``seg``); other names get ``SimpleHead``.
@@ -113,7 +130,7 @@ def build(
     plan = plan or StitchPlan()
     task_sizes = parse_tasks(tasks)
     k = len(task_sizes)
-    graphs, names = _graphs_for(backbone, k, input_size, leaf, pretrained, create_kwargs)
+    graphs, names = _graphs_for(backbone, k, input_size, column_leaves(leaf, list(task_sizes)), pretrained, create_kwargs)
     fusion_names, points, col_points, fusion_nodes, n_shared = _place_points(plan, graphs, k)
     columns_segments = [_segments(graphs[c], col_points[c]) for c in range(k)]
     if column_weights is not None:
@@ -168,7 +185,7 @@ def _meta(
     graphs: list[BackboneGraph],
     names: list[str | None],
     create_kwargs: dict[str, Any],
-    leaf: Sequence[Any],
+    leaf: Leaf,
     last_is_output: bool,
     task_args: Mapping[str, Mapping[str, Any]] | None,
 ) -> StitchMeta:
@@ -178,11 +195,18 @@ def _meta(
         backbone_is_module=[n is None for n in names],
         input_size=list(graphs[0].input_size),
         create_kwargs=dict(create_kwargs),
-        leaf=[x for x in leaf if isinstance(x, str)],
+        leaf=_named(leaf),
         last_fusion_is_output=last_is_output,
         column_params=graphs[0].num_params,
         task_args={t: dict(a) for t, a in (task_args or {}).items()},
     )
+
+
+def _named(leaf: Leaf) -> list[str] | dict[str, list[str]]:
+    """The leaves given by name, which a saved net can name again (classes cannot be saved)."""
+    if isinstance(leaf, Mapping):
+        return {t: [x for x in v if isinstance(x, str)] for t, v in leaf.items()}
+    return [x for x in leaf if isinstance(x, str)]
 
 
 def _place_points(

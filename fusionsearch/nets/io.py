@@ -41,7 +41,7 @@ def save(net: StitchedNet, path: str | os.PathLike[str], weighting: Mapping[str,
         "backbone_is_module": list(net.meta.backbone_is_module),
         "input_size": list(net.meta.input_size),
         "create_kwargs": dict(net.meta.create_kwargs),
-        "leaf": list(net.meta.leaf),
+        "leaf": {t: list(v) for t, v in leaf.items()} if isinstance(leaf := net.meta.leaf, dict) else list(leaf),
         "task_args": dict(net.meta.task_args),
         "state_dict": net.state_dict(),
     }

@@ -83,7 +83,7 @@ class StitchMeta:
     backbone_is_module: list[bool]  # built from an nn.Module: ``load`` needs it again
     input_size: list[int]  # (C, H, W) the graph was traced at
     create_kwargs: dict[str, Any]  # timm.create_model arguments
-    leaf: list[str]  # tracer leaves given by name
+    leaf: list[str] | dict[str, list[str]]  # tracer leaves given by name: every column's, or per task
     last_fusion_is_output: bool  # the last unit sits at the backbone's output
     column_params: int  # parameters of one column (the single backbone)
     task_args: dict[str, dict[str, Any]]
