@@ -9,11 +9,12 @@ README; progress lines go to stderr.
 Options: ``--out FILE.json`` also writes every row (with its raw numbers) as JSON; ``--sections
 step_time,rerun`` runs a subset. The default device is ``cuda:0`` when CUDA is available, else the
 CPU. A device this machine lacks, an ``--out`` that cannot be written or an unknown section is one
-``error:`` line and exit 2 before any work, as in ``fusionsearch``'s commands. Without ``--tiny`` the nets are resnet50 at 288 x 384 (NYUv2's MTAN size), batch 8, and the
-study is the quick recipe (resnet18 at 64 px) with 4 sampled trials and a 2-seed confirmation
-(``--trials 4 --confirm 2 --timeout 120``); with ``--tiny``, test_resnet at 32 x 48, batch 4, and
-the quick recipe shrunk to test_resnet at 32 px, 4 warm-start steps, 2 sampled trials of 2 steps,
-no confirmation, and one torch thread in this process.
+``error:`` line and exit 2 before any work, as in ``fusionsearch``'s commands. Without ``--tiny``
+the nets are resnet50 at 288 x 384 (NYUv2's MTAN size), batch 8, and the study is the quick recipe
+(resnet18 at 64 px) with 4 sampled trials and a 2-seed confirmation (``--trials 4 --confirm 2
+--timeout 120``); with ``--tiny``, test_resnet at 32 x 48, batch 4, and the quick recipe shrunk to
+test_resnet at 32 px, 4 warm-start steps, 2 sampled trials of 2 steps, no confirmation, and one
+torch thread in this process.
 
 Sections (each independent: an exception becomes a ``FAILED: ...`` row and the next one runs; the
 exit status is 1 if any row failed, else 0; each section has a time budget, and rows left when it

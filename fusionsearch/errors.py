@@ -16,6 +16,7 @@ __all__ = [
     "StorageError",
     "UntrustedFileError",
     "MissingDataError",
+    "NothingToDraw",
     "CutPointError",
     "FusionSearchError",
     "PlanError",
@@ -78,6 +79,11 @@ class DataError(FusionSearchError, ValueError):
 
 class MissingDataError(FusionSearchError, FileNotFoundError):
     """A data file or folder that should exist and does not; the message names the path."""
+
+
+class NothingToDraw(FusionSearchError, ValueError):
+    """A figure whose data is not there yet (too few complete trials, no confirmation): the
+    message says what is missing, in words, and the report prints it in the figure's place."""
 
 
 class ArgumentError(FusionSearchError, ValueError):

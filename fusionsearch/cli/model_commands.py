@@ -121,7 +121,9 @@ def inspect(
     assert backbone is not None  # exactly one of the two: checked above
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FusionSearchWarning)  # notes are printed below
-        g = trace(backbone, parse_size(input_size), leaf=parse_leaf(leaf, []), pretrained=pretrained, checkpoint=checkpoint)
+        g = trace(
+            backbone, parse_size(input_size), leaf=parse_leaf(leaf, []), pretrained=pretrained, checkpoint=checkpoint
+        )
     if as_json:
         json.dump(g.to_dict(all_cuts=all_cuts), sys.stdout, indent=2)
         sys.stdout.write("\n")

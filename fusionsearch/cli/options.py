@@ -64,7 +64,7 @@ DETERMINISTIC_HELP = (
 RecipeOpt = Annotated[str, typer.Option(help=RECIPE_HELP)]
 DataOpt = Annotated[str | None, typer.Option(help=DATA_HELP)]
 SizeOpt = Annotated[int | None, typer.Option(help="image size")]
-LEAF_HELP = "module class name or path not to trace into, in every column, or TASK=NAME in that task's column; repeatable"
+LEAF_HELP = "module class name or path not to trace into, in every column (or TASK=NAME: in that task's); repeatable"
 LeafOpt = Annotated[list[str] | None, typer.Option("--leaf", help=LEAF_HELP)]
 StudyOpt = Annotated[str, typer.Option(help="study name")]
 ArtifactsOpt = Annotated[str | None, typer.Option(help="artifact folder (default: beside the SQLite file)")]

@@ -130,7 +130,8 @@ def build(
     plan = plan or StitchPlan()
     task_sizes = parse_tasks(tasks)
     k = len(task_sizes)
-    graphs, names = _graphs_for(backbone, k, input_size, column_leaves(leaf, list(task_sizes)), pretrained, create_kwargs)
+    leaves = column_leaves(leaf, list(task_sizes))
+    graphs, names = _graphs_for(backbone, k, input_size, leaves, pretrained, create_kwargs)
     fusion_names, points, col_points, fusion_nodes, n_shared = _place_points(plan, graphs, k)
     columns_segments = [_segments(graphs[c], col_points[c]) for c in range(k)]
     if column_weights is not None:

@@ -26,15 +26,14 @@ if TYPE_CHECKING:
     )
     from fusionsearch.report.data_check import folder_tables, print_folder_report
     from fusionsearch.report.export import ExportedBest, best_to_export, export_best
-    from fusionsearch.report.html import (
-        FIGURES,
+    from fusionsearch.report.figures import (
         confirmation_figure,
         fusion_weight_figure,
         importances,
         placement_map,
         task_weight_figure,
-        write_report,
     )
+    from fusionsearch.report.html import FIGURES, write_report
     from fusionsearch.report.inspect import (
         fmt_params,
         fusion_table,
@@ -80,11 +79,11 @@ _HOMES: dict[str, str] = {
     "metrics_table": "fusionsearch.report.leaderboard",
     "print_summary": "fusionsearch.report.leaderboard",
     "FIGURES": "fusionsearch.report.html",
-    "confirmation_figure": "fusionsearch.report.html",
-    "fusion_weight_figure": "fusionsearch.report.html",
-    "importances": "fusionsearch.report.html",
-    "placement_map": "fusionsearch.report.html",
-    "task_weight_figure": "fusionsearch.report.html",
+    "confirmation_figure": "fusionsearch.report.figures",
+    "fusion_weight_figure": "fusionsearch.report.figures",
+    "importances": "fusionsearch.report.figures",
+    "placement_map": "fusionsearch.report.figures",
+    "task_weight_figure": "fusionsearch.report.figures",
     "write_report": "fusionsearch.report.html",
     "fmt_params": "fusionsearch.report.inspect",
     "fusion_table": "fusionsearch.report.inspect",

@@ -23,6 +23,7 @@ import plotly.graph_objects as go
 from optuna.trial import FrozenTrial, TrialState
 from plotly.subplots import make_subplots
 
+from fusionsearch.errors import NothingToDraw
 from fusionsearch.report.leaderboard import best_trial, is_ranked
 from fusionsearch.search.categories import COUNTS_ATTR, NAMES_ATTR
 from fusionsearch.search.confirm import Confirmation, summarize
@@ -213,11 +214,11 @@ def starved_figure(table: StarvedTable) -> go.Figure:
 
 
 def starved_report_figure(study: optuna.Study, conf: Confirmation | None = None) -> go.Figure:
-    """Every task's data-starved figure in one, a row each (the HTML report's section); a
-    ValueError says why there is nothing to draw."""
+    """Every task's data-starved figure in one, a row each (the HTML report's section);
+    ``NothingToDraw`` says why there is nothing to draw."""
     tables = starved_tables(study, conf)
     if not tables:
-        raise ValueError(_why_not(study))
+        raise NothingToDraw(_why_not(study))
     fig = make_subplots(
         rows=len(tables),
         cols=1,

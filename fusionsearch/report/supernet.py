@@ -11,6 +11,7 @@ import plotly.graph_objects as go
 from optuna.trial import TrialState
 from scipy import stats
 
+from fusionsearch.errors import NothingToDraw
 from fusionsearch.report.leaderboard import plan_summary
 
 __all__ = ["has_supernet", "supernet_figure"]
@@ -31,7 +32,7 @@ def supernet_figure(study: optuna.Study) -> go.Figure:
                 (float(a["supernet_score"]), float(a["delta_m"]), f"trial {t.number}: {plan_summary(a.get('plan'))}")
             )
     if len(rows) < 2:
-        raise ValueError(f"{len(rows)} complete supernet-scored trial(s): at least 2 are needed")
+        raise NothingToDraw(f"{len(rows)} complete supernet-scored trial(s): at least 2 are needed")
     xs, ys, names = zip(*rows)
     tau = stats.kendalltau(xs, ys)[0]
     fig = go.Figure(go.Scatter(x=xs, y=ys, mode="markers", text=names, hoverinfo="text+x+y"))
