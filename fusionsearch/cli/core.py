@@ -17,16 +17,16 @@ from typing import Any, NoReturn
 import typer
 from rich.console import Console
 from rich.markup import escape
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
-from fusionsearch.errors import FusionSearchError
+from fusionsearch.errors import ArgumentError, FusionSearchError
 
 try:  # typer >= 0.2x vendors click as typer._click; older ones use click itself
     from typer._click.exceptions import UsageError
 except ImportError:  # pragma: no cover - the older typers
     from click.exceptions import UsageError  # type: ignore[assignment]
 
-__all__ = ["app", "main", "console", "err_console", "say", "note", "quiet_optuna", "DEBUG", "INTERRUPTED"]
+__all__ = ["App", "app", "main", "console", "err_console", "say", "note", "quiet_optuna", "DEBUG", "INTERRUPTED"]
 
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)  # an error is one line, also in a log file
@@ -144,7 +144,34 @@ class _Commands(TyperGroup):
             sys.unraisablehook = default_hook
 
 
-app = typer.Typer(
+class _Command(TyperCommand):
+    """Every command: an option given as empty text (``--mode ''``, or only spaces) is refused like
+    any other bad value, before the command runs. Each option's default is None or a word, so an
+    empty value can only mean a slip (an unset shell variable), which would otherwise fall back to
+    the default silently or, for a path, mean the working folder."""
+
+    def invoke(self, ctx: Any) -> Any:
+        given = ("COMMANDLINE", "ENVIRONMENT")
+        for p in self.params:
+            if p.param_type_name != "option" or p.name is None or ctx.get_parameter_source(p.name).name not in given:
+                continue
+            value = ctx.params.get(p.name)
+            values = value if isinstance(value, (list, tuple)) else [value]
+            if any(isinstance(v, str) and not v.strip() for v in values):
+                flag = max(p.opts, key=len)
+                raise ArgumentError(f"{flag} is empty: give it a value, or leave it out for the default")
+        return super().invoke(ctx)
+
+
+class App(typer.Typer):
+    """A Typer app whose commands refuse empty option values (``_Command``); the data commands' too."""
+
+    def command(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("cls", _Command)
+        return super().command(*args, **kwargs)
+
+
+app = App(
     cls=_Commands,
     name="fusionsearch",
     help="Architecture search for multi-task networks over timm backbones.",

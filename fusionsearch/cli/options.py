@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -34,6 +35,7 @@ __all__ = [
     "parse_weights",
     "read_baseline",
     "task_list",
+    "check_worker_index",
 ]
 
 MAX_WORKERS = 256
@@ -183,11 +185,18 @@ def parse_labelled(items: list[str] | None) -> dict[str, float | str]:
             name, sep, value = part.partition("=")
             if not sep or not name.strip() or not value.strip():
                 raise ArgumentError(f"--labelled takes TASK=SHARE or TASK=ID_FILE, e.g. seg=0.1; got {part!r}")
+            _once("--labelled", name.strip(), out)
             try:
                 out[name.strip()] = float(value)
             except ValueError:
                 out[name.strip()] = value.strip()
     return out
+
+
+def _once(flag: str, task: str, seen: Mapping[str, Any]) -> None:
+    """A per-task option names each task once: of two values the last would win silently."""
+    if task in seen:
+        raise ArgumentError(f"{flag} names {task!r} more than once: give each task one value")
 
 
 def check_seed(seed: int | None) -> None:
@@ -196,6 +205,22 @@ def check_seed(seed: int | None) -> None:
 
     if seed is not None and not 0 <= seed <= MAX_SEED:
         raise ArgumentError(f"--seed must be in 0..{MAX_SEED:,}, got {seed}")
+
+
+def check_worker_index(index: int | None) -> int:
+    """``--worker-index``: with the study seed it seeds the worker's sampler (seed x 1000 + index,
+    below numpy's 2^32 for every seed ``--seed`` allows); None draws one from the process id, so
+    that workers started by hand without an index do not all sample the same plans."""
+    import os
+
+    from fusionsearch.search.recipe import MAX_SEED
+
+    top = 2**32 - 1 - MAX_SEED * 1000
+    if index is None:
+        return 1000 + os.getpid() % (top - 1000)
+    if not 0 <= index <= top:
+        raise ArgumentError(f"--worker-index must be in 0..{top:,}, got {index}")
+    return index
 
 
 def at_least(flag: str, value: float | None, low: float) -> None:
@@ -221,9 +246,10 @@ def task_list(tasks: str | None) -> list[str] | None:
 
 def parse_weights(items: list[str]) -> dict[str, float]:
     """``--loss-weight TASK=WEIGHT``, repeatable."""
-    out = {}
+    out: dict[str, float] = {}
     for item in items:
         name, sep, w = item.partition("=")
+        _once("--loss-weight", name.strip(), out)
         try:
             out[name.strip()] = float(w)
         except ValueError:

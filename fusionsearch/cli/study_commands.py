@@ -6,7 +6,6 @@ the confirmation, the atomic export) are the library's."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -30,6 +29,7 @@ from fusionsearch.cli.options import (
     at_least,
     check_port,
     check_seed,
+    check_worker_index,
     devices_for,
     load_recipe_with,
     parse_labelled,
@@ -261,13 +261,12 @@ def worker(
     use_plugins(plugin)  # before the study: its stored plugins may be found here under another path
     check_device(device)
     at_least("--threads", threads, 1)
-    at_least("--worker-index", worker_index, 0)
+    index = check_worker_index(worker_index)
     if threads:
         torch.set_num_threads(threads)
     n = run_worker(
         study, _storage(storage), device=device, timeout=timeout, artifacts=artifacts, progress=not quiet, log=say,
-        # workers started by hand without an index must not all sample the same plans
-        worker=worker_index if worker_index is not None else 1000 + os.getpid(),
+        worker=index,
         shares_device=shares_device,
     )  # fmt: skip
     say(f"worker done: {n} trials")

@@ -41,6 +41,8 @@ class MultiTaskDataset(Dataset, ABC):
       kind is not its registered task's (a task declared under another name, a kind with the
       data's own parameters); the transforms, partial labels and batching read it first;
     - ``default_lengths``: split -> length for sets with no natural length (generated ones);
+    - ``max_length``: the most items such a set makes in a split (None: what its files hold), so
+      that a recipe's length is bounded before any item is made;
     - ``takes_seed``: whether the items depend on the study's seed.
 
     ``__getitem__(i)`` returns ``{"image": (3, H, W) float, TASK: label, ...}`` with one label per
@@ -58,6 +60,7 @@ class MultiTaskDataset(Dataset, ABC):
 
     tasks: dict[str, int] = {}
     default_lengths: ClassVar[dict[str, int]] = {}
+    max_length: ClassVar[int | None] = None
     takes_seed: ClassVar[bool] = False
 
     @abstractmethod

@@ -47,6 +47,9 @@ class SyntheticScenes(MultiTaskDataset):
     tasks = {"seg": len(CLASSES), "normal": 3, "depth": 1}
     label_kinds: ClassVar[dict[str, LabelKind]] = {"det": BOXES, "box_attr": BOXES}
     default_lengths = {"train": 1000, "val": 100, "test": 100}
+    # twice the largest real set fusionsearch reads (IMDB-WIKI, about 0.5 M faces); rendering a
+    # scene takes milliseconds, so a million already costs an hour per pass
+    max_length = 1_000_000
     takes_seed = True
 
     @staticmethod

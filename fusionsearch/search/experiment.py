@@ -21,6 +21,7 @@ from fusionsearch.nets.fusion import FUSION_UNITS
 from fusionsearch.nets.net import StitchedNet
 from fusionsearch.nets.plan import StitchPlan
 from fusionsearch.schema import finite
+from fusionsearch.search.limits import check_limits
 from fusionsearch.search.recipe import Recipe
 from fusionsearch.tasks.task import Task, task_arguments, task_class
 from fusionsearch.train.config import TrainConfig
@@ -279,6 +280,7 @@ class Experiment:
         heads from ``start``) and train it on the recipe's data. New modules are drawn from
         ``cfg.seed`` and their names, so plans trained with one seed share their random start."""
         cfg = cfg or self.recipe.train_config()
+        check_limits(self.recipe.data, self.recipe.tasks, cfg)  # a command's or a trial's overrides too
         cfg.progress = progress and cfg.progress
         torch.manual_seed(cfg.seed)
         net = self.build(plan, column_weights, start=start, init_seed=cfg.seed)

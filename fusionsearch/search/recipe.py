@@ -22,6 +22,7 @@ from fusionsearch.data.partial import check_labelled
 from fusionsearch.errors import FusionSearchError, PluginError
 from fusionsearch.plugins import load_plugins
 from fusionsearch.schema import check_call, check_fields, did_you_mean
+from fusionsearch.search.limits import check_limits, image_size
 from fusionsearch.tasks.delta import DeltaM, primary_metric
 from fusionsearch.tasks.task import task_arguments, task_class
 from fusionsearch.train.config import TrainConfig
@@ -30,9 +31,6 @@ __all__ = ["Recipe", "RecipeError", "load_recipe", "load_yaml", "recipe_dirs", "
 
 DEFAULT_RECIPE = "quick"
 CONFIRM_DEFAULTS: dict[str, Any] = {"top": 2, "seeds": 3, "per": None}
-# the largest image side a recipe may ask for: one 4096 x 4096 batch of 8 with a ResNet's first
-# activations already takes about 8 GiB; a typo such as 99999 must stop here, not in the allocator
-MAX_IMAGE_SIDE = 4096
 # the samplers' seed is the study seed x 1000 + the worker's number, below numpy's 2^32
 MAX_SEED = (2**32 - 1) // 1000 - 1000
 
@@ -122,21 +120,11 @@ class Recipe:
             raise RecipeError(f"{where} tasks name {', '.join(twice)} more than once: each task is one column")
         if "name" not in self.data:
             raise RecipeError(f"{where} data needs a name (synthetic, nyuv2, imdb_wiki, ...)")
-        for key in ("size", "train_length", "val_length"):
-            value = self.data.get(key)
-            if value is not None and min(value if isinstance(value, (list, tuple)) else [value]) < 1:
-                raise RecipeError(f"{where} data.{key} must be >= 1, got {value!r}")
         seed = self.study.get("seed", 0)
         if not 0 <= seed <= MAX_SEED:
             raise RecipeError(f"{where} study.seed must be in 0..{MAX_SEED:,}, got {seed}")
-        side = max(self.image_size)
-        if side > MAX_IMAGE_SIDE:
-            raise RecipeError(
-                f"{where} data.size {self.data.get('size')!r} is over {MAX_IMAGE_SIDE} pixels a side: a batch of such"
-                " images and their activations would not fit in memory"
-            )
         try:
-            self.train_config()
+            check_limits(self.data, self.tasks, self.train_config())  # sizes a machine holds, its data makes
             check_labelled(self.data.get("labelled"), self.tasks)
         except FusionSearchError as e:
             raise RecipeError(f"{where} {e}") from None
@@ -275,8 +263,7 @@ class Recipe:
     @property
     def image_size(self) -> tuple[int, int]:
         """(H, W) of the images: ``data.size`` is a side or [height, width] (default 128)."""
-        size = self.data.get("size", 128)
-        return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        return image_size(self.data)
 
     def train_config(self, **overrides: Any) -> TrainConfig:
         args = {**self.train, **{k: v for k, v in overrides.items() if v is not None}}
@@ -347,9 +334,10 @@ def load_recipe(name_or_path: str | os.PathLike[str] = DEFAULT_RECIPE) -> Recipe
         raise RecipeError(f"{p} is not valid YAML: {e}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise RecipeError(f"recipe {p} cannot be read: {e}") from None
-    if d is not None and not isinstance(d, Mapping):
-        raise RecipeError(f"recipe {p} must be a mapping of fields (name: value), got a {type(d).__name__}")
-    d = dict(d or {})
+    if not isinstance(d, Mapping):  # an empty file too: it would train the defaults, not what the file says
+        got = "an empty file" if d is None else f"a {type(d).__name__}"
+        raise RecipeError(f"recipe {p} must be a mapping of fields (name: value), got {got}")
+    d = dict(d)
     d.setdefault("name", p.stem)
     return Recipe.from_dict(d, str(p))
 

@@ -101,5 +101,6 @@ class TrainConfig:
             spec = {"name": self.weighting} if isinstance(self.weighting, str) else dict(self.weighting)
             if set(spec) - {"name", "args"} or "name" not in spec:
                 raise FusionSearchError(f"train weighting must be a name or {{name, args}}, got {self.weighting!r}")
-            # built once, so that its arguments' types and ranges are checked with the recipe
-            make_weighting(spec, ("task_a", "task_b"), where="train.weighting")
+            # built once, so that its arguments' types and bounds are checked with the recipe (their
+            # number per task where the tasks are known: ``Recipe``, the trainer)
+            make_weighting(spec, None, where="train.weighting")

@@ -62,7 +62,7 @@ from fusionsearch.tasks.weighting.loss_level import (
     Fixed,
     Uncertainty,
 )
-from fusionsearch.tasks.weighting.spec import make_weighting
+from fusionsearch.tasks.weighting.spec import check_weighting, make_weighting
 
 __all__ = [
     "WEIGHTINGS",
@@ -71,6 +71,7 @@ __all__ = [
     "register_weighting",
     "get_weighting",
     "make_weighting",
+    "check_weighting",
     "LOSS_LEVEL",
     "GRADIENT_LEVEL",
     "check_range",

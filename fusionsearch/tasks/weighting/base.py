@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from fusionsearch.errors import PlanError
 from fusionsearch.registry import Registry
+from fusionsearch.tasks.weighting.arguments import Argument
 
 __all__ = [
     "WEIGHTINGS",
@@ -66,7 +67,9 @@ class Weighting(nn.Module, ABC):
 
     Class attributes: ``level`` (``"loss"`` or ``"gradient"``), ``lr_mult`` (learning-rate
     multiplier of its learned parameters, if any), ``search_args`` (argument -> [low, high], drawn
-    log-uniformly when a study searches the method).
+    log-uniformly when a study searches the method), ``arguments`` (argument -> its type and bounds,
+    ``arguments.Number``, ``Choice`` or ``TaskVector``: what a recipe may give, checked when the
+    recipe is loaded; None, a plugin's default, checks the constructor's signature instead).
 
     Methods:
 
@@ -90,6 +93,7 @@ class Weighting(nn.Module, ABC):
     lr_mult: ClassVar[float] = 1.0
     # arguments a search may draw, as log-uniform [low, high] ranges (conditional on the method)
     search_args: ClassVar[dict[str, tuple[float, float]]] = {}
+    arguments: ClassVar[dict[str, Argument] | None] = None
 
     def __init__(self, tasks: Sequence[str], *, seed: int = 0) -> None:
         super().__init__()

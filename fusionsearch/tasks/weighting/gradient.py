@@ -16,7 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from fusionsearch.errors import PlanError
-from fusionsearch.tasks.weighting.base import GRADIENT_LEVEL, Weighting, check_range, register_weighting
+from fusionsearch.tasks.weighting.arguments import Choice, Number, TaskVector
+from fusionsearch.tasks.weighting.base import GRADIENT_LEVEL, Weighting, register_weighting
 
 __all__ = [
     "GradientWeighting",
@@ -119,6 +120,8 @@ class UPGradMethod(GradientWeighting):
     them, then averaged; never conflicts with any task."""
 
     torchjd = "UPGrad"
+    # TorchJD's ``projector`` is an object: no recipe can give one
+    arguments = {"pref_vector": TaskVector()}
 
     def aggregator_from(self, **args: Any) -> Any:
         return torchjd_aggregator("UPGrad")(**args)
@@ -129,6 +132,8 @@ class MGDAMethod(GradientWeighting):
     """MGDA (Sener and Koltun, NeurIPS 2018): the min-norm point of the task gradients' convex hull."""
 
     torchjd = "MGDA"
+    # its Frank-Wolfe solver runs up to max_iters iterations at every step
+    arguments = {"epsilon": Number(0.0, 1.0), "max_iters": Number(1, 10_000, whole=True)}
 
     def aggregator_from(self, **args: Any) -> Any:
         return torchjd_aggregator("MGDA")(**args)
@@ -140,6 +145,7 @@ class PCGradMethod(GradientWeighting):
     product) loses its component along it; the projected gradients are summed."""
 
     torchjd = "PCGrad"
+    arguments = {}
 
     def aggregator_from(self, **args: Any) -> Any:
         return torchjd_aggregator("PCGrad")(**args)
@@ -154,9 +160,9 @@ class CAGradMethod(GradientWeighting):
 
     extra_requirement = "torchjd[cagrad] (cvxpy)"
     search_args = {"c": (0.1, 0.9)}
+    arguments = {"c": Number(0.0, 1.0, open_high=True), "norm_eps": Number(0.0, 1.0)}
 
     def aggregator_from(self, c: float = 0.5, **args: Any) -> Any:
-        check_range("cagrad", "c", c, 0.0, 1.0)
         return torchjd_aggregator("CAGrad")(c=c, **args)
 
 
@@ -165,6 +171,7 @@ class AlignedMTLMethod(GradientWeighting):
     """Aligned-MTL (Senushkin et al., CVPR 2023): the task gradients' system made well conditioned."""
 
     torchjd = "AlignedMTL"
+    arguments = {"pref_vector": TaskVector(), "scale_mode": Choice(("min", "median", "rmse"))}
 
     def aggregator_from(self, **args: Any) -> Any:
         return torchjd_aggregator("AlignedMTL")(**args)
@@ -176,6 +183,7 @@ class IMTLGMethod(GradientWeighting):
     gradient's direction."""
 
     torchjd = "IMTLG"
+    arguments = {}
 
     def aggregator_from(self, **args: Any) -> Any:
         return torchjd_aggregator("IMTLG")(**args)
@@ -189,6 +197,12 @@ class NashMTLMethod(GradientWeighting):
     torchjd = "NashMTL"
 
     extra_requirement = "torchjd[nash-mtl] (cvxpy, ecos)"
+    # optim_niter: the solver's iterations at each weight update, every update_weights_every steps
+    arguments = {
+        "max_norm": Number(0.0, 1e6),  # 0: no clipping
+        "update_weights_every": Number(1, 1_000_000, whole=True),
+        "optim_niter": Number(1, 1_000, whole=True),
+    }
 
     def aggregator_from(self, **args: Any) -> Any:
         return torchjd_aggregator("NashMTL")(n_tasks=len(self.tasks), **args)
@@ -232,12 +246,12 @@ class DBMTL(GradientWeighting):
     log loss, as in LibMTL."""
 
     search_args = {"beta": (0.5, 0.99)}
+    # beta: an average's weight on the past (1 never forgets); sigma: t^sigma must stay a float
+    arguments = {"beta": Number(0.0, 1.0, open_high=True), "sigma": Number(0.0, 10.0)}
 
     def aggregator_from(self, beta: float = 0.9, sigma: float = 0.0, **args: Any) -> Any:
         if args:
             raise TypeError(f"unexpected argument(s) {sorted(args)}")
-        check_range("dbmtl", "beta", beta, 0.0, 1.0)  # an average's weight on the past: beta >= 1 never forgets
-        check_range("dbmtl", "sigma", sigma, 0.0)
         return _BalancedEMA(beta, sigma)
 
     def _aggregate(self, jacobian: Tensor, idx: Sequence[int] | None = None) -> Tensor:

@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fusionsearch.tasks.weighting.base import Weighting, check_range, register_weighting
+from fusionsearch.tasks.weighting.arguments import Number
+from fusionsearch.tasks.weighting.base import Weighting, register_weighting
 
 __all__ = ["Fixed", "Uncertainty", "DWA", "RLW", "GLS", "FAMO"]
 
@@ -23,6 +24,8 @@ __all__ = ["Fixed", "Uncertainty", "DWA", "RLW", "GLS", "FAMO"]
 @register_weighting("fixed")
 class Fixed(Weighting):
     """The tasks' own ``loss_weight`` (recipe ``task_args``), summed: the papers' training."""
+
+    arguments = {}
 
     def combine(self, losses: Mapping[str, Tensor], step: int) -> Tensor:
         self._weights = {t: 1.0 if t in losses else 0.0 for t in self.tasks}
@@ -35,6 +38,9 @@ class Uncertainty(Weighting):
     loss = sum_i L_i / (2 exp(s_i)) + s_i / 2 with learned log-variances s_i (start 0), so a task's
     weight is 1 / (2 exp(s_i)). The s_i train at the base learning rate and are saved with the
     training state."""
+
+    # a start of +-20 already weighs a task 1e-9 or 2e8 times; exp(-s) of more leaves float32
+    arguments = {"init": Number(-20.0, 20.0)}
 
     def __init__(self, tasks: Sequence[str], *, seed: int = 0, init: float = 0.0) -> None:
         super().__init__(tasks, seed=seed)
@@ -56,11 +62,11 @@ class DWA(Weighting):
     passed. The mtan code uses epoch means; a period of steps is that for step-budgeted training."""
 
     search_args = {"temperature": (1.0, 4.0)}
+    # beyond T = 100 the weights are 1 to within 1%; a period is a number of steps
+    arguments = {"temperature": Number(0.0, 100.0, open_low=True), "period": Number(1, 1_000_000, whole=True)}
 
     def __init__(self, tasks: Sequence[str], *, seed: int = 0, temperature: float = 2.0, period: int = 20) -> None:
         super().__init__(tasks, seed=seed)
-        check_range("dwa", "temperature", temperature, 0.0, open_low=True)
-        check_range("dwa", "period", period, 1)
         self.temperature, self.period = float(temperature), int(period)
         self.history: deque[list[float]] = deque(maxlen=2 * self.period)
 
@@ -93,6 +99,8 @@ class RLW(Weighting):
     """Random loss weighting (Lin et al., TMLR 2022), as LibMTL: each step w = softmax(z), z ~ N(0, I),
     drawn from (seed, step) so that a resumed run draws the same weights."""
 
+    arguments = {}
+
     def combine(self, losses: Mapping[str, Tensor], step: int) -> Tensor:
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
         idx = self._present(losses)
@@ -106,6 +114,8 @@ class RLW(Weighting):
 class GLS(Weighting):
     """Geometric loss strategy (Chennupati et al., CVPR-W 2019): the geometric mean of the K
     losses, (prod_i L_i)^(1/K); task i's effective weight is that mean / (K L_i)."""
+
+    arguments = {}
 
     def combine(self, losses: Mapping[str, Tensor], step: int) -> Tensor:
         stacked = self._stack(losses).clamp_min(1e-12)
@@ -126,14 +136,17 @@ class FAMO(Weighting):
     about) at the price of the batch-to-batch noise in delta."""
 
     search_args = {"gamma": (0.001, 0.1)}
+    # Adam's rate and weight decay on the logits (the paper: 0.025, 0.01), eps added to each loss
+    arguments = {
+        "w_lr": Number(0.0, 10.0, open_low=True),
+        "gamma": Number(0.0, 10.0),
+        "eps": Number(0.0, 1.0, open_low=True),
+    }
 
     def __init__(
         self, tasks: Sequence[str], *, seed: int = 0, w_lr: float = 0.025, gamma: float = 0.01, eps: float = 1e-8
     ) -> None:
         super().__init__(tasks, seed=seed)
-        check_range("famo", "w_lr", w_lr, 0.0, open_low=True)
-        check_range("famo", "gamma", gamma, 0.0)
-        check_range("famo", "eps", eps, 0.0, open_low=True)
         self.logits = nn.Parameter(torch.zeros(len(self.tasks)), requires_grad=False)
         self.min_losses: Tensor
         self.prev: Tensor
