@@ -162,7 +162,7 @@ def run(
     """Run an architecture search: warm start and baselines first, then sampled plans with pruning,
     then the winners and baselines confirmed over fresh seeds; resumable."""
     from fusionsearch.report.html import write_report
-    from fusionsearch.report.leaderboard import print_summary
+    from fusionsearch.report.leaderboard import print_summary, search_title
     from fusionsearch.search import StudySettings, run_study
 
     quiet_optuna()
@@ -183,7 +183,7 @@ def run(
     out = Path(report or f"{settings.study}-report.html")
     check_out(str(out), "--report")
     done = run_study(r, settings, on, quiet=quiet, console=console, log=say, note=note)
-    print_summary(done.study, console, f"study {settings.study}: the search (one run per plan)", compact=True)
+    print_summary(done.study, console, search_title(done.study), compact=True)
     write_report(done.study, out, settings.storage, artifacts, to_dashboard=True)
     say(f"report: {out}")
 

@@ -7,13 +7,16 @@ saves like any other plan, and a gradient step on it is a step on the supernet. 
 draws the paths of one step so that every candidate at every point is trained exactly once
 (FairNAS's strict fairness): no unit ranks higher only because it was trained more often.
 
-The supernet covers the placement x unit part of a plan: no shared prefix and no shortcut, each
-unit with its default arguments. Those and the training hyperparameters are searched afterwards,
-in stand-alone training of the supernet's best plans (``search.supernet``).
+The supernet covers the placement x unit part of a plan: each point's candidates (a point may
+offer fewer, e.g. one pinned unit), after the shared prefix its nets were built with, no shortcut.
+The unit arguments and the training hyperparameters are searched afterwards, in stand-alone
+training of the supernet's best plans (``search.supernet``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -39,18 +42,28 @@ class SuperNet(nn.Module):
     and one init seed): the first one's columns and heads are kept, and each net gives its units.
     """
 
-    def __init__(self, build_one: Callable[[str], StitchedNet], units: Sequence[str], points: Sequence[str]) -> None:
+    def __init__(
+        self,
+        build_one: Callable[[str], StitchedNet],
+        units: Sequence[str],
+        points: Sequence[str],
+        choices: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
         super().__init__()
-        choices = [u for u in units if u != NONE_UNIT]
-        if not choices:
-            raise PlanError("a supernet needs at least one fusion unit among its choices")
         if not points:
             raise PlanError("a supernet needs at least one point to place units at")
-        nets = {u: build_one(u) for u in choices}
-        first = nets[choices[0]]
-        self.base = first  # columns, heads and meta; its own units are candidates like the others'
         self.point_names = list(points)
-        self.unit_names = [NONE_UNIT, *choices] if NONE_UNIT in units else choices
+        # each point's candidates: ``units`` everywhere, or what ``choices`` leaves it (a pinned unit)
+        given = {p: dict.fromkeys(choices[p] if choices is not None else units) for p in self.point_names}
+        self.choices = {p: sorted(c, key=lambda u: u != NONE_UNIT) for p, c in given.items()}  # none first
+        offered = [u for p in self.point_names for u in self.choices[p]]
+        built = [u for u in dict.fromkeys(offered) if u != NONE_UNIT]
+        if not built:
+            raise PlanError("a supernet needs at least one fusion unit among its choices")
+        nets = {u: build_one(u) for u in built}
+        first = nets[built[0]]
+        self.base = first  # columns, heads and meta; its own units are candidates like the others'
+        self.unit_names = [NONE_UNIT, *built] if NONE_UNIT in offered else built
         keys = {p.name: k for k, p in ((k, first.points[int(k)]) for k in first.units)}
         missing = [p for p in points if p not in keys]
         if missing:
@@ -58,35 +71,56 @@ class SuperNet(nn.Module):
         self.keys = {p: keys[p] for p in points}  # point name -> the nets' unit key
         self.candidates: Any  # point key -> unit name -> module (ModuleDict items are plain Modules to mypy)
         self.candidates = nn.ModuleDict(
-            {key: nn.ModuleDict({u: nets[u].units[key] for u in choices}) for key in self.keys.values()}
+            {
+                self.keys[p]: nn.ModuleDict({u: nets[u].units[self.keys[p]] for u in self.choices[p] if u != NONE_UNIT})
+                for p in self.point_names
+            }
         )
         self.tasks = dict(first.tasks)
 
+    @property
+    def paths_per_step(self) -> int:
+        """How many paths ``fair_paths`` draws: the most candidates any point has."""
+        return max(len(c) for c in self.choices.values())
+
+    @property
+    def plans(self) -> int:
+        """How many distinct paths (plans) the supernet holds."""
+        return math.prod(len(c) for c in self.choices.values())
+
     def check_path(self, path: Mapping[str, str]) -> None:
         unknown = sorted(set(path) - set(self.point_names))
-        bad = {p: u for p, u in path.items() if u not in self.unit_names}
+        bad = {p: u for p, u in path.items() if p in self.choices and u not in self.choices[p]}
         if unknown or bad:
-            raise PlanError(
-                f"path {dict(path)} is not in this supernet (points {self.point_names}, units {self.unit_names})"
-            )
+            raise PlanError(f"path {dict(path)} is not in this supernet (candidates per point {self.choices})")
 
     def subnet(self, path: Mapping[str, str]) -> StitchedNet:
         """The plan ``path`` (point -> unit or ``none``; points left out have none) as a
         ``StitchedNet`` sharing this supernet's columns, heads and units."""
         self.check_path(path)
+        return self._subnet(path)
+
+    def every(self, unit: str) -> StitchedNet:
+        """``unit`` at every point that offers it and nothing elsewhere: each candidate module of
+        ``unit`` once (what its BatchNorm calibration and its optimiser groups read)."""
+        return self._subnet({p: unit for p in self.point_names if unit in self.choices[p]})
+
+    def _subnet(self, path: Mapping[str, str]) -> StitchedNet:
         chosen = {p: u for p, u in path.items() if u != NONE_UNIT}
         units = nn.ModuleDict({self.keys[p]: self.candidates[self.keys[p]][u] for p, u in chosen.items()})
         b = self.base
-        net = StitchedNet(b.tasks, plan_of(chosen), b.points, b.shared, b.columns, units, None, b.heads, b.meta)
+        plan = dataclasses.replace(plan_of(chosen), shared_prefix=b.plan.shared_prefix)
+        net = StitchedNet(b.tasks, plan, b.points, b.shared, b.columns, units, None, b.heads, b.meta)
         net.columns_trained = b.columns_trained
         net.train(self.training)
         return net
 
     def fair_paths(self, rng: random.Random) -> list[dict[str, str]]:
-        """The paths of one training step: at each point an independent shuffle of the units, the
-        i-th path taking the i-th of each, so each unit at each point is in exactly one path."""
-        orders = {p: rng.sample(self.unit_names, len(self.unit_names)) for p in self.point_names}
-        return [{p: orders[p][i] for p in self.point_names} for i in range(len(self.unit_names))]
+        """The paths of one training step: at each point an independent shuffle of its candidates,
+        the i-th path taking the i-th of each (a point with fewer candidates, a pinned one, starts
+        its shuffle again), so each unit at each point is in exactly one path, or in every path."""
+        orders = {p: rng.sample(c, len(c)) for p, c in self.choices.items()}
+        return [{p: orders[p][i % len(orders[p])] for p in self.point_names} for i in range(self.paths_per_step)]
 
     def param_groups(
         self, base_lr: float, weight_decay: float = 0.0, head_lr_mult: float = 1.0, optimizer: str = "sgd"
@@ -97,7 +131,7 @@ class SuperNet(nn.Module):
         for u in self.unit_names:
             if u == NONE_UNIT:
                 continue
-            net = self.subnet(dict.fromkeys(self.point_names, u))
+            net = self.every(u)
             for g in net.param_groups(base_lr, weight_decay, head_lr_mult, optimizer):
                 if g["name"].startswith("fusion:"):
                     groups.append({**g, "name": f"{g['name']}:{u}"})

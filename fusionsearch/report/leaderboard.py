@@ -26,6 +26,7 @@ __all__ = [
     "headline_metrics",
     "is_ranked",
     "print_summary",
+    "search_title",
     "metrics_table",
 ]
 
@@ -258,6 +259,17 @@ def confirmation_table(study: optuna.Study, confirmation: Confirmation | None = 
             style="bold green" if best is not None and p is best else None,
         )
     return table
+
+
+def search_title(study: optuna.Study) -> str:
+    """The title of the table ``run`` ends with, saying what each row is: in a supernet study the
+    plans were ranked on one shared supernet and only its best trained on their own."""
+    job = next((t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("supernet") is not None), None)
+    if job is None:
+        return f"study {study.study_name}: the search (one run per plan)"
+    scored = job.user_attrs.get("supernet_scored_plans")
+    ranked = f"{scored} plans scored on one supernet" if scored is not None else "plans scored on one supernet"
+    return f"study {study.study_name}: the search ({ranked}; its best each trained stand-alone once)"
 
 
 def print_summary(

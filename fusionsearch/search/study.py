@@ -37,6 +37,7 @@ from fusionsearch.search.storage import (
     study_lock,
 )
 from fusionsearch.search.supernet import SUPERNET
+from fusionsearch.search.supernet_space import supernet_space
 
 __all__ = [
     "StudySettings",
@@ -274,6 +275,8 @@ def check_study(recipe: Recipe, settings: StudySettings) -> None:
     exp = Experiment(recipe)
     points = exp.points(space.points)
     space.check_fixed(points)
+    if space.mode == "supernet":
+        supernet_space(space, points)  # a pin the supernet cannot share is refused now, not after the baselines
     for t in space.loss_weights:
         if t not in recipe.tasks:
             raise FusionSearchError(

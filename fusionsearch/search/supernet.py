@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import math
 import os
 import random
@@ -36,6 +37,7 @@ from fusionsearch.nets.plan import StitchPlan
 from fusionsearch.nets.supernet import NONE_UNIT, SuperNet, recalibrate_batchnorm
 from fusionsearch.search.experiment import Experiment, WarmStart
 from fusionsearch.search.space import SearchSpace
+from fusionsearch.search.supernet_space import common_values, supernet_space
 from fusionsearch.train import (
     NonFiniteLossError,
     TrainConfig,
@@ -79,26 +81,28 @@ class SupernetRun:
 
 
 def build_supernet(exp: Experiment, start: WarmStart, seed: int = 0, space: SearchSpace | None = None) -> SuperNet:
-    """The supernet of ``exp``'s recipe: the warm start's columns and heads, and every unit of the
-    search space at every candidate point, drawn from ``seed`` (as a trial's new modules are)."""
+    """The supernet of ``exp``'s recipe: the warm start's columns and heads, and every candidate
+    unit of the search space, restricted by its pins (``supernet_space``), at its candidate
+    points after the shared prefix, drawn from ``seed`` (as a trial's new modules are)."""
     space = space or SearchSpace.from_dict(exp.recipe.search)
-    points = exp.points(space.points)
+    pinned = supernet_space(space, exp.points(space.points))
+    k, optimizer = len(exp.recipe.tasks), exp.recipe.train_config().optimizer
 
     def one(unit: str) -> Any:
-        args = {**supernet_unit_args(space, len(exp.recipe.tasks)), **space.unit_args.get(unit, {})}
-        return exp.build(StitchPlan(at=list(points), unit=unit, unit_args=args), start=start, init_seed=seed)
+        args = {**pinned.unit_args(unit, k, optimizer), **space.unit_args.get(unit, {})}
+        prefix = None if pinned.prefix == NONE_UNIT else pinned.prefix
+        plan = StitchPlan(at=list(pinned.choices), unit=unit, unit_args=args, shared_prefix=prefix)
+        return exp.build(plan, start=start, init_seed=seed)
 
-    return SuperNet(one, space.units, points)
+    return SuperNet(one, pinned.units, list(pinned.choices), choices=pinned.choices)
 
 
-def supernet_unit_args(space: SearchSpace, tasks: int) -> dict[str, Any]:
-    """The arguments every unit of the supernet gets: the middle of the search's ``init_alpha``
-    range (alpha on the diagonal, the rest shared by the other tasks) and each unit's default
-    learning-rate multiplier; the stand-alone phase then searches them per plan."""
-    if space.init:
-        return {}
-    alpha = (space.init_alpha[0] + space.init_alpha[1]) / 2
-    return {"init": (alpha, (1 - alpha) / max(1, tasks - 1))}
+def supernet_unit_args(space: SearchSpace, tasks: int, unit: str = "nddr", optimizer: str = "sgd") -> dict[str, Any]:
+    """The arguments ``unit`` gets in the supernet: the middle of the search's ``init_alpha``
+    range (alpha on the diagonal, the rest shared by the other tasks), or what every plan of the
+    search has in common, pinned or a one-value range (``SupernetSpace.unit_args``); the
+    stand-alone phase then draws the rest per plan."""
+    return common_values(space).unit_args(unit, tasks, optimizer)
 
 
 def path_seed(seed: int, step: int) -> int:
@@ -132,7 +136,7 @@ def _calibrate_units(sn: SuperNet, exp: Experiment, cfg: TrainConfig, dev: torch
     train_data = exp.datasets()[0]
     for u in sn.unit_names:
         if u != NONE_UNIT:
-            calibrate(sn.subnet(dict.fromkeys(sn.point_names, u)), train_data, cfg, dev)
+            calibrate(sn.every(u), train_data, cfg, dev)
 
 
 def train_supernet(
@@ -143,6 +147,7 @@ def train_supernet(
     checkpoint: str | os.PathLike[str] | None = None,
     save_every: int = 10,
     penalties: str = "all",
+    loss_weights: Mapping[str, float] | None = None,
 ) -> SupernetRun:
     """Train ``sn`` for ``cfg.steps`` optimiser steps, each on the fair paths of one batch
     (gradients averaged over the paths). ``cfg`` is the recipe's training config with the
@@ -150,12 +155,13 @@ def train_supernet(
     training that finds it continues from it (the same paths and batches as without a stop).
     ``penalties``: what the units' extra losses (sluice's orthogonality penalty) train: ``all``
     the parameters they reach, as in a stand-alone plan, or ``units`` only the path's units, so
-    that one unit's penalty does not move the columns every other path shares."""
+    that one unit's penalty does not move the columns every other path shares. ``loss_weights``:
+    the tasks' weights, where the recipe's are not every plan's (``Experiment.tasks``)."""
     if penalties not in ("all", "units"):
         raise ValueError(f"penalties must be all or units, got {penalties!r}")
     dev = torch.device(device)
     sn.to(dev)
-    tasks = exp.tasks()
+    tasks = exp.tasks(loss_weights)
     path = Path(checkpoint) if checkpoint is not None else None
     opt = make_optimizer(sn, cfg)  # type: ignore[arg-type]  # a SuperNet has StitchedNet's param_groups
     start, losses = _resume(path, sn, opt)
@@ -192,7 +198,7 @@ def train_supernet(
             _save(path, sn, opt, step + 1, losses)
     if path is not None:
         _save(path, sn, opt, cfg.steps, losses)
-    return SupernetRun(cfg.steps, cfg.steps * len(sn.unit_names), losses, time.perf_counter() - began)
+    return SupernetRun(cfg.steps, cfg.steps * sn.paths_per_step, losses, time.perf_counter() - began)
 
 
 def calibration_images(exp: Experiment, cfg: TrainConfig, batches: int) -> list[torch.Tensor]:
@@ -212,13 +218,15 @@ def score_path(
     device: str | torch.device = "cpu",
     recalibrate: str = "all",
     finetune: TrainConfig | None = None,
+    loss_weights: Mapping[str, float] | None = None,
 ) -> tuple[float, dict[str, dict[str, float]]]:
     """Delta-m (against ``reference``, e.g. the single-task baseline's metrics) and metrics of
     ``path`` on the supernet: BatchNorm recalibrated on ``images``
     (``recalibrate``: ``all`` of it, ``fusion`` the units' only, ``off``), then evaluated on
     ``val`` (a data set or ``train.eval_loader``).
     ``finetune``: first train a copy of the path for ``finetune.steps`` (the supernet is left as
-    it was), the other known fix for weight-sharing rankings, at that many path steps per plan."""
+    it was), the other known fix for weight-sharing rankings, at that many path steps per plan,
+    under ``loss_weights`` (as ``train_supernet``)."""
     if recalibrate not in ("all", "fusion", "off"):
         raise ValueError(f"recalibrate must be all, fusion or off, got {recalibrate!r}")
     dev = torch.device(device)
@@ -228,7 +236,7 @@ def score_path(
         net = sn.subnet(path)
         if finetune is not None:
             net = copy.deepcopy(net)
-            fit(net, exp.tasks(), exp.datasets()[0], None, finetune, device=dev)
+            fit(net, exp.tasks(loss_weights), exp.datasets()[0], None, finetune, device=dev)
         if recalibrate != "off":
             recalibrate_batchnorm(net, (x.to(dev) for x in images), net.units if recalibrate == "fusion" else None)
         metrics = evaluate(net, exp.tasks(), val, device=dev)
@@ -239,7 +247,7 @@ def score_path(
 
 def default_steps(exp: Experiment, sn: SuperNet) -> int:
     """One warm start's worth of path steps: ``train.steps`` divided among each step's paths."""
-    return max(1, exp.recipe.train_config().steps // len(sn.unit_names))
+    return max(1, exp.recipe.train_config().steps // sn.paths_per_step)
 
 
 # ---- the supernet as a job of a study (search.mode: supernet) ----------------------------------
@@ -283,25 +291,46 @@ def score_plans(
     reference: Mapping[str, Mapping[str, float]],
     cfg: TrainConfig,
     device: str | torch.device = "cpu",
+    loss_weights: Mapping[str, float] | None = None,
 ) -> list[dict[str, Any]]:
-    """Score ``n`` plans (placement x unit) drawn by TPE in the study's scoring study, each marked
-    ``supernet_scored``, each after ``search.supernet_score_steps`` steps of training a copy of its
-    path (``score_path``); a resumed call scores only those still missing. Returns every scored
-    plan, best first, one entry per distinct path: ``{path, score, trial}``."""
+    """Score ``n`` distinct plans (placement x unit: a candidate of ``sn.choices`` at each point;
+    every plan ``sn`` holds if it holds fewer), drawn by TPE in the study's scoring study, each
+    marked ``supernet_scored``, each after ``search.supernet_score_steps`` steps of training a
+    copy of its path under ``loss_weights`` (``score_path``); a resumed call scores only those
+    still missing. A draw of a plan already scored is neither scored nor counted again: its trial
+    fails (TPE learns nothing twice) and a plan not yet scored takes the next trial (``_unscored``),
+    so even a space of a few plans ends. Returns every scored plan, best first, one entry per
+    distinct path: ``{path, score, trial}``."""
     study = _scoring_study(settings)
     images = calibration_images(exp, cfg, cfg.bn_calibration_batches)
     val = exp.datasets()[1]
     steps = SearchSpace.from_dict(exp.recipe.search).supernet_score_steps
     tune = dataclasses.replace(cfg, steps=steps, eval_steps=[], progress=False) if steps else None
-    done = {path_key(t.user_attrs["path"]): t.value for t in study.get_trials(deepcopy=False) if t.value is not None}
-    while len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) < n:
+    prefix = sn.base.plan.shared_prefix
+    done: dict[str, float] = {}
+    fused = False  # some scored plan places a unit (what the slots train): scoring goes on until one does
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        done.setdefault(path_key(t.user_attrs["path"]), cast(float, t.value))
+        fused = fused or _places(t.user_attrs["path"])
+    while len(done) < min(n, sn.plans) or (not fused and len(done) < sn.plans):
         trial = study.ask()
-        path = {p: trial.suggest_categorical(f"unit@{p}", sn.unit_names) for p in sn.point_names}
+        if prefix is not None:  # stored with each plan: the trunk every scored plan has
+            trial.suggest_categorical("shared_prefix", [prefix])
+        path = {p: trial.suggest_categorical(f"unit@{p}", sn.choices[p]) for p in sn.point_names}
         key = path_key(path)
-        if key not in done:
-            done[key], metrics = score_path(sn, path, exp, reference, images, val, device, finetune=tune)
-            trial.set_user_attr("metrics", metrics)
         trial.set_user_attr("path", path)
+        if key in done:
+            trial.set_user_attr("repeats", True)
+            again = _unscored(sn, done, random.Random(path_seed(settings.seed, trial.number)))
+            shared = {"shared_prefix": prefix} if prefix is not None else {}
+            study.enqueue_trial({**shared, **{f"unit@{p}": u for p, u in again.items()}})
+            study.tell(trial, state=TrialState.FAIL)
+            continue
+        done[key], metrics = score_path(
+            sn, path, exp, reference, images, val, device, finetune=tune, loss_weights=loss_weights
+        )
+        fused = fused or _places(path)
+        trial.set_user_attr("metrics", metrics)
         trial.set_user_attr("supernet_scored", True)
         study.tell(trial, done[key])
     best: dict[str, dict[str, Any]] = {}
@@ -310,6 +339,24 @@ def score_plans(
         if key not in best:
             best[key] = {"path": t.user_attrs["path"], "score": t.value, "trial": t.number}
     return sorted(best.values(), key=lambda r: -r["score"])
+
+
+def _places(path: Mapping[str, str]) -> bool:
+    return any(u != NONE_UNIT for u in path.values())
+
+
+def _unscored(sn: SuperNet, done: Mapping[str, float], rng: random.Random) -> dict[str, str]:
+    """A plan of ``sn`` not in ``done``: a few random draws, then the first in order (at most
+    ``len(done)`` plans come before it), so a space nearly all scored takes no more time."""
+    for _ in range(64):
+        path = {p: rng.choice(sn.choices[p]) for p in sn.point_names}
+        if path_key(path) not in done:
+            return path
+    for units in itertools.product(*(sn.choices[p] for p in sn.point_names)):
+        path = dict(zip(sn.point_names, units))
+        if path_key(path) not in done:
+            return path
+    raise ValueError(f"every one of the supernet's {sn.plans} plans is scored")
 
 
 def supernet_job(objective: Any, trial: Any) -> list[float]:
@@ -322,16 +369,22 @@ def supernet_job(objective: Any, trial: Any) -> list[float]:
     exp, space, settings = objective.exp, objective.space, objective.settings
     warm = objective.warm_start()
     sn = build_supernet(exp, warm, seed=settings.seed, space=space)
+    common = common_values(space)  # what every plan trains with (pinned): the supernet too
+    weights = common.loss_weights or None
     cfg = exp.recipe.train_config(seed=settings.seed)
     cfg.steps = space.supernet_steps or default_steps(exp, sn)
+    cfg.base_lr = common.base_lr if common.base_lr is not None else cfg.base_lr
     cfg.base_lr *= space.finetune_lr_mult  # trained columns, as in a warm-started trial
     cfg.progress = objective.progress
     folder = artifact_dir(settings.storage, settings.artifacts) / "supernet"
     folder.mkdir(parents=True, exist_ok=True)
-    run = train_supernet(sn, exp, cfg, objective.device, checkpoint=folder / f"{settings.study}.pt")
+    ck = folder / f"{settings.study}.pt"
+    run = train_supernet(sn, exp, cfg, objective.device, checkpoint=ck, loss_weights=weights)
     reference = objective.single(wait=True)["metrics"]
-    ranked = score_plans(sn, exp, settings, space.supernet_plans, reference, cfg, objective.device)
-    top = [r for r in ranked if any(u != NONE_UNIT for u in r["path"].values())][: max(1, settings.trials)]
+    if space.supernet_plans > sn.plans:
+        objective.log(f"supernet: supernet_plans is {space.supernet_plans}, the space has {sn.plans}: all are scored")
+    ranked = score_plans(sn, exp, settings, space.supernet_plans, reference, cfg, objective.device, weights)
+    top = [r for r in ranked if _places(r["path"])][: max(1, settings.trials)]
     trial.set_user_attr("supernet_top", top)
     trial.set_user_attr("steps", run.steps)
     scoring = len(ranked) * space.supernet_score_steps  # each scored plan's copy trains that long
@@ -344,9 +397,10 @@ def supernet_job(objective: Any, trial: Any) -> list[float]:
 
 
 def supernet_slot(objective: Any, trial: Any, sampled: Any) -> Any:
-    """A slot of a supernet study: the supernet's ``slot``-th best plan (placement x unit, no
-    shared prefix, no shortcut: what the supernet scored), its hyperparameters drawn by the
-    study's sampler; ``sampled`` draws a trial from a space (``SearchSpace.sample``)."""
+    """A slot of a supernet study: the supernet's ``slot``-th best plan (placement x unit after
+    the pinned shared prefix, or none, and no shortcut: what the supernet scored), its other
+    choices drawn by the study's sampler under the study's pins; ``sampled`` draws a trial from
+    a space (``SearchSpace.sample``)."""
     job = objective.wait_for(is_supernet_job, "the supernet")
     top = job.user_attrs["supernet_top"]
     slot = int(trial.user_attrs["slot"])
@@ -354,7 +408,7 @@ def supernet_slot(objective: Any, trial: Any, sampled: Any) -> Any:
     space = objective.space
     fixed = {**space.fixed, **{f"unit@{p}": u for p, u in pick["path"].items()}, "shortcut": False}
     if space.shared_prefix:
-        fixed["shared_prefix"] = NONE_UNIT
+        fixed["shared_prefix"] = space.fixed.get("shared_prefix", NONE_UNIT)
     trial.set_user_attr("supernet_rank", slot % len(top) + 1)
     trial.set_user_attr("supernet_score", pick["score"])
     return sampled(dataclasses.replace(space, fixed=fixed))
