@@ -130,3 +130,13 @@ class PluginError(FusionSearchError):
 
 
 __all__ += ["PluginError"]
+
+
+class DiskError(FusionSearchError):
+    """A file the study writes (a network, a checkpoint, an artefact, the database) that the disk
+    refused: no space, over a quota or a size limit, read-only or failing. No verdict on the plan:
+    its trial is queued again and the worker stops, since every later trial would fail the same
+    way; the same command resumes once there is space."""
+
+
+__all__ += ["DiskError"]

@@ -34,8 +34,11 @@ DEBUG = {"on": os.environ.get("FUSIONSEARCH_DEBUG", "") not in ("", "0")}
 
 
 def _one_line(e: BaseException) -> str:
+    """The error as one line, with every password this process was given hidden (a driver's
+    error can quote part of one: ``search.credentials.mask``)."""
     text = " ".join(part.strip() for part in str(e).splitlines() if part.strip())
-    return text or type(e).__name__
+    credentials = sys.modules.get("fusionsearch.search.credentials")  # loaded by whatever opened a storage
+    return (credentials.mask(text) if credentials is not None and text else text) or type(e).__name__
 
 
 def _is_cli_control(e: BaseException) -> bool:

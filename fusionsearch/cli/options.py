@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from fusionsearch.errors import ArgumentError
+from fusionsearch.paths import read_input_text
 
 __all__ = [
     "MAX_WORKERS",
@@ -265,12 +265,9 @@ def read_baseline(baseline: str | None, directions: Any) -> Any:
 
     if baseline is None:
         return None
-    path = Path(baseline)
-    if not path.is_file():
-        raise FileNotFoundError(f"baseline metrics {baseline!r} do not exist")
-    try:
-        base = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
+    try:  # a page of numbers: 1 MiB is plenty, and a FIFO or a device is refused, not read
+        base = json.loads(read_input_text(baseline, f"--baseline {baseline!r}", 1 << 20))
+    except ValueError as e:
         raise ArgumentError(f"--baseline {baseline!r} is not a metrics JSON file: {e}") from None
     check_metrics(base, directions, baseline)
     return base

@@ -42,7 +42,7 @@ from torch import Tensor
 
 from fusionsearch.data.base import MultiTaskDataset, register_dataset
 from fusionsearch.data.folder import read_image
-from fusionsearch.data.transforms import DataError, MissingDataError, as_hw, check_root, finish_item
+from fusionsearch.data.transforms import DataError, MissingDataError, as_hw, check_root, finish_item, read_lines
 from fusionsearch.errors import ArgumentError
 from fusionsearch.tasks.boxes import BOXES, make_boxes
 from fusionsearch.tasks.labels import LabelKind
@@ -87,7 +87,7 @@ def _attribute_folder(root: Path) -> Path:
 def _names(path: Path, default: tuple[str, ...], what: str) -> tuple[str, ...]:
     if not path.is_file():
         return default
-    names = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
+    names = tuple(line.strip() for line in read_lines(path) if line.strip())
     if len(names) != len(default):
         raise DataError(f"{str(path)!r} lists {len(names)} {what}, aPascal has {len(default)}")
     return names
@@ -120,7 +120,7 @@ def _read_cached(path: str, stamp: int, classes: tuple[str, ...], attributes: tu
     index = {c: k for k, c in enumerate(classes)}
     grouped: dict[str, list[tuple[int, list[float], list[float]]]] = {}
     empty = unannotated = 0
-    for n, line in enumerate(Path(path).read_text().splitlines(), start=1):
+    for n, line in enumerate(read_lines(Path(path)), start=1):
         if not line.strip():
             continue
         name, label, (x1, y1, x2, y2), attrs = _parse_line(line, f"{path!r} line {n}", index, len(attributes))

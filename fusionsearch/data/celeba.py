@@ -48,6 +48,7 @@ from fusionsearch.data.transforms import (
     as_hw,
     check_root,
     finish_item,
+    read_lines,
 )
 from fusionsearch.errors import ArgumentError
 from fusionsearch.tasks.labels import LabelKind
@@ -161,10 +162,7 @@ def find_files(root: Path, landmarks: bool = True) -> dict[str, Path]:
 
 
 def _rows(path: Path, skip: int) -> list[tuple[int, list[str]]]:
-    try:
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read {str(path)!r}: {e}") from e
+    lines = read_lines(path)
     return [(n, line.split()) for n, line in enumerate(lines, 1) if n > skip and line.strip()]
 
 

@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from fusionsearch.data.transforms import DataError
+from fusionsearch.data.transforms import MAX_LIST_BYTES, DataError
+from fusionsearch.paths import read_input_text
 from fusionsearch.tasks.boxes import BOXES, Boxes
 from fusionsearch.tasks.labels import ClassLabel, IndexMap, LabelKind, MultiLabel, ScalarMap, VectorMap
 from fusionsearch.tasks.task import TASKS
@@ -125,23 +126,15 @@ def _rel(layout: FolderLayout, path: Path) -> str:
 
 
 MAX_SIDE_FILE_BYTES = 1 << 20  # tasks.yaml is a page of settings, not data
-# labels.csv and the split lists grow with the data (CelebA's 200k rows of 40 attributes: ~20 MB)
-MAX_LIST_BYTES = 1 << 30
 
 
 def read_text(layout: FolderLayout, path: Path, limit: int = MAX_LIST_BYTES) -> str | None:
     """A text file of at most ``limit`` bytes, or None with a problem naming it (a FIFO or device,
     a file over the limit, a binary file)."""
     try:
-        if not path.is_file():
-            layout.problems.append(f"{_rel(layout, path)}: not a regular file")
-            return None
-        if path.stat().st_size > limit:
-            layout.problems.append(f"{_rel(layout, path)}: {path.stat().st_size:,} bytes, over the limit of {limit:,}")
-            return None
-        return path.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        layout.problems.append(f"{_rel(layout, path)}: unreadable ({type(e).__name__}: {e})")
+        return read_input_text(path, _rel(layout, path), limit, DataError)
+    except DataError as e:
+        layout.problems.append(str(e))
         return None
 
 

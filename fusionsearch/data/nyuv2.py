@@ -53,6 +53,7 @@ from fusionsearch.data.transforms import (
     clean_depth,
     clean_normals,
     finish_item,
+    read_lines,
 )
 from fusionsearch.errors import ArgumentError
 
@@ -123,7 +124,7 @@ def _nyud_samples(root: Path, split: str) -> list[_Sample]:
     list_file = root / "gt_sets" / f"{split}.txt"
     if not list_file.is_file():
         raise MissingDataError(f"NYUv2 (NYUD layout): split list {str(list_file)!r} does not exist")
-    ids = [line.strip() for line in list_file.read_text().splitlines() if line.strip()]
+    ids = [line.strip() for line in read_lines(list_file) if line.strip()]
     if not ids:
         raise DataError(f"NYUv2 (NYUD layout): split list {str(list_file)!r} lists no image ids")
     samples = []

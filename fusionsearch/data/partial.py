@@ -32,8 +32,20 @@ from torch.utils.data import Dataset
 
 from fusionsearch.data.transforms import kind_of
 from fusionsearch.errors import DataError
+from fusionsearch.paths import read_input
 
-__all__ = ["PartialLabels", "item_ids", "labelled_mask", "check_labelled", "describe_labelled"]
+__all__ = [
+    "PartialLabels",
+    "item_ids",
+    "labelled_mask",
+    "check_labelled",
+    "describe_labelled",
+    "id_files",
+    "check_id_files",
+    "MAX_ID_FILE_BYTES",
+]
+
+MAX_ID_FILE_BYTES = 1 << 28  # one id a line: millions of ids
 
 
 def item_ids(data: Dataset) -> list[str]:
@@ -75,17 +87,46 @@ def _unit(seed: int, task: str, key: str) -> int:
     return int.from_bytes(digest, "big")
 
 
+def _id_file(path: str, task: str) -> bytes:
+    """An id file's bytes: a regular file under the bound (a FIFO would block, /dev/zero fill the memory)."""
+    what = f"data.labelled.{task}: the id file {path!r}"
+    return read_input(Path(path).expanduser(), what, MAX_ID_FILE_BYTES, DataError)
+
+
 def _read_ids(path: str, task: str) -> list[str]:
-    p = Path(path).expanduser()
     try:
-        lines = p.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"data.labelled.{task}: cannot read the id file {path!r} ({type(e).__name__}: {e})") from None
+        lines = _id_file(path, task).decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise DataError(f"data.labelled.{task}: the id file {path!r} is not UTF-8 text (one id a line)") from None
     ids = [line.split("#", 1)[0].strip() for line in lines]
     ids = [i for i in ids if i]
     if not ids:
         raise DataError(f"data.labelled.{task}: the id file {path!r} lists no ids")
     return ids
+
+
+def id_files(labelled: Mapping[str, Any] | None) -> dict[str, dict[str, str]]:
+    """Task -> ``{"file": PATH, "sha256": DIGEST}`` for each task labelled by an id file. A study
+    stores it: the path alone let a file edited between a stop and the resume mix two labellings
+    in one study (``check_id_files``)."""
+    out = {}
+    for task, spec in (labelled or {}).items():
+        if isinstance(spec, str):
+            out[task] = {"file": spec, "sha256": hashlib.sha256(_id_file(spec, task)).hexdigest()}
+    return out
+
+
+def check_id_files(stored: Mapping[str, Any] | None, labelled: Mapping[str, Any] | None, study: str) -> dict[str, Any]:
+    """The id files of ``labelled`` now (``id_files``), after checking that each has the content
+    ``stored`` when the study began; a changed file is a ``DataError`` naming it."""
+    now = id_files(labelled)
+    for task, was in (stored or {}).items():
+        if task in now and now[task]["sha256"] != was.get("sha256"):
+            raise DataError(
+                f"the id file {now[task]['file']!r} (data.labelled.{task}) has changed since study {study!r} began:"
+                " put back the file it was made with, or start a new study (another --study name)"
+            )
+    return now
 
 
 def labelled_mask(ids: Sequence[str], spec: float | str | Sequence[str], task: str, seed: int = 0) -> np.ndarray:

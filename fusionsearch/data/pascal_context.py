@@ -54,6 +54,7 @@ from fusionsearch.data.transforms import (
     check_root,
     clean_normals,
     finish_item,
+    read_lines,
 )
 from fusionsearch.errors import ArgumentError
 
@@ -104,7 +105,7 @@ def _read_ids(root: Path, split: str) -> list[str]:
     if not list_file.is_file():
         raise MissingDataError(f"PASCAL-Context: split list {str(list_file)!r} does not exist")
     ids = []
-    for n, line in enumerate(list_file.read_text().splitlines(), 1):
+    for n, line in enumerate(read_lines(list_file), 1):
         stem = line.strip()
         if stem and (len(stem.split()) != 1 or "/" in stem):
             raise DataError(f"{str(list_file)!r} line {n}: expected one image id, got {line!r}")

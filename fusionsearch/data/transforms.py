@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fusionsearch.errors import DataError, MissingDataError
+from fusionsearch.paths import read_input_text
 from fusionsearch.tasks.labels import MIN_VECTOR_NORM, LabelKind
 
 __all__ = [
@@ -36,7 +37,19 @@ __all__ = [
     "normalize_image",
     "resize_dense",
     "resize_image",
+    "read_lines",
+    "MAX_LIST_BYTES",
 ]
+
+# a data set's list or label table grows with the data (CelebA's 200k rows of 40 attributes: ~20 MB)
+MAX_LIST_BYTES = 1 << 30
+
+
+def read_lines(path: Path) -> list[str]:
+    """The lines of a data set's text file (a split list, a label table): a regular file under
+    ``MAX_LIST_BYTES`` (``paths.read_input``), else a ``DataError`` naming it."""
+    return read_input_text(path, repr(str(path)), MAX_LIST_BYTES, DataError).splitlines()
+
 
 IGNORE_INDEX = 255
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)

@@ -21,6 +21,7 @@ from fusionsearch.errors import PlanError, UntrustedFileError
 from fusionsearch.nets.builder import build
 from fusionsearch.nets.net import StitchedNet
 from fusionsearch.nets.plan import StitchPlan
+from fusionsearch.paths import write_atomic
 
 __all__ = ["save", "load", "SAFE_CREATE_KWARGS"]
 
@@ -47,8 +48,7 @@ def save(net: StitchedNet, path: str | os.PathLike[str], weighting: Mapping[str,
     }
     if weighting is not None:
         payload["weighting"] = {"name": str(weighting["name"]), "state_dict": dict(weighting.get("state_dict", {}))}
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    torch.save(payload, path)
+    write_atomic(path, lambda f: torch.save(payload, f))  # whole or not at all
 
 
 # timm.create_model arguments a saved net may carry without ``trust``: shapes and regularisation,

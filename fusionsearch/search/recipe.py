@@ -20,6 +20,7 @@ import yaml
 
 from fusionsearch.data.partial import check_labelled
 from fusionsearch.errors import FusionSearchError, PluginError
+from fusionsearch.paths import read_input_text
 from fusionsearch.plugins import load_plugins
 from fusionsearch.schema import check_call, check_fields, did_you_mean
 from fusionsearch.search.limits import check_limits, image_size
@@ -322,14 +323,12 @@ def load_recipe(name_or_path: str | os.PathLike[str] = DEFAULT_RECIPE) -> Recipe
     p = Path(name_or_path)
     if not p.is_file():
         found = list_recipes().get(str(name_or_path))
-        if found is None:
+        if found is None and not p.exists():
             names = ", ".join(list_recipes()) or "none found"
             raise RecipeError(f"no recipe {str(name_or_path)!r}: not a file, nor a known recipe ({names})")
-        p = found
+        p = found or p  # a FIFO or a device by that name: refused by read_input_text, never read
     try:
-        if p.stat().st_size > MAX_RECIPE_BYTES:
-            raise RecipeError(f"recipe {p} is {p.stat().st_size:,} bytes, over the limit of {MAX_RECIPE_BYTES:,}")
-        d = load_yaml(p.read_text(), str(p))
+        d = load_yaml(read_input_text(p, f"recipe {str(p)!r}", MAX_RECIPE_BYTES, RecipeError), str(p))
     except yaml.YAMLError as e:
         raise RecipeError(f"{p} is not valid YAML: {e}") from None
     except (OSError, UnicodeDecodeError) as e:

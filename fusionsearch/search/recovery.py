@@ -2,13 +2,16 @@
 
 A trial that diverged (NaN), ran out of memory, or holds a plan that cannot be built failed on its
 merits: that is final, and the search learns from it. A trial that was interrupted (Ctrl-C,
-SIGTERM), lost its worker (stale heartbeat), hit an I/O error or a full disk, or could not start
+SIGTERM), lost its worker (stale heartbeat), hit an I/O error, or could not start
 because a trial it needs was itself interrupted, says nothing about its plan. Such a trial is
 queued again (``requeue``), as a copy with the same plan, by Optuna's own bookkeeping for retried trials
 (``failed_trial`` and ``retry_history`` system attributes, as ``RetryHeartbeatStaleTrialCallback``
 writes them), at most ``MAX_RETRY`` times, so a machine that always fails cannot loop for ever.
 A warm start whose saved nets are missing or damaged is the same kind of accident: it is trained
-again before the trial that needs it goes on (``Objective.warm_start``).
+again before the trial that needs it goes on (``Objective.warm_start``). A write the disk refused
+(full, over a quota or size limit, read-only, failing: ``paths.write_failure``) is one too, and
+it stops the worker at once (every later trial would fail alike), so it cannot loop and uses up
+none of the trial's retries: the trial completes once there is space, however often it was stopped.
 
 This module only classifies; it imports nothing of the search.
 """
@@ -20,6 +23,7 @@ import errno
 import torch
 
 from fusionsearch.errors import DependencyError
+from fusionsearch.paths import write_failure
 
 __all__ = [
     "MAX_RETRY",
@@ -28,6 +32,8 @@ __all__ = [
     "DEPENDENCY",
     "PLAN",
     "DEVICE",
+    "DISK",
+    "FREE_RETRY",
     "RETRYABLE",
     "sticky_device_error",
     "failure_kind",
@@ -37,7 +43,9 @@ __all__ = [
 MAX_RETRY = 2  # copies of one failed trial, as the heartbeat's retry callback allows
 INTERRUPTED, INFRASTRUCTURE, DEPENDENCY, PLAN = "interrupted", "infrastructure", "dependency", "plan"
 DEVICE = "device"  # a sticky CUDA error: the process's CUDA context is broken, not the plan
-RETRYABLE = (INTERRUPTED, INFRASTRUCTURE, DEPENDENCY, DEVICE)
+DISK = "disk"  # a write the disk refused: the worker stops; the same command resumes
+RETRYABLE = (INTERRUPTED, INFRASTRUCTURE, DEPENDENCY, DEVICE, DISK)
+FREE_RETRY = (DISK,)  # accidents that stop the worker, so they cannot loop: their retries are not counted
 # CUDA errors after which every later call in the process fails too ("sticky": the context is
 # corrupted until the process exits); CUDA's and cuBLAS's own wording
 STICKY_CUDA_ERRORS = (
@@ -89,6 +97,8 @@ def failure_kind(e: BaseException, shared_device: bool = False) -> str:
         return INFRASTRUCTURE if shared_device else PLAN
     if sticky_device_error(e):
         return DEVICE
+    if write_failure(e) is not None:
+        return DISK  # before the other OSErrors: torch wraps them in a RuntimeError of its own
     if isinstance(e, OSError) and e.errno != errno.ENOMEM:
         return INFRASTRUCTURE  # I/O, a full disk, a vanished file or mount
     from optuna.artifacts.exceptions import ArtifactNotFound

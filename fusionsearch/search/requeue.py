@@ -12,7 +12,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from fusionsearch.search.recovery import IDENTITY, MAX_RETRY, RETRYABLE
+from fusionsearch.search.recovery import FREE_RETRY, IDENTITY, MAX_RETRY, RETRYABLE
 
 __all__ = ["retry", "retries_left", "retried", "failed_for_good"]
 
@@ -21,9 +21,15 @@ def _history(t: FrozenTrial) -> list[int]:
     return list(t.system_attrs.get("retry_history", []))
 
 
+def _free(t: FrozenTrial) -> int:
+    """How many of the failures in ``t``'s history were of a kind that costs no retry (``FREE_RETRY``)."""
+    return int(t.system_attrs.get("fusionsearch_free_retries", 0))
+
+
 def retries_left(t: FrozenTrial) -> bool:
-    """Whether a failed trial may be copied once more (its history holds earlier copies)."""
-    return len(_history(t)) < MAX_RETRY
+    """Whether a failed trial may be copied once more: its history holds earlier copies, of
+    which those after a ``FREE_RETRY`` accident (a full disk) do not count."""
+    return t.user_attrs.get("fail_kind") in FREE_RETRY or len(_history(t)) - _free(t) < MAX_RETRY
 
 
 def retry(study: optuna.Study, t: FrozenTrial) -> bool:
@@ -35,6 +41,7 @@ def retry(study: optuna.Study, t: FrozenTrial) -> bool:
         **t.system_attrs,
         "failed_trial": t.number,
         "retry_history": [*_history(t), t.number],
+        "fusionsearch_free_retries": _free(t) + (t.user_attrs.get("fail_kind") in FREE_RETRY),
     }
     study.add_trial(
         optuna.create_trial(

@@ -12,21 +12,22 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
+import shutil
 import sqlite3
 import threading
 import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-from urllib.parse import parse_qsl
+from typing import Any, BinaryIO
 
 import optuna
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.storages import RDBStorage
 
 from fusionsearch.errors import ArgumentError, FusionSearchError, StorageError
+from fusionsearch.paths import write_atomic
+from fusionsearch.search.credentials import mask, redact, remember
 from fusionsearch.search.requeue import retry
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "storage_url",
     "DEFAULT_STORAGE",
     "redact",
+    "mask",
     "open_storage",
     "artifact_store",
     "artifact_dir",
@@ -63,33 +65,6 @@ def _seconds(variable: str, default: int) -> int:
     if value < 1:
         raise ArgumentError(f"{variable} must be a whole number of seconds >= 1, got {text!r}")
     return value
-
-
-_SECRET_KEY = re.compile(r"pass|pwd|secret|token|key|auth|credential", re.IGNORECASE)
-
-
-def redact(url: str) -> str:
-    """The URL with every credential replaced by ***: URLs are printed and stored, credentials never.
-
-    The password is everything between the user name and the *last* ``@`` before the host (a
-    password with an unescaped ``@`` parses wrongly in SQLAlchemy's ``make_url``, which then
-    prints its tail as the host), and query parameters whose name says secret (``password=``,
-    ``sslpassword=``, ``token=``, ...) are hidden too.
-    """
-    if url.startswith("journal:"):
-        return url
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    main, q, query = rest.partition("?")
-    at = main.rfind("@")
-    if at >= 0:
-        user, colon, _ = main[:at].partition(":")
-        main = f"{user}:***@{main[at + 1 :]}" if colon else main
-    if q:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        query = "&".join(f"{k}={'***' if _SECRET_KEY.search(k) else v}" for k, v in pairs)
-    return f"{scheme}://{main}{q}{query}"
 
 
 def _sqlite_path(url: str) -> Path | None:
@@ -132,6 +107,7 @@ def check_url(url: str, create: bool = True) -> None:
     would leave a ``.lock`` file beside a mistyped path): a file storage's path is not a folder,
     an existing SQLite path is a database, and a reader's file exists."""
     shown = redact(url)
+    remember(url)
     if not url.strip():
         raise StorageError(
             f"--storage is empty: give a URL such as {DEFAULT_STORAGE}, or leave it out for that default"
@@ -156,6 +132,30 @@ def check_url(url: str, create: bool = True) -> None:
         raise StorageError(
             f"storage {shown!r} is not a URL: give sqlite:///FILE.db, journal:FILE or postgresql://USER@HOST/DB"
         )
+    else:
+        _check_driver(url, shown)
+
+
+def _check_driver(url: str, shown: str) -> None:
+    """A server URL names a database SQLAlchemy knows, and its driver is installed: checked with
+    the URL, so every command that takes ``--storage`` stops with the same line (``run`` and
+    ``compare`` met a missing driver only inside SQLAlchemy, as a ModuleNotFoundError)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError as UrlError
+    from sqlalchemy.exc import NoSuchModuleError
+
+    try:
+        parsed = make_url(url)
+        parsed.get_dialect().import_dbapi()
+    except NoSuchModuleError:
+        raise StorageError(f"storage {shown}: SQLAlchemy knows no database {parsed.drivername!r}") from None
+    except UrlError as e:
+        raise StorageError(f"storage {shown}: not a database URL ({mask(_first_line(e), url)})") from None
+    except ImportError as e:
+        raise StorageError(
+            f"storage {shown}: its database driver is not installed ({mask(_first_line(e), url)}); install it"
+            " (PostgreSQL: pip install 'fusionsearch[postgres]') or name an installed one in the URL"
+        ) from None
 
 
 def open_storage(
@@ -203,11 +203,11 @@ def open_storage(
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
     except ImportError as e:
-        raise StorageError(f"storage {shown}: a database driver is missing ({e})") from None
+        raise StorageError(f"storage {shown}: a database driver is missing ({mask(_first_line(e), url)})") from None
     except FusionSearchError:
         raise
     except Exception as e:
-        raise StorageError(f"cannot open storage {shown}: {type(e).__name__}: {_first_line(e)}") from None
+        raise StorageError(f"cannot open storage {shown}: {type(e).__name__}: {mask(_first_line(e), url)}") from None
 
 
 def _first_line(e: BaseException) -> str:
@@ -230,17 +230,37 @@ def _lock_key(url: str) -> str | None:
 
 
 def _file_lock(path: Path) -> Any:
+    """``flock`` on ``path``, which exists only while a process holds or waits for the lock: the
+    holder removes it before it lets go, so no empty file is left beside the user's database.
+
+    Removing a lock file races with a process that opened it and waits: that one then holds a
+    lock on a file no longer at ``path``, while a newcomer creates and locks a new one. So a
+    process that got the lock checks that ``path`` is still the file it locked, and otherwise
+    opens it again. Only the holder removes the file, so two processes never both pass the check."""
     try:
         import fcntl
     except ImportError:  # not POSIX: the database's own locking only
         return lambda: None
     path.parent.mkdir(parents=True, exist_ok=True)
-    f = open(path, "a")  # noqa: SIM115 - held until release
-    fcntl.flock(f, fcntl.LOCK_EX)
+    while True:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            current = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            current = False  # the holder removed it while this process waited
+        except BaseException:
+            os.close(fd)
+            raise
+        if current:
+            break
+        os.close(fd)
 
     def release() -> None:
-        fcntl.flock(f, fcntl.LOCK_UN)
-        f.close()
+        try:
+            path.unlink(missing_ok=True)  # while still held: see above
+        finally:
+            os.close(fd)  # closing lets go of the lock
 
     return release
 
@@ -257,7 +277,9 @@ def _server_lock(url: str) -> Any:
             break
         except Exception as e:
             if time.monotonic() > deadline:
-                raise StorageError(f"cannot open storage {redact(url)}: {type(e).__name__}: {_first_line(e)}") from None
+                raise StorageError(
+                    f"cannot open storage {redact(url)}: {type(e).__name__}: {mask(_first_line(e), url)}"
+                ) from None
             time.sleep(1)
     if url.startswith("postgresql"):
         conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _PG_LOCK_KEY})
@@ -283,7 +305,8 @@ def study_lock(url: str) -> Iterator[None]:
 
     SQLite and journal files get a ``flock`` on ``FILE.fusionsearch-lock`` (not ``FILE.lock``, which
     Optuna's journal storage locks itself); PostgreSQL ``pg_advisory_lock``
-    and MySQL ``GET_LOCK`` on a connection of their own. Re-entrant within a process."""
+    and MySQL ``GET_LOCK`` on a connection of their own. Re-entrant within a process. The lock
+    file is there only while the lock is held or awaited (``_file_lock``)."""
     key = _lock_key(url)
     if key is None:
         yield
@@ -324,6 +347,14 @@ def artifact_dir(url: str, override: str | os.PathLike[str] | None = None) -> Pa
     return Path("fusionsearch-artifacts")
 
 
+class _WholeFileStore(FileSystemArtifactStore):
+    """Optuna's file store, writing each artefact whole or not at all (``paths.write_atomic``):
+    Optuna's own ``write`` leaves a truncated file under the artefact's id when the disk is full."""
+
+    def write(self, artifact_id: str, content_body: BinaryIO) -> None:
+        write_atomic(self._get_filepath(artifact_id), lambda f: shutil.copyfileobj(content_body, f))
+
+
 def artifact_store(
     url: str, override: str | os.PathLike[str] | None = None, create: bool = True
 ) -> FileSystemArtifactStore:
@@ -332,7 +363,7 @@ def artifact_store(
     if not create and not d.is_dir():
         raise StorageError(f"no artefact folder {str(d)!r} (give --artifacts if the study keeps them elsewhere)")
     d.mkdir(parents=True, exist_ok=True)
-    return FileSystemArtifactStore(str(d))
+    return _WholeFileStore(str(d))
 
 
 def storage_url(storage: Any) -> str | None:

@@ -18,6 +18,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from fusionsearch.data.partial import check_id_files
 from fusionsearch.errors import ArgumentError, FusionSearchError
 from fusionsearch.nets.plan import StitchPlan
 from fusionsearch.plugins import loaded_plugins, require_plugins
@@ -326,7 +327,9 @@ def _prepare(recipe: Recipe, settings: StudySettings) -> optuna.Study:
             )
         if study.user_attrs.get("settings", {}).get("objectives") != settings.objectives:
             raise FusionSearchError(f"study {settings.study!r} has other objectives: choose another --study name")
+    ids = check_id_files(study.user_attrs.get("id_files"), recipe.data.get("labelled"), settings.study)
     study.set_user_attr("recipe", recipe.to_dict())
+    study.set_user_attr("id_files", ids)  # the content of each id file, not only its path
     study.set_user_attr("plugins", loaded_plugins())  # what a worker loads before it reads the recipe
     study.set_user_attr("settings", {**asdict(settings), "storage": redact(settings.storage)})
     with warnings.catch_warnings():  # "experimental" since Optuna 3.2; nothing the user can act on

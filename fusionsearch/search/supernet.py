@@ -35,6 +35,7 @@ from optuna.trial import TrialState
 from fusionsearch.errors import CheckpointError
 from fusionsearch.nets.plan import StitchPlan
 from fusionsearch.nets.supernet import NONE_UNIT, SuperNet, recalibrate_batchnorm
+from fusionsearch.paths import write_atomic
 from fusionsearch.search.experiment import Experiment, WarmStart
 from fusionsearch.search.space import SearchSpace
 from fusionsearch.search.supernet_space import common_values, supernet_space
@@ -111,9 +112,8 @@ def path_seed(seed: int, step: int) -> int:
 
 
 def _save(path: Path, sn: SuperNet, opt: torch.optim.Optimizer, step: int, losses: list[float]) -> None:
-    tmp = path.with_name(path.name + ".part")
-    torch.save({"step": step, "state": sn.state_dict(), "opt": opt.state_dict(), "losses": losses}, tmp)
-    os.replace(tmp, path)
+    state = {"step": step, "state": sn.state_dict(), "opt": opt.state_dict(), "losses": losses}
+    write_atomic(path, lambda f: torch.save(state, f))
 
 
 def _resume(path: Path | None, sn: SuperNet, opt: torch.optim.Optimizer) -> tuple[int, list[float]]:

@@ -19,10 +19,12 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from fusionsearch.errors import DependencyError, DeviceError
+from fusionsearch.data.partial import check_id_files
+from fusionsearch.errors import DependencyError, DeviceError, DiskError
+from fusionsearch.paths import write_failure
 from fusionsearch.search.objective import Objective, failure_reason
 from fusionsearch.search.queueing import Heartbeat, pop, reap_stale, requeue_failed, stale_possible
-from fusionsearch.search.recovery import DEVICE, INTERRUPTED, PLAN, failure_kind, interrupted
+from fusionsearch.search.recovery import DEVICE, DISK, INTERRUPTED, PLAN, failure_kind, interrupted
 from fusionsearch.search.requeue import retry
 from fusionsearch.search.storage import DEFAULT_STORAGE, queue_lock
 from fusionsearch.search.study import load_study
@@ -58,8 +60,10 @@ def run_worker(
     ``device="auto"``, picks GPU ``worker % count``). ``shares_device``: other workers train on
     the same GPU, so running out of memory is an accident (queued again), not the plan's verdict.
     A sticky CUDA error (``recovery.sticky_device_error``) queues its trial again and stops the
-    worker with a DeviceError: its CUDA context is broken."""
+    worker with a DeviceError: its CUDA context is broken; a write the disk refused, with a
+    DiskError."""
     study, recipe, settings = load_study(study_name, storage, worker)
+    check_id_files(study.user_attrs.get("id_files"), recipe.data.get("labelled"), study_name)  # as the study began
     device = use_device(device, worker)
     timeout = settings.timeout if timeout is None else timeout
     if artifacts is not None:
@@ -153,10 +157,27 @@ class TrialRunner:
                 f"{label}: the CUDA context of {self.device} is broken ({reason}): this worker stops and the trial"
                 " is queued again; run the same command to resume in a fresh process"
             )
+        if kind == DISK:  # so would every later trial: stop rather than fail them all
+            return self._disk_full(trial, label, e)
         _fail(self.study, trial, reason, kind)
         again = "" if kind == PLAN else " (an accident, not the plan's: the next run queues it again)"
         self.log(f"{label}: failed: {reason}{again}")
         return None
+
+    def _disk_full(self, trial: optuna.Trial, label: str, e: Exception) -> DiskError:
+        """Queue the trial again and say, in one line, what the disk refused; the database may be
+        on that disk, so if recording the failure fails too, the trial stays RUNNING and comes
+        back through its stale heartbeat."""
+        refused = write_failure(e) or e
+        what = str(refused)
+        if isinstance(refused, OSError) and refused.strerror:  # "No space left on device: 'x/trial-3.pt'"
+            what = refused.strerror + (f": {refused.filename!r}" if refused.filename else "")
+        with contextlib.suppress(Exception):
+            _fail(self.study, trial, f"disk: {what} (queued again)", DISK, requeue=True)
+        return DiskError(
+            f"{label}: a file cannot be written ({what}): the disk is full or not writable. The trial is queued"
+            " again; free space (or fix the disk) and run the same command to resume"
+        )
 
 
 def _free_memory() -> None:

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from fusionsearch.data.batching import collate_for
 from fusionsearch.errors import CheckpointError, FusionSearchError
 from fusionsearch.nets.net import StitchedNet
+from fusionsearch.paths import write_atomic
 from fusionsearch.tasks.task import Task
 from fusionsearch.tasks.weighting import Weighting, make_weighting
 from fusionsearch.train.calibration import calibrate_batchnorm
@@ -376,21 +377,16 @@ def calibrate(net: StitchedNet, data: Dataset, cfg: TrainConfig, dev: torch.devi
 def _save(
     path: Path, net: StitchedNet, opt: Any, scaler: Any, step: int, history: dict, cfg: TrainConfig, weighting: Any
 ) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(
-        {
-            "step": step,
-            "net": net.state_dict(),
-            "weighting": weighting.state_dict(),
-            "optimizer": opt.state_dict(),
-            "scaler": scaler.state_dict(),
-            "history": history,
-            "config": asdict(cfg),
-        },
-        tmp,
-    )
-    os.replace(tmp, path)  # never leave a half-written checkpoint
+    state = {
+        "step": step,
+        "net": net.state_dict(),
+        "weighting": weighting.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scaler": scaler.state_dict(),
+        "history": history,
+        "config": asdict(cfg),
+    }
+    write_atomic(path, lambda f: torch.save(state, f))  # never leave a half-written checkpoint
 
 
 def _progress(enabled: bool, total: int, start: int) -> Any:

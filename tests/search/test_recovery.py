@@ -20,6 +20,7 @@ from fusionsearch.errors import DataError, DependencyError, LostDependencyError,
 from fusionsearch.search.recovery import (
     DEPENDENCY,
     DEVICE,
+    DISK,
     INFRASTRUCTURE,
     INTERRUPTED,
     MAX_RETRY,
@@ -129,8 +130,7 @@ def test_host_memory_exhausted_is_the_plans(e):
 @pytest.mark.parametrize(
     "e",
     [
-        OSError(errno.ENOSPC, "No space left on device"),
-        OSError(errno.EIO, "Input/output error"),
+        OSError(errno.ESTALE, "Stale file handle"),  # a network mount gone away
         FileNotFoundError(errno.ENOENT, "No such file or directory", "/mnt/study/trial-3.pt"),
         PermissionError(errno.EACCES, "Permission denied"),
         ArtifactNotFound("the artefact store lost trial-3.pt"),  # Optuna's error is no OSError
@@ -145,6 +145,67 @@ def test_host_memory_exhausted_is_the_plans(e):
 def test_io_storage_artefact_and_missing_device_errors_are_accidents(e):
     assert failure_kind(e) == INFRASTRUCTURE
     assert failure_kind(e) in RETRYABLE
+
+
+def _torch_save_error(path: str, limit: int) -> tuple[str, str]:
+    """What torch.save raises when the disk refuses the write, to a path and to a file object:
+    a RuntimeError of its own (run in a child with a file-size limit, as a full disk would)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import resource, sys, torch\n"
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))\n"
+        "x = {'w': torch.zeros(100_000)}\n"
+        "for target in (sys.argv[1], open(sys.argv[1] + '.f', 'wb')):\n"
+        "    try:\n        torch.save(x, target)\n"
+        "    except Exception as e:\n        print(type(e).__name__, '|', e.__context__ is not None, '|', e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script, path], capture_output=True, text=True, timeout=120)
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 2, out.stderr
+    return lines[0], lines[1]
+
+
+@pytest.mark.parametrize(
+    "e",
+    [
+        OSError(errno.ENOSPC, "No space left on device"),
+        OSError(errno.EDQUOT, "Disk quota exceeded"),
+        OSError(errno.EFBIG, "File too large"),  # over a size limit (RLIMIT_FSIZE)
+        OSError(errno.EROFS, "Read-only file system"),
+        OSError(errno.EIO, "Input/output error"),
+        RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534"),  # torch.save's words
+        RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed"),
+        OperationalError("INSERT INTO trials ...", {}, sqlite3.OperationalError("database or disk is full")),
+    ],
+    ids=lambda e: " ".join(str(e).split()[:3]),
+)
+def test_a_write_the_disk_refused_is_an_accident_that_costs_no_retry(e):
+    assert failure_kind(e) == DISK and DISK in RETRYABLE
+    study = optuna.create_study()
+    chain = [_fail(study, DISK, slot=0)]
+    for _ in range(MAX_RETRY + 3):  # stopped by a full disk again and again: it always comes back
+        assert retries_left(chain[-1]) and retry(study, chain[-1])
+        trial = study.ask()
+        trial.set_user_attr("fail_kind", DISK)
+        chain.append(study.tell(trial, state=TrialState.FAIL))
+    assert not failed_for_good(chain[-1], study.get_trials())
+    for _ in range(MAX_RETRY + 1):  # an I/O accident then fails it: that one has MAX_RETRY copies, no more
+        assert retry(study, chain[-1])
+        trial = study.ask()
+        trial.set_user_attr("fail_kind", INFRASTRUCTURE)
+        chain.append(study.tell(trial, state=TrialState.FAIL))
+    assert not retries_left(chain[-1]) and failed_for_good(chain[-1], study.get_trials())
+
+
+def test_torchs_own_wording_of_a_full_disk_is_an_accident(tmp_path):
+    """torch.save under a file-size limit (a full disk): "unexpected pos ..." was filed as the plan's failure."""
+    to_path, to_file = _torch_save_error(str(tmp_path / "x.pt"), 100_000)
+    for line in (to_path, to_file):
+        kind, _, text = line.split(" | ")
+        assert kind == "RuntimeError"
+        assert failure_kind(RuntimeError(text)) == DISK, line
 
 
 def test_torchs_no_gpus_message_is_an_accident():
@@ -182,8 +243,8 @@ def test_everything_else_is_the_plans_and_final(e):
 
 
 def test_the_kinds_that_come_back():
-    assert set(RETRYABLE) == {INTERRUPTED, INFRASTRUCTURE, DEPENDENCY, DEVICE}
-    assert len({INTERRUPTED, INFRASTRUCTURE, DEPENDENCY, PLAN, DEVICE}) == 5
+    assert set(RETRYABLE) == {INTERRUPTED, INFRASTRUCTURE, DEPENDENCY, DEVICE, DISK}
+    assert len({INTERRUPTED, INFRASTRUCTURE, DEPENDENCY, PLAN, DEVICE, DISK}) == 6
 
 
 # ---- failed for good -----------------------------------------------------------------------------

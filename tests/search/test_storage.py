@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from helpers import jobs, tiny_recipe
 from optuna.trial import TrialState
@@ -49,3 +51,97 @@ def test_every_storage_queues_once_pops_in_order_and_requeues_accidents(storage_
     copy = pop(study)
     assert copy is not None and copy.user_attrs["slot"] == 1 and "fail_kind" not in copy.user_attrs
     assert redact(storage_url) == storage_url  # no password in these URLs: nothing to hide
+
+
+# ---- issue 34: the same driver check on every command, driver errors masked, no lock file left ----
+
+MYSQL = "mysql+pymysql://u:pw@127.0.0.1:1/db"
+STORAGE_COMMANDS = [
+    ["run", "--backbone", "test_resnet", "--size", "32", "--devices", "cpu"],
+    ["compare", "--devices", "cpu"],
+    ["trials", "--study", "x"],
+    ["worker", "--study", "x", "--device", "cpu"],
+    ["report", "--study", "x"],
+    ["best", "--study", "x"],
+    ["dashboard"],
+]
+
+
+@pytest.mark.parametrize("args", STORAGE_COMMANDS, ids=lambda a: a[0])
+def test_every_command_names_a_missing_database_driver_in_one_line(args, tmp_path, monkeypatch):
+    """``run`` and ``compare`` met the missing driver inside SQLAlchemy: ModuleNotFoundError, exit 1."""
+    import importlib.util
+
+    from typer.testing import CliRunner
+
+    from fusionsearch.cli import app
+
+    if importlib.util.find_spec("pymysql") is not None:
+        pytest.skip("pymysql is installed here")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, [*args, "--storage", MYSQL])
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert lines[0] == (
+        "error: storage mysql+pymysql://u:***@127.0.0.1:1/db: its database driver is not installed (No module"
+        " named 'pymysql'); install it (PostgreSQL: pip install 'fusionsearch[postgres]') or name an installed"
+        " one in the URL"
+    )
+    assert list(tmp_path.iterdir()) == []  # no database, lock or artefact folder for a URL that cannot work
+
+
+def test_a_drivers_error_never_shows_a_piece_of_the_password():
+    """An unescaped @ in the password: psycopg took ``TER2pw@127.0.0.1`` for the host and said so."""
+    import importlib.util
+
+    from typer.testing import CliRunner
+
+    from fusionsearch.cli import app
+
+    url = "postgresql+psycopg://u:HUN@TER2pw@127.0.0.1:1/db"
+    if importlib.util.find_spec("psycopg") is not None:  # the driver's own words
+        result = CliRunner().invoke(app, ["trials", "--study", "x", "--storage", url])
+        assert result.exit_code == 2, result.output
+        assert "TER2pw" not in result.output and "HUN" not in result.output, result.output
+        assert "u:***@" in result.output  # the URL is still named
+    from fusionsearch.search.credentials import mask
+
+    driver = "failed to resolve host 'TER2pw@127.0.0.1': [Errno -2] Name or service not known (HUN@TER2pw)"
+    assert mask(driver, url) == "failed to resolve host '***@127.0.0.1': [Errno -2] Name or service not known (***)"
+    assert mask("password p%40ss is wrong", "postgresql://u:p%40ss@h/db") == "password *** is wrong"
+    assert mask("reached p@ss at host", "postgresql://u:p%40ss@h/db") == "reached *** at host"  # as decoded
+    assert mask("sslpassword: k3yfile!", "postgresql://h/db?sslpassword=k3yfile!") == "sslpassword: ***"
+
+
+def _count(url: str, counter: str, rounds: int) -> None:
+    from fusionsearch.search.storage import study_lock
+
+    for _ in range(rounds):
+        with study_lock(url):
+            with open(counter) as f:
+                n = int(f.read())
+            time.sleep(0.001)  # a window for another process to read the same n
+            with open(counter, "w") as f:
+                f.write(str(n + 1))
+
+
+def test_the_lock_file_is_gone_when_the_last_holder_leaves_and_still_excludes(tmp_path):
+    """Every study left an empty FILE.db.fusionsearch-lock beside the user's database. The holder
+    now removes it; processes that waited on the removed file take the lock again on the new one,
+    so four processes adding one under the lock 200 times each still count to 800."""
+    import multiprocessing
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    prepare_study(tiny_recipe(), StudySettings(study="st", storage=url, trials=1))
+    assert not (tmp_path / "s.db.fusionsearch-lock").exists()
+    counter = tmp_path / "n.txt"
+    counter.write_text("0")
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_count, args=(url, str(counter), 200)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+    assert [p.exitcode for p in procs] == [0] * 4
+    assert counter.read_text() == "800"
+    assert not (tmp_path / "s.db.fusionsearch-lock").exists()
