@@ -172,7 +172,7 @@ def parse_labelled(items: list[str] | None) -> dict[str, float | str]:
 
 
 def check_seed(seed: int | None) -> None:
-    """``--seed``: the samplers' seed is seed x 1000 + the worker's number, below 2^32."""
+    """``--seed``: the confirmation's seeds are seed x 1000 + i, below 2^32."""
     from fusionsearch.search.recipe import MAX_SEED
 
     if seed is not None and not 0 <= seed <= MAX_SEED:

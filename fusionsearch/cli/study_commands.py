@@ -266,7 +266,7 @@ def worker(
         torch.set_num_threads(threads)
     n = run_worker(
         study, _storage(storage), device=device, timeout=timeout, artifacts=artifacts, progress=not quiet, log=say,
-        # workers started by hand without an index must not all sample the same plans
+        # workers started by hand without an index spread over the GPUs (--device auto)
         worker=worker_index if worker_index is not None else 1000 + os.getpid(),
         shares_device=shares_device,
     )  # fmt: skip

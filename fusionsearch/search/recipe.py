@@ -33,7 +33,7 @@ CONFIRM_DEFAULTS: dict[str, Any] = {"top": 2, "seeds": 3, "per": None}
 # the largest image side a recipe may ask for: one 4096 x 4096 batch of 8 with a ResNet's first
 # activations already takes about 8 GiB; a typo such as 99999 must stop here, not in the allocator
 MAX_IMAGE_SIDE = 4096
-# the samplers' seed is the study seed x 1000 + the worker's number, below numpy's 2^32
+# the confirmation's training seeds are the study seed x 1000 + 1..1000, below numpy's 2^32
 MAX_SEED = (2**32 - 1) // 1000 - 1000
 
 
