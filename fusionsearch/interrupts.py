@@ -19,9 +19,9 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["request_interrupt", "interrupt_pending", "check_interrupt", "interrupts_taken"]
+__all__ = ["request_interrupt", "interrupt_pending", "check_interrupt", "interrupts_taken", "interrupts_deferred"]
 
-_STATE: dict[str, Any] = {"pending": None, "depth": 0}
+_STATE: dict[str, Any] = {"pending": None, "depth": 0, "deferred": 0}
 
 
 def request_interrupt(reason: str = "interrupted") -> None:
@@ -43,7 +43,20 @@ def check_interrupt() -> None:
 
 def _on_signal(signum: int, frame: Any) -> None:
     request_interrupt(f"signal {signum}")
-    raise KeyboardInterrupt(f"signal {signum}")
+    if not _STATE["deferred"]:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """While the block runs, an interrupt is only recorded, not raised: for a few statements that
+    must not be cut in two (a trial claimed in the database and not yet in the hands of the code
+    that queues it again when it is stopped). The next ``check_interrupt()`` raises it."""
+    _STATE["deferred"] += 1
+    try:
+        yield
+    finally:
+        _STATE["deferred"] -= 1
 
 
 def _on_unraisable(info: Any) -> None:

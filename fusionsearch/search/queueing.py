@@ -20,6 +20,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from fusionsearch.interrupts import interrupts_deferred
 from fusionsearch.search.experiment import WARMSTART
 from fusionsearch.search.recovery import RETRYABLE
 from fusionsearch.search.requeue import retried, retry
@@ -121,7 +122,8 @@ def pop(study: optuna.Study, match: Callable[[Any], bool] | None = None) -> optu
     after it see the history they would have seen without the accident); with ``match``, only a
     trial it picks."""
     storage = study._storage
-    with queue_lock(storage):
+    # claimed here, then stopped before the worker holds it: RUNNING for ever, with no heartbeat
+    with interrupts_deferred(), queue_lock(storage):
         waiting = storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,))
         waiting = sorted(waiting, key=lambda t: (_rank(t), job_number(study, t)))
         if match is not None:

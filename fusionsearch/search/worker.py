@@ -115,9 +115,15 @@ class TrialRunner:
 
     def run(self, trial: optuna.Trial) -> None:
         label = trial_label(trial)
-        self.log(f"{label}: started on {self.device}")
-        with Heartbeat(self.study._storage, trial._trial_id):
-            failed = self._run_trial(trial, label)
+        try:
+            check_interrupt()  # one taken while ``pop`` claimed the trial
+            self.log(f"{label}: started on {self.device}")
+            with Heartbeat(self.study._storage, trial._trial_id):
+                failed = self._run_trial(trial, label)
+        except KeyboardInterrupt:  # stopped before ``_run_trial`` held it: queued again all the same
+            if self.study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
+                _fail(self.study, trial, "interrupted (queued again)", INTERRUPTED, requeue=True)
+            raise
         # outside the except blocks: there the traceback still held the trial's frames, and with
         # them its net, so collecting freed nothing of what ran out of memory
         _free_memory()

@@ -8,6 +8,7 @@ import dataclasses
 import importlib.util
 import os
 import random
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -74,6 +75,28 @@ def test_ctrl_c_in_a_finaliser_during_training_stops_the_trial_at_the_next_step(
     (t,) = study.get_trials(states=(TrialState.FAIL,))
     assert (t.user_attrs["baseline"], t.user_attrs["fail_kind"]) == ("warmstart", "interrupted")
     assert "warmstart" in [c.user_attrs.get("baseline") for c in study.get_trials(states=(TrialState.WAITING,))]
+
+
+def test_ctrl_c_while_a_trial_is_claimed_queues_it_again(tmp_path, monkeypatch):
+    """SIGINT between the claim in the database and the code that fails a stopped trial left it
+    RUNNING with no heartbeat: the next run waited for it for ever."""
+    url = f"sqlite:///{tmp_path}/h.db"
+    study = prepare_study(tiny_recipe(), _settings(url))
+    real, fired = optuna.Trial.__init__, []
+
+    def claimed(self, st, trial_id):
+        if not fired:
+            fired.append(trial_id)
+            os.kill(os.getpid(), signal.SIGINT)
+            signal.pthread_sigmask(signal.SIG_BLOCK, [])  # a point where Python runs the handler
+        real(self, st, trial_id)
+
+    monkeypatch.setattr(optuna.Trial, "__init__", claimed)
+    with pytest.raises(KeyboardInterrupt):
+        run_worker("r", url, device="cpu")
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    (t,) = study.get_trials(states=(TrialState.FAIL,))
+    assert (t.user_attrs["baseline"], t.user_attrs["fail_kind"]) == ("warmstart", "interrupted")
 
 
 # ---- root cause 2: the samplers' state after a resume ------------------------------------------------
