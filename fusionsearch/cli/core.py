@@ -26,7 +26,19 @@ try:  # typer >= 0.2x vendors click as typer._click; older ones use click itself
 except ImportError:  # pragma: no cover - the older typers
     from click.exceptions import UsageError  # type: ignore[assignment]
 
-__all__ = ["App", "app", "main", "console", "err_console", "say", "note", "quiet_optuna", "DEBUG", "INTERRUPTED"]
+__all__ = [
+    "App",
+    "app",
+    "main",
+    "console",
+    "err_console",
+    "say",
+    "note",
+    "quiet_optuna",
+    "DEBUG",
+    "INTERRUPTED",
+    "on_interrupt",
+]
 
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)  # an error is one line, also in a log file
@@ -47,26 +59,24 @@ def _is_cli_control(e: BaseException) -> bool:
 
 
 INTERRUPTED = "interrupted: the running trial is queued again; run the same command to resume"
+_ON_INTERRUPT = {"line": INTERRUPTED}
 
 
-class _Unraisable:
-    """``sys.unraisablehook`` while a command runs. Ctrl-C that lands in a finaliser or a database
-    callback cannot propagate: Python would print "Exception ignored in ..." with a traceback, and
-    the command would exit 0 as if it had completed. Here it is noted, and the command exits 130
-    with the one line; after the command (interpreter shutdown, ``at_exit``) it exits at once."""
+def on_interrupt(line: str) -> None:
+    """The one line that the running command prints when Ctrl-C stops it (a study's by default:
+    ``INTERRUPTED``); a command that is no study says what its own interruption left behind."""
+    _ON_INTERRUPT["line"] = line
 
-    def __init__(self, at_exit: bool = False) -> None:
-        self.caught = 0
-        self.at_exit = at_exit
 
-    def __call__(self, info: Any) -> None:
-        if not isinstance(info.exc_value, KeyboardInterrupt):
-            sys.__unraisablehook__(info)
-        elif self.at_exit:  # the interpreter is shutting down: no imports, no rich, only the file descriptor
-            os.write(2, (INTERRUPTED + "\n").encode())
-            os._exit(130)
-        else:
-            self.caught += 1
+def _unraisable_at_exit(info: Any) -> None:
+    """``sys.unraisablehook`` after the command, while the interpreter shuts down (a database
+    connection's finaliser): no imports, no rich, only the file descriptor; Ctrl-C there still
+    gives the command's one line and 130, never "Exception ignored" and exit 0."""
+    if not isinstance(info.exc_value, KeyboardInterrupt):
+        sys.__unraisablehook__(info)
+        return
+    os.write(2, (_ON_INTERRUPT["line"] + "\n").encode())
+    os._exit(130)
 
 
 def say(message: str) -> None:
@@ -110,15 +120,14 @@ class _Commands(TyperGroup):
             _usage_error(e)
 
     def invoke(self, ctx: Any) -> Any:
-        default_hook, hook = sys.unraisablehook, _Unraisable()
-        sys.unraisablehook = hook
+        from fusionsearch.interrupts import interrupts_taken
+
+        _ON_INTERRUPT["line"] = INTERRUPTED
         try:
-            out = super().invoke(ctx)
-            if hook.caught:
-                raise KeyboardInterrupt
-            return out
+            with interrupts_taken():  # Ctrl-C wherever it lands, a finaliser included (``interrupts``)
+                return super().invoke(ctx)
         except KeyboardInterrupt:
-            err_console.print(INTERRUPTED, highlight=False)
+            err_console.print(_ON_INTERRUPT["line"], highlight=False, markup=False)
             raise typer.Exit(130) from None
         except (FusionSearchError, OSError) as e:
             if DEBUG["on"]:
@@ -133,7 +142,7 @@ class _Commands(TyperGroup):
             from fusionsearch.search.recovery import interrupted
 
             if interrupted(e):  # Ctrl-C that landed inside a database commit
-                err_console.print(INTERRUPTED, highlight=False)
+                err_console.print(_ON_INTERRUPT["line"], highlight=False, markup=False)
                 raise typer.Exit(130) from None
             if DEBUG["on"]:
                 traceback.print_exc()
@@ -143,8 +152,6 @@ class _Commands(TyperGroup):
                 highlight=False,
             )
             raise typer.Exit(1) from None
-        finally:
-            sys.unraisablehook = default_hook
 
 
 class _Command(TyperCommand):
@@ -211,4 +218,4 @@ def main() -> None:
     try:
         app()
     finally:  # the interpreter's shutdown still runs finalisers (database connections)
-        sys.unraisablehook = _Unraisable(at_exit=True)
+        sys.unraisablehook = _unraisable_at_exit

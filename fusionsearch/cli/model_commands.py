@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fusionsearch.cli.core import app, console, say
+from fusionsearch.cli.core import app, console, on_interrupt, say
 from fusionsearch.cli.options import (
     DataOpt,
     DeterministicOpt,
@@ -222,6 +222,7 @@ def train(
     for flag, path in (("--out", out), ("--save-metrics", save_metrics), ("--checkpoint", checkpoint)):
         check_out(path, flag)
     check_device(device)
+    on_interrupt(_train_interrupted(checkpoint))
     r = load_recipe_with(recipe, backbone, tasks, data, size, train_images, val_images, labelled, plugin)
     exp = Experiment(r, seed)
     for line in [*exp.data_notes(), *([describe_labelled(exp.datasets()[0])] if r.data.get("labelled") else [])]:
@@ -239,6 +240,14 @@ def train(
     if out:
         save(result.net, out, weighting=result.history.get("weighting"))
         say(f"saved to {out}")
+
+
+def _train_interrupted(checkpoint: str | None) -> str:
+    """What a Ctrl-C leaves of a ``train`` run: with ``--checkpoint``, the last step saved there
+    (every evaluation); without, nothing."""
+    if checkpoint:
+        return f"interrupted: run the same command to resume from the last step saved in {checkpoint}"
+    return "interrupted: nothing was saved; give --checkpoint FILE to make a run resumable"
 
 
 def _print_result(exp: Any, result: Any, what: str, base: Any) -> None:

@@ -200,7 +200,7 @@ def _once(flag: str, task: str, seen: Mapping[str, Any]) -> None:
 
 
 def check_seed(seed: int | None) -> None:
-    """``--seed``: the samplers' seed is seed x 1000 + the worker's number, below 2^32."""
+    """``--seed``: the confirmation's seeds are seed x 1000 + i, below 2^32."""
     from fusionsearch.search.recipe import MAX_SEED
 
     if seed is not None and not 0 <= seed <= MAX_SEED:
@@ -208,9 +208,9 @@ def check_seed(seed: int | None) -> None:
 
 
 def check_worker_index(index: int | None) -> int:
-    """``--worker-index``: with the study seed it seeds the worker's sampler (seed x 1000 + index,
-    below numpy's 2^32 for every seed ``--seed`` allows); None draws one from the process id, so
-    that workers started by hand without an index do not all sample the same plans."""
+    """``--worker-index``: this worker's number in the study, which picks its GPU under ``--device
+    auto`` (index modulo the GPUs); None draws one from the process id, so that workers started by
+    hand without an index spread over the GPUs. The draws of a trial do not depend on it."""
     import os
 
     from fusionsearch.search.recipe import MAX_SEED

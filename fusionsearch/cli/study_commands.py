@@ -266,6 +266,7 @@ def worker(
         torch.set_num_threads(threads)
     n = run_worker(
         study, _storage(storage), device=device, timeout=timeout, artifacts=artifacts, progress=not quiet, log=say,
+        # workers started by hand without an index spread over the GPUs (--device auto)
         worker=index,
         shares_device=shares_device,
     )  # fmt: skip

@@ -24,6 +24,7 @@ import torch
 from optuna.trial import TrialState
 
 from fusionsearch.errors import DataError, DependencyError, LostDependencyError
+from fusionsearch.interrupts import check_interrupt
 from fusionsearch.nets.fusion import fusion_weights
 from fusionsearch.nets.plan import StitchPlan
 from fusionsearch.search.categories import record_per_category
@@ -130,6 +131,7 @@ class Objective:
             if queued is not None:
                 self.execute(queued)  # type: ignore[misc]  # queued is None when execute is
                 continue
+            check_interrupt()  # a safe point while it waits
             time.sleep(self.wait_s)
 
     def _dependency_failed(self, match: Callable[[Any], bool], what: str) -> str:

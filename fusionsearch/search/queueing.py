@@ -20,9 +20,11 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from fusionsearch.interrupts import interrupts_deferred
 from fusionsearch.search.experiment import WARMSTART
 from fusionsearch.search.recovery import RETRYABLE
 from fusionsearch.search.requeue import retried, retry
+from fusionsearch.search.seeding import job_number
 from fusionsearch.search.storage import HEARTBEAT_INTERVAL, queue_lock
 
 __all__ = [
@@ -116,11 +118,14 @@ class Heartbeat:
 
 def pop(study: optuna.Study, match: Callable[[Any], bool] | None = None) -> optuna.Trial | None:
     """Take one WAITING trial (atomically: a trial another worker took is skipped) in ``_rank``
-    order; with ``match``, only a trial it picks."""
+    order, then by job (a copy queued again runs in its first attempt's place, so the trials
+    after it see the history they would have seen without the accident); with ``match``, only a
+    trial it picks."""
     storage = study._storage
-    with queue_lock(storage):
+    # claimed here, then stopped before the worker holds it: RUNNING for ever, with no heartbeat
+    with interrupts_deferred(), queue_lock(storage):
         waiting = storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,))
-        waiting = sorted(waiting, key=lambda t: (_rank(t), t.number))
+        waiting = sorted(waiting, key=lambda t: (_rank(t), job_number(study, t)))
         if match is not None:
             waiting = [t for t in waiting if match(t)]
         for t in waiting:

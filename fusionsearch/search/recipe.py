@@ -32,7 +32,7 @@ __all__ = ["Recipe", "RecipeError", "load_recipe", "load_yaml", "recipe_dirs", "
 
 DEFAULT_RECIPE = "quick"
 CONFIRM_DEFAULTS: dict[str, Any] = {"top": 2, "seeds": 3, "per": None}
-# the samplers' seed is the study seed x 1000 + the worker's number, below numpy's 2^32
+# the confirmation's training seeds are the study seed x 1000 + 1..1000, below numpy's 2^32
 MAX_SEED = (2**32 - 1) // 1000 - 1000
 
 

@@ -358,7 +358,7 @@ class SearchSpace:
         """The drawn choices as a StitchPlan: the most placed unit is the plan's, the others are
         per-point overrides with their own arguments and multiplier."""
         chosen = [units[p] for p in at]
-        main = max(set(chosen), key=chosen.count) if chosen else "nddr"
+        main = max(chosen, key=chosen.count) if chosen else "nddr"  # a tie: the first placed, in every process
         per_point = {p: {"unit": units[p], **self.unit_args.get(units[p], {})} for p in at if units[p] != main}
         return StitchPlan(
             at=at,

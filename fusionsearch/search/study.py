@@ -26,6 +26,7 @@ from fusionsearch.search.confirm import confirm_seeds, queue_confirmation
 from fusionsearch.search.experiment import BASELINES, WARMSTART, Experiment
 from fusionsearch.search.queueing import requeue_failed
 from fusionsearch.search.recipe import MAX_SEED, Recipe
+from fusionsearch.search.seeding import JobSeeded
 from fusionsearch.search.space import SearchSpace
 from fusionsearch.search.storage import (
     DEFAULT_STORAGE,
@@ -107,7 +108,7 @@ class StudySettings:
             raise FusionSearchError(f"objectives must name each objective once, got {self.objectives}")
         if not 0 <= self.trials <= MAX_TRIALS:
             raise FusionSearchError(f"trials must be in 0..{MAX_TRIALS:,}, got {self.trials}")
-        if not 0 <= self.seed <= MAX_SEED:  # the samplers' seed is seed x 1000 + worker, below 2^32
+        if not 0 <= self.seed <= MAX_SEED:  # the confirmation's seeds are seed x 1000 + i, below 2^32
             raise FusionSearchError(f"the study seed must be in 0..{MAX_SEED:,}, got {self.seed}")
         if self.timeout is not None and not 0 <= self.timeout < float("inf"):
             raise FusionSearchError(f"timeout must be a number of seconds >= 0, got {self.timeout}")
@@ -198,20 +199,24 @@ def _recipe_trials(recipe: Recipe, n: Any) -> int:
     return len(grid_points(recipe)) if n == "grid" else int(n)
 
 
-def make_sampler(settings: StudySettings, recipe: Recipe, worker_seed: int = 0) -> optuna.samplers.BaseSampler:
-    seed = settings.seed * 1000 + worker_seed
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if settings.sampler == "random":
-            return optuna.samplers.RandomSampler(seed=seed)
-        if settings.sampler == "grid":  # every trial's values are queued with it (see grid_points)
-            return optuna.samplers.RandomSampler(seed=seed)
-        if settings.sampler == "nsga2":
-            return optuna.samplers.NSGAIISampler(seed=seed)
-        startup = max(3, min(10, settings.trials // 3))
-        return optuna.samplers.TPESampler(
-            seed=seed, n_startup_trials=startup, multivariate=True, group=True, constant_liar=True
-        )
+def make_sampler(settings: StudySettings, recipe: Recipe) -> optuna.samplers.BaseSampler:
+    """The study's sampler, drawing each trial from the study seed and the trial's job
+    (``seeding.JobSeeded``): the same plans whichever worker, process or attempt draws them, so a
+    resumed study samples what an uninterrupted one does."""
+    startup = max(3, min(10, settings.trials // 3))
+
+    def make(seed: int) -> optuna.samplers.BaseSampler:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            if settings.sampler in ("random", "grid"):  # a grid's values are queued with it (see grid_points)
+                return optuna.samplers.RandomSampler(seed=seed)
+            if settings.sampler == "nsga2":
+                return optuna.samplers.NSGAIISampler(seed=seed)
+            return optuna.samplers.TPESampler(
+                seed=seed, n_startup_trials=startup, multivariate=True, group=True, constant_liar=True
+            )
+
+    return JobSeeded(make, settings.seed)
 
 
 REDUCTION = 3  # successive halving and Hyperband keep the best third at each rung
@@ -410,9 +415,7 @@ def grid_points(recipe: Recipe) -> list[dict[str, Any]]:
     return out
 
 
-def load_study(
-    name: str, storage: str = DEFAULT_STORAGE, worker: int = 0
-) -> tuple[optuna.Study, Recipe, StudySettings]:
+def load_study(name: str, storage: str = DEFAULT_STORAGE) -> tuple[optuna.Study, Recipe, StudySettings]:
     """An existing study with its recipe and settings (what a worker on another machine needs),
     after the plugins it was made with (``plugins.require_plugins``: one line if one is missing)."""
     st = open_storage(storage, create=False)
@@ -432,9 +435,9 @@ def load_study(
         optuna.load_study(
             study_name=name,
             storage=st,
-            # the sampler's seed is the study's and the worker's number, never the process id, so
-            # the same command samples the same plans (a one-worker study repeats exactly)
-            sampler=make_sampler(settings, recipe, worker),
+            # each trial's draws are the study seed's and its job's, never the process's or the
+            # worker's: a resumed study samples the plans an uninterrupted one does
+            sampler=make_sampler(settings, recipe),
             pruner=make_pruner(settings, recipe),
         ),
         recipe,

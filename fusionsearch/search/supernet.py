@@ -33,10 +33,12 @@ import torch
 from optuna.trial import TrialState
 
 from fusionsearch.errors import CheckpointError
+from fusionsearch.interrupts import check_interrupt
 from fusionsearch.nets.plan import StitchPlan
 from fusionsearch.nets.supernet import NONE_UNIT, SuperNet, recalibrate_batchnorm
 from fusionsearch.paths import write_atomic
 from fusionsearch.search.experiment import Experiment, WarmStart
+from fusionsearch.search.seeding import JobSeeded
 from fusionsearch.search.space import SearchSpace
 from fusionsearch.search.supernet_space import common_values, supernet_space
 from fusionsearch.train import (
@@ -170,6 +172,7 @@ def train_supernet(
     began = time.perf_counter()
     sn.train()
     for step, batch in enumerate(train_loader(exp.datasets()[0], cfg, dev, start), start):
+        check_interrupt()  # a safe point (``interrupts``)
         for g in opt.param_groups:
             g["lr"] = g["initial_lr"] * lr_factor(step, cfg)
         paths = sn.fair_paths(random.Random(path_seed(cfg.seed, step)))
@@ -267,10 +270,20 @@ def path_key(path: Mapping[str, str]) -> str:
     return ",".join(f"{p}={u}" for p, u in sorted(path.items()))
 
 
+def _scored_before(study: optuna.Study, trial: Any) -> int:
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+
 def _scoring_study(settings: Any) -> optuna.Study:
     from fusionsearch.search.storage import open_storage
 
-    sampler = optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=20, multivariate=True)
+    # each draw seeded by the plans scored before it (one process asks and tells in turn): a
+    # scoring resumed after Ctrl-C draws what an uninterrupted one draws, not the first draws again
+    sampler = JobSeeded(
+        lambda seed: optuna.samplers.TPESampler(seed=seed, n_startup_trials=20, multivariate=True),
+        settings.seed,
+        job=_scored_before,
+    )
     study = optuna.create_study(
         study_name=scoring_study_name(settings.study),
         storage=open_storage(settings.storage, heartbeat=False),  # asked and told here, in one process

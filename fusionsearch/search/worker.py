@@ -1,5 +1,6 @@
 """The worker process: take queued trials one by one until none is left, with heartbeats,
-failures recorded with their kind (``recovery``), and Ctrl-C or SIGTERM handled as interruptions.
+failures recorded with their kind (``recovery``), and Ctrl-C or SIGTERM handled as interruptions,
+acted on between trials too (``fusionsearch.interrupts``): the study stops within one trial.
 """
 
 from __future__ import annotations
@@ -9,9 +10,8 @@ import gc
 import os
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 
 from fusionsearch.data.partial import check_id_files
 from fusionsearch.errors import DependencyError, DeviceError, DiskError
+from fusionsearch.interrupts import check_interrupt, interrupt_pending, interrupts_taken
 from fusionsearch.paths import write_failure
 from fusionsearch.search.objective import Objective, failure_reason
 from fusionsearch.search.queueing import Heartbeat, pop, reap_stale, requeue_failed, stale_possible
@@ -55,14 +56,14 @@ def run_worker(
 ) -> int:
     """Run queued trials of a study until none are left (or ``timeout`` / ``max_trials``); returns
     how many this worker ran. Failures (out of memory, NaN loss, a bad plan) fail that trial with
-    its reason and the worker goes on. ``worker`` is this worker's number in the study: with the
-    study seed it seeds the sampler, so the same workers sample the same plans (and, with
-    ``device="auto"``, picks GPU ``worker % count``). ``shares_device``: other workers train on
+    its reason and the worker goes on. ``worker`` is this worker's number in the study: with
+    ``device="auto"`` it picks GPU ``worker % count`` (the plans a trial draws do not depend on
+    it: ``seeding.JobSeeded``). ``shares_device``: other workers train on
     the same GPU, so running out of memory is an accident (queued again), not the plan's verdict.
     A sticky CUDA error (``recovery.sticky_device_error``) queues its trial again and stops the
     worker with a DeviceError: its CUDA context is broken; a write the disk refused, with a
     DiskError."""
-    study, recipe, settings = load_study(study_name, storage, worker)
+    study, recipe, settings = load_study(study_name, storage)
     check_id_files(study.user_attrs.get("id_files"), recipe.data.get("labelled"), study_name)  # as the study began
     device = use_device(device, worker)
     timeout = settings.timeout if timeout is None else timeout
@@ -72,8 +73,11 @@ def run_worker(
     objective, execute, log = runner.objective, runner.run, runner.log
     requeue_failed(study)  # what an accident failed last time comes back before anything else runs
     start, ran = time.monotonic(), 0
-    with _terminate_as_interrupt():
+    # SIGTERM (``kill``, a scheduler's stop, ``run`` stopping its workers) is handled as Ctrl-C: the
+    # running trial is failed as interrupted and queued again instead of left RUNNING
+    with interrupts_taken():
         while max_trials is None or ran < max_trials:
+            check_interrupt()  # between trials: a Ctrl-C that a finaliser swallowed stops here
             if timeout is not None and time.monotonic() - start > timeout:
                 log("timeout reached")
                 break
@@ -116,9 +120,15 @@ class TrialRunner:
 
     def run(self, trial: optuna.Trial) -> None:
         label = trial_label(trial)
-        self.log(f"{label}: started on {self.device}")
-        with Heartbeat(self.study._storage, trial._trial_id):
-            failed = self._run_trial(trial, label)
+        try:
+            check_interrupt()  # one taken while ``pop`` claimed the trial
+            self.log(f"{label}: started on {self.device}")
+            with Heartbeat(self.study._storage, trial._trial_id):
+                failed = self._run_trial(trial, label)
+        except KeyboardInterrupt:  # stopped before ``_run_trial`` held it: queued again all the same
+            if self.study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
+                _fail(self.study, trial, "interrupted (queued again)", INTERRUPTED, requeue=True)
+            raise
         # outside the except blocks: there the traceback still held the trial's frames, and with
         # them its net, so collecting freed nothing of what ran out of memory
         _free_memory()
@@ -147,7 +157,7 @@ class TrialRunner:
         return None
 
     def _failed(self, trial: optuna.Trial, label: str, e: Exception) -> BaseException | None:
-        if interrupted(e):  # Ctrl-C inside a database commit
+        if interrupted(e) or interrupt_pending():  # Ctrl-C inside a database commit, or while it failed
             _fail(self.study, trial, "interrupted (queued again)", INTERRUPTED, requeue=True)
             raise KeyboardInterrupt from e
         reason, kind = failure_reason(e), failure_kind(e, self.shares_device)
@@ -194,26 +204,6 @@ def _fail(study: optuna.Study, trial: optuna.Trial, reason: str, kind: str, requ
     if requeue:
         with queue_lock(study._storage):
             retry(study, frozen)
-
-
-@contextlib.contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM (``kill``, a scheduler's stop, ``run`` stopping its workers) is handled as Ctrl-C:
-    the running trial is failed as interrupted and queued again instead of left RUNNING."""
-    import signal
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    old = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
 
 
 def trial_label(t: Any) -> str:
@@ -274,12 +264,14 @@ def run_workers(
         if quiet:
             while any(p.poll() is None for p, _ in procs):
                 time.sleep(2)
+                check_interrupt()
         else:
             from rich.live import Live
 
             with Live(live_view(study, steps_total), console=console, refresh_per_second=1) as live:
                 while any(p.poll() is None for p, _ in procs):
                     time.sleep(1)
+                    check_interrupt()
                     live.update(live_view(study, steps_total))
     except KeyboardInterrupt:
         for p, _ in procs:

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from fusionsearch.data.batching import collate_for
 from fusionsearch.errors import CheckpointError, FusionSearchError
+from fusionsearch.interrupts import check_interrupt
 from fusionsearch.nets.net import StitchedNet
 from fusionsearch.paths import write_atomic
 from fusionsearch.tasks.task import Task
@@ -126,6 +127,7 @@ def evaluate(
             collate_fn=collate_for(data),
         )
     for batch in loader:
+        check_interrupt()  # a Ctrl-C that a finaliser swallowed stops the run here
         batch = _to(batch, dev)
         with autocast(dev, use_amp):
             preds = net(batch["image"])
@@ -194,6 +196,7 @@ def fit(
         with progress:
             bar = progress.add_task("training", total=cfg.steps, completed=run.start, loss=float("nan"))
             for batch in loader:
+                check_interrupt()  # a safe point: a Ctrl-C that a finaliser swallowed stops the run here
                 logged = _train_on(run, batch, step)
                 _advance(schedule, logged)
                 step += 1
