@@ -9,8 +9,11 @@ printed as one line with exit code 1, its traceback only with ``--debug`` or ``F
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
+import threading
 import traceback
 from typing import Any, NoReturn
 
@@ -35,8 +38,10 @@ __all__ = [
     "say",
     "note",
     "quiet_optuna",
+    "runs_study",
     "DEBUG",
     "INTERRUPTED",
+    "STOPPED",
     "on_interrupt",
 ]
 
@@ -59,13 +64,22 @@ def _is_cli_control(e: BaseException) -> bool:
 
 
 INTERRUPTED = "interrupted: the running trial is queued again; run the same command to resume"
-_ON_INTERRUPT = {"line": INTERRUPTED}
+STOPPED = "interrupted: the command stopped before it finished"  # one that runs no study
+_ON_INTERRUPT = {"line": STOPPED}
 
 
 def on_interrupt(line: str) -> None:
-    """The one line that the running command prints when Ctrl-C stops it (a study's by default:
-    ``INTERRUPTED``); a command that is no study says what its own interruption left behind."""
+    """The one line that the running command prints when Ctrl-C stops it: ``STOPPED`` unless the
+    command says what its interruption leaves behind (a study's ``INTERRUPTED``, ``train``'s
+    checkpoint), so that ``trials`` or ``list`` never claims to have queued a trial."""
     _ON_INTERRUPT["line"] = line
+
+
+def runs_study() -> None:
+    """A command that runs a study's trials (``run``, ``compare``, ``worker``): Optuna's own lines
+    quiet (``quiet_optuna``), and Ctrl-C's line says that the running trial is queued again."""
+    quiet_optuna()
+    on_interrupt(INTERRUPTED)
 
 
 def _unraisable_at_exit(info: Any) -> None:
@@ -122,7 +136,7 @@ class _Commands(TyperGroup):
     def invoke(self, ctx: Any) -> Any:
         from fusionsearch.interrupts import interrupts_taken
 
-        _ON_INTERRUPT["line"] = INTERRUPTED
+        _ON_INTERRUPT["line"] = STOPPED
         try:
             with interrupts_taken():  # Ctrl-C wherever it lands, a finaliser included (``interrupts``)
                 return super().invoke(ctx)
@@ -214,8 +228,19 @@ def _root(
     load_entry_points()  # installed packages' plugins, in every command and worker (a broken one: one line)
 
 
+def _interrupted_at_exit(signum: int, frame: Any) -> None:
+    """SIGINT while the interpreter shuts down, after the command: the same line and 130 as
+    during it, instead of dying by the signal with no word (Python has put its default back)."""
+    with contextlib.suppress(Exception):  # what the command printed stays printed (a closed pipe: nothing to keep)
+        sys.stdout.flush()
+    os.write(2, (_ON_INTERRUPT["line"] + "\n").encode())
+    os._exit(130)
+
+
 def main() -> None:
     try:
         app()
     finally:  # the interpreter's shutdown still runs finalisers (database connections)
         sys.unraisablehook = _unraisable_at_exit
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, _interrupted_at_exit)

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from fusionsearch.cli.core import app, console, note, quiet_optuna, say
+from fusionsearch.cli.core import app, console, note, on_interrupt, quiet_optuna, runs_study, say
 from fusionsearch.cli.options import (
     ArtifactsOpt,
     DataOpt,
@@ -165,7 +165,7 @@ def run(
     from fusionsearch.report.leaderboard import print_summary, search_title
     from fusionsearch.search import StudySettings, run_study
 
-    quiet_optuna()
+    runs_study()
     for flag, value, low in (("--steps", steps, 1), ("--trials", trials, 0), ("--timeout", timeout, 0)):
         at_least(flag, value, low)
     check_seed(seed)
@@ -212,7 +212,7 @@ def compare(
     from fusionsearch.report.compare import build_comparison, comparison_settings, paper_comparison
     from fusionsearch.search import run_study
 
-    quiet_optuna()
+    runs_study()
     at_least("--steps", steps, 1)
     at_least("--trials", trials, 0)
     check_out(out, "--out", folder=True)
@@ -257,7 +257,7 @@ def worker(
     from fusionsearch.search import run_worker
     from fusionsearch.train.devices import check_device
 
-    quiet_optuna()
+    runs_study()
     use_plugins(plugin)  # before the study: its stored plugins may be found here under another path
     check_device(device)
     at_least("--threads", threads, 1)
@@ -338,6 +338,7 @@ def dashboard(
 
     from fusionsearch.search.storage import artifact_store, open_storage, redact
 
+    on_interrupt("dashboard stopped")  # Ctrl-C is how it ends
     url = _storage(storage)
     st = open_storage(url, heartbeat=False, create=False)
     check_port(host, port)

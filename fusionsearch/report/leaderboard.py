@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from fusionsearch.search.confirm import Confirmation, summarize
+from fusionsearch.search.credentials import mask
 from fusionsearch.search.experiment import WARMSTART
 
 __all__ = [
@@ -82,6 +83,7 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
     rows = []
     for t in study.get_trials(deepcopy=False):
         reason = t.user_attrs.get("fail_reason") or t.system_attrs.get("fail_reason")
+        reason = mask(reason) if isinstance(reason, str) else reason  # one stored before reasons were masked
         if t.state == TrialState.FAIL and reason is None:
             reason = "worker died (stale heartbeat)"
         retry_of = t.system_attrs.get("failed_trial")

@@ -23,6 +23,7 @@ from fusionsearch.data.partial import check_id_files
 from fusionsearch.errors import DependencyError, DeviceError, DiskError
 from fusionsearch.interrupts import check_interrupt, interrupt_pending, interrupts_taken
 from fusionsearch.paths import write_failure
+from fusionsearch.search.credentials import mask
 from fusionsearch.search.objective import Objective, failure_reason
 from fusionsearch.search.queueing import Heartbeat, pop, reap_stale, requeue_failed, stale_possible
 from fusionsearch.search.recovery import DEVICE, DISK, INTERRUPTED, PLAN, failure_kind, interrupted
@@ -198,7 +199,7 @@ def _free_memory() -> None:
 
 def _fail(study: optuna.Study, trial: optuna.Trial, reason: str, kind: str, requeue: bool = False) -> None:
     """Fail ``trial`` with its reason and kind (``recovery``); with ``requeue``, queue its copy now."""
-    trial.set_user_attr("fail_reason", reason)
+    trial.set_user_attr("fail_reason", mask(reason))  # a driver's error may quote a password
     trial.set_user_attr("fail_kind", kind)
     frozen = study.tell(trial, state=TrialState.FAIL)
     if requeue:

@@ -603,7 +603,7 @@ def test_ctrl_c_that_python_cannot_raise_still_exits_130(tmp_path, monkeypatch):
     result = runner.invoke(app, ["trials", "--study", "r", "--storage", url])
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.exit_code == 130, result.output
-    assert lines == ["interrupted: the running trial is queued again; run the same command to resume"]
+    assert lines == ["interrupted: the command stopped before it finished"]  # trials runs no trial
     # at the interpreter's shutdown, after the command: the same line and 130, never a traceback
     script = tmp_path / "late.py"
     script.write_text(
@@ -613,9 +613,7 @@ def test_ctrl_c_that_python_cannot_raise_still_exits_130(tmp_path, monkeypatch):
     )
     late = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert late.returncode == 130, late.stderr
-    assert late.stderr.strip().splitlines() == [
-        "interrupted: the running trial is queued again; run the same command to resume"
-    ]
+    assert late.stderr.strip().splitlines() == ["interrupted: the command stopped before it finished"]
 
 
 def test_best_never_writes_over_a_write_protected_file(finished_study, saved_net, tmp_path):
@@ -686,3 +684,31 @@ def test_commands_that_only_read_create_no_file(tmp_path, monkeypatch):
     for args in (["trials"], ["report", "--out", str(tmp_path / "r.html")], ["best", "--out", str(tmp_path / "b.pt")]):
         runner.invoke(app, [*args, "--study", "r", "--storage", url])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, "r.html"])
+
+
+def test_ctrl_c_after_the_command_and_in_the_dashboard_is_one_line_and_130(tmp_path, monkeypatch):
+    """A signal while the interpreter shuts down (Python has put its default handler back) and the
+    dashboard's normal stop: one line each, never a silent death or a claim that a trial was queued."""
+    script = tmp_path / "late_signal.py"
+    script.write_text(
+        "import os, signal, sys, time\nfrom fusionsearch import cli\n"
+        "sys.argv = ['fusionsearch', 'list', 'units']\n"
+        "try:\n    cli.main()\nexcept SystemExit:\n    pass\n"
+        "os.kill(os.getpid(), signal.SIGINT)\ntime.sleep(5)\n"
+    )
+    late = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert late.returncode == 130, late.stderr
+    assert late.stderr.strip().splitlines() == ["interrupted: the command stopped before it finished"]
+    assert "nddr" in late.stdout  # what the command printed stays printed
+
+    import optuna_dashboard
+
+    def serve(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(optuna_dashboard, "run_server", serve)
+    url = f"sqlite:///{tmp_path}/d.db"
+    prepare_study(tiny_recipe(), _settings(url, trials=0))
+    result = CliRunner().invoke(app, ["dashboard", "--storage", url, "--port", "8765"])
+    assert result.exit_code == 130, result.output
+    assert [line for line in result.stderr.splitlines() if line.strip()] == ["dashboard stopped"]

@@ -145,3 +145,24 @@ def test_the_lock_file_is_gone_when_the_last_holder_leaves_and_still_excludes(tm
     assert [p.exitcode for p in procs] == [0] * 4
     assert counter.read_text() == "800"
     assert not (tmp_path / "s.db.fusionsearch-lock").exists()
+
+
+def test_a_failed_trials_stored_reason_never_shows_a_piece_of_the_password(tmp_path):
+    """The reason a trial failed is kept in the study and shown by ``trials`` on any machine: a
+    driver's error in it is masked when it is stored and again when it is read."""
+    import optuna
+
+    from fusionsearch.report.leaderboard import trial_rows
+    from fusionsearch.search.credentials import remember
+    from fusionsearch.search.recovery import INFRASTRUCTURE
+    from fusionsearch.search.worker import _fail
+
+    remember("postgresql+psycopg://u:HUN@TER2pw@127.0.0.1:1/db")
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/s.db")
+    _fail(study, study.ask(), "could not reach 'TER2pw@127.0.0.1'", INFRASTRUCTURE)
+    raw = study.ask()
+    raw.set_user_attr("fail_reason", "an old reason: HUN@TER2pw")  # stored before reasons were masked
+    study.tell(raw, state=optuna.trial.TrialState.FAIL)
+    stored = [t.user_attrs["fail_reason"] for t in study.get_trials()]
+    assert stored[0] == "could not reach '***@127.0.0.1'"
+    assert [r["reason"] for r in trial_rows(study)] == ["could not reach '***@127.0.0.1'", "an old reason: ***"]
