@@ -183,7 +183,14 @@ def test_a_resumed_supernet_scoring_scores_the_plans_of_an_uninterrupted_one(tmp
         return score(*a, **k)
 
     monkeypatch.setattr(supernet, "calibration_images", lambda *a, **k: [])
-    sn = SimpleNamespace(point_names=["act1", "layer1", "layer2", "layer3"], unit_names=["none", "nddr", "sluice"])
+    points, units = ["act1", "layer1", "layer2", "layer3"], ["none", "nddr", "sluice"]
+    sn = SimpleNamespace(
+        point_names=points,
+        unit_names=units,
+        choices=dict.fromkeys(points, units),
+        plans=len(units) ** len(points),
+        base=SimpleNamespace(plan=SimpleNamespace(shared_prefix=None)),
+    )
     exp = fs.search.Experiment(tiny_recipe())
     cfg = dataclasses.replace(exp.recipe.train_config(), progress=False)
     out = {}
