@@ -6,8 +6,10 @@ the confirmation, the atomic export) are the library's."""
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -343,4 +345,24 @@ def dashboard(
     st = open_storage(url, heartbeat=False, create=False)
     check_port(host, port)
     say(f"optuna-dashboard for {redact(url)} on http://{host}:{port}/ (Ctrl-C stops)")
-    run_server(st, host=host, port=port, artifact_store=artifact_store(url, artifacts))
+    _serve(run_server, st, host=host, port=port, artifact_store=artifact_store(url, artifacts))
+
+
+def _serve(serve: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+    """Run a server that never returns in a daemon thread, while the main thread waits: a server
+    has no safe point, and a Ctrl-C or SIGTERM landing in its request handler (which catches every
+    exception) would be taken and never acted on; in the main thread's wait it always is."""
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            serve(*args, **kwargs)
+        except BaseException as e:  # handed to the main thread, which raises it
+            failed.append(e)
+
+    serving = threading.Thread(target=run, name="dashboard", daemon=True)
+    serving.start()
+    while serving.is_alive():
+        serving.join(0.5)
+    if failed:
+        raise failed[0]

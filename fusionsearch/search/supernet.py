@@ -178,21 +178,7 @@ def train_supernet(
         paths = sn.fair_paths(random.Random(path_seed(cfg.seed, step)))
         image = batch["image"].to(dev)
         opt.zero_grad(set_to_none=True)
-        present = [t for t in tasks if bool(tasks[t].labelled(batch[t]).any())]
-        total = 0.0
-        for p in paths if present else []:
-            net = sn.subnet(p)
-            preds, extra = net(image, return_extra=True)
-            loss = cast(
-                torch.Tensor,
-                sum(tasks[t].loss_weight * tasks[t].loss(preds[t].float(), to_device(batch[t], dev)) for t in present),
-            )
-            if penalties == "units" and extra.requires_grad:  # a penalty exists only where a unit made it
-                (loss / len(paths)).backward(retain_graph=True)
-                (extra / len(paths)).backward(inputs=[q for q in net.units.parameters() if q.requires_grad])
-            else:
-                (loss + extra).div(len(paths)).backward()
-            total += float((loss + extra).detach()) / len(paths)
+        total = _accumulate(sn, paths, tasks, image, batch, dev, penalties)
         if not math.isfinite(total):
             raise NonFiniteLossError(f"supernet loss is {total} at step {step}")
         opt.step()
@@ -202,6 +188,35 @@ def train_supernet(
     if path is not None:
         _save(path, sn, opt, cfg.steps, losses)
     return SupernetRun(cfg.steps, cfg.steps * sn.paths_per_step, losses, time.perf_counter() - began)
+
+
+def _accumulate(
+    sn: SuperNet,
+    paths: Sequence[Mapping[str, str]],
+    tasks: Mapping[str, Any],
+    image: torch.Tensor,
+    batch: Mapping[str, Any],
+    dev: torch.device,
+    penalties: str,
+) -> float:
+    """One batch's gradients over ``paths`` (each weighed 1 / len(paths)), on the tasks the batch
+    labels; returns the mean loss."""
+    present = [t for t in tasks if bool(tasks[t].labelled(batch[t]).any())]
+    total = 0.0
+    for p in paths if present else []:
+        net = sn.subnet(p)
+        preds, extra = net(image, return_extra=True)
+        loss = cast(
+            torch.Tensor,
+            sum(tasks[t].loss_weight * tasks[t].loss(preds[t].float(), to_device(batch[t], dev)) for t in present),
+        )
+        if penalties == "units" and extra.requires_grad:  # a penalty exists only where a unit made it
+            (loss / len(paths)).backward(retain_graph=True)
+            (extra / len(paths)).backward(inputs=[q for q in net.units.parameters() if q.requires_grad])
+        else:
+            (loss + extra).div(len(paths)).backward()
+        total += float((loss + extra).detach()) / len(paths)
+    return total
 
 
 def calibration_images(exp: Experiment, cfg: TrainConfig, batches: int) -> list[torch.Tensor]:

@@ -712,3 +712,24 @@ def test_ctrl_c_after_the_command_and_in_the_dashboard_is_one_line_and_130(tmp_p
     result = CliRunner().invoke(app, ["dashboard", "--storage", url, "--port", "8765"])
     assert result.exit_code == 130, result.output
     assert [line for line in result.stderr.splitlines() if line.strip()] == ["dashboard stopped"]
+
+
+def test_sigterm_stops_a_dashboard_whose_server_swallows_every_exception(tmp_path):
+    """A server has no safe point, and wsgiref's request handler catches every exception: a
+    signal that lands there must still stop the dashboard (the server runs beside the main thread)."""
+    url = f"sqlite:///{tmp_path}/d.db"
+    prepare_study(tiny_recipe(), _settings(url, trials=0))
+    script = tmp_path / "swallowing.py"
+    script.write_text(
+        "import sys, time\nimport optuna_dashboard\nfrom fusionsearch import cli\n"
+        "def serve(*a, **k):\n    while True:\n        try:\n            time.sleep(0.05)\n"
+        "        except BaseException:\n            pass\n"
+        "optuna_dashboard.run_server = serve\n"
+        f"sys.argv = ['fusionsearch', 'dashboard', '--storage', {url!r}, '--port', '8766']\ncli.main()\n"
+    )
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert "optuna-dashboard for" in proc.stdout.readline()
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err.strip().splitlines() == ["dashboard stopped"], err
