@@ -29,6 +29,7 @@ from fusionsearch.nets.fusion import fusion_weights
 from fusionsearch.nets.plan import StitchPlan
 from fusionsearch.search.categories import record_per_category
 from fusionsearch.search.experiment import WARMSTART, Experiment, WarmStart
+from fusionsearch.search.optuna_internals import storage_of
 from fusionsearch.search.queueing import (
     find,
     is_baseline,
@@ -228,7 +229,7 @@ class Objective:
         disk) would retrain for ever: after ``MAX_RETRY`` retrains this worker stops with one line,
         and the waiting trial is queued again (``run_worker``), so nothing is lost."""
         where = artifact_dir(self.settings.storage, self.settings.artifacts)
-        with queue_lock(self.study._storage):
+        with queue_lock(storage_of(self.study)):
             trials = self.study.get_trials(deepcopy=False)
             warm = [t for t in trials if is_baseline(t) == WARMSTART]
             if not all(t.number in lost or failed_for_good(t, trials) for t in warm):

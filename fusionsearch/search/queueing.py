@@ -2,11 +2,11 @@
 shows it is alive.
 
 Each piece mirrors an Optuna function that works for ``study.optimize`` but not for workers that
-only pop queued trials: ``pop`` is ``Study._pop_waiting_trial_id`` (in our order, under the
-storage's lock), ``Heartbeat`` is ``optuna.storages._heartbeat.get_heartbeat_thread``,
-``reap_stale`` is ``optuna.storages.fail_stale_trials``.
-The heartbeat is our own thread because Optuna's is private (``optuna.storages._heartbeat``) and only
-runs inside ``study.optimize``'s trial loop, while our workers claim and ``tell`` trials themselves.
+only pop queued trials: ``pop`` is Optuna's private pop of a waiting trial (in our order, under the
+storage's lock), ``Heartbeat`` is Optuna's private heartbeat thread, ``reap_stale`` is
+``optuna.storages.fail_stale_trials``. The heartbeat is our own thread because Optuna's is private
+and only runs inside ``study.optimize``'s trial loop, while our workers claim and ``tell`` trials
+themselves. What they need of Optuna's internals goes through ``optuna_internals``.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 
 from fusionsearch.interrupts import interrupts_deferred
 from fusionsearch.search.experiment import WARMSTART
+from fusionsearch.search.optuna_internals import claim, storage_of
 from fusionsearch.search.recovery import RETRYABLE
 from fusionsearch.search.requeue import retried, retry
 from fusionsearch.search.seeding import job_number
@@ -121,25 +122,22 @@ def pop(study: optuna.Study, match: Callable[[Any], bool] | None = None) -> optu
     order, then by job (a copy queued again runs in its first attempt's place, so the trials
     after it see the history they would have seen without the accident); with ``match``, only a
     trial it picks."""
-    storage = study._storage
     # claimed here, then stopped before the worker holds it: RUNNING for ever, with no heartbeat
-    with interrupts_deferred(), queue_lock(storage):
-        waiting = storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,))
+    with interrupts_deferred(), queue_lock(storage_of(study)):
+        waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
         waiting = sorted(waiting, key=lambda t: (_rank(t), job_number(study, t)))
         if match is not None:
             waiting = [t for t in waiting if match(t)]
         for t in waiting:
-            try:
-                if storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
-                    return optuna.Trial(study, t._trial_id)
-            except RuntimeError:  # finished meanwhile
-                continue
+            trial = claim(study, t)  # None: another worker took it, or it finished meanwhile
+            if trial is not None:
+                return trial
     return None
 
 
 def reap_stale(study: optuna.Study) -> None:
     """Fail trials whose worker stopped beating; Optuna's retry callback queues a copy of each."""
-    if heartbeat_interval(study._storage):
+    if heartbeat_interval(storage_of(study)):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
@@ -147,7 +145,7 @@ def reap_stale(study: optuna.Study) -> None:
 
 def stale_possible(study: optuna.Study) -> bool:
     """Whether some RUNNING trial could still turn out to be a dead worker's (heartbeats on)."""
-    return heartbeat_interval(study._storage) is not None
+    return heartbeat_interval(storage_of(study)) is not None
 
 
 def heartbeat_interval(storage: Any) -> int | None:
@@ -161,7 +159,7 @@ def requeue_failed(study: optuna.Study) -> int:
     and that has no copy yet; returns how many. Safe from many processes at once: it runs under
     the storage's lock, and a trial with a copy is never copied again."""
     added = 0
-    with queue_lock(study._storage):
+    with queue_lock(storage_of(study)):
         trials = study.get_trials(deepcopy=False)
         done = retried(trials)
         for t in trials:

@@ -28,6 +28,7 @@ from optuna.storages import RDBStorage
 from fusionsearch.errors import ArgumentError, FusionSearchError, StorageError
 from fusionsearch.paths import write_atomic
 from fusionsearch.search.credentials import mask, redact, remember
+from fusionsearch.search.optuna_internals import artifact_path, journal_file, wrapped_storage
 from fusionsearch.search.requeue import retry
 
 __all__ = [
@@ -352,7 +353,7 @@ class _WholeFileStore(FileSystemArtifactStore):
     Optuna's own ``write`` leaves a truncated file under the artefact's id when the disk is full."""
 
     def write(self, artifact_id: str, content_body: BinaryIO) -> None:
-        write_atomic(self._get_filepath(artifact_id), lambda f: shutil.copyfileobj(content_body, f))
+        write_atomic(artifact_path(self, artifact_id), lambda f: shutil.copyfileobj(content_body, f))
 
 
 def artifact_store(
@@ -368,11 +369,12 @@ def artifact_store(
 
 def storage_url(storage: Any) -> str | None:
     """The URL (or ``journal:PATH``) of an opened storage, behind Optuna's cache, for ``study_lock``."""
-    backend = getattr(storage, "_backend", storage)
+    inner = wrapped_storage(storage)
+    backend = storage if inner is None else inner
     engine = getattr(backend, "engine", None)
     if engine is not None:
         return engine.url.render_as_string(hide_password=False)
-    path = getattr(getattr(backend, "_backend", None), "_file_path", None)
+    path = journal_file(wrapped_storage(backend))
     return f"journal:{path}" if path else None
 
 

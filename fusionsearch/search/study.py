@@ -24,6 +24,7 @@ from fusionsearch.nets.plan import StitchPlan
 from fusionsearch.plugins import loaded_plugins, require_plugins
 from fusionsearch.search.confirm import confirm_seeds, queue_confirmation
 from fusionsearch.search.experiment import BASELINES, WARMSTART, Experiment
+from fusionsearch.search.optuna_internals import storage_of
 from fusionsearch.search.queueing import requeue_failed
 from fusionsearch.search.recipe import MAX_SEED, Recipe
 from fusionsearch.search.seeding import JobSeeded
@@ -381,7 +382,7 @@ def prepare_confirmation(study: optuna.Study, settings: StudySettings) -> tuple[
         if names and per not in names:
             return 0, f"confirm per {per!r}: no searched trial has that parameter (they have: {', '.join(names)})"
     seeds = confirm_seeds(settings.seed, settings.confirm_seeds)
-    with queue_lock(study._storage):  # two commands finishing together queue it once
+    with queue_lock(storage_of(study)):  # two commands finishing together queue it once
         added = queue_confirmation(study, settings.baselines, settings.confirm_top, seeds, settings.confirm_per)
         return added, None
 

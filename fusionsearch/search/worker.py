@@ -25,6 +25,7 @@ from fusionsearch.interrupts import check_interrupt, interrupt_pending, interrup
 from fusionsearch.paths import write_failure
 from fusionsearch.search.credentials import mask
 from fusionsearch.search.objective import Objective, failure_reason
+from fusionsearch.search.optuna_internals import storage_of, trial_id_of
 from fusionsearch.search.queueing import Heartbeat, pop, reap_stale, requeue_failed, stale_possible
 from fusionsearch.search.recovery import DEVICE, DISK, INTERRUPTED, PLAN, failure_kind, interrupted
 from fusionsearch.search.requeue import retry
@@ -124,10 +125,10 @@ class TrialRunner:
         try:
             check_interrupt()  # one taken while ``pop`` claimed the trial
             self.log(f"{label}: started on {self.device}")
-            with Heartbeat(self.study._storage, trial._trial_id):
+            with Heartbeat(storage_of(self.study), trial_id_of(trial)):
                 failed = self._run_trial(trial, label)
         except KeyboardInterrupt:  # stopped before ``_run_trial`` held it: queued again all the same
-            if self.study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
+            if storage_of(self.study).get_trial(trial_id_of(trial)).state == TrialState.RUNNING:
                 _fail(self.study, trial, "interrupted (queued again)", INTERRUPTED, requeue=True)
             raise
         # outside the except blocks: there the traceback still held the trial's frames, and with
@@ -203,7 +204,7 @@ def _fail(study: optuna.Study, trial: optuna.Trial, reason: str, kind: str, requ
     trial.set_user_attr("fail_kind", kind)
     frozen = study.tell(trial, state=TrialState.FAIL)
     if requeue:
-        with queue_lock(study._storage):
+        with queue_lock(storage_of(study)):
             retry(study, frozen)
 
 
