@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-# OpenMP threads that spin while waiting made a 2-thread CPU forward 30x slower than 1 thread on
-# small VMs (measured: test_resnet, 0.38 s vs 0.013 s). Passive waiting costs little elsewhere;
+# OpenMP threads that spin while waiting made a 2-thread CPU forward far slower than 1 thread on
+# small VMs (README, Tasks, data and training, has the figures). Passive waiting costs little elsewhere;
 # it only takes effect when torch is first imported after this line, and a user's value wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 

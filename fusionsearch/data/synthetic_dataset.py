@@ -137,7 +137,7 @@ def _seg_pixels(seed: int, split: str, length: int, size: tuple[int, int]) -> tu
 @functools.lru_cache(maxsize=8)
 def _box_counts(seed: int, split: str, length: int, size: tuple[int, int], task: str) -> tuple[int, ...]:
     """Objects per class (``det``) or positive objects per attribute (``box_attr``) over the first
-    ``length`` scenes of a split (one render each: about 2 ms a scene at 64 x 64, 8 ms at 128 x 128)."""
+    ``length`` scenes of a split (one render each, what the cache saves: README, Tasks, data and training)."""
     data = SyntheticScenes(split, length, size, seed)
     total = np.zeros(len(BOX_CLASSES if task == "det" else BOX_ATTRIBUTES), dtype=np.int64)
     for i in range(length):

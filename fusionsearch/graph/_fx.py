@@ -1,7 +1,7 @@
 """torch.fx plumbing: a tracer that knows timm's leaf modules, and an interpreter that records values.
 
-Kept apart from ``graph.py`` so that the graph analysis reads as analysis, not as tracer
-bookkeeping.
+Kept apart from ``_tracing`` and ``_analysis`` so that the graph analysis reads as analysis, not
+as tracer bookkeeping.
 """
 
 from __future__ import annotations

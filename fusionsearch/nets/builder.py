@@ -302,7 +302,7 @@ def make_head(
     if base not in TASKS:
         return SimpleHead(in_channels, out, head_kind(own.get("label")), layout, prefix_tokens)
     spec = get_task(base, out_channels=out, **own)
-    return LayoutAdapter(spec.head(in_channels), spec.kind, layout, prefix_tokens)
+    return LayoutAdapter(spec.head(in_channels), spec.head_kind, layout, prefix_tokens)
 
 
 def _name_of(p: CutPoint, names: list[Any]) -> str:

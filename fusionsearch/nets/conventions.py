@@ -13,10 +13,9 @@ So a plan that does not name a multiplier gets the one below for the optimiser i
 - ``sgd``: the papers' values (x100 for every unit and the NDDR-Shortcut: the official code's
   ``--nddr-mult`` 100 covers both).
 - ``adamw``: chosen by measurement on the default study's fine-tuning (``benchmarks/fusion_start.py``,
-  3 seeds each of x1, x10, x100, table in the README): NDDR and the NDDR-Shortcut, dense 1x1
-  projections, at x1 (x100: -42 Delta-m, x10: -13, x1: -1.1); cross-stitch, one scalar per channel
-  and task pair, keeps x100 (-0.4; x10 -1.9, x1 -2.3); sluice, whose (K m)^2 alpha mixes whole
-  subspaces, at x10 with its beta mix at x10 (-5.3; x100 -16.6, x1 -9.0, beta x1 -8.6). Under AdamW
+  3 seeds each of x1, x10, x100; the Delta-m of each is in the README, Benchmarks): NDDR and the
+  NDDR-Shortcut, dense 1x1 projections, at x1; cross-stitch, one scalar per channel and task pair,
+  keeps x100; sluice, whose (K m)^2 alpha mixes whole subspaces, at x10 with its beta mix at x10. Under AdamW
   a scalar alpha of 0.9 moving ``lr x mult`` a step changes relatively little, while a dense row
   of KC weights accumulates about ``sqrt(KC) x lr x mult`` of noise a step.
 

@@ -83,7 +83,7 @@ class SearchSpace:
     supernet_steps: int | None = None  # its optimiser steps (None: one warm start's worth of path steps)
     supernet_plans: int = 40  # plans scored on the trained supernet (TPE over placement x unit)
     # steps each scored plan's copy trains before it is evaluated (0: BatchNorm recalibration only);
-    # benchmarks/supernet_rank.py on the quick recipe: Kendall tau +0.07 with 0, +0.52 with 5, +0.75 with 10
+    # how well each count ranks plans: README, The supernet mode (benchmarks/supernet_rank.py)
     supernet_score_steps: int = 10
 
     def grid(self, points: Sequence[str]) -> dict[str, list[Any]]:

@@ -8,8 +8,8 @@ step draws ``SuperNet.fair_paths`` (every unit at every point once), accumulates
 and takes one optimiser step, under the recipe's optimiser, multipliers and schedule; its cost is
 counted in *path steps* (one forward and backward of one plan on one batch, what one step of a
 stand-alone trial costs), and it resumes from its checkpoint. ``score_path`` rates a plan: a
-copy of its path fine-tuned for a few steps (``search.supernet_score_steps``; Kendall tau against
-stand-alone training +0.75 with 10, +0.07 with none: ``benchmarks/supernet_rank.py``), BatchNorm
+copy of its path fine-tuned for a few steps (``search.supernet_score_steps``; how well that ranks
+plans: README, The supernet mode, from ``benchmarks/supernet_rank.py``), BatchNorm
 recalibrated on a few training batches, then Delta-m on the validation set.
 """
 

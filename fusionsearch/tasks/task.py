@@ -83,13 +83,15 @@ class Task(ABC):
 
     Class attributes:
 
-    - ``label``: a ``LabelKind`` instance (``tasks.labels``: ``INDEX_MAP``, ``SCALAR_MAP``,
-      ``VECTOR_MAP``, ``CLASS``, ``MULTI_LABEL``, or a kind of your own): the data transforms
-      resize, flip and collate a label by its kind, and partial labels blank it with the kind's
-      "no label here" value. A data set may hold its own instance for a label (``label_kinds``).
-    - ``kind``: ``dense`` (the head sees a map) or ``cls`` (pooled features), read from the label
-      kind's ``spatial`` unless a task sets it: the head adapter lays token features out as a map
-      for ``dense`` heads and pools them for ``cls``.
+    - ``label``: the task's *label kind*, a ``LabelKind`` instance (``tasks.labels``: ``INDEX_MAP``,
+      ``SCALAR_MAP``, ``VECTOR_MAP``, ``CLASS``, ``MULTI_LABEL``, or a kind of your own): what the
+      data carries. The data transforms resize, flip and collate a label by its kind, and partial
+      labels blank it with the kind's "no label here" value. A data set may hold its own instance
+      for a label (``label_kinds``); an unregistered task names it in ``task_args: {name: {label: ...}}``.
+    - ``head_kind``: the *head kind*, ``"dense"`` (the head sees a map) or ``"cls"`` (pooled
+      features): what the network feeds the head, read from the label kind's ``spatial`` unless a
+      task sets it. The head adapter lays token features out as a map for ``dense`` heads and pools
+      them for ``cls`` (``nets.head_kind`` says the same for a task the registry doesn't know).
     - ``metrics``: metric name -> True when higher is better (Delta-m and the report read it).
     - ``primary``: the one metric that stands for the task when Delta-m uses one per task (the
       survey of Vandenhende et al.: mIoU, mean angle error, RMSE, accuracy, MAE).
@@ -140,8 +142,8 @@ class Task(ABC):
         """The training loss on one batch."""
 
     @property
-    def kind(self) -> str:
-        """``dense`` when the label kind is spatial (the head sees a map), else ``cls``."""
+    def head_kind(self) -> str:
+        """The head kind: ``dense`` when the label kind is spatial (the head sees a map), else ``cls``."""
         return "dense" if self.label.spatial else "cls"
 
     def labelled(self, target: Any) -> Tensor:

@@ -36,7 +36,7 @@ def test_the_kinds_are_registered_value_objects():
     )
     assert str(MultiLabel()) == "multi_label" and get_task("attr").label == MultiLabel()
     assert get_task("seg", ignore_index=7).label == IndexMap(7)
-    assert [get_task(t).kind for t in ("normal", "depth", "age", "gender", "attr")] == [
+    assert [get_task(t).head_kind for t in ("normal", "depth", "age", "gender", "attr")] == [
         "dense",
         "dense",
         "cls",

@@ -124,10 +124,10 @@ def test_loss_is_smooth_l1_on_image_normalised_coordinates():
 def test_head_pools_maps_and_tokens(layout):
     task = TASKS.get("landmarks")(out_channels=10)
     torch.manual_seed(0)
-    head = LayoutAdapter(task.head(16), task.kind, layout)
+    head = LayoutAdapter(task.head(16), task.head_kind, layout)
     x = torch.randn(2, 16, 3, 4) if layout == Layout.NCHW else torch.randn(2, 12, 16)
     out = head(x, (64, 48))
-    assert task.kind == "cls" and out.shape == (2, 12)
+    assert task.head_kind == "cls" and out.shape == (2, 12)
     points, size = task.split(out)
     assert points.shape == (2, 5, 2) and torch.equal(size, torch.tensor([[48.0, 64.0]] * 2))
     pooled = x.flatten(2).mean(-1) if layout == Layout.NCHW else x.mean(1)
