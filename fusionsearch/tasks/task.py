@@ -121,6 +121,11 @@ class Task(ABC):
     metrics: dict[str, bool] = {}
     primary: str = ""
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "kind" in cls.__dict__:  # renamed: a plugin's override would otherwise be ignored silently
+            raise TypeError(f"task class {cls.__name__}: Task.kind is now Task.head_kind ('dense' or 'cls')")
+
     def __init__(self, out_channels: int, loss_weight: float = 1.0) -> None:
         if (
             isinstance(loss_weight, bool)

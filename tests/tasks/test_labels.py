@@ -199,3 +199,14 @@ def test_attr_works_on_token_backbones():
                    input_size=(3, 32, 32), img_size=32)  # fmt: skip
     out = net(torch.randn(2, 3, 32, 32))
     assert out["attr"].shape == (2, 6) and out["seg"].shape == (2, 3, 32, 32)
+
+
+def test_a_task_class_that_still_sets_kind_is_told_its_new_name():
+    import pytest
+
+    from fusionsearch.tasks.task import Task
+
+    with pytest.raises(TypeError, match="Task.kind is now Task.head_kind"):
+
+        class Old(Task):
+            kind = "cls"
