@@ -374,7 +374,7 @@ def storage_url(storage: Any) -> str | None:
     engine = getattr(backend, "engine", None)
     if engine is not None:
         return engine.url.render_as_string(hide_password=False)
-    path = journal_file(wrapped_storage(backend))
+    path = journal_file(backend)  # JournalStorage's backend is the file backend itself
     return f"journal:{path}" if path else None
 
 

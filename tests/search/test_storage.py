@@ -166,3 +166,16 @@ def test_a_failed_trials_stored_reason_never_shows_a_piece_of_the_password(tmp_p
     stored = [t.user_attrs["fail_reason"] for t in study.get_trials()]
     assert stored[0] == "could not reach '***@127.0.0.1'"
     assert [r["reason"] for r in trial_rows(study)] == ["could not reach '***@127.0.0.1'", "an old reason: ***"]
+
+
+def test_a_journal_storage_is_locked_like_a_database_file(tmp_path):
+    """``queue_lock`` on a journal storage holds the journal's lock file (it used to lock nothing:
+    the file was looked for one wrapper too deep, so re-queueing there was unlocked)."""
+    from fusionsearch.search.storage import open_storage, queue_lock, storage_url
+
+    log = tmp_path / "study.log"
+    storage = open_storage(f"journal:{log}")
+    assert storage_url(storage) == f"journal:{log}"
+    with queue_lock(storage):
+        assert (tmp_path / "study.log.fusionsearch-lock").exists()
+    assert not (tmp_path / "study.log.fusionsearch-lock").exists()
