@@ -32,11 +32,11 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from fusionsearch.experiment.experiment import Experiment, WarmStart
+from fusionsearch.experiment.recipe import load_recipe
+from fusionsearch.experiment.space import SearchSpace
 from fusionsearch.nets.plan import StitchPlan
 from fusionsearch.search.confirm import confirm_seeds, t_interval
-from fusionsearch.search.experiment import Experiment, WarmStart
-from fusionsearch.search.recipe import load_recipe
-from fusionsearch.search.space import SearchSpace
 from fusionsearch.train.config import TrainConfig
 from fusionsearch.train.trainer import calibrate, evaluate
 

@@ -38,11 +38,11 @@ from rich.console import Console
 from rich.table import Table
 from scipy import stats
 
+from fusionsearch.experiment.experiment import WARMSTART, Experiment, WarmStart
+from fusionsearch.experiment.recipe import Recipe, load_recipe
+from fusionsearch.experiment.space import SearchSpace
 from fusionsearch.nets.supernet import NONE_UNIT, plan_of
 from fusionsearch.search.confirm import confirm_seeds, t_interval
-from fusionsearch.search.experiment import WARMSTART, Experiment, WarmStart
-from fusionsearch.search.recipe import Recipe, load_recipe
-from fusionsearch.search.space import SearchSpace
 from fusionsearch.search.supernet import (
     build_supernet,
     calibration_images,

@@ -18,10 +18,10 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from fusionsearch.experiment.experiment import COMPARE_ROWS, Experiment
+from fusionsearch.experiment.recipe import Recipe, RecipeError
 from fusionsearch.report.leaderboard import plan_summary
 from fusionsearch.search.confirm import summarize
-from fusionsearch.search.experiment import COMPARE_ROWS, Experiment
-from fusionsearch.search.recipe import Recipe, RecipeError
 from fusionsearch.search.study import StudySettings, check_fusion_tasks, grid_points, labelled_suffix
 
 __all__ = [

@@ -18,9 +18,9 @@ from typing import Any
 import optuna
 
 from fusionsearch.errors import ArgumentError
+from fusionsearch.experiment.experiment import Experiment
+from fusionsearch.experiment.recipe import Recipe
 from fusionsearch.search.confirm import Confirmation, summarize
-from fusionsearch.search.experiment import Experiment
-from fusionsearch.search.recipe import Recipe
 from fusionsearch.search.storage import redact
 from fusionsearch.search.study import StudySettings, prepare_confirmation, prepare_study
 from fusionsearch.search.worker import run_workers

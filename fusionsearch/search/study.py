@@ -20,14 +20,14 @@ from optuna.trial import TrialState
 
 from fusionsearch.data.partial import check_id_files
 from fusionsearch.errors import ArgumentError, FusionSearchError
+from fusionsearch.experiment.experiment import BASELINES, WARMSTART, Experiment
+from fusionsearch.experiment.recipe import MAX_SEED, Recipe
+from fusionsearch.experiment.space import SearchSpace
 from fusionsearch.nets.plan import StitchPlan
 from fusionsearch.plugins import loaded_plugins, require_plugins
 from fusionsearch.search.confirm import confirm_seeds, queue_confirmation
-from fusionsearch.search.experiment import BASELINES, WARMSTART, Experiment
 from fusionsearch.search.queueing import requeue_failed
-from fusionsearch.search.recipe import MAX_SEED, Recipe
 from fusionsearch.search.seeding import JobSeeded
-from fusionsearch.search.space import SearchSpace
 from fusionsearch.search.storage import (
     DEFAULT_STORAGE,
     artifact_dir,

@@ -20,10 +20,10 @@ import yaml
 
 from fusionsearch.data.partial import check_labelled
 from fusionsearch.errors import FusionSearchError, PluginError
+from fusionsearch.experiment.limits import check_limits, image_size
 from fusionsearch.paths import read_input_text
 from fusionsearch.plugins import load_plugins
 from fusionsearch.schema import check_call, check_fields, did_you_mean
-from fusionsearch.search.limits import check_limits, image_size
 from fusionsearch.tasks.delta import DeltaM, primary_metric
 from fusionsearch.tasks.task import task_arguments, task_class
 from fusionsearch.train.config import TrainConfig
@@ -170,7 +170,7 @@ class Recipe:
         check(self.study, StudySection, "study")
         check(self.compare, CompareSection, "compare")
         check(self.paper, PaperSection, "paper")
-        from fusionsearch.search.space import SearchSpace  # imports the fusion units: only when a recipe is checked
+        from fusionsearch.experiment.space import SearchSpace  # imports the fusion units: only when a recipe is checked
 
         check(self.search, SearchSpace, "search")
 
@@ -179,7 +179,7 @@ class Recipe:
         built once so that each constructor's own range checks run: the data set's, each task's,
         the search space's. Nothing is read from disk and no network is built."""
         from fusionsearch.data import DATASETS
-        from fusionsearch.search.space import SearchSpace
+        from fusionsearch.experiment.space import SearchSpace
 
         try:
             data = DATASETS.get(str(self.data["name"]))

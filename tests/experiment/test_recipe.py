@@ -9,8 +9,8 @@ import torch
 from typer.testing import CliRunner
 
 import fusionsearch as fs
-from fusionsearch.search.recipe import RecipeError, load_recipe
-from fusionsearch.search.space import SearchSpace
+from fusionsearch.experiment.recipe import RecipeError, load_recipe
+from fusionsearch.experiment.space import SearchSpace
 
 runner = CliRunner()
 
@@ -32,8 +32,8 @@ RECIPES = sorted(p.stem for p in (Path(fs.__file__).parent / "recipes").glob("*.
 
 @pytest.mark.parametrize("name", RECIPES)
 def test_every_recipe_loads_validates_and_builds(name):
+    from fusionsearch.experiment.experiment import Experiment
     from fusionsearch.report.compare import compare_rows
-    from fusionsearch.search.experiment import Experiment
 
     r = load_recipe(name)
     assert r.reproduces and r.about, "a recipe says what it reproduces"
@@ -68,7 +68,7 @@ def test_every_recipe_loads_validates_and_builds(name):
 
 
 def test_data_on_the_command_line_moves_the_recipes_own_data_set_and_replaces_another():
-    from fusionsearch.search.recipe import parse_data
+    from fusionsearch.experiment.recipe import parse_data
 
     celeba = {"name": "celeba", "root": "data/celeba", "size": 64, "attributes": {"hair": ["Black_Hair"]}}
     assert parse_data("celeba:/d/celeba", celeba) == {**celeba, "root": "/d/celeba"}  # groups kept

@@ -27,7 +27,7 @@ from fusionsearch.nets.plan import StitchPlan
 from fusionsearch.schema import check_call, did_you_mean, finite
 from fusionsearch.tasks.weighting import get_weighting
 
-__all__ = ["SearchSpace", "Sampled", "NONE", "COLUMN_INITS", "MODES"]
+__all__ = ["SearchSpace", "Sampled", "NONE", "COLUMN_INITS", "MODES", "parse_init"]
 
 NONE = "none"
 COLUMN_INITS = ("single", "scratch")
@@ -335,7 +335,7 @@ class SearchSpace:
         multiplier: drawn only when some unit is placed."""
         if self.init:
             labels = [_init_label(v) for v in self.init]
-            init: Any = _parse_init(self._pick(trial, "init", lambda: trial.suggest_categorical("init", labels)))
+            init: Any = parse_init(self._pick(trial, "init", lambda: trial.suggest_categorical("init", labels)))
         else:
             alpha = self._range(trial, "init_alpha", self.init_alpha, log=False)
             init = (alpha, 1.0 - alpha)
@@ -395,7 +395,8 @@ def _init_label(v: Any) -> str:
     return v if isinstance(v, str) else ",".join(f"{float(x):g}" for x in v)
 
 
-def _parse_init(label: str) -> Any:
+def parse_init(label: str) -> Any:
+    """A drawn or pinned ``init`` label back to what a unit takes: "0.9,0.1" -> (0.9, 0.1)."""
     if label == "xavier":
         return label
     a, b = (float(x) for x in str(label).split(","))

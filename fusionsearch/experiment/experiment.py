@@ -15,14 +15,14 @@ from torch.utils.data import Dataset
 
 from fusionsearch.data import DATASETS, PartialLabels, get_dataset
 from fusionsearch.errors import ArgumentError, FusionSearchError, FusionSearchWarning, PlanError
+from fusionsearch.experiment.limits import check_limits
+from fusionsearch.experiment.recipe import Recipe
 from fusionsearch.graph.cuts import BackboneGraph, trace
 from fusionsearch.nets.builder import build
 from fusionsearch.nets.fusion import FUSION_UNITS
 from fusionsearch.nets.net import StitchedNet
 from fusionsearch.nets.plan import StitchPlan
 from fusionsearch.schema import finite
-from fusionsearch.search.limits import check_limits
-from fusionsearch.search.recipe import Recipe
 from fusionsearch.tasks.task import Task, task_arguments, task_class
 from fusionsearch.train.config import TrainConfig
 from fusionsearch.train.trainer import evaluate, fit
