@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "fusionsearch"
 LAYERS = [
-    *("errors", "interrupts", "registry", "schema", "paths", "plugins"),
+    *("errors", "interrupts", "registry", "validation", "paths", "plugins"),
     *("graph", "tasks", "data", "nets", "train", "experiment", "search", "report", "cli"),
 ]
 SUBPACKAGES = ["graph", "tasks", "data", "nets", "train", "experiment", "search", "report"]

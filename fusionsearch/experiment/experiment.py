@@ -22,10 +22,10 @@ from fusionsearch.nets.builder import build
 from fusionsearch.nets.fusion import FUSION_UNITS
 from fusionsearch.nets.net import StitchedNet
 from fusionsearch.nets.plan import StitchPlan
-from fusionsearch.schema import finite
 from fusionsearch.tasks.task import Task, task_arguments, task_class
 from fusionsearch.train.config import TrainConfig
 from fusionsearch.train.trainer import evaluate, fit
+from fusionsearch.validation import finite
 
 __all__ = ["Experiment", "BASELINES", "WARMSTART", "COMPARE_ROWS", "TrialResult", "WarmStart", "column_weights_of"]
 

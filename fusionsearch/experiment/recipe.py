@@ -23,10 +23,10 @@ from fusionsearch.errors import FusionSearchError, PluginError
 from fusionsearch.experiment.limits import check_limits, image_size
 from fusionsearch.paths import read_input_text
 from fusionsearch.plugins import load_plugins
-from fusionsearch.schema import check_call, check_fields, did_you_mean
 from fusionsearch.tasks.delta import DeltaM, primary_metric
 from fusionsearch.tasks.task import task_arguments, task_class
 from fusionsearch.train.config import TrainConfig
+from fusionsearch.validation import check_call, check_fields, did_you_mean
 
 __all__ = ["Recipe", "RecipeError", "load_recipe", "load_yaml", "recipe_dirs", "list_recipes", "parse_data"]
 
@@ -175,7 +175,7 @@ class Recipe:
         check(self.search, SearchSpace, "search")
 
     def _check_arguments(self, where: str) -> None:
-        """The nested arguments against the constructors they go to (``schema.check_call``), then
+        """The nested arguments against the constructors they go to (``validation.check_call``), then
         built once so that each constructor's own range checks run: the data set's, each task's,
         the search space's. Nothing is read from disk and no network is built."""
         from fusionsearch.data import DATASETS

@@ -24,8 +24,8 @@ from fusionsearch.errors import PlanError
 from fusionsearch.nets.conventions import fusion_lr_mult
 from fusionsearch.nets.fusion import FUSION_UNITS, get_fusion
 from fusionsearch.nets.plan import StitchPlan
-from fusionsearch.schema import check_call, did_you_mean, finite
 from fusionsearch.tasks.weighting import get_weighting
+from fusionsearch.validation import check_call, did_you_mean, finite
 
 __all__ = ["SearchSpace", "Sampled", "NONE", "COLUMN_INITS", "MODES", "parse_init"]
 

@@ -387,9 +387,9 @@ def prepare_confirmation(study: optuna.Study, settings: StudySettings) -> tuple[
 
 
 def check_plan(plan: StitchPlan, where: str) -> None:
-    """Each point's unit is registered and takes the plan's arguments (``schema.check_call``)."""
+    """Each point's unit is registered and takes the plan's arguments (``validation.check_call``)."""
     from fusionsearch.nets.fusion import get_fusion
-    from fusionsearch.schema import check_call
+    from fusionsearch.validation import check_call
 
     # the main unit even without points: the papers' baseline (UNIT_default) puts it at every boundary
     units = [(plan.unit, dict(plan.unit_args))] + [plan.unit_for(str(p)) for p in plan.per_point]
