@@ -34,7 +34,6 @@ from rich.table import Table
 
 from fusionsearch.experiment.experiment import Experiment, WarmStart
 from fusionsearch.experiment.recipe import load_recipe
-from fusionsearch.experiment.space import SearchSpace
 from fusionsearch.nets.plan import StitchPlan
 from fusionsearch.search.confirm import confirm_seeds, t_interval
 from fusionsearch.train.config import TrainConfig
@@ -100,7 +99,7 @@ def main() -> None:
         r.train = {**r.train, "steps": args.steps}
     r.__post_init__()
     exp = Experiment(r)
-    space = SearchSpace.from_dict(r.search)
+    space = r.space
     base = r.train_config(progress=False)
     console = Console(emoji=False)
     console.print(

@@ -155,7 +155,7 @@ def main() -> None:
     if args.size:
         data["size"] = args.size
     recipe = recipe.with_overrides(backbone=args.backbone, data=data)
-    cfg = recipe.train_config()
+    cfg = recipe.training
     print(
         f"{recipe.name}: {recipe.backbone}, {'x'.join(map(str, recipe.image_size))} px,"
         f" {cfg.steps} steps (scratch and warm start),"

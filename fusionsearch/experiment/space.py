@@ -14,11 +14,10 @@ the range means the same under SGD and AdamW; an explicit ``lr_mult`` range is k
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
-import optuna
+from typing import TYPE_CHECKING, Any
 
 from fusionsearch.errors import PlanError
 from fusionsearch.nets.conventions import fusion_lr_mult
@@ -26,6 +25,9 @@ from fusionsearch.nets.fusion import FUSION_UNITS, get_fusion
 from fusionsearch.nets.plan import StitchPlan
 from fusionsearch.tasks.weighting import get_weighting
 from fusionsearch.validation import check_call, did_you_mean, finite
+
+if TYPE_CHECKING:
+    import optuna
 
 __all__ = ["SearchSpace", "Sampled", "NONE", "COLUMN_INITS", "MODES", "parse_init"]
 
@@ -119,6 +121,20 @@ class SearchSpace:
                     f"a grid search needs fixed values: {name} is a range {list(r)}; fix it or give choices"
                 )
         return g
+
+    def grid_points(self, points: Sequence[str]) -> list[dict[str, Any]]:
+        """Every combination of the choice lists over the candidate ``points``, in a fixed order,
+        each as the parameters a trial carries (``effective``). A grid study queues each with all
+        its values fixed, so N workers run each point exactly once (Optuna's GridSampler picks
+        points at random and may repeat one under parallel workers)."""
+        grid = self.grid(points)
+        names = list(grid)
+        out: list[dict[str, Any]] = []
+        for values in itertools.product(*(grid[n] for n in names)):
+            point = self.effective(dict(zip(names, values)), points)
+            if point not in out:  # choices define-by-run never reads make no new trial
+                out.append(point)
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SearchSpace:

@@ -10,7 +10,6 @@ from typer.testing import CliRunner
 
 import fusionsearch as fs
 from fusionsearch.experiment.recipe import RecipeError, load_recipe
-from fusionsearch.experiment.space import SearchSpace
 
 runner = CliRunner()
 
@@ -42,12 +41,9 @@ def test_every_recipe_loads_validates_and_builds(name):
     plan = exp.plan_from(r.plan)
     for p in plan.at:
         exp.graph().resolve(p)
-    space = SearchSpace.from_dict(r.search)
-    assert exp.points(space.points)
-    if r.study.get("sampler") == "grid":
-        from fusionsearch.search import grid_points
-
-        grid = [{k: str(v) for k, v in p.items()} for p in grid_points(r.with_overrides(data=small))]
+    assert exp.search_points() == exp.points(r.space.points)
+    if r.defaults.sampler == "grid":
+        grid = [{k: str(v) for k, v in p.items()} for p in exp.grid_points()]
         rows = r.compare["grid_rows"]
         assert len(rows) == len(grid) == len(r.paper["rows"]), "one table row per grid point"
         for label, params in rows.items():
