@@ -47,16 +47,15 @@ def _states(study: optuna.Study) -> dict[str, int]:
     return out
 
 
-def study_header(recipe: Recipe, settings: StudySettings, experiment: Experiment | None = None) -> list[str]:
+def study_header(exp: Experiment) -> list[str]:
     """The lines a study starts with: the fusion learning rates and BatchNorm start its plans get
     (README Conventions), which tasks are labelled on which share of the images, and what the data
-    set says of itself (a folder's class counts read from its labels). ``experiment``: the
-    recipe's with the study seed, where the caller has one."""
+    set says of itself (a folder's class counts read from its labels). ``exp``: the study's
+    recipe made concrete with the study seed, which draws its labelled images."""
     from fusionsearch.data import describe_labelled
     from fusionsearch.nets.conventions import describe_bn_init, describe_lr_mults
 
-    cfg = recipe.training
-    exp = experiment or Experiment(recipe, settings.seed)
+    recipe, cfg = exp.recipe, exp.recipe.training
     lines = [describe_lr_mults(cfg.optimizer), describe_bn_init(cfg.bn_init, cfg.bn_calibration_batches)]
     if recipe.data.get("labelled"):
         lines.append(describe_labelled(exp.datasets()[0]))
@@ -116,7 +115,7 @@ def run_study(
     exp = experiment or Experiment(recipe, settings.seed)
     study = prepare_study(recipe, settings, exp)
     log(title or f"study {settings.study} in {redact(settings.storage)}: {settings.trials} trials + baselines")
-    for line in study_header(recipe, settings, exp):
+    for line in study_header(exp):
         log(line)
     _say_resuming(study, settings, log, note)
     steps = recipe.training.steps

@@ -253,18 +253,18 @@ def prepare_study(recipe: Recipe, settings: StudySettings, experiment: Experimen
     whole read-then-write runs under the storage's lock, so the second finds the first's slots
     and adds none; each slot is identified by its fixed ``slot`` number. ``experiment``: the
     recipe's, where the caller has one (its traced backbone gives the points)."""
-    exp = experiment or Experiment(recipe)
-    check_study(recipe, settings, exp)
+    exp = check_study(recipe, settings, experiment)
     check_url(settings.storage)
     with study_lock(settings.storage):
         return _prepare(recipe, settings, exp)
 
 
-def check_study(recipe: Recipe, settings: StudySettings, experiment: Experiment | None = None) -> None:
+def check_study(recipe: Recipe, settings: StudySettings, experiment: Experiment | None = None) -> Experiment:
     """What only the traced backbone can tell, checked before any study or file exists: the
     backbone takes the recipe's ``backbone_args`` and traces, its candidate points exist, and
     ``confirm.per`` names a parameter of the search space (a typo would otherwise show only after
-    the whole search had trained). ``experiment``: the recipe's, where the caller has one."""
+    the whole search had trained). ``experiment``: the recipe's, where the caller has one; the
+    experiment checked is returned, its backbone traced, for the study to be prepared from."""
     heartbeat_settings()  # FUSIONSEARCH_HEARTBEAT=abc stops here, before the lock file exists
     exp = experiment or Experiment(recipe)
     exp.check_fusion_tasks(read_data=False)
@@ -295,6 +295,7 @@ def check_study(recipe: Recipe, settings: StudySettings, experiment: Experiment 
             raise FusionSearchError(
                 f"confirm per {per!r} is not a parameter of this study's search space; it has: {', '.join(names)}"
             )
+    return exp
 
 
 def _prepare(recipe: Recipe, settings: StudySettings, exp: Experiment) -> optuna.Study:

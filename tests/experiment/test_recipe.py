@@ -26,6 +26,26 @@ def test_recipe_errors_name_the_field(tmp_path):
         load_recipe("nope")
 
 
+def test_each_section_is_parsed_once_and_again_only_after_it_changed():
+    from fusionsearch.experiment import Recipe, SearchSpace
+    from fusionsearch.train import TrainConfig
+
+    r = load_recipe("quick")
+    space, training = r.space, r.training
+    assert isinstance(space, SearchSpace) and isinstance(training, TrainConfig)
+    assert r.space is space and r.training is training and r.gain is r.gain  # read, not rebuilt
+    assert r.defaults.trials == r.study.get("trials", 8) and r.confirmation.top == r.confirm_config()["top"]
+    r.train = {**r.train, "steps": 7}  # a command's override: the typed section follows it
+    assert r.training.steps == 7 and r.training is not training and r.space is space
+    assert r.train_config(steps=9).steps == 9 and r.training.steps == 7  # a copy to change
+    other = r.with_overrides(search={**r.search, "units": ["none", "nddr"]})
+    assert other.space.units == ["none", "nddr"] and r.space is space
+    # what a study stores: the sections as written, nothing parsed
+    stored = r.to_dict()
+    assert list(stored) == Recipe.stored_fields() and "_views" not in stored
+    assert Recipe.from_dict(stored).to_dict() == stored
+
+
 RECIPES = sorted(p.stem for p in (Path(fs.__file__).parent / "recipes").glob("*.yaml"))
 
 
