@@ -32,11 +32,10 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from fusionsearch.experiment.experiment import Experiment, WarmStart
+from fusionsearch.experiment.recipe import load_recipe
 from fusionsearch.nets.plan import StitchPlan
 from fusionsearch.search.confirm import confirm_seeds, t_interval
-from fusionsearch.search.experiment import Experiment, WarmStart
-from fusionsearch.search.recipe import load_recipe
-from fusionsearch.search.space import SearchSpace
 from fusionsearch.train.config import TrainConfig
 from fusionsearch.train.trainer import calibrate, evaluate
 
@@ -100,7 +99,7 @@ def main() -> None:
         r.train = {**r.train, "steps": args.steps}
     r.__post_init__()
     exp = Experiment(r)
-    space = SearchSpace.from_dict(r.search)
+    space = r.space
     base = r.train_config(progress=False)
     console = Console(emoji=False)
     console.print(

@@ -380,7 +380,7 @@ def section_study(check: Check) -> None:
 
 def tiny_recipe(path: Path) -> Path:
     """The quick recipe on test_resnet at 32 px, 4 warm-start steps, 2 fine-tuning steps, 16 scenes."""
-    from fusionsearch.search.recipe import load_recipe
+    from fusionsearch.experiment.recipe import load_recipe
 
     d = load_recipe("quick").to_dict()
     d.update(

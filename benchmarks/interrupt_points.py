@@ -39,7 +39,7 @@ COMPARED = ("kind", "state", "plan", "params", "values", "metrics", "seed")
 
 def write_recipe(folder: Path, mode: str, confirm: int = 1) -> Path:
     """The tiny recipe of the tests (``tests/helpers.tiny_recipe``) with 4 trials."""
-    from fusionsearch.search.recipe import load_recipe
+    from fusionsearch.experiment.recipe import load_recipe
 
     quick = load_recipe("quick")
     search = {k: v for k, v in quick.search.items() if not k.startswith("finetune")}

@@ -33,9 +33,9 @@ from rich.progress import track
 from rich.table import Table
 from scipy import stats
 
+from fusionsearch.experiment.experiment import Experiment
+from fusionsearch.experiment.recipe import load_recipe
 from fusionsearch.search.confirm import LEVEL, paired_test
-from fusionsearch.search.experiment import Experiment
-from fusionsearch.search.recipe import load_recipe
 
 
 def main() -> None:

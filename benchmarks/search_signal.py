@@ -40,9 +40,9 @@ import torch
 from optuna.trial import TrialState
 from scipy import stats
 
+from fusionsearch.experiment.recipe import load_recipe
 from fusionsearch.search import StudySettings, make_pruner, prepare_confirmation, prepare_study, run_worker, rungs
 from fusionsearch.search.confirm import summarize
-from fusionsearch.search.recipe import load_recipe
 
 GOALS = {"a": "<= 1.0 point", "c": ">= 0.6", "d": ">= 3x fewer steps at an equal best"}
 
@@ -155,7 +155,7 @@ def main() -> None:
     if args.size:
         data["size"] = args.size
     recipe = recipe.with_overrides(backbone=args.backbone, data=data)
-    cfg = recipe.train_config()
+    cfg = recipe.training
     print(
         f"{recipe.name}: {recipe.backbone}, {'x'.join(map(str, recipe.image_size))} px,"
         f" {cfg.steps} steps (scratch and warm start),"

@@ -38,11 +38,10 @@ from rich.console import Console
 from rich.table import Table
 from scipy import stats
 
+from fusionsearch.experiment.experiment import WARMSTART, Experiment, WarmStart
+from fusionsearch.experiment.recipe import Recipe, load_recipe
 from fusionsearch.nets.supernet import NONE_UNIT, plan_of
 from fusionsearch.search.confirm import confirm_seeds, t_interval
-from fusionsearch.search.experiment import WARMSTART, Experiment, WarmStart
-from fusionsearch.search.recipe import Recipe, load_recipe
-from fusionsearch.search.space import SearchSpace
 from fusionsearch.search.supernet import (
     build_supernet,
     calibration_images,
@@ -77,7 +76,7 @@ def _summary(path: dict[str, str]) -> str:
 
 
 def ranking(r: Recipe, n_plans: int, n_seeds: int, tune_steps: int, longer: int, cache_file: str | None) -> None:
-    exp, space = Experiment(r), SearchSpace.from_dict(r.search)
+    exp, space = Experiment(r), r.space
     t0 = time.perf_counter()
     warm_cfg = r.train_config(seed=exp.seed, progress=False, eval_steps=[])
     warm = WarmStart.of(exp.train(exp.baseline_plan("single"), cfg=warm_cfg, progress=False).net)
@@ -157,7 +156,7 @@ def ranking(r: Recipe, n_plans: int, n_seeds: int, tune_steps: int, longer: int,
         rows.append((path, alone))
         got = ", ".join(f"{scores[v][-1]:+.2f}" for v in variants)
         console.print(f"{_summary(path)}: supernet {got}; stand-alone {[round(a, 2) for a in alone]}", highlight=False)
-    _print_ranking(rows, scores, seconds, seeds, run, space.finetune(r.train_config().steps))
+    _print_ranking(rows, scores, seconds, seeds, run, space.finetune(r.training.steps))
 
 
 def _print_ranking(
@@ -268,7 +267,7 @@ def main() -> None:
     r.__post_init__()
     t0 = time.perf_counter()
     if not args.skip_ranking:
-        tune = args.tune_steps or SearchSpace.from_dict(r.search).supernet_score_steps
+        tune = args.tune_steps or r.space.supernet_score_steps
         ranking(r, args.plans, args.seeds, tune, args.longer, args.cache)
     if not args.skip_studies:
         with tempfile.TemporaryDirectory() as d:

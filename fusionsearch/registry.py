@@ -47,7 +47,7 @@ def lazy_exports(module: str, homes: Mapping[str, str]) -> tuple[Callable[[str],
     """The PEP 562 ``__getattr__`` and ``__dir__`` of package ``module``, whose names live in other
     modules (``homes``: name -> home module). A name is imported on first use and then kept in the
     package's namespace, so importing the package imports none of its modules (nor Optuna,
-    SQLAlchemy and plotly with them); ``fusionsearch list`` needs only ``search.recipe``."""
+    SQLAlchemy and plotly with them); ``fusionsearch list`` needs only ``experiment.recipe``."""
 
     def __getattr__(name: str) -> Any:
         if name not in homes:

@@ -10,7 +10,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from fusionsearch.search.recipe import Recipe, load_recipe
+from fusionsearch.experiment.recipe import Recipe, load_recipe
 
 
 def tiny_recipe(steps: int = 4, **search) -> Recipe:

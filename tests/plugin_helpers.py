@@ -13,8 +13,8 @@ from helpers import tiny_recipe
 
 import fusionsearch.plugins as plugins
 from fusionsearch.data import DATASETS
+from fusionsearch.experiment.recipe import Recipe
 from fusionsearch.nets.fusion import FUSION_UNITS
-from fusionsearch.search.recipe import Recipe
 from fusionsearch.tasks import TASKS, WEIGHTINGS
 
 SOURCE = '''"""A data set of the user's: the synthetic scenes under another name."""

@@ -16,10 +16,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "fusionsearch"
 LAYERS = [
-    *("errors", "interrupts", "registry", "schema", "paths", "plugins"),
-    *("graph", "tasks", "data", "nets", "train", "search", "report", "cli"),
+    *("errors", "interrupts", "registry", "validation", "paths", "plugins"),
+    *("graph", "tasks", "data", "nets", "train", "experiment", "search", "report", "cli"),
 ]
-SUBPACKAGES = ["graph", "tasks", "data", "nets", "train", "search", "report"]
+SUBPACKAGES = ["graph", "tasks", "data", "nets", "train", "experiment", "search", "report"]
 
 
 def _modules() -> dict[str, Path]:
@@ -54,7 +54,7 @@ def _edges(lazy_inits: bool) -> dict[str, set[str]]:
             full = f"{target}.{name}"
             edges[m].add(full if full in mods else target)
     if lazy_inits:  # their re-exports load on first use (PEP 562): no import edge at import time
-        for pkg in ("fusionsearch.search", "fusionsearch.report"):
+        for pkg in ("fusionsearch.experiment", "fusionsearch.search", "fusionsearch.report"):
             edges[pkg] = set()
     return {m: {t for t in ts if t in mods and t != m} for m, ts in edges.items()}
 

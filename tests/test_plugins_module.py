@@ -14,8 +14,8 @@ from torch.utils.data import DataLoader
 
 from fusionsearch.data import DATASETS, SyntheticScenes
 from fusionsearch.errors import PluginError
+from fusionsearch.experiment.recipe import RecipeError, load_recipe
 from fusionsearch.plugins import load_plugins, loaded_plugins, origin, require_plugins
-from fusionsearch.search.recipe import RecipeError, load_recipe
 
 
 @pytest.fixture(autouse=True)

@@ -213,8 +213,8 @@ def train(
 ) -> None:
     """Train one plan and print its metrics (and Delta-m against single-task baselines)."""
     from fusionsearch.data import describe_labelled
+    from fusionsearch.experiment.experiment import Experiment
     from fusionsearch.nets import save
-    from fusionsearch.search.experiment import Experiment
     from fusionsearch.train.devices import check_device
 
     for flag, value in (("--steps", steps), ("--batch-size", batch_size), ("--eval-every", eval_every)):
@@ -276,9 +276,9 @@ def _rows(what: str) -> list[tuple[str, ...]]:
     package or a plugin) and first docstring lines, or the recipes found with what each reproduces
     (an invalid one says why, it does not stop the list)."""
     from fusionsearch.data import DATASETS
+    from fusionsearch.experiment.recipe import list_recipes, load_recipe
     from fusionsearch.nets import FUSION_UNITS
     from fusionsearch.plugins import origin
-    from fusionsearch.search.recipe import list_recipes, load_recipe
     from fusionsearch.tasks import LABEL_KINDS, TASKS, WEIGHTINGS
 
     rows: list[tuple[str, ...]] = []

@@ -155,7 +155,7 @@ def load_recipe_with(
     """The recipe with the command line's overrides of its backbone, tasks and data, and the
     ``--plugin`` plugins added to its own: loaded first (the recipe and ``--data`` may name what
     they register), kept in the recipe so the study stores them for its workers."""
-    from fusionsearch.search.recipe import load_recipe, parse_data
+    from fusionsearch.experiment.recipe import load_recipe, parse_data
 
     for flag, value in (("--size", size), ("--train-images", train_images), ("--val-images", val_images)):
         at_least(flag, value, 1)
@@ -201,7 +201,7 @@ def _once(flag: str, task: str, seen: Mapping[str, Any]) -> None:
 
 def check_seed(seed: int | None) -> None:
     """``--seed``: the confirmation's seeds are seed x 1000 + i, below 2^32."""
-    from fusionsearch.search.recipe import MAX_SEED
+    from fusionsearch.experiment.recipe import MAX_SEED
 
     if seed is not None and not 0 <= seed <= MAX_SEED:
         raise ArgumentError(f"--seed must be in 0..{MAX_SEED:,}, got {seed}")
@@ -213,7 +213,7 @@ def check_worker_index(index: int | None) -> int:
     hand without an index spread over the GPUs. The draws of a trial do not depend on it."""
     import os
 
-    from fusionsearch.search.recipe import MAX_SEED
+    from fusionsearch.experiment.recipe import MAX_SEED
 
     top = 2**32 - 1 - MAX_SEED * 1000
     if index is None:
@@ -261,7 +261,7 @@ def parse_weights(items: list[str]) -> dict[str, float]:
 
 def read_baseline(baseline: str | None, directions: Any) -> Any:
     """``--baseline``: a metrics JSON file holding a finite number for every metric of every task."""
-    from fusionsearch.search.experiment import check_metrics
+    from fusionsearch.experiment.experiment import check_metrics
 
     if baseline is None:
         return None

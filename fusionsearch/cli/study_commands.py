@@ -163,6 +163,7 @@ def run(
 ) -> None:
     """Run an architecture search: warm start and baselines first, then sampled plans with pruning,
     then the winners and baselines confirmed over fresh seeds; resumable."""
+    from fusionsearch.experiment import Experiment
     from fusionsearch.report.html import write_report
     from fusionsearch.report.leaderboard import print_summary, search_title
     from fusionsearch.search import StudySettings, run_study
@@ -176,15 +177,16 @@ def run(
     train = {"steps": steps} if steps is not None else {}
     r.train = {**r.train, **train, **({"deterministic": True} if deterministic else {})}  # workers elsewhere too
     r.search = {**r.search, **({"mode": mode} if mode else {})}
+    exp = Experiment(r, seed)  # the study seed: --seed, else the recipe's
     settings = StudySettings.from_recipe(
         r, study=study, storage=storage, trials=trials, timeout=timeout, sampler=sampler, pruner=pruner,
         objectives=objectives.split(",") if objectives else None, artifacts=artifacts, seed=seed,
         confirm_top=confirm_top, confirm_seeds=confirm, confirm_per=confirm_per, keep_nets=keep_nets,
-        labelled=parse_labelled(labelled),
+        labelled=parse_labelled(labelled), experiment=exp,
     )  # fmt: skip
     out = Path(report or f"{settings.study}-report.html")
     check_out(str(out), "--report")
-    done = run_study(r, settings, on, quiet=quiet, console=console, log=say, note=note)
+    done = run_study(r, settings, on, quiet=quiet, console=console, log=say, note=note, experiment=exp)
     print_summary(done.study, console, search_title(done.study), compact=True)
     write_report(done.study, out, settings.storage, artifacts, to_dashboard=True)
     say(f"report: {out}")
@@ -211,6 +213,7 @@ def compare(
     """Train the rows of the paper's table (single-task, multi-task baseline, cross-stitch, sluice,
     NDDR, our search's best) under one budget; print them next to the paper's numbers."""
     from fusionsearch.errors import MissingDataError
+    from fusionsearch.experiment import Experiment
     from fusionsearch.report.compare import build_comparison, comparison_settings, paper_comparison
     from fusionsearch.search import run_study
 
@@ -222,18 +225,19 @@ def compare(
     on = devices_for(devices, workers)
     if steps is not None:
         r.train = {**r.train, "steps": steps}
+    exp = Experiment(r)  # the recipe's seed, the comparison study's
     try:
         settings = comparison_settings(
             r, study=study, storage=storage, trials=trials, artifacts=artifacts, confirm_seeds=confirm,
-            labelled=parse_labelled(labelled),
+            labelled=parse_labelled(labelled), experiment=exp,
         )  # fmt: skip
     except MissingDataError as e:  # no data here: the paper's numbers alone, said so, and exit 2
-        Console(width=max(console.width, 160)).print(paper_comparison(r, "no data on this machine").rich())
+        Console(width=max(console.width, 160)).print(paper_comparison(r, "no data on this machine", exp).rich())
         raise MissingDataError(f"{e}: the table above is the paper's alone; give the data with --data NAME:PATH") from e
     what = "grid points" if settings.sampler == "grid" else "searched trials"
     title = f"comparison {settings.study}: rows {', '.join(settings.baselines)} + {settings.trials} {what}"
-    done = run_study(r, settings, on, title=title, quiet=quiet, console=console, log=say, note=note)
-    table = build_comparison(done.study, r)
+    done = run_study(r, settings, on, title=title, quiet=quiet, console=console, log=say, note=note, experiment=exp)
+    table = build_comparison(done.study, r, exp)
     Console(width=max(console.width, 160)).print(table.rich())
     say(table.convention)
     md, csv_path = table.save(out, r.name)

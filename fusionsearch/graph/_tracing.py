@@ -25,7 +25,7 @@ from fusionsearch.graph._fx import (
     record_values,
 )
 from fusionsearch.graph.segments import GraphIndex
-from fusionsearch.schema import did_you_mean
+from fusionsearch.validation import did_you_mean
 
 __all__ = [
     "MAX_INPUT_VALUES",

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from fusionsearch.errors import PlanError
-from fusionsearch.schema import did_you_mean
+from fusionsearch.validation import did_you_mean
 
 __all__ = ["StitchPlan", "StitchMeta", "parse_tasks"]
 

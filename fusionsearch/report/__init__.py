@@ -4,7 +4,7 @@
 (``export``). Reads studies; the search does not depend on it (but for the live view).
 
 The names load on first use (PEP 562), so that importing one module of this package, such as
-``fusionsearch.search.recipe`` for ``fusionsearch list``, does not import all of them (Optuna,
+``fusionsearch.report.inspect`` for ``fusionsearch inspect``, does not import all of them (Optuna,
 SQLAlchemy, plotly) with it.
 """
 

@@ -18,11 +18,11 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from fusionsearch.experiment.experiment import COMPARE_ROWS, Experiment
+from fusionsearch.experiment.recipe import Recipe, RecipeError
 from fusionsearch.report.leaderboard import plan_summary
 from fusionsearch.search.confirm import summarize
-from fusionsearch.search.experiment import COMPARE_ROWS, Experiment
-from fusionsearch.search.recipe import Recipe, RecipeError
-from fusionsearch.search.study import StudySettings, check_fusion_tasks, grid_points, labelled_suffix
+from fusionsearch.search.study import StudySettings, labelled_suffix
 
 __all__ = [
     "Comparison",
@@ -47,7 +47,7 @@ SEARCH_ROW = "search_best"
 
 def is_grid(recipe: Recipe) -> bool:
     """An ablation recipe: its rows are the points of a grid study (``compare.grid_rows``)."""
-    return recipe.study.get("sampler") == "grid"
+    return recipe.defaults.sampler == "grid"
 
 
 def comparison_settings(
@@ -59,26 +59,29 @@ def comparison_settings(
     artifacts: str | None = None,
     confirm_seeds: int | None = None,
     labelled: Mapping[str, float | str] | None = None,
+    experiment: Experiment | None = None,
 ) -> StudySettings:
     """The study behind a comparison table: its rows are the baselines (single first), every row
     runs its whole budget (no pruning), and the searched row's trials are every grid point of a
-    grid recipe, else ``trials`` or the recipe's ``compare.search_trials`` (4)."""
-    check_fusion_tasks(recipe)
+    grid recipe, else ``trials`` or the recipe's ``compare.search_trials`` (4). ``experiment``: the
+    recipe's, where the caller has one."""
+    exp = experiment or Experiment(recipe)
+    exp.check_fusion_tasks()
     grid = is_grid(recipe)
     if grid:
-        n = len(grid_points(recipe))
+        n = len(exp.grid_points())
     else:
         n = trials if trials is not None else int(recipe.compare.get("search_trials", 4))
     settings = StudySettings(
         study=study or f"{recipe.name}-compare{labelled_suffix(labelled)}",
         trials=n,
-        sampler="grid" if grid else recipe.study.get("sampler", "tpe"),
+        sampler="grid" if grid else recipe.defaults.sampler,
         pruner="none",  # every row of a table runs its whole budget
         baselines=list(dict.fromkeys(["single", *compare_rows(recipe).values()])),
         artifacts=artifacts,
-        seed=int(recipe.study.get("seed", 0)),
-        confirm_top=recipe.confirm_config()["top"],
-        confirm_seeds=confirm_seeds if confirm_seeds is not None else recipe.confirm_config()["seeds"],
+        seed=int(recipe.defaults.seed),
+        confirm_top=recipe.confirmation.top,
+        confirm_seeds=confirm_seeds if confirm_seeds is not None else recipe.confirmation.seeds,
     )
     if storage is not None:
         settings.storage = storage
@@ -202,10 +205,10 @@ def _columns(recipe: Recipe, exp: Experiment) -> list[tuple[str, str, bool]]:
     return cols
 
 
-def build_comparison(study: optuna.Study, recipe: Recipe) -> Comparison:
+def build_comparison(study: optuna.Study, recipe: Recipe, experiment: Experiment | None = None) -> Comparison:
     """The comparison table from a finished comparison study: the recipe's baseline rows, its
     ablation (grid) rows, the search's best trial, each with its confirmation where it has one."""
-    exp = Experiment(recipe)
+    exp = experiment or Experiment(recipe)
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     searched = [t for t in trials if "slot" in t.user_attrs and t.user_attrs.get("delta_m") is not None]
     paper_dm = _paper_delta_m(recipe, exp.directions())
@@ -217,10 +220,10 @@ def build_comparison(study: optuna.Study, recipe: Recipe) -> Comparison:
     return Comparison(str(title), _columns(recipe, exp), rows, recipe.gain.describe())
 
 
-def paper_comparison(recipe: Recipe, why: str = "no data") -> Comparison:
+def paper_comparison(recipe: Recipe, why: str = "no data", experiment: Experiment | None = None) -> Comparison:
     """The paper's table alone, our cells empty: what ``compare`` prints when the recipe's data is
     not on this machine, so the published numbers are there to read, and nothing looks measured."""
-    exp = Experiment(recipe)
+    exp = experiment or Experiment(recipe)
     paper_dm = _paper_delta_m(recipe, exp.directions())
     paper_rows: Mapping[str, Any] = recipe.paper.get("rows", {})
     trained = compare_rows(recipe)

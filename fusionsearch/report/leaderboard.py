@@ -12,9 +12,9 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from fusionsearch.experiment.experiment import WARMSTART
 from fusionsearch.search.confirm import Confirmation, summarize
 from fusionsearch.search.credentials import mask
-from fusionsearch.search.experiment import WARMSTART
 
 __all__ = [
     "counts",

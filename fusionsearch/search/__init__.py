@@ -1,13 +1,12 @@
-"""The search: a recipe (``recipe``) and its search space (``space``) made concrete as data, tasks
-and a traced backbone (``experiment``); the study in its storage (``storage``, ``study``), the queue
-of trials inside it (``queueing``), what a trial does (``objective``), which failures come back
-(``recovery``) and how (``requeue``), the worker process (``worker``), the confirmation of the
-winners over seeds (``confirm``), and a whole study in one call (``runner``). Built on ``train``,
-``nets``, ``tasks``, ``graph`` and ``data``.
+"""The search, over an experiment (``fusionsearch.experiment``: a recipe, its search space, and the
+data, tasks and traced backbone they make): the study in its storage (``storage``, ``study``), the
+queue of trials inside it (``queueing``), what a trial does (``objective``), which failures come
+back (``recovery``) and how (``requeue``), the worker process (``worker``), the confirmation of the
+winners over seeds (``confirm``), and a whole study in one call (``runner``). Built on
+``experiment``, ``train``, ``nets``, ``tasks``, ``graph`` and ``data``.
 
 The names load on first use (PEP 562), so that importing one module of this package, such as
-``fusionsearch.search.recipe`` for ``fusionsearch list``, does not import all of them (Optuna,
-SQLAlchemy, plotly) with it.
+``fusionsearch.search.storage``, does not import all of them (Optuna, SQLAlchemy, plotly) with it.
 """
 
 from __future__ import annotations
@@ -17,6 +16,31 @@ from typing import TYPE_CHECKING
 from fusionsearch.registry import lazy_exports
 
 if TYPE_CHECKING:
+    from fusionsearch.experiment.experiment import (
+        BASELINES,
+        COMPARE_ROWS,
+        WARMSTART,
+        Experiment,
+        TrialResult,
+        WarmStart,
+        column_weights_of,
+    )
+    from fusionsearch.experiment.recipe import (
+        Recipe,
+        RecipeError,
+        list_recipes,
+        load_recipe,
+        load_yaml,
+        parse_data,
+        recipe_dirs,
+    )
+    from fusionsearch.experiment.space import (
+        COLUMN_INITS,
+        MODES,
+        NONE,
+        Sampled,
+        SearchSpace,
+    )
     from fusionsearch.nets.fusion import (
         fusion_weights,
     )
@@ -33,15 +57,6 @@ if TYPE_CHECKING:
         summarize,
         t_interval,
     )
-    from fusionsearch.search.experiment import (
-        BASELINES,
-        COMPARE_ROWS,
-        WARMSTART,
-        Experiment,
-        TrialResult,
-        WarmStart,
-        column_weights_of,
-    )
     from fusionsearch.search.objective import (
         Objective,
         failure_reason,
@@ -57,15 +72,6 @@ if TYPE_CHECKING:
         requeue_failed,
         single_metrics,
         stale_possible,
-    )
-    from fusionsearch.search.recipe import (
-        Recipe,
-        RecipeError,
-        list_recipes,
-        load_recipe,
-        load_yaml,
-        parse_data,
-        recipe_dirs,
     )
     from fusionsearch.search.recovery import (
         DEPENDENCY,
@@ -86,13 +92,6 @@ if TYPE_CHECKING:
         retry,
     )
     from fusionsearch.search.runner import StudyRun, run_study, study_header
-    from fusionsearch.search.space import (
-        COLUMN_INITS,
-        MODES,
-        NONE,
-        Sampled,
-        SearchSpace,
-    )
     from fusionsearch.search.storage import (
         DEFAULT_STORAGE,
         HEARTBEAT_INTERVAL,
@@ -111,9 +110,7 @@ if TYPE_CHECKING:
         OBJECTIVES,
         PRUNERS,
         StudySettings,
-        check_fusion_tasks,
         check_study,
-        grid_points,
         labelled_suffix,
         load_study,
         make_pruner,
@@ -149,18 +146,18 @@ if TYPE_CHECKING:
     )
 
 _HOMES: dict[str, str] = {
-    "Recipe": "fusionsearch.search.recipe",
-    "RecipeError": "fusionsearch.search.recipe",
-    "load_recipe": "fusionsearch.search.recipe",
-    "load_yaml": "fusionsearch.search.recipe",
-    "recipe_dirs": "fusionsearch.search.recipe",
-    "list_recipes": "fusionsearch.search.recipe",
-    "parse_data": "fusionsearch.search.recipe",
-    "SearchSpace": "fusionsearch.search.space",
-    "Sampled": "fusionsearch.search.space",
-    "NONE": "fusionsearch.search.space",
-    "COLUMN_INITS": "fusionsearch.search.space",
-    "MODES": "fusionsearch.search.space",
+    "Recipe": "fusionsearch.experiment.recipe",
+    "RecipeError": "fusionsearch.experiment.recipe",
+    "load_recipe": "fusionsearch.experiment.recipe",
+    "load_yaml": "fusionsearch.experiment.recipe",
+    "recipe_dirs": "fusionsearch.experiment.recipe",
+    "list_recipes": "fusionsearch.experiment.recipe",
+    "parse_data": "fusionsearch.experiment.recipe",
+    "SearchSpace": "fusionsearch.experiment.space",
+    "Sampled": "fusionsearch.experiment.space",
+    "NONE": "fusionsearch.experiment.space",
+    "COLUMN_INITS": "fusionsearch.experiment.space",
+    "MODES": "fusionsearch.experiment.space",
     "SupernetRun": "fusionsearch.search.supernet",
     "build_supernet": "fusionsearch.search.supernet",
     "train_supernet": "fusionsearch.search.supernet",
@@ -176,13 +173,13 @@ _HOMES: dict[str, str] = {
     "score_plans": "fusionsearch.search.supernet",
     "supernet_job": "fusionsearch.search.supernet",
     "supernet_slot": "fusionsearch.search.supernet",
-    "Experiment": "fusionsearch.search.experiment",
-    "BASELINES": "fusionsearch.search.experiment",
-    "WARMSTART": "fusionsearch.search.experiment",
-    "COMPARE_ROWS": "fusionsearch.search.experiment",
-    "TrialResult": "fusionsearch.search.experiment",
-    "WarmStart": "fusionsearch.search.experiment",
-    "column_weights_of": "fusionsearch.search.experiment",
+    "Experiment": "fusionsearch.experiment.experiment",
+    "BASELINES": "fusionsearch.experiment.experiment",
+    "WARMSTART": "fusionsearch.experiment.experiment",
+    "COMPARE_ROWS": "fusionsearch.experiment.experiment",
+    "TrialResult": "fusionsearch.experiment.experiment",
+    "WarmStart": "fusionsearch.experiment.experiment",
+    "column_weights_of": "fusionsearch.experiment.experiment",
     "queue_lock": "fusionsearch.search.storage",
     "storage_url": "fusionsearch.search.storage",
     "DEFAULT_STORAGE": "fusionsearch.search.storage",
@@ -205,9 +202,7 @@ _HOMES: dict[str, str] = {
     "prepare_study": "fusionsearch.search.study",
     "check_study": "fusionsearch.search.study",
     "prepare_confirmation": "fusionsearch.search.study",
-    "grid_points": "fusionsearch.search.study",
     "load_study": "fusionsearch.search.study",
-    "check_fusion_tasks": "fusionsearch.search.study",
     "labelled_suffix": "fusionsearch.search.study",
     "StudyRun": "fusionsearch.search.runner",
     "run_study": "fusionsearch.search.runner",
@@ -314,9 +309,7 @@ __all__ = [
     "prepare_study",
     "check_study",
     "prepare_confirmation",
-    "grid_points",
     "load_study",
-    "check_fusion_tasks",
     "labelled_suffix",
     "StudyRun",
     "run_study",

@@ -24,11 +24,13 @@ import torch
 from optuna.trial import TrialState
 
 from fusionsearch.errors import DataError, DependencyError, LostDependencyError
+from fusionsearch.experiment.experiment import WARMSTART, Experiment, WarmStart
+from fusionsearch.experiment.recipe import Recipe
+from fusionsearch.experiment.space import Sampled, SearchSpace
 from fusionsearch.interrupts import check_interrupt
 from fusionsearch.nets.fusion import fusion_weights
 from fusionsearch.nets.plan import StitchPlan
 from fusionsearch.search.categories import record_per_category
-from fusionsearch.search.experiment import WARMSTART, Experiment, WarmStart
 from fusionsearch.search.optuna_internals import storage_of
 from fusionsearch.search.queueing import (
     find,
@@ -39,10 +41,8 @@ from fusionsearch.search.queueing import (
     requeue_failed,
     single_metrics,
 )
-from fusionsearch.search.recipe import Recipe
 from fusionsearch.search.recovery import MAX_RETRY, interrupted
 from fusionsearch.search.requeue import failed_for_good
-from fusionsearch.search.space import Sampled, SearchSpace
 from fusionsearch.search.storage import artifact_dir, artifact_store, queue_lock
 from fusionsearch.search.study import StudySettings, rungs
 from fusionsearch.search.supernet import is_supernet_job, supernet_job, supernet_slot

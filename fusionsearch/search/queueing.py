@@ -20,8 +20,8 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from fusionsearch.experiment.experiment import WARMSTART
 from fusionsearch.interrupts import interrupts_deferred
-from fusionsearch.search.experiment import WARMSTART
 from fusionsearch.search.optuna_internals import claim, storage_of
 from fusionsearch.search.recovery import RETRYABLE
 from fusionsearch.search.requeue import retried, retry

@@ -18,9 +18,9 @@ from typing import Any
 import optuna
 
 from fusionsearch.errors import ArgumentError
+from fusionsearch.experiment.experiment import Experiment
+from fusionsearch.experiment.recipe import Recipe
 from fusionsearch.search.confirm import Confirmation, summarize
-from fusionsearch.search.experiment import Experiment
-from fusionsearch.search.recipe import Recipe
 from fusionsearch.search.storage import redact
 from fusionsearch.search.study import StudySettings, prepare_confirmation, prepare_study
 from fusionsearch.search.worker import run_workers
@@ -47,15 +47,15 @@ def _states(study: optuna.Study) -> dict[str, int]:
     return out
 
 
-def study_header(recipe: Recipe, settings: StudySettings) -> list[str]:
+def study_header(exp: Experiment) -> list[str]:
     """The lines a study starts with: the fusion learning rates and BatchNorm start its plans get
     (README Conventions), which tasks are labelled on which share of the images, and what the data
-    set says of itself (a folder's class counts read from its labels)."""
+    set says of itself (a folder's class counts read from its labels). ``exp``: the study's
+    recipe made concrete with the study seed, which draws its labelled images."""
     from fusionsearch.data import describe_labelled
     from fusionsearch.nets.conventions import describe_bn_init, describe_lr_mults
 
-    cfg = recipe.train_config()
-    exp = Experiment(recipe, settings.seed)
+    recipe, cfg = exp.recipe, exp.recipe.training
     lines = [describe_lr_mults(cfg.optimizer), describe_bn_init(cfg.bn_init, cfg.bn_calibration_batches)]
     if recipe.data.get("labelled"):
         lines.append(describe_labelled(exp.datasets()[0]))
@@ -105,17 +105,20 @@ def run_study(
     console: Any = None,
     log: Callable[[str], None] = print,
     note: Callable[[str], None] = print,
+    experiment: Experiment | None = None,
 ) -> StudyRun:
     """Search, then confirm: create or resume the study (``prepare_study``), run its queued trials
     here (one device) or in one worker process per device with a live view on ``console``
     (``quiet``: log lines only), then queue the confirmation of the winners and the baselines
-    over fresh seeds and run it. ``title`` replaces the first line (``compare`` names its rows)."""
-    study = prepare_study(recipe, settings)
+    over fresh seeds and run it. ``title`` replaces the first line (``compare`` names its rows).
+    ``experiment``: the recipe's with the study seed, where the caller has one (else made here)."""
+    exp = experiment or Experiment(recipe, settings.seed)
+    study = prepare_study(recipe, settings, exp)
     log(title or f"study {settings.study} in {redact(settings.storage)}: {settings.trials} trials + baselines")
-    for line in study_header(recipe, settings):
+    for line in study_header(exp):
         log(line)
     _say_resuming(study, settings, log, note)
-    steps = recipe.train_config().steps
+    steps = recipe.training.steps
     bad: list[int] = []
     logs: Path | None = None
     for phase in ("search", "confirmation"):

@@ -19,16 +19,16 @@ import optuna
 from optuna.trial import TrialState
 
 from fusionsearch.data.partial import check_id_files
-from fusionsearch.errors import ArgumentError, FusionSearchError
+from fusionsearch.errors import FusionSearchError
+from fusionsearch.experiment.experiment import BASELINES, WARMSTART, Experiment
+from fusionsearch.experiment.recipe import Recipe
+from fusionsearch.experiment.sections import MAX_SEED
 from fusionsearch.nets.plan import StitchPlan
 from fusionsearch.plugins import loaded_plugins, require_plugins
 from fusionsearch.search.confirm import confirm_seeds, queue_confirmation
-from fusionsearch.search.experiment import BASELINES, WARMSTART, Experiment
 from fusionsearch.search.optuna_internals import storage_of
 from fusionsearch.search.queueing import requeue_failed
-from fusionsearch.search.recipe import MAX_SEED, Recipe
 from fusionsearch.search.seeding import JobSeeded
-from fusionsearch.search.space import SearchSpace
 from fusionsearch.search.storage import (
     DEFAULT_STORAGE,
     artifact_dir,
@@ -44,7 +44,6 @@ from fusionsearch.search.supernet_space import supernet_space
 
 __all__ = [
     "StudySettings",
-    "check_fusion_tasks",
     "labelled_suffix",
     "OBJECTIVES",
     "METRIC_NAMES",
@@ -57,7 +56,6 @@ __all__ = [
     "prepare_study",
     "check_study",
     "prepare_confirmation",
-    "grid_points",
     "load_study",
 ]
 
@@ -137,34 +135,37 @@ class StudySettings:
         confirm_per: str | None = None,
         keep_nets: str = "confirmed",
         labelled: Mapping[str, float | str] | None = None,
+        experiment: Experiment | None = None,
     ) -> StudySettings:
         """The settings of a fusion study of ``recipe``: each override that is None takes the
         recipe's ``study`` and ``confirm`` sections, then the defaults. The rules that ``run``
         and a Python caller share live here: the recipe must have two tasks to fuse, labelled
-        by its data set (``check_fusion_tasks``); ``trials: grid`` counts the grid; several
+        by its data set (``Experiment.check_fusion_tasks``); ``trials: grid`` counts the grid; several
         objectives switch TPE to NSGA-II unless ``sampler`` asks for TPE itself; the default
         study name is the recipe, backbone and tasks, plus ``labelled``, the labelling given on
-        top of the recipe's (another labelling is another study: ``labelled_suffix``)."""
-        check_fusion_tasks(recipe)
-        st, conf = dict(recipe.study), recipe.confirm_config()
-        goals = list(objectives) if objectives else list(st.get("objectives", ["delta_m"]))
-        chosen = sampler or st.get("sampler", "tpe")
-        mode = "-supernet" if recipe.search.get("mode") == "supernet" else ""  # another search, another study
+        top of the recipe's (another labelling is another study: ``labelled_suffix``).
+        ``experiment``: the recipe's, where the caller has one (its data and traced backbone)."""
+        exp = experiment or Experiment(recipe)
+        exp.check_fusion_tasks()
+        st, conf = recipe.defaults, recipe.confirmation
+        goals = list(objectives) if objectives else list(st.objectives)
+        chosen = sampler or st.sampler
+        mode = "-supernet" if recipe.space.mode == "supernet" else ""  # another search, another study
         if len(goals) > 1 and chosen == "tpe" and sampler is None:
             chosen = "nsga2"  # TPE's multi-objective mode is no default: NSGA-II keeps a Pareto front
         return cls(
             study=study or f"{recipe.name}-{recipe.backbone}-{'-'.join(recipe.tasks)}{labelled_suffix(labelled)}{mode}",
             storage=DEFAULT_STORAGE if storage is None else storage,
-            trials=trials if trials is not None else _recipe_trials(recipe, st.get("trials", 8)),
-            timeout=timeout if timeout is not None else st.get("timeout"),
+            trials=trials if trials is not None else _recipe_trials(exp, st.trials),
+            timeout=timeout if timeout is not None else st.timeout,
             sampler=chosen,
-            pruner=pruner or st.get("pruner", "hyperband"),
+            pruner=pruner or st.pruner,
             objectives=goals,
             artifacts=artifacts,
-            seed=seed if seed is not None else int(st.get("seed", 0)),
-            confirm_top=confirm_top if confirm_top is not None else conf["top"],
-            confirm_seeds=confirm_seeds if confirm_seeds is not None else conf["seeds"],
-            confirm_per=confirm_per or conf["per"],
+            seed=seed if seed is not None else int(st.seed),
+            confirm_top=confirm_top if confirm_top is not None else conf.top,
+            confirm_seeds=confirm_seeds if confirm_seeds is not None else conf.seeds,
+            confirm_per=confirm_per or conf.per,
             keep_nets=keep_nets,
         )
 
@@ -176,18 +177,6 @@ class StudySettings:
         return ["maximize" if OBJECTIVES[o] else "minimize" for o in self.objectives]
 
 
-def check_fusion_tasks(recipe: Recipe, read_data: bool = True) -> None:
-    """A fusion study needs two tasks to fuse (one task has nothing to search: every sampled
-    trial would fail), and a data set that labels every task; checked before a study exists.
-    ``read_data=False`` asks the data set's class instead of reading the data."""
-    if len(recipe.tasks) < 2:
-        raise ArgumentError(
-            f"fusion needs at least 2 tasks, the study has {len(recipe.tasks)} ({', '.join(recipe.tasks)}):"
-            " add one with --tasks, or train a single-task net with `fusionsearch train --plan single`"
-        )
-    Experiment(recipe).task_sizes(read_data=read_data)
-
-
 def labelled_suffix(labelled: Mapping[str, float | str] | None) -> str:
     """The default study name's tail for a labelling given on top of the recipe's (``seg=0.1``
     or ``seg=ids.txt``): another labelling is another study, not a resumption of this one."""
@@ -195,9 +184,9 @@ def labelled_suffix(labelled: Mapping[str, float | str] | None) -> str:
     return "-labelled-" + "-".join(parts) if parts else ""
 
 
-def _recipe_trials(recipe: Recipe, n: Any) -> int:
+def _recipe_trials(exp: Experiment, n: Any) -> int:
     """A recipe's ``study.trials``: a number, or ``grid`` for every point of its grid."""
-    return len(grid_points(recipe)) if n == "grid" else int(n)
+    return len(exp.grid_points()) if n == "grid" else int(n)
 
 
 def make_sampler(settings: StudySettings, recipe: Recipe) -> optuna.samplers.BaseSampler:
@@ -209,7 +198,7 @@ def make_sampler(settings: StudySettings, recipe: Recipe) -> optuna.samplers.Bas
     def make(seed: int) -> optuna.samplers.BaseSampler:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            if settings.sampler in ("random", "grid"):  # a grid's values are queued with it (see grid_points)
+            if settings.sampler in ("random", "grid"):  # a grid's values are queued with it (SearchSpace.grid_points)
                 return optuna.samplers.RandomSampler(seed=seed)
             if settings.sampler == "nsga2":
                 return optuna.samplers.NSGAIISampler(seed=seed)
@@ -226,8 +215,7 @@ REDUCTION = 3  # successive halving and Hyperband keep the best third at each ru
 def trial_steps(recipe: Recipe) -> int:
     """Training steps of a searched trial: ``finetune_steps`` when it starts from the trained
     single-task nets, the full ``train.steps`` from scratch."""
-    space = SearchSpace.from_dict(recipe.search)
-    steps = recipe.train_config().steps
+    space, steps = recipe.space, recipe.training.steps
     return space.finetune(steps) if space.baseline_init == "single" else steps
 
 
@@ -237,7 +225,7 @@ def rungs(recipe: Recipe, settings: StudySettings) -> list[int] | None:
     decision reads it; None (every ``eval_every`` steps) otherwise."""
     if settings.pruner not in ("successive_halving", "hyperband") or settings.multi_objective:
         return None
-    first, last = recipe.train_config().eval_every, trial_steps(recipe)
+    first, last = recipe.training.eval_every, trial_steps(recipe)
     out = []
     while first < last:
         out.append(first)
@@ -248,7 +236,7 @@ def rungs(recipe: Recipe, settings: StudySettings) -> list[int] | None:
 def make_pruner(settings: StudySettings, recipe: Recipe) -> optuna.pruners.BasePruner:
     if settings.multi_objective or settings.pruner == "none":
         return optuna.pruners.NopPruner()
-    cfg = recipe.train_config()
+    cfg = recipe.training
     if settings.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=cfg.eval_every)
     if settings.pruner == "successive_halving":
@@ -258,29 +246,31 @@ def make_pruner(settings: StudySettings, recipe: Recipe) -> optuna.pruners.BaseP
     )
 
 
-def prepare_study(recipe: Recipe, settings: StudySettings) -> optuna.Study:
+def prepare_study(recipe: Recipe, settings: StudySettings, experiment: Experiment | None = None) -> optuna.Study:
     """Create (or resume) the study, store its recipe and settings, queue the baselines and trial
     slots that are not there yet, and queue again the trials an accident failed (``recovery``).
 
     Safe to call from several processes at once (two ``run`` commands on one new database): the
     whole read-then-write runs under the storage's lock, so the second finds the first's slots
-    and adds none; each slot is identified by its fixed ``slot`` number."""
-    check_study(recipe, settings)
+    and adds none; each slot is identified by its fixed ``slot`` number. ``experiment``: the
+    recipe's, where the caller has one (its traced backbone gives the points)."""
+    exp = check_study(recipe, settings, experiment)
     check_url(settings.storage)
     with study_lock(settings.storage):
-        return _prepare(recipe, settings)
+        return _prepare(recipe, settings, exp)
 
 
-def check_study(recipe: Recipe, settings: StudySettings) -> None:
+def check_study(recipe: Recipe, settings: StudySettings, experiment: Experiment | None = None) -> Experiment:
     """What only the traced backbone can tell, checked before any study or file exists: the
     backbone takes the recipe's ``backbone_args`` and traces, its candidate points exist, and
     ``confirm.per`` names a parameter of the search space (a typo would otherwise show only after
-    the whole search had trained)."""
+    the whole search had trained). ``experiment``: the recipe's, where the caller has one; the
+    experiment checked is returned, its backbone traced, for the study to be prepared from."""
     heartbeat_settings()  # FUSIONSEARCH_HEARTBEAT=abc stops here, before the lock file exists
-    check_fusion_tasks(recipe, read_data=False)
-    space = SearchSpace.from_dict(recipe.search)
-    exp = Experiment(recipe)
-    points = exp.points(space.points)
+    exp = experiment or Experiment(recipe)
+    exp.check_fusion_tasks(read_data=False)
+    space = recipe.space
+    points = exp.search_points()
     space.check_fixed(points)
     if space.mode == "supernet":
         supernet_space(space, points)  # a pin the supernet cannot share is refused now, not after the baselines
@@ -295,7 +285,7 @@ def check_study(recipe: Recipe, settings: StudySettings) -> None:
             "a grid study queues every plan itself: search.mode supernet needs the tpe, nsga2 or random sampler"
         )
     if settings.sampler == "grid":
-        grid_points(recipe)  # a range where the grid needs choices is named now, not after the database exists
+        exp.grid_points()  # a range where the grid needs choices is named now, not after the database exists
     artefacts = artifact_dir(settings.storage, settings.artifacts)
     if artefacts.exists() and not artefacts.is_dir():
         raise FusionSearchError(f"the artefact folder {str(artefacts)!r} is a file: give --artifacts a folder")
@@ -306,9 +296,10 @@ def check_study(recipe: Recipe, settings: StudySettings) -> None:
             raise FusionSearchError(
                 f"confirm per {per!r} is not a parameter of this study's search space; it has: {', '.join(names)}"
             )
+    return exp
 
 
-def _prepare(recipe: Recipe, settings: StudySettings) -> optuna.Study:
+def _prepare(recipe: Recipe, settings: StudySettings, exp: Experiment) -> optuna.Study:
     storage = open_storage(settings.storage)
     study = optuna.create_study(
         study_name=settings.study,
@@ -342,14 +333,14 @@ def _prepare(recipe: Recipe, settings: StudySettings) -> optuna.Study:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names([METRIC_NAMES[o] for o in settings.objectives])
     study.set_user_attr("delta_m_convention", recipe.gain.describe())
-    space = SearchSpace.from_dict(recipe.search)
+    space = recipe.space
     warm = [WARMSTART] if space.warm else []
     for name in [*warm, *settings.baselines]:
         study.enqueue_trial({"baseline": name}, user_attrs={"baseline": name}, skip_if_exists=True)
     if space.mode == "supernet":  # one training for placement x unit; its best plans fill the slots
         study.enqueue_trial({SUPERNET: "train"}, user_attrs={SUPERNET: "train"}, skip_if_exists=True)
     if settings.sampler == "grid":
-        for i, point in enumerate(grid_points(recipe)):
+        for i, point in enumerate(exp.grid_points()):
             study.enqueue_trial(point, user_attrs={"slot": i}, skip_if_exists=True)
         requeue_failed(study)
         return study
@@ -388,32 +379,14 @@ def prepare_confirmation(study: optuna.Study, settings: StudySettings) -> tuple[
 
 
 def check_plan(plan: StitchPlan, where: str) -> None:
-    """Each point's unit is registered and takes the plan's arguments (``schema.check_call``)."""
+    """Each point's unit is registered and takes the plan's arguments (``validation.check_call``)."""
     from fusionsearch.nets.fusion import get_fusion
-    from fusionsearch.schema import check_call
+    from fusionsearch.validation import check_call
 
     # the main unit even without points: the papers' baseline (UNIT_default) puts it at every boundary
     units = [(plan.unit, dict(plan.unit_args))] + [plan.unit_for(str(p)) for p in plan.per_point]
     for name, args in units:
         check_call(get_fusion(name), args, f"{where}.unit_args", FusionSearchError, given=("channels", "layout"))
-
-
-def grid_points(recipe: Recipe) -> list[dict[str, Any]]:
-    """Every combination of the recipe's choice lists, in a fixed order. A grid study queues each
-    with all its values fixed, so N workers run each point exactly once (Optuna's GridSampler
-    picks points at random and may repeat one under parallel workers)."""
-    import itertools
-
-    space = SearchSpace.from_dict(recipe.search)
-    points = Experiment(recipe).points(space.points)
-    grid = space.grid(points)
-    names = list(grid)
-    out: list[dict[str, Any]] = []
-    for values in itertools.product(*(grid[n] for n in names)):
-        point = space.effective(dict(zip(names, values)), points)
-        if point not in out:  # choices define-by-run never reads make no new trial
-            out.append(point)
-    return out
 
 
 def load_study(name: str, storage: str = DEFAULT_STORAGE) -> tuple[optuna.Study, Recipe, StudySettings]:

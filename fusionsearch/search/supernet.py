@@ -33,13 +33,13 @@ import torch
 from optuna.trial import TrialState
 
 from fusionsearch.errors import CheckpointError
+from fusionsearch.experiment.experiment import Experiment, WarmStart
+from fusionsearch.experiment.space import SearchSpace
 from fusionsearch.interrupts import check_interrupt
 from fusionsearch.nets.plan import StitchPlan
 from fusionsearch.nets.supernet import NONE_UNIT, SuperNet, recalibrate_batchnorm
 from fusionsearch.paths import write_atomic
-from fusionsearch.search.experiment import Experiment, WarmStart
 from fusionsearch.search.seeding import JobSeeded
-from fusionsearch.search.space import SearchSpace
 from fusionsearch.search.supernet_space import common_values, supernet_space
 from fusionsearch.train import (
     NonFiniteLossError,

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fusionsearch.errors import PlanError
+from fusionsearch.experiment.space import SearchSpace, parse_init
 from fusionsearch.nets.conventions import fusion_lr_mult
 from fusionsearch.nets.fusion import get_fusion
 from fusionsearch.nets.supernet import NONE_UNIT
-from fusionsearch.search.space import SearchSpace, _parse_init
 
 __all__ = ["SupernetSpace", "supernet_space", "common_values"]
 
@@ -106,7 +106,7 @@ def supernet_space(space: SearchSpace, points: Sequence[str]) -> SupernetSpace:
 def common_values(space: SearchSpace) -> SupernetSpace:
     """What every plan of ``space`` has in common (its points and units left empty)."""
     fixed = space.fixed
-    init = _parse_init(fixed["init"]) if "init" in fixed else None
+    init = parse_init(fixed["init"]) if "init" in fixed else None
     alpha = _common(space, "init_alpha", space.init_alpha)
     lr = "lr_mult" if space.lr_mult_choices or space.lr_mult is not None else "lr_scale"
     lr_range = space.lr_mult_choices and [min(space.lr_mult_choices), max(space.lr_mult_choices)]

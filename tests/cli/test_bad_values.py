@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from fusionsearch.cli import app
 from fusionsearch.errors import FusionSearchError, PlanError
-from fusionsearch.search.experiment import Experiment
-from fusionsearch.search.recipe import RecipeError, load_recipe
+from fusionsearch.experiment.experiment import Experiment
+from fusionsearch.experiment.recipe import RecipeError, load_recipe
 from fusionsearch.tasks.weighting import WEIGHTINGS, GradientWeighting, make_weighting, torchjd_aggregator
 from fusionsearch.train.config import TrainConfig
 

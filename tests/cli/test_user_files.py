@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 from fusionsearch.cli import app
 from fusionsearch.data import partial
 from fusionsearch.errors import DataError
+from fusionsearch.experiment.recipe import load_recipe
 from fusionsearch.search import StudySettings, prepare_study, run_worker
-from fusionsearch.search.recipe import load_recipe
 
 
 def _bounded_memory() -> None:

@@ -227,8 +227,8 @@ def test_train_cli_runs_on_the_fixture(celeba):
 
 
 def test_recipe_loads_without_the_data():
-    from fusionsearch.search.experiment import Experiment
-    from fusionsearch.search.recipe import load_recipe
+    from fusionsearch.experiment.experiment import Experiment
+    from fusionsearch.experiment.recipe import load_recipe
 
     recipe = load_recipe("celeba_mgda")
     sizes = Experiment(recipe).task_sizes(read_data=False)

@@ -14,8 +14,8 @@ from fusionsearch.cli import app
 from fusionsearch.data import DATASETS, Cityscapes, DataError, MissingDataError, PartialLabels, get_dataset
 from fusionsearch.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from fusionsearch.errors import ArgumentError
-from fusionsearch.search.experiment import Experiment
-from fusionsearch.search.recipe import Recipe, load_recipe
+from fusionsearch.experiment.experiment import Experiment
+from fusionsearch.experiment.recipe import Recipe, load_recipe
 from fusionsearch.tasks.task import task_class
 
 H, W = 8, 12

@@ -13,7 +13,7 @@ from fusionsearch.data import FolderData, PartialLabels
 from fusionsearch.data.folder import scan
 from fusionsearch.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from fusionsearch.errors import DataError, MissingDataError
-from fusionsearch.search.recipe import Recipe
+from fusionsearch.experiment.recipe import Recipe
 from fusionsearch.tasks.task import get_task
 
 
@@ -133,7 +133,7 @@ def test_partial_labels_on_a_folder_and_a_recipe_reads_its_types(tmp_path):
     assert [ds[i]["quality"].item() for i in range(4)] == [1, -1, -1, -1]
     r = Recipe(tasks=["seg", "quality", "shade"], data={"name": "folder", "root": str(root), "size": 16})
     assert r.task_types() == {"quality": "cls", "shade": "depth"}
-    from fusionsearch.search.experiment import Experiment
+    from fusionsearch.experiment.experiment import Experiment
 
     exp = Experiment(r)
     tasks = exp.tasks()

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 from fusionsearch.cli import app
 from fusionsearch.data import IMDBWiki, NYUv2, PartialLabels, SyntheticScenes, labelled_mask
 from fusionsearch.errors import DataError
-from fusionsearch.search.experiment import Experiment
-from fusionsearch.search.recipe import RecipeError
+from fusionsearch.experiment.experiment import Experiment
+from fusionsearch.experiment.recipe import RecipeError
 from fusionsearch.tasks.task import get_task, unlabelled_like
 from fusionsearch.tasks.weighting import WEIGHTINGS, make_weighting
 from fusionsearch.train.config import TrainConfig

@@ -14,10 +14,10 @@ from torch import Tensor, nn
 import fusionsearch as fs
 from fusionsearch.data import DATASETS, MultiTaskDataset, SyntheticScenes, register_dataset
 from fusionsearch.data.transforms import hflip_dense, resize_dense
+from fusionsearch.experiment.recipe import Recipe
 from fusionsearch.nets.fusion import FUSION_UNITS, FusionUnit, register_fusion
 from fusionsearch.report.html import write_report
 from fusionsearch.search import StudySettings, prepare_study, run_worker
-from fusionsearch.search.recipe import Recipe
 from fusionsearch.tasks.task import SCALAR_MAP, TASKS, Task, register_task
 
 

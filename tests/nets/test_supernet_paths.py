@@ -11,9 +11,9 @@ from helpers import tiny_recipe
 from torch import nn
 
 from fusionsearch.errors import PlanError
+from fusionsearch.experiment.experiment import Experiment, WarmStart
 from fusionsearch.nets.plan import StitchPlan
 from fusionsearch.nets.supernet import NONE_UNIT, SuperNet, plan_of, recalibrate_batchnorm
-from fusionsearch.search.experiment import Experiment, WarmStart
 
 UNITS = [NONE_UNIT, "nddr", "cross_stitch", "sluice"]
 

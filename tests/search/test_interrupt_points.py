@@ -151,8 +151,8 @@ def test_a_plan_is_the_same_in_every_process():
     was the first of a ``set``, whose order changes with each process's string hashing, so a
     resumed study trained another net for the same drawn choices."""
     script = (
-        "from fusionsearch.search.space import SearchSpace\n"
-        "from fusionsearch.search.recipe import load_recipe\n"
+        "from fusionsearch.experiment.space import SearchSpace\n"
+        "from fusionsearch.experiment.recipe import load_recipe\n"
         "s = SearchSpace.from_dict(load_recipe('quick').search)\n"
         "units = {'layer3': 'sluice', 'layer4': 'cross_stitch'}\n"
         "mults = {'sluice': 1.0, 'cross_stitch': 2.0, 'sluice_beta': 3.0}\n"

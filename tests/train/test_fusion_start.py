@@ -13,9 +13,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 import fusionsearch as fs
 from fusionsearch.errors import FusionSearchError
+from fusionsearch.experiment.experiment import Experiment, WarmStart
+from fusionsearch.experiment.space import SearchSpace
 from fusionsearch.nets.conventions import FUSION_LR_MULT, fusion_lr_mult
-from fusionsearch.search.experiment import Experiment, WarmStart
-from fusionsearch.search.space import SearchSpace
 from fusionsearch.train.calibration import calibrate_batchnorm, new_batchnorms
 from fusionsearch.train.config import TrainConfig
 from fusionsearch.train.loading import StepSampler

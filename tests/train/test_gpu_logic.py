@@ -473,7 +473,7 @@ def test_fit_evaluates_with_one_loader_for_the_whole_run(tmp_path, monkeypatch):
 
 
 def test_auto_loader_workers(monkeypatch, tmp_path):
-    from fusionsearch.search.experiment import _Cached
+    from fusionsearch.experiment.experiment import _Cached
 
     data, val, _ = _nyu(tmp_path)
     gpu = torch.device("cuda:1")

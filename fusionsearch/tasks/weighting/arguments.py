@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fusionsearch.errors import PlanError
-from fusionsearch.schema import did_you_mean, finite
+from fusionsearch.validation import did_you_mean, finite
 
 __all__ = ["Number", "Choice", "TaskVector", "Argument", "check_arguments"]
 

@@ -14,10 +14,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fusionsearch.errors import PlanError
-from fusionsearch.schema import check_call
 from fusionsearch.tasks.weighting.arguments import TaskVector, check_arguments
 from fusionsearch.tasks.weighting.base import Weighting, get_weighting
 from fusionsearch.tasks.weighting.gradient import GradientWeighting, torchjd_aggregator
+from fusionsearch.validation import check_call
 
 __all__ = ["make_weighting", "check_weighting"]
 

@@ -11,29 +11,39 @@ from __future__ import annotations
 import copy
 import inspect
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, TypeVar
 
 import yaml
 
 from fusionsearch.data.partial import check_labelled
 from fusionsearch.errors import FusionSearchError, PluginError
+from fusionsearch.experiment.limits import check_limits, image_size
+from fusionsearch.experiment.sections import (
+    MAX_SEED,
+    CompareSection,
+    ConfirmSection,
+    DataSection,
+    PaperSection,
+    StudySection,
+)
+from fusionsearch.experiment.space import SearchSpace
 from fusionsearch.paths import read_input_text
 from fusionsearch.plugins import load_plugins
-from fusionsearch.schema import check_call, check_fields, did_you_mean
-from fusionsearch.search.limits import check_limits, image_size
 from fusionsearch.tasks.delta import DeltaM, primary_metric
 from fusionsearch.tasks.task import task_arguments, task_class
 from fusionsearch.train.config import TrainConfig
+from fusionsearch.validation import check_call, check_fields, did_you_mean
 
 __all__ = ["Recipe", "RecipeError", "load_recipe", "load_yaml", "recipe_dirs", "list_recipes", "parse_data"]
 
 DEFAULT_RECIPE = "quick"
 CONFIRM_DEFAULTS: dict[str, Any] = {"top": 2, "seeds": 3, "per": None}
-# the confirmation's training seeds are the study seed x 1000 + 1..1000, below numpy's 2^32
-MAX_SEED = (2**32 - 1) // 1000 - 1000
+
+
+T = TypeVar("T")
 
 
 class RecipeError(FusionSearchError, ValueError):
@@ -41,52 +51,16 @@ class RecipeError(FusionSearchError, ValueError):
 
 
 @dataclass
-class StudySection:
-    """The recipe's ``study`` section: how ``fusionsearch run`` searches by default."""
-
-    trials: int | Literal["grid"] = 8  # sampled trials after the baselines; grid: every grid point
-    timeout: float | None = None  # seconds after which no trial starts
-    sampler: Literal["tpe", "nsga2", "random", "grid"] = "tpe"
-    pruner: Literal["successive_halving", "hyperband", "median", "none"] = "hyperband"
-    objectives: list[str] = field(default_factory=lambda: ["delta_m"])
-    seed: int = 0
-
-
-@dataclass
-class CompareSection:
-    """The recipe's ``compare`` section: the rows and columns of ``fusionsearch compare``."""
-
-    rows: dict[str, str] = field(default_factory=dict)  # paper row -> baseline that trains it
-    columns: dict[str, list[str]] = field(default_factory=dict)  # task -> metrics shown
-    grid_rows: dict[str, dict[str, Any]] = field(default_factory=dict)  # paper row -> grid point
-    search_trials: int = 4
-
-
-@dataclass
-class PaperSection:
-    """The recipe's ``paper`` section: the published table that ``compare`` sets beside ours."""
-
-    table: str = ""
-    rows: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # row -> task -> metric -> value
-
-
-@dataclass
-class DataSection:
-    """The fields of ``data`` that every data set reads; others go to its constructor."""
-
-    name: str = "synthetic"
-    size: int | tuple[int, int] = 128  # square side, or [height, width]
-    train_length: int | None = None
-    val_length: int | None = None
-    # task -> share in (0, 1], list of item ids, or id file: the training images that keep the
-    # task's label (``data.partial``); validation stays fully labelled
-    labelled: dict[str, Any] | None = None
-
-
-@dataclass
 class Recipe:
     """A study's set-up. ``data`` keys other than ``name``, ``size``, ``train_length`` and
-    ``val_length`` go to the data set's constructor (``root``, ``layout``, ...)."""
+    ``val_length`` go to the data set's constructor (``root``, ``layout``, ...).
+
+    The fields hold the sections as written, which is what a study stores and compares when it
+    is resumed (``to_dict``). Each section is parsed once, when the recipe is made, into the
+    typed object the code reads by attribute: ``space`` (``search``), ``training`` (``train``),
+    ``gain`` (``delta_m``), ``defaults`` (``study``) and ``confirmation`` (``confirm``). A
+    section assigned anew (a command's override: ``r.train = {**r.train, "steps": 5}``) is
+    parsed again when next read."""
 
     name: str = "custom"
     about: str = ""
@@ -107,6 +81,8 @@ class Recipe:
     confirm: dict[str, Any] = field(default_factory=dict)
     plugins: list[str] = field(default_factory=list)  # modules or .py files loaded first (fusionsearch.plugins)
     path: str | None = None
+    # section name -> (the section as it was parsed, its typed form): see ``_parsed``
+    _views: dict[str, tuple[Any, Any]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         where = f"recipe {self.name!r}:" if isinstance(self.name, str) else "recipe:"
@@ -121,11 +97,11 @@ class Recipe:
             raise RecipeError(f"{where} tasks name {', '.join(twice)} more than once: each task is one column")
         if "name" not in self.data:
             raise RecipeError(f"{where} data needs a name (synthetic, nyuv2, imdb_wiki, ...)")
-        seed = self.study.get("seed", 0)
+        seed = self.defaults.seed
         if not 0 <= seed <= MAX_SEED:
             raise RecipeError(f"{where} study.seed must be in 0..{MAX_SEED:,}, got {seed}")
         try:
-            check_limits(self.data, self.tasks, self.train_config())  # sizes a machine holds, its data makes
+            check_limits(self.data, self.tasks, self.training)  # sizes a machine holds, its data makes
             check_labelled(self.data.get("labelled"), self.tasks)
         except FusionSearchError as e:
             raise RecipeError(f"{where} {e}") from None
@@ -134,13 +110,52 @@ class Recipe:
                 raise RecipeError(f"recipe {self.name!r}: task_args names {t!r}, which is not in tasks {self.tasks}")
         self._check_arguments(where)
         try:
-            gain = DeltaM.from_dict(self.delta_m)
-            if gain.metrics == "primary":
+            if self.gain.metrics == "primary":
                 for t in self.tasks:
                     primary_metric(t, self.task_types())
         except FusionSearchError as e:
             raise RecipeError(f"recipe {self.name!r}: {e}") from None
-        self.confirm_config()
+        self.confirmation  # noqa: B018  # parsed now: a bad field stops the recipe, not the confirmation
+
+    @classmethod
+    def stored_fields(cls) -> list[str]:
+        """The fields a recipe file may set and a study stores (``path`` is where it was read)."""
+        return [f.name for f in fields(cls) if f.init and f.name != "path"]
+
+    def _parsed(self, section: str, parse: Callable[[Any], T]) -> T:
+        """``parse`` of the raw ``section``: run when first read and again only after the section
+        changed, so each typed section is built once however often the code reads it."""
+        raw = getattr(self, section)
+        held = self._views.get(section)
+        if held is None or held[0] != raw:
+            held = (copy.deepcopy(raw), parse(raw))
+            self._views[section] = held
+        return held[1]
+
+    @property
+    def space(self) -> SearchSpace:
+        """The search space of ``search`` (read-only: shared by every reader of this recipe)."""
+        return self._parsed("search", SearchSpace.from_dict)
+
+    @property
+    def training(self) -> TrainConfig:
+        """``train`` as a ``TrainConfig`` (read-only; ``train_config`` gives a copy to change)."""
+        return self._parsed("train", lambda d: TrainConfig(**d))
+
+    @property
+    def gain(self) -> DeltaM:
+        """The recipe's Delta-m convention (``delta_m: {average: tasks|metrics, metrics: all|primary}``)."""
+        return self._parsed("delta_m", DeltaM.from_dict)
+
+    @property
+    def defaults(self) -> StudySection:
+        """The ``study`` section: how ``fusionsearch run`` searches when no option says otherwise."""
+        return self._parsed("study", lambda d: StudySection(**d))
+
+    @property
+    def confirmation(self) -> ConfirmSection:
+        """The ``confirm`` section with its defaults (``confirm_config``)."""
+        return self._parsed("confirm", lambda d: ConfirmSection(**self.confirm_config()))
 
     def _load_plugins(self, where: str) -> None:
         """Before anything is checked: the recipe's names (data set, tasks, units, weightings) may
@@ -163,23 +178,19 @@ class Recipe:
             except RecipeError as e:
                 raise RecipeError(f"{where} {e}") from None
 
-        top = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "path"}
-        check(top, type(self), "recipe")
+        check({f: getattr(self, f) for f in self.stored_fields()}, type(self), "recipe")
         check({k: v for k, v in self.data.items() if k in DataSection.__dataclass_fields__}, DataSection, "data")
         check(self.train, TrainConfig, "train")
         check(self.study, StudySection, "study")
         check(self.compare, CompareSection, "compare")
         check(self.paper, PaperSection, "paper")
-        from fusionsearch.search.space import SearchSpace  # imports the fusion units: only when a recipe is checked
-
         check(self.search, SearchSpace, "search")
 
     def _check_arguments(self, where: str) -> None:
-        """The nested arguments against the constructors they go to (``schema.check_call``), then
+        """The nested arguments against the constructors they go to (``validation.check_call``), then
         built once so that each constructor's own range checks run: the data set's, each task's,
         the search space's. Nothing is read from disk and no network is built."""
         from fusionsearch.data import DATASETS
-        from fusionsearch.search.space import SearchSpace
 
         try:
             data = DATASETS.get(str(self.data["name"]))
@@ -195,7 +206,7 @@ class Recipe:
             types = self.task_types()
             for t in self.tasks:
                 self._check_task(t, types, sizes)
-            SearchSpace.from_dict(self.search)
+            self.space  # noqa: B018  # parsed now, inside this check: its errors name the recipe
             for t, metrics in dict(self.compare.get("columns") or {}).items():
                 known = list(task_class(t, types).metrics) if t in self.tasks else None
                 if known is None:
@@ -238,11 +249,6 @@ class Recipe:
         own = {t: a["task"] for t, a in self.task_args.items() if isinstance(a, Mapping) and "task" in a}
         return {t: str(v) for t, v in {**declared, **own}.items() if t in self.tasks and v != t}
 
-    @property
-    def gain(self) -> DeltaM:
-        """The recipe's Delta-m convention (``delta_m: {average: tasks|metrics, metrics: all|primary}``)."""
-        return DeltaM.from_dict(self.delta_m)
-
     def confirm_config(self) -> dict[str, Any]:
         """``confirm: {top: N, seeds: S, per: PARAM}``: after the search, the N best searched plans
         (the N best for each value of the search parameter ``per``, e.g. ``weighting``) and every
@@ -267,6 +273,7 @@ class Recipe:
         return image_size(self.data)
 
     def train_config(self, **overrides: Any) -> TrainConfig:
+        """A new ``TrainConfig`` of ``train`` with ``overrides`` (None values are ignored), to change."""
         args = {**self.train, **{k: v for k, v in overrides.items() if v is not None}}
         return TrainConfig(**args)
 
@@ -280,14 +287,15 @@ class Recipe:
         return r
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name != "path"}
+        """The sections as written: what a study stores and compares when it is resumed."""
+        return {name: copy.deepcopy(getattr(self, name)) for name in self.stored_fields()}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], path: str | None = None) -> Recipe:
         if not isinstance(d, Mapping):
             where = f"recipe {path}" if path else "a recipe"
             raise RecipeError(f"{where} must be a mapping of fields (name: value), got a {type(d).__name__}")
-        names = {f.name for f in fields(cls)} - {"path"}
+        names = set(cls.stored_fields())
         unknown = set(d) - names
         if unknown:
             where = f" in {path}" if path else ""

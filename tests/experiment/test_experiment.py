@@ -12,7 +12,7 @@ runner = CliRunner()
 
 
 def test_a_warm_started_net_at_identity_is_the_single_task_net():
-    from fusionsearch.search.experiment import Experiment, WarmStart
+    from fusionsearch.experiment.experiment import Experiment, WarmStart
 
     exp = Experiment(tiny_recipe())
     single = _trained_single(exp)
@@ -34,7 +34,7 @@ def test_a_warm_started_net_at_identity_is_the_single_task_net():
 
 
 def test_columns_start_from_the_single_task_nets():
-    from fusionsearch.search.experiment import Experiment, column_weights_of
+    from fusionsearch.experiment.experiment import Experiment, column_weights_of
 
     exp = Experiment(tiny_recipe())
     single = exp.build(exp.baseline_plan("single"))

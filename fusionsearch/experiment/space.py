@@ -14,20 +14,22 @@ the range means the same under SGD and AdamW; an explicit ``lr_mult`` range is k
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
-import optuna
+from typing import TYPE_CHECKING, Any
 
 from fusionsearch.errors import PlanError
 from fusionsearch.nets.conventions import fusion_lr_mult
 from fusionsearch.nets.fusion import FUSION_UNITS, get_fusion
 from fusionsearch.nets.plan import StitchPlan
-from fusionsearch.schema import check_call, did_you_mean, finite
 from fusionsearch.tasks.weighting import get_weighting
+from fusionsearch.validation import check_call, did_you_mean, finite
 
-__all__ = ["SearchSpace", "Sampled", "NONE", "COLUMN_INITS", "MODES"]
+if TYPE_CHECKING:
+    import optuna
+
+__all__ = ["SearchSpace", "Sampled", "NONE", "COLUMN_INITS", "MODES", "parse_init"]
 
 NONE = "none"
 COLUMN_INITS = ("single", "scratch")
@@ -119,6 +121,20 @@ class SearchSpace:
                     f"a grid search needs fixed values: {name} is a range {list(r)}; fix it or give choices"
                 )
         return g
+
+    def grid_points(self, points: Sequence[str]) -> list[dict[str, Any]]:
+        """Every combination of the choice lists over the candidate ``points``, in a fixed order,
+        each as the parameters a trial carries (``effective``). A grid study queues each with all
+        its values fixed, so N workers run each point exactly once (Optuna's GridSampler picks
+        points at random and may repeat one under parallel workers)."""
+        grid = self.grid(points)
+        names = list(grid)
+        out: list[dict[str, Any]] = []
+        for values in itertools.product(*(grid[n] for n in names)):
+            point = self.effective(dict(zip(names, values)), points)
+            if point not in out:  # choices define-by-run never reads make no new trial
+                out.append(point)
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SearchSpace:
@@ -335,7 +351,7 @@ class SearchSpace:
         multiplier: drawn only when some unit is placed."""
         if self.init:
             labels = [_init_label(v) for v in self.init]
-            init: Any = _parse_init(self._pick(trial, "init", lambda: trial.suggest_categorical("init", labels)))
+            init: Any = parse_init(self._pick(trial, "init", lambda: trial.suggest_categorical("init", labels)))
         else:
             alpha = self._range(trial, "init_alpha", self.init_alpha, log=False)
             init = (alpha, 1.0 - alpha)
@@ -395,7 +411,8 @@ def _init_label(v: Any) -> str:
     return v if isinstance(v, str) else ",".join(f"{float(x):g}" for x in v)
 
 
-def _parse_init(label: str) -> Any:
+def parse_init(label: str) -> Any:
+    """A drawn or pinned ``init`` label back to what a unit takes: "0.9,0.1" -> (0.9, 0.1)."""
     if label == "xavier":
         return label
     a, b = (float(x) for x in str(label).split(","))

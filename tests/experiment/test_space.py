@@ -9,7 +9,7 @@ from helpers import tiny_recipe
 from typer.testing import CliRunner
 
 import fusionsearch as fs
-from fusionsearch.search.space import SearchSpace
+from fusionsearch.experiment.space import SearchSpace
 
 runner = CliRunner()
 
@@ -61,7 +61,7 @@ def test_space_draws_no_unit_where_the_shared_prefix_leaves_nothing_to_fuse():
 
 def test_new_modules_start_alike_in_every_plan_of_a_seed():
     """Common random numbers: the unit at layer2 is drawn from (seed, its name) only."""
-    from fusionsearch.search.experiment import Experiment
+    from fusionsearch.experiment.experiment import Experiment
 
     exp = Experiment(tiny_recipe())
     args = {"init": "xavier"}

@@ -9,8 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 import fusionsearch as fs
-from fusionsearch.search.recipe import RecipeError, load_recipe
-from fusionsearch.search.space import SearchSpace
+from fusionsearch.experiment.recipe import RecipeError, load_recipe
 
 runner = CliRunner()
 
@@ -27,13 +26,33 @@ def test_recipe_errors_name_the_field(tmp_path):
         load_recipe("nope")
 
 
+def test_each_section_is_parsed_once_and_again_only_after_it_changed():
+    from fusionsearch.experiment import Recipe, SearchSpace
+    from fusionsearch.train import TrainConfig
+
+    r = load_recipe("quick")
+    space, training = r.space, r.training
+    assert isinstance(space, SearchSpace) and isinstance(training, TrainConfig)
+    assert r.space is space and r.training is training and r.gain is r.gain  # read, not rebuilt
+    assert r.defaults.trials == r.study.get("trials", 8) and r.confirmation.top == r.confirm_config()["top"]
+    r.train = {**r.train, "steps": 7}  # a command's override: the typed section follows it
+    assert r.training.steps == 7 and r.training is not training and r.space is space
+    assert r.train_config(steps=9).steps == 9 and r.training.steps == 7  # a copy to change
+    other = r.with_overrides(search={**r.search, "units": ["none", "nddr"]})
+    assert other.space.units == ["none", "nddr"] and r.space is space
+    # what a study stores: the sections as written, nothing parsed
+    stored = r.to_dict()
+    assert list(stored) == Recipe.stored_fields() and "_views" not in stored
+    assert Recipe.from_dict(stored).to_dict() == stored
+
+
 RECIPES = sorted(p.stem for p in (Path(fs.__file__).parent / "recipes").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("name", RECIPES)
 def test_every_recipe_loads_validates_and_builds(name):
+    from fusionsearch.experiment.experiment import Experiment
     from fusionsearch.report.compare import compare_rows
-    from fusionsearch.search.experiment import Experiment
 
     r = load_recipe(name)
     assert r.reproduces and r.about, "a recipe says what it reproduces"
@@ -42,12 +61,9 @@ def test_every_recipe_loads_validates_and_builds(name):
     plan = exp.plan_from(r.plan)
     for p in plan.at:
         exp.graph().resolve(p)
-    space = SearchSpace.from_dict(r.search)
-    assert exp.points(space.points)
-    if r.study.get("sampler") == "grid":
-        from fusionsearch.search import grid_points
-
-        grid = [{k: str(v) for k, v in p.items()} for p in grid_points(r.with_overrides(data=small))]
+    assert exp.search_points() == exp.points(r.space.points)
+    if r.defaults.sampler == "grid":
+        grid = [{k: str(v) for k, v in p.items()} for p in exp.grid_points()]
         rows = r.compare["grid_rows"]
         assert len(rows) == len(grid) == len(r.paper["rows"]), "one table row per grid point"
         for label, params in rows.items():
@@ -68,7 +84,7 @@ def test_every_recipe_loads_validates_and_builds(name):
 
 
 def test_data_on_the_command_line_moves_the_recipes_own_data_set_and_replaces_another():
-    from fusionsearch.search.recipe import parse_data
+    from fusionsearch.experiment.recipe import parse_data
 
     celeba = {"name": "celeba", "root": "data/celeba", "size": 64, "attributes": {"hair": ["Black_Hair"]}}
     assert parse_data("celeba:/d/celeba", celeba) == {**celeba, "root": "/d/celeba"}  # groups kept

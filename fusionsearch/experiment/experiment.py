@@ -15,17 +15,17 @@ from torch.utils.data import Dataset
 
 from fusionsearch.data import DATASETS, PartialLabels, get_dataset
 from fusionsearch.errors import ArgumentError, FusionSearchError, FusionSearchWarning, PlanError
+from fusionsearch.experiment.limits import check_limits
+from fusionsearch.experiment.recipe import Recipe
 from fusionsearch.graph.cuts import BackboneGraph, trace
 from fusionsearch.nets.builder import build
 from fusionsearch.nets.fusion import FUSION_UNITS
 from fusionsearch.nets.net import StitchedNet
 from fusionsearch.nets.plan import StitchPlan
-from fusionsearch.schema import finite
-from fusionsearch.search.limits import check_limits
-from fusionsearch.search.recipe import Recipe
 from fusionsearch.tasks.task import Task, task_arguments, task_class
 from fusionsearch.train.config import TrainConfig
 from fusionsearch.train.trainer import evaluate, fit
+from fusionsearch.validation import finite
 
 __all__ = ["Experiment", "BASELINES", "WARMSTART", "COMPARE_ROWS", "TrialResult", "WarmStart", "column_weights_of"]
 
@@ -62,7 +62,7 @@ class Experiment:
 
     def __init__(self, recipe: Recipe, seed: int | None = None) -> None:
         self.recipe = recipe
-        self.seed = int(recipe.study.get("seed", 0) if seed is None else seed)
+        self.seed = int(recipe.defaults.seed if seed is None else seed)
         self._graph: BackboneGraph | None = None
         self._data: tuple[Dataset, Dataset] | None = None
         self._types: dict[str, str] | None = None
@@ -92,6 +92,18 @@ class Experiment:
                 _cached(get_dataset(name, split="val", length=val_len, **common)),
             )
         return self._data
+
+    def check_fusion_tasks(self, read_data: bool = True) -> None:
+        """A fusion study needs two tasks to fuse (one task has nothing to search: every sampled
+        trial would fail), and a data set that labels every task; checked before a study exists.
+        ``read_data=False`` asks the data set's class instead of reading the data."""
+        tasks = self.recipe.tasks
+        if len(tasks) < 2:
+            raise ArgumentError(
+                f"fusion needs at least 2 tasks, the study has {len(tasks)} ({', '.join(tasks)}):"
+                " add one with --tasks, or train a single-task net with `fusionsearch train --plan single`"
+            )
+        self.task_sizes(read_data=read_data)
 
     def task_sizes(self, read_data: bool = True) -> dict[str, int]:
         """Output size of each task: what the data set provides (e.g. 13 or 40 NYUv2 classes).
@@ -169,6 +181,14 @@ class Experiment:
                 g.resolve(n)
             return list(which)
         raise PlanError(f"points must be 'boundaries', 'cuts' or a list of names, got {which!r}")
+
+    def search_points(self) -> list[str]:
+        """The candidate points of the recipe's search space (``search.points``)."""
+        return self.points(self.recipe.space.points)
+
+    def grid_points(self) -> list[dict[str, Any]]:
+        """Every point of the recipe's grid (``SearchSpace.grid_points``) over its candidate points."""
+        return self.recipe.space.grid_points(self.search_points())
 
     def plan_from(self, spec: Mapping[str, Any] | StitchPlan) -> StitchPlan:
         """A StitchPlan from a recipe's ``plan`` mapping; ``at: boundaries`` means every boundary."""
