@@ -51,7 +51,7 @@ def study_header(recipe: Recipe, settings: StudySettings) -> list[str]:
     """The lines a study starts with: the fusion learning rates and BatchNorm start its plans get
     (README Conventions), which tasks are labelled on which share of the images, and what the data
     set says of itself (a folder's class counts read from its labels)."""
-    from fusionsearch.data import describe_labelled
+    from fusionsearch.data.partial import describe_labelled
     from fusionsearch.nets.conventions import describe_bn_init, describe_lr_mults
 
     cfg = recipe.train_config()

@@ -45,7 +45,7 @@ def test_every_recipe_loads_validates_and_builds(name):
     space = SearchSpace.from_dict(r.search)
     assert exp.points(space.points)
     if r.study.get("sampler") == "grid":
-        from fusionsearch.search import grid_points
+        from fusionsearch.search.study import grid_points
 
         grid = [{k: str(v) for k, v in p.items()} for p in grid_points(r.with_overrides(data=small))]
         rows = r.compare["grid_rows"]

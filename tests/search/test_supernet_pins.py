@@ -16,9 +16,10 @@ from typer.testing import CliRunner
 
 from fusionsearch.cli import app
 from fusionsearch.errors import FusionSearchError
-from fusionsearch.search import StudySettings, check_study, load_study
+from fusionsearch.search import StudySettings, load_study
 from fusionsearch.search.experiment import Experiment, WarmStart
 from fusionsearch.search.space import SearchSpace
+from fusionsearch.search.study import check_study
 from fusionsearch.search.supernet import (
     build_supernet,
     score_plans,
