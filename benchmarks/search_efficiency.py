@@ -27,8 +27,9 @@ from pathlib import Path
 from optuna.trial import TrialState
 
 from fusionsearch.experiment.recipe import load_recipe
-from fusionsearch.search import StudySettings, prepare_confirmation, prepare_study, run_worker, trial_steps
+from fusionsearch.search import StudySettings, prepare_confirmation, prepare_study, run_worker
 from fusionsearch.search.confirm import summarize
+from fusionsearch.search.study import trial_steps
 
 
 def methods(recipe) -> dict[str, tuple[str, str]]:

@@ -41,8 +41,9 @@ from optuna.trial import TrialState
 from scipy import stats
 
 from fusionsearch.experiment.recipe import load_recipe
-from fusionsearch.search import StudySettings, make_pruner, prepare_confirmation, prepare_study, run_worker, rungs
+from fusionsearch.search import StudySettings, prepare_confirmation, prepare_study, run_worker
 from fusionsearch.search.confirm import summarize
+from fusionsearch.search.study import make_pruner, rungs
 
 GOALS = {"a": "<= 1.0 point", "c": ">= 0.6", "d": ">= 3x fewer steps at an equal best"}
 

@@ -15,7 +15,8 @@ import fusionsearch.plugins as plugins
 from fusionsearch.data import DATASETS
 from fusionsearch.experiment.recipe import Recipe
 from fusionsearch.nets.fusion import FUSION_UNITS
-from fusionsearch.tasks import TASKS, WEIGHTINGS
+from fusionsearch.tasks import TASKS
+from fusionsearch.tasks.weighting import WEIGHTINGS
 
 SOURCE = '''"""A data set of the user's: the synthetic scenes under another name."""
 

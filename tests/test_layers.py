@@ -1,6 +1,7 @@
 """The package's shape (issue 21): every documented name imports, the README's Python runs, no
 import cycle (lazy ones included), no private name crosses a subpackage, a layer imports only the
-layers above it, and ``python cli.py`` runs from a clone."""
+layers above it, and ``python cli.py`` runs from a clone; each package exports a short list,
+written once and loaded on first use (issue 35)."""
 
 from __future__ import annotations
 
@@ -30,11 +31,25 @@ def _modules() -> dict[str, Path]:
     return out
 
 
-def _imports(name: str, path: Path) -> list[tuple[str, str]]:
-    """(module imported, name imported) for every import in the file, in functions too."""
+def _typing_only(tree: ast.AST) -> set[int]:
+    """The ids of the nodes under ``if TYPE_CHECKING:``: imports that never run."""
+    out: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING":
+            out |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
+    return out
+
+
+def _imports(name: str, path: Path, runtime: bool = False) -> list[tuple[str, str]]:
+    """(module imported, name imported) for every import in the file, in functions too; ``runtime``:
+    only those that run (not a package's ``if TYPE_CHECKING:`` list of exports)."""
     out = []
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    skip = _typing_only(tree) if runtime else set()
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
         if isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
@@ -46,16 +61,33 @@ def _imports(name: str, path: Path) -> list[tuple[str, str]]:
     return [(m, n) for m, n in out if m.startswith("fusionsearch")]
 
 
-def _edges(lazy_inits: bool) -> dict[str, set[str]]:
+def _exports(package: str) -> dict[str, str]:
+    """A package's exported names -> their modules, read from its ``if TYPE_CHECKING:`` block as a
+    reader (and mypy) reads it, independently of ``registry.lazy_exports``."""
+    path = _modules()[package]
+    tree = ast.parse(path.read_text())
+    skip = _typing_only(tree)
+    return {
+        a.asname or a.name: node.module or ""
+        for node in ast.walk(tree)
+        if id(node) in skip and isinstance(node, ast.ImportFrom)
+        for a in node.names
+    }
+
+
+def _edges() -> dict[str, set[str]]:
+    """Module -> the modules its imports run. A package's exports load on first use (PEP 562), so
+    importing an exported name from a package runs the package's own imports and the name's
+    module, not the rest of its list."""
     mods = _modules()
+    exports = {m: _exports(m) for m, p in mods.items() if p.name == "__init__.py"}
     edges: dict[str, set[str]] = {m: set() for m in mods}
     for m, p in mods.items():
-        for target, name in _imports(m, p):
+        for target, name in _imports(m, p, runtime=True):
             full = f"{target}.{name}"
             edges[m].add(full if full in mods else target)
-    if lazy_inits:  # their re-exports load on first use (PEP 562): no import edge at import time
-        for pkg in ("fusionsearch.experiment", "fusionsearch.search", "fusionsearch.report"):
-            edges[pkg] = set()
+            if name in exports.get(target, {}):
+                edges[m].add(exports[target][name])
     return {m: {t for t in ts if t in mods and t != m} for m, ts in edges.items()}
 
 
@@ -90,6 +122,66 @@ def test_every_documented_name_imports():
             break
 
 
+def test_each_package_exports_a_short_list_written_once():
+    # issue 35: a package's surface is its TYPE_CHECKING block, what mypy reads; `__all__` and
+    # `dir()` say the same at run time, every name is its module's object, and the list is short
+    for package, path in sorted(_modules().items()):
+        if path.name != "__init__.py":
+            continue
+        listed = _exports(package)
+        mod = importlib.import_module(package)
+        assert sorted(mod.__all__) == sorted(listed), package
+        assert [n for n in dir(mod) if not n.startswith("_")] == sorted(listed), package
+        for name, home in listed.items():
+            assert getattr(mod, name) is getattr(importlib.import_module(home), name), f"{package}.{name}"
+            assert f"{package}.{name}" not in _modules(), f"{package}.{name} is also a module, which hides it"
+        assert 0 < len(listed) <= (30 if package == "fusionsearch" else 20), f"{package}: {len(listed)} names"
+        assert len(path.read_text().splitlines()) < 80, f"{path} is over 80 lines"
+    assert len(_exports("fusionsearch.search")) <= 15
+
+
+def test_lazy_exports_loads_each_name_on_first_use(tmp_path, monkeypatch):
+    pkg = tmp_path / "lazypkg"
+    pkg.mkdir()
+    (pkg / "heavy.py").write_text("VALUE = 1\n\n\ndef helper():\n    return 2\n")
+    (pkg / "other.py").write_text("")
+    init = (
+        "from typing import TYPE_CHECKING\n\nfrom fusionsearch.registry import lazy_exports\n\n"
+        "if TYPE_CHECKING:\n    from lazypkg.heavy import VALUE\n    from .heavy import helper as run\n"
+        "else:\n    __getattr__, __dir__, __all__ = lazy_exports(__name__)\n"
+    )
+    (pkg / "__init__.py").write_text(init)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("lazypkg", "lazypkg.heavy", "lazypkg.other"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    lazy = importlib.import_module("lazypkg")
+    assert lazy.__all__ == ["VALUE", "run"] and [n for n in dir(lazy) if not n.startswith("_")] == ["VALUE", "run"]
+    assert "lazypkg.heavy" not in sys.modules  # nothing loads before a name is used
+    assert lazy.VALUE == 1 and lazy.run() == 2 and "VALUE" in vars(lazy)  # then kept
+    assert lazy.other is sys.modules["lazypkg.other"]  # a submodule on first use, as an eager package had it
+    assert not hasattr(lazy, "missing") and not hasattr(lazy, "no.such")
+    (pkg / "__init__.py").write_text(init.replace("    from .heavy import helper as run\n", "    import os\n"))
+    monkeypatch.delitem(sys.modules, "lazypkg")
+    with pytest.raises(ImportError, match="holds only 'from M import name' lines"):
+        importlib.import_module("lazypkg")
+
+
+def test_importing_one_module_imports_only_what_it_needs():
+    # the reason the exports load on first use: `fusionsearch list` reads recipes without Optuna,
+    # SQLAlchemy or plotly, and `import fusionsearch` (the command line's first step) without torch
+    code = (
+        "import sys, importlib; importlib.import_module(sys.argv[1]);"
+        " print(' '.join(m for m in sys.argv[2:] if m in sys.modules))"
+    )
+    for module, absent in [
+        ("fusionsearch.experiment.recipe", ["optuna", "sqlalchemy", "plotly"]),
+        ("fusionsearch", ["torch", "timm", "optuna"]),
+        ("fusionsearch.cli", ["optuna", "plotly"]),
+    ]:
+        out = subprocess.run([sys.executable, "-c", code, module, *absent], capture_output=True, text=True, cwd=ROOT)
+        assert out.returncode == 0 and out.stdout.split() == [], (module, out.stdout, out.stderr)
+
+
 def test_the_readmes_python_runs(tmp_path, monkeypatch):
     blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
     assert len(blocks) >= 2
@@ -101,7 +193,7 @@ def test_the_readmes_python_runs(tmp_path, monkeypatch):
 
 
 def test_no_import_cycle_not_even_a_lazy_one():
-    edges = _edges(lazy_inits=True)
+    edges = _edges()
     seen: dict[str, int] = {}  # 1: on the current path, 2: done
 
     def visit(m: str, path: list[str]) -> None:

@@ -160,8 +160,9 @@ def build(
 ) -> None:
     """Build a stitched multi-task network and save it (weights, plan and backbone names)."""
     from fusionsearch.graph import trace
-    from fusionsearch.nets import StitchPlan, parse_tasks, save
+    from fusionsearch.nets import StitchPlan, save
     from fusionsearch.nets import build as build_net
+    from fusionsearch.nets.plan import parse_tasks
     from fusionsearch.report.inspect import print_net
 
     use_plugins(plugin)
@@ -212,7 +213,7 @@ def train(
     plugin: PluginOpt = None,
 ) -> None:
     """Train one plan and print its metrics (and Delta-m against single-task baselines)."""
-    from fusionsearch.data import describe_labelled
+    from fusionsearch.data.partial import describe_labelled
     from fusionsearch.experiment.experiment import Experiment
     from fusionsearch.nets import save
     from fusionsearch.train.devices import check_device
@@ -277,9 +278,10 @@ def _rows(what: str) -> list[tuple[str, ...]]:
     (an invalid one says why, it does not stop the list)."""
     from fusionsearch.data import DATASETS
     from fusionsearch.experiment.recipe import list_recipes, load_recipe
-    from fusionsearch.nets import FUSION_UNITS
+    from fusionsearch.nets.fusion import FUSION_UNITS
     from fusionsearch.plugins import origin
-    from fusionsearch.tasks import LABEL_KINDS, TASKS, WEIGHTINGS
+    from fusionsearch.tasks import LABEL_KINDS, TASKS
+    from fusionsearch.tasks.weighting import WEIGHTINGS
 
     rows: list[tuple[str, ...]] = []
     if what == "recipes":

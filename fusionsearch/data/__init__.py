@@ -1,44 +1,34 @@
-"""Data sets, in a registry: a new one is one class plus one ``@register_dataset`` line."""
+"""Data sets, in a registry: a new one is one class plus one ``@register_dataset`` line.
+
+Exported: the contract, its registry, the collation a loader needs, the synthetic scenes, the
+partial-labels wrapper, and the errors a missing or malformed data set raises; the built-in data
+sets are found by name (``get_dataset``) or imported from their modules. Importing the package
+registers every built-in data set. Names load on first use (``registry.lazy_exports``).
+"""
 
 from __future__ import annotations
 
-from fusionsearch.data.apascal import APascal
-from fusionsearch.data.base import DATASETS, MultiTaskDataset, get_dataset, register_dataset
-from fusionsearch.data.batching import KindCollate, collate_for, label_kinds_of
-from fusionsearch.data.celeba import CelebA
-from fusionsearch.data.cityscapes import Cityscapes
-from fusionsearch.data.folder import FolderData
-from fusionsearch.data.imdb_wiki import IMDBWiki
-from fusionsearch.data.nyuv2 import NYUv2
-from fusionsearch.data.partial import PartialLabels, check_labelled, describe_labelled, item_ids, labelled_mask
-from fusionsearch.data.pascal_context import PASCALContext
-from fusionsearch.data.synthetic import CLASSES, render_scene
-from fusionsearch.data.synthetic_dataset import SyntheticScenes
-from fusionsearch.data.transforms import DataError, MissingDataError
+from typing import TYPE_CHECKING
 
-__all__ = [
-    "DATASETS",
-    "MultiTaskDataset",
-    "register_dataset",
-    "get_dataset",
-    "KindCollate",
-    "collate_for",
-    "label_kinds_of",
-    "SyntheticScenes",
-    "NYUv2",
-    "Cityscapes",
-    "IMDBWiki",
-    "FolderData",
-    "PASCALContext",
-    "CelebA",
-    "APascal",
-    "PartialLabels",
-    "check_labelled",
-    "describe_labelled",
-    "item_ids",
-    "labelled_mask",
-    "DataError",
-    "MissingDataError",
-    "CLASSES",
-    "render_scene",
-]
+from fusionsearch.registry import lazy_exports
+
+if TYPE_CHECKING:
+    from fusionsearch.data.base import DATASETS, MultiTaskDataset, get_dataset, register_dataset
+    from fusionsearch.data.batching import collate_for
+    from fusionsearch.data.partial import PartialLabels
+    from fusionsearch.data.synthetic_dataset import SyntheticScenes
+    from fusionsearch.data.transforms import DataError, MissingDataError
+else:
+    __getattr__, __dir__, __all__ = lazy_exports(__name__)
+
+# importing these registers the built-in data sets (in this order, which `fusionsearch list` shows)
+from fusionsearch.data import (
+    apascal,
+    celeba,
+    cityscapes,
+    folder,
+    imdb_wiki,
+    nyuv2,
+    pascal_context,
+    synthetic_dataset,
+)

@@ -5,7 +5,7 @@ train plans (``experiment``). The hand-run ``train`` command, ``compare`` and th
 here; it holds no study (Optuna appears only as the trial ``SearchSpace.sample`` draws from).
 Built on ``train``, ``nets``, ``tasks``, ``graph`` and ``data``.
 
-The names load on first use (PEP 562), so that ``fusionsearch list``, which reads recipes, does not
+The names load on first use (``registry.lazy_exports``), so that ``fusionsearch list``, which reads recipes, does not
 import torch's training stack with them.
 """
 
@@ -19,29 +19,5 @@ if TYPE_CHECKING:
     from fusionsearch.experiment.experiment import Experiment, TrialResult, WarmStart
     from fusionsearch.experiment.recipe import Recipe, RecipeError, list_recipes, load_recipe
     from fusionsearch.experiment.space import Sampled, SearchSpace
-
-_HOMES = {
-    "Recipe": "fusionsearch.experiment.recipe",
-    "RecipeError": "fusionsearch.experiment.recipe",
-    "load_recipe": "fusionsearch.experiment.recipe",
-    "list_recipes": "fusionsearch.experiment.recipe",
-    "SearchSpace": "fusionsearch.experiment.space",
-    "Sampled": "fusionsearch.experiment.space",
-    "Experiment": "fusionsearch.experiment.experiment",
-    "TrialResult": "fusionsearch.experiment.experiment",
-    "WarmStart": "fusionsearch.experiment.experiment",
-}
-
-__all__ = [
-    "Recipe",
-    "RecipeError",
-    "load_recipe",
-    "list_recipes",
-    "SearchSpace",
-    "Sampled",
-    "Experiment",
-    "TrialResult",
-    "WarmStart",
-]
-
-__getattr__, __dir__ = lazy_exports(__name__, _HOMES)
+else:
+    __getattr__, __dir__, __all__ = lazy_exports(__name__)

@@ -19,7 +19,7 @@ from typing import Any
 
 from fusionsearch.data import DATASETS
 from fusionsearch.errors import FusionSearchError
-from fusionsearch.tasks.weighting import check_weighting
+from fusionsearch.tasks.weighting.spec import check_weighting
 from fusionsearch.train.config import TrainConfig
 
 __all__ = ["MAX_IMAGE_SIDE", "MAX_HELD_BYTES", "check_limits", "image_size"]

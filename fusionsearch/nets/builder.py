@@ -26,7 +26,8 @@ from fusionsearch.graph.cuts import BackboneGraph, trace
 from fusionsearch.graph.layouts import is_tokens
 from fusionsearch.graph.points import CutPoint
 from fusionsearch.graph.segments import Segment
-from fusionsearch.nets.fusion import ShortcutHead, get_fusion
+from fusionsearch.nets.fusion import get_fusion
+from fusionsearch.nets.fusion.shortcut import ShortcutHead
 from fusionsearch.nets.heads import LayoutAdapter, SimpleHead, head_kind
 from fusionsearch.nets.net import StitchedNet
 from fusionsearch.nets.plan import StitchMeta, StitchPlan, parse_tasks

@@ -52,7 +52,7 @@ def study_header(exp: Experiment) -> list[str]:
     (README Conventions), which tasks are labelled on which share of the images, and what the data
     set says of itself (a folder's class counts read from its labels). ``exp``: the study's
     recipe made concrete with the study seed, which draws its labelled images."""
-    from fusionsearch.data import describe_labelled
+    from fusionsearch.data.partial import describe_labelled
     from fusionsearch.nets.conventions import describe_bn_init, describe_lr_mults
 
     recipe, cfg = exp.recipe, exp.recipe.training

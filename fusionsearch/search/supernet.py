@@ -41,17 +41,8 @@ from fusionsearch.nets.supernet import NONE_UNIT, SuperNet, recalibrate_batchnor
 from fusionsearch.paths import write_atomic
 from fusionsearch.search.seeding import JobSeeded
 from fusionsearch.search.supernet_space import common_values, supernet_space
-from fusionsearch.train import (
-    NonFiniteLossError,
-    TrainConfig,
-    calibrate,
-    evaluate,
-    fit,
-    lr_factor,
-    make_optimizer,
-    to_device,
-    train_loader,
-)
+from fusionsearch.train import NonFiniteLossError, TrainConfig, evaluate, fit, train_loader
+from fusionsearch.train.trainer import calibrate, lr_factor, make_optimizer, to_device
 
 __all__ = [
     "SupernetRun",

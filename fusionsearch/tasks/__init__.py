@@ -5,141 +5,51 @@ VOC AP from ``voc``; ``pascal``: human parts and saliency; ``points``: landmarks
 tasks' metrics (``delta``), the resizing of dense maps that labels and heads share (``resize``), and
 how task losses or gradients are combined (``weighting``). Depends on ``graph`` for nothing, on
 torch (and torchvision's detection parts and region ops) only.
+
+Exported: what a task of one's own is written with (the contracts, their registries, the label
+kinds a task declares) and Delta-m; the built-in tasks are found by name (``get_task``) or
+imported from their modules, the weighting methods from ``weighting``. Importing the package
+registers every built-in label kind, task and weighting method. Names load on first use
+(``registry.lazy_exports``).
 """
 
 from __future__ import annotations
 
-from fusionsearch.tasks.attributes import Attributes, attribute_ap
-from fusionsearch.tasks.box_attributes import BoxAttributes
-from fusionsearch.tasks.boxes import BOXES, Boxes, RegionOutput, empty_boxes, make_boxes
-from fusionsearch.tasks.delta import (
-    DeltaM,
-    delta_m,
-    primary_metric,
-)
-from fusionsearch.tasks.dense import (
-    ASPPHead,
-    Depth,
-    Normals,
-    Segmentation,
-)
-from fusionsearch.tasks.detection import Detection, RegionHead
-from fusionsearch.tasks.labels import (
-    LABEL_KINDS,
-    ClassLabel,
-    IndexMap,
-    LabelKind,
-    MultiLabel,
-    ScalarMap,
-    VectorMap,
-    get_label_kind,
-    register_label_kind,
-)
-from fusionsearch.tasks.pascal import SALIENCY_THRESHOLDS, HumanParts, Saliency
-from fusionsearch.tasks.per_image import (
-    Age,
-    Classification,
-    ClsHead,
-    Gender,
-)
-from fusionsearch.tasks.points import POINTS, LandmarkHead, Landmarks, Points, landmark_nme
-from fusionsearch.tasks.resize import (
-    RESIZES,
-    interpolation_matrix,
-    resize_bilinear,
-)
-from fusionsearch.tasks.task import (
-    CLASS,
-    INDEX_MAP,
-    MULTI_LABEL,
-    SCALAR_MAP,
-    TASKS,
-    UNLABELLED_CLASS,
-    VECTOR_MAP,
-    Task,
-    get_task,
-    label_kind,
-    register_task,
-    task_arguments,
-    task_class,
-    unlabelled_like,
-)
-from fusionsearch.tasks.voc import VOCEvaluator, voc_ap
-from fusionsearch.tasks.weighting import (
-    GRADIENT_LEVEL,
-    LOSS_LEVEL,
-    WEIGHTINGS,
-    GradientWeighting,
-    Weighting,
-    get_weighting,
-    make_weighting,
-    register_weighting,
-)
+from typing import TYPE_CHECKING
 
-__all__ = [
-    "TASKS",
-    "Task",
-    "LABEL_KINDS",
-    "INDEX_MAP",
-    "SCALAR_MAP",
-    "VECTOR_MAP",
-    "CLASS",
-    "MULTI_LABEL",
-    "LabelKind",
-    "register_label_kind",
-    "get_label_kind",
-    "IndexMap",
-    "ScalarMap",
-    "VectorMap",
-    "ClassLabel",
-    "MultiLabel",
-    "Boxes",
-    "BOXES",
-    "empty_boxes",
-    "make_boxes",
-    "Detection",
-    "RegionHead",
-    "RegionOutput",
-    "VOCEvaluator",
-    "voc_ap",
-    "label_kind",
-    "task_class",
-    "task_arguments",
-    "UNLABELLED_CLASS",
-    "unlabelled_like",
-    "register_task",
-    "get_task",
-    "delta_m",
-    "DeltaM",
-    "primary_metric",
-    "ASPPHead",
-    "Segmentation",
-    "Normals",
-    "Depth",
-    "Classification",
-    "Age",
-    "Gender",
-    "ClsHead",
-    "Attributes",
-    "attribute_ap",
-    "BoxAttributes",
-    "HumanParts",
-    "Saliency",
-    "SALIENCY_THRESHOLDS",
-    "Points",
-    "POINTS",
-    "Landmarks",
-    "LandmarkHead",
-    "landmark_nme",
-    "RESIZES",
-    "resize_bilinear",
-    "interpolation_matrix",
-    "WEIGHTINGS",
-    "Weighting",
-    "GradientWeighting",
-    "register_weighting",
-    "get_weighting",
-    "make_weighting",
-    "LOSS_LEVEL",
-    "GRADIENT_LEVEL",
-]
+from fusionsearch.registry import lazy_exports
+
+if TYPE_CHECKING:
+    from fusionsearch.tasks.boxes import BOXES
+    from fusionsearch.tasks.delta import delta_m
+    from fusionsearch.tasks.labels import LABEL_KINDS, LabelKind, get_label_kind, register_label_kind
+    from fusionsearch.tasks.points import POINTS
+    from fusionsearch.tasks.task import (
+        CLASS,
+        INDEX_MAP,
+        MULTI_LABEL,
+        SCALAR_MAP,
+        TASKS,
+        VECTOR_MAP,
+        Task,
+        get_task,
+        register_task,
+    )
+else:
+    __getattr__, __dir__, __all__ = lazy_exports(__name__)
+
+# importing these registers the built-ins (in this order, which `fusionsearch list` shows): a name a
+# recipe or a plugin uses must be registered before it is looked up
+from fusionsearch.tasks import (
+    attributes,
+    box_attributes,
+    boxes,
+    dense,
+    detection,
+    labels,
+    pascal,
+    per_image,
+    points,
+    task,
+    weighting,
+)

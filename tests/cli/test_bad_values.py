@@ -14,7 +14,8 @@ from fusionsearch.cli import app
 from fusionsearch.errors import FusionSearchError, PlanError
 from fusionsearch.experiment.experiment import Experiment
 from fusionsearch.experiment.recipe import RecipeError, load_recipe
-from fusionsearch.tasks.weighting import WEIGHTINGS, GradientWeighting, make_weighting, torchjd_aggregator
+from fusionsearch.tasks.weighting import WEIGHTINGS, GradientWeighting, make_weighting
+from fusionsearch.tasks.weighting.gradient import torchjd_aggregator
 from fusionsearch.train.config import TrainConfig
 
 runner = CliRunner()

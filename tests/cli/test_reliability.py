@@ -486,9 +486,10 @@ def test_every_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch):
 
 
 def test_an_unexpected_error_is_one_line_with_the_traceback_on_request(monkeypatch):
-    from fusionsearch import cli, graph
+    from fusionsearch import graph
+    from fusionsearch.cli import core
 
-    monkeypatch.setitem(cli.DEBUG, "on", False)  # --debug below sets it: restored after the test
+    monkeypatch.setitem(core.DEBUG, "on", False)  # --debug below sets it: restored after the test
 
     def broken(*a, **k):
         raise ZeroDivisionError("a bug")

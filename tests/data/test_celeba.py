@@ -12,10 +12,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from fusionsearch.cli import app
-from fusionsearch.data import CelebA, DataError, MissingDataError, PartialLabels, collate_for
-from fusionsearch.data.celeba import ATTRIBUTES, FLIP_PAIRS
+from fusionsearch.data import DataError, MissingDataError, PartialLabels, collate_for
+from fusionsearch.data.celeba import ATTRIBUTES, FLIP_PAIRS, CelebA
 from fusionsearch.errors import ArgumentError
-from fusionsearch.tasks import Attributes, Landmarks, Points
+from fusionsearch.tasks.attributes import Attributes
+from fusionsearch.tasks.points import Landmarks, Points
 
 PARTS = [0, 0, 0, 0, 1, 1, 1, 2, 2]  # 4 train, 3 valid, 2 test
 W, H = 8, 12

@@ -11,7 +11,8 @@ import torch
 from typer.testing import CliRunner
 
 from fusionsearch.cli import app
-from fusionsearch.data import DATASETS, Cityscapes, DataError, MissingDataError, PartialLabels, get_dataset
+from fusionsearch.data import DATASETS, DataError, MissingDataError, PartialLabels, get_dataset
+from fusionsearch.data.cityscapes import Cityscapes
 from fusionsearch.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from fusionsearch.errors import ArgumentError
 from fusionsearch.experiment.experiment import Experiment

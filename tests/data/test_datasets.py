@@ -11,7 +11,9 @@ import scipy.io
 import torch
 from PIL import Image
 
-from fusionsearch.data import DataError, IMDBWiki, MissingDataError, NYUv2, SyntheticScenes, get_dataset
+from fusionsearch.data import DataError, MissingDataError, SyntheticScenes, get_dataset
+from fusionsearch.data.imdb_wiki import IMDBWiki
+from fusionsearch.data.nyuv2 import NYUv2
 from fusionsearch.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from fusionsearch.errors import FusionSearchError
 

@@ -9,8 +9,8 @@ import torch
 from folder_fixture import SIZES, write_folder
 from PIL import Image
 
-from fusionsearch.data import FolderData, PartialLabels
-from fusionsearch.data.folder import scan
+from fusionsearch.data import PartialLabels
+from fusionsearch.data.folder import FolderData, scan
 from fusionsearch.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from fusionsearch.errors import DataError, MissingDataError
 from fusionsearch.experiment.recipe import Recipe

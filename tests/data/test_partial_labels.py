@@ -12,7 +12,10 @@ from test_datasets import write_imdb, write_mtan
 from typer.testing import CliRunner
 
 from fusionsearch.cli import app
-from fusionsearch.data import IMDBWiki, NYUv2, PartialLabels, SyntheticScenes, labelled_mask
+from fusionsearch.data import PartialLabels, SyntheticScenes
+from fusionsearch.data.imdb_wiki import IMDBWiki
+from fusionsearch.data.nyuv2 import NYUv2
+from fusionsearch.data.partial import labelled_mask
 from fusionsearch.errors import DataError
 from fusionsearch.experiment.experiment import Experiment
 from fusionsearch.experiment.recipe import RecipeError

@@ -14,11 +14,11 @@ from scipy.io import savemat
 from typer.testing import CliRunner
 
 from fusionsearch.cli import app
-from fusionsearch.data import DataError, MissingDataError, PartialLabels, PASCALContext
-from fusionsearch.data.pascal_context import NORMALS_CLASSES
+from fusionsearch.data import DataError, MissingDataError, PartialLabels
+from fusionsearch.data.pascal_context import NORMALS_CLASSES, PASCALContext
 from fusionsearch.errors import ArgumentError
-from fusionsearch.tasks import HumanParts, Saliency
 from fusionsearch.tasks.labels import IndexMap
+from fusionsearch.tasks.pascal import HumanParts, Saliency
 
 H, W = 8, 12
 IDS = {"train": ["2008_000002", "2008_000003", "2008_000007"], "val": ["2008_000008", "2008_000009"]}

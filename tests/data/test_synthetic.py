@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from fusionsearch.data import CLASSES, get_dataset, render_scene
+from fusionsearch.data import get_dataset
+from fusionsearch.data.synthetic import CLASSES, render_scene
 from fusionsearch.errors import FusionSearchError
 
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from fusionsearch.data import collate_for, get_dataset, render_scene
+from fusionsearch.data import collate_for, get_dataset
+from fusionsearch.data.synthetic import render_scene
 from fusionsearch.data.synthetic_boxes import BOX_ATTRIBUTES, BOX_CLASSES, scene_boxes
 from fusionsearch.data.synthetic_dataset import SyntheticScenes
 from fusionsearch.data.transforms import hflip_dense, resize_dense

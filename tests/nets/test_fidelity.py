@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 import fusionsearch as fs
-from fusionsearch.nets.fusion import NDDR, ShortcutHead
+from fusionsearch.nets.fusion import NDDR
+from fusionsearch.nets.fusion.shortcut import ShortcutHead
 from fusionsearch.tasks.resize import resize_bilinear
 from fusionsearch.tasks.task import get_task
 

@@ -40,7 +40,7 @@ def test_identity_init_reproduces_single_task_features(models, backbone, unit, k
     assert len(feats) == k
     for f in feats:
         if unit == "nddr":  # eval BatchNorm divides by sqrt(1 + eps) once per fusion point
-            eps = fs.nets.fusion.BN_EPS * len(g.boundaries)
+            eps = fs.nets.fusion.unit.BN_EPS * len(g.boundaries)
             torch.testing.assert_close(f, ref, rtol=eps, atol=eps * ref.abs().max().item())
         else:
             assert torch.equal(f, ref)

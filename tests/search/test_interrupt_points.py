@@ -20,9 +20,10 @@ from helpers import finished, jobs, tiny_recipe
 from optuna.trial import TrialState
 
 import fusionsearch as fs
-from fusionsearch.search import StudySettings, make_sampler, prepare_study, run_worker
+from fusionsearch.search import StudySettings, prepare_study, run_worker
 from fusionsearch.search.queueing import pop
 from fusionsearch.search.requeue import retry
+from fusionsearch.search.study import make_sampler
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -191,7 +192,7 @@ def test_a_resumed_supernet_scoring_scores_the_plans_of_an_uninterrupted_one(tmp
         plans=len(units) ** len(points),
         base=SimpleNamespace(plan=SimpleNamespace(shared_prefix=None)),
     )
-    exp = fs.search.Experiment(tiny_recipe())
+    exp = fs.search.experiment.Experiment(tiny_recipe())
     cfg = dataclasses.replace(exp.recipe.train_config(), progress=False)
     out = {}
     for name, scorer in (("straight", score), ("stopped", stopping)):

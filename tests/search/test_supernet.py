@@ -16,7 +16,8 @@ from fusionsearch.cli import app
 from fusionsearch.errors import FusionSearchError, PlanError
 from fusionsearch.experiment.experiment import Experiment, WarmStart
 from fusionsearch.experiment.space import SearchSpace
-from fusionsearch.search import StudySettings, check_study, load_study
+from fusionsearch.search import StudySettings, load_study
+from fusionsearch.search.study import check_study
 from fusionsearch.search.supernet import (
     build_supernet,
     calibration_images,

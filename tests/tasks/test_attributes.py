@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fusionsearch.tasks import Attributes
+from fusionsearch.tasks.attributes import Attributes
 
 
 def reference_ap(scores: list[float], labels: list[int]) -> float:

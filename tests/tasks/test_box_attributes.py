@@ -11,9 +11,10 @@ from torch.utils.data import Dataset
 
 import fusionsearch as fs
 from fusionsearch.errors import DataError, PlanError
-from fusionsearch.tasks import BOXES, BoxAttributes, RegionOutput, attribute_ap, make_boxes
-from fusionsearch.tasks.attributes import attribute_loss
-from fusionsearch.tasks.box_attributes import BoxAttrHead, jitter_boxes, match_attributes
+from fusionsearch.tasks import BOXES
+from fusionsearch.tasks.attributes import attribute_ap, attribute_loss
+from fusionsearch.tasks.box_attributes import BoxAttrHead, BoxAttributes, jitter_boxes, match_attributes
+from fusionsearch.tasks.boxes import RegionOutput, make_boxes
 from fusionsearch.train.config import TrainConfig
 from fusionsearch.train.trainer import evaluate, fit
 

@@ -14,7 +14,9 @@ from torch.utils.data import Dataset
 import fusionsearch as fs
 from fusionsearch.data.transforms import hflip_dense, resize_dense
 from fusionsearch.errors import DataError, PlanError
-from fusionsearch.tasks import BOXES, Detection, RegionOutput, empty_boxes, get_task, make_boxes
+from fusionsearch.tasks import BOXES, get_task
+from fusionsearch.tasks.boxes import RegionOutput, empty_boxes, make_boxes
+from fusionsearch.tasks.detection import Detection
 from fusionsearch.train import TrainConfig, evaluate, fit
 
 SIZE = 64

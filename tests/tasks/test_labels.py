@@ -11,21 +11,12 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 import fusionsearch as fs
-from fusionsearch.data import KindCollate, collate_for
+from fusionsearch.data import collate_for
+from fusionsearch.data.batching import KindCollate
 from fusionsearch.errors import PlanError
 from fusionsearch.nets.heads import SimpleHead
-from fusionsearch.tasks import (
-    LABEL_KINDS,
-    ClassLabel,
-    IndexMap,
-    LabelKind,
-    MultiLabel,
-    ScalarMap,
-    VectorMap,
-    get_label_kind,
-    get_task,
-    register_label_kind,
-)
+from fusionsearch.tasks import LABEL_KINDS, LabelKind, get_label_kind, get_task, register_label_kind
+from fusionsearch.tasks.labels import ClassLabel, IndexMap, MultiLabel, ScalarMap, VectorMap
 from fusionsearch.train.trainer import _to
 
 

@@ -11,7 +11,8 @@ import torch
 from fusionsearch.errors import PlanError
 from fusionsearch.graph.layouts import Layout
 from fusionsearch.nets.heads import LayoutAdapter
-from fusionsearch.tasks import LABEL_KINDS, TASKS, Landmarks, Points, landmark_nme
+from fusionsearch.tasks import LABEL_KINDS, TASKS
+from fusionsearch.tasks.points import Landmarks, Points, landmark_nme
 
 NAN = math.nan
 

@@ -10,7 +10,8 @@ import math
 import pytest
 import torch
 
-from fusionsearch.tasks import VOCEvaluator, make_boxes, voc_ap
+from fusionsearch.tasks.boxes import make_boxes
+from fusionsearch.tasks.voc import VOCEvaluator, voc_ap
 
 A = [0.0, 0.0, 10.0, 10.0]
 B = [20.0, 20.0, 30.0, 30.0]

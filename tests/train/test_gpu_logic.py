@@ -389,7 +389,7 @@ def test_a_training_step_reads_nothing_back_before_the_backward_pass(monkeypatch
 def _nyu(tmp_path, train: int = 6):
     from test_datasets import write_mtan
 
-    from fusionsearch.data import NYUv2
+    from fusionsearch.data.nyuv2 import NYUv2
 
     root = write_mtan(tmp_path / "nyu", {"train": train, "val": 2})
     data, val = NYUv2(root, "train", size=32, augment=True), NYUv2(root, "val", size=32)

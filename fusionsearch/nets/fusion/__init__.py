@@ -15,57 +15,30 @@ multipliers are SGD settings: a unit built without ``lr_mult`` reports ``None`` 
 One file per unit family on the contract in ``unit``: ``nddr``, ``cross_stitch``, ``sluice`` (with
 its head-input mix), and ``shortcut`` (the NDDR-CNN-Shortcut head input). Importing this package
 registers every unit, in the order the search space lists them (``[none, *FUSION_UNITS]``).
+
+Exported: the contract, its registry, the built-in units and ``fusion_weights``; the helpers units
+share are imported from ``unit``. Names load on first use (``registry.lazy_exports``).
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from fusionsearch.registry import lazy_exports
+
+if TYPE_CHECKING:
+    from fusionsearch.nets.fusion.cross_stitch import CrossStitch
+    from fusionsearch.nets.fusion.nddr import NDDR
+    from fusionsearch.nets.fusion.sluice import Sluice
+    from fusionsearch.nets.fusion.unit import FUSION_UNITS, FusionUnit, fusion_weights, get_fusion, register_fusion
+else:
+    __getattr__, __dir__, __all__ = lazy_exports(__name__)
+
 # isort: off
-# the import order is the registration order (nddr, cross_stitch, sluice): the search space's
-# default unit choices follow it, so it must not be sorted
-from fusionsearch.nets.fusion.unit import (
-    BN_EPS,
-    BN_MOMENTUM,
-    FUSION_UNITS,
-    FusionUnit,
-    from_channels_first,
-    fusion_weights,
-    get_fusion,
-    make_norm,
-    project_channels,
-    register_fusion,
-    resize_to,
-    rows_to_lists,
-    same_channels,
-    tagged_group,
-    to_channels_first,
-)
-from fusionsearch.nets.fusion.nddr import NDDR
-from fusionsearch.nets.fusion.cross_stitch import CrossStitch
-from fusionsearch.nets.fusion.sluice import Sluice, SluiceHeadMix
-from fusionsearch.nets.fusion.shortcut import SHORTCUT_INITS, ShortcutHead
+# importing the units registers them; the order (nddr, cross_stitch, sluice) is the search space's
+# default unit choices, so it must not be sorted
+from fusionsearch.nets.fusion import nddr
+from fusionsearch.nets.fusion import cross_stitch
+from fusionsearch.nets.fusion import sluice
 
 # isort: on
-
-__all__ = [
-    "FUSION_UNITS",
-    "FusionUnit",
-    "NDDR",
-    "CrossStitch",
-    "Sluice",
-    "ShortcutHead",
-    "SluiceHeadMix",
-    "register_fusion",
-    "get_fusion",
-    "fusion_weights",
-    "to_channels_first",
-    "from_channels_first",
-    "SHORTCUT_INITS",
-    "BN_MOMENTUM",
-    "BN_EPS",
-    "tagged_group",
-    "rows_to_lists",
-    "same_channels",
-    "make_norm",
-    "project_channels",
-    "resize_to",
-]

@@ -29,65 +29,32 @@ Where the implementations differ from the papers' code, the method's docstring s
 Modules: the contract and its registry (``base``), the loss-level methods (``loss_level``), the
 gradient-level ones (``gradient``: TorchJD's aggregators and DB-MTL), and a method built from a
 recipe's spec with its arguments checked (``spec``). Importing the package registers every method.
+
+Exported: the contract (``Weighting``, and ``GradientWeighting`` for a TorchJD aggregator), its
+registry and levels, the range check methods share, and a method built from a spec; the built-in
+methods are found by name. Names load on first use (``registry.lazy_exports``).
 """
 
 from __future__ import annotations
 
-from fusionsearch.tasks.weighting.base import (
-    GRADIENT_LEVEL,
-    LOSS_LEVEL,
-    WEIGHTINGS,
-    Weighting,
-    check_range,
-    get_weighting,
-    register_weighting,
-)
-from fusionsearch.tasks.weighting.gradient import (
-    DBMTL,
-    AlignedMTLMethod,
-    CAGradMethod,
-    GradientWeighting,
-    IMTLGMethod,
-    MGDAMethod,
-    NashMTLMethod,
-    PCGradMethod,
-    UPGradMethod,
-    torchjd_aggregator,
-)
-from fusionsearch.tasks.weighting.loss_level import (
-    DWA,
-    FAMO,
-    GLS,
-    RLW,
-    Fixed,
-    Uncertainty,
-)
-from fusionsearch.tasks.weighting.spec import check_weighting, make_weighting
+from typing import TYPE_CHECKING
 
-__all__ = [
-    "WEIGHTINGS",
-    "Weighting",
-    "GradientWeighting",
-    "register_weighting",
-    "get_weighting",
-    "make_weighting",
-    "check_weighting",
-    "LOSS_LEVEL",
-    "GRADIENT_LEVEL",
-    "check_range",
-    "torchjd_aggregator",
-    "Fixed",
-    "Uncertainty",
-    "DWA",
-    "RLW",
-    "GLS",
-    "FAMO",
-    "UPGradMethod",
-    "MGDAMethod",
-    "PCGradMethod",
-    "CAGradMethod",
-    "AlignedMTLMethod",
-    "IMTLGMethod",
-    "NashMTLMethod",
-    "DBMTL",
-]
+from fusionsearch.registry import lazy_exports
+
+if TYPE_CHECKING:
+    from fusionsearch.tasks.weighting.base import (
+        GRADIENT_LEVEL,
+        LOSS_LEVEL,
+        WEIGHTINGS,
+        Weighting,
+        check_range,
+        get_weighting,
+        register_weighting,
+    )
+    from fusionsearch.tasks.weighting.gradient import GradientWeighting
+    from fusionsearch.tasks.weighting.spec import make_weighting
+else:
+    __getattr__, __dir__, __all__ = lazy_exports(__name__)
+
+# importing the methods registers them (gradient-level first, the order `fusionsearch list` shows)
+from fusionsearch.tasks.weighting import gradient, loss_level
