@@ -5,7 +5,7 @@
     python benchmarks/supernet_rank.py --backbone test_resnet --size 32 --steps 8 --plans 6   # a smoke run
 
 **Ranking.** The warm start is trained once (the study seed, ``train.steps``). The supernet is
-built from it (``search.supernet``: every unit of ``search.units`` at every boundary) and trained
+built from it (``search.supernet_training``: every unit of ``search.units`` at every boundary) and trained
 for its default budget, one warm start's worth of path steps, with fair paths. ``--plans``
 placement x unit plans that span the space (1 to all boundaries fused, the units drawn at
 random, no two alike) are then scored on it (BatchNorm recalibrated per plan, Delta-m on the
@@ -42,7 +42,7 @@ from fusionsearch.experiment.experiment import WARMSTART, Experiment, WarmStart
 from fusionsearch.experiment.recipe import Recipe, load_recipe
 from fusionsearch.nets.supernet import NONE_UNIT, plan_of
 from fusionsearch.search.confirm import confirm_seeds, t_interval
-from fusionsearch.search.supernet import (
+from fusionsearch.search.supernet_training import (
     build_supernet,
     calibration_images,
     default_steps,

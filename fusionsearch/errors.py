@@ -132,6 +132,14 @@ class PluginError(FusionSearchError):
 __all__ += ["PluginError"]
 
 
+class JobError(PluginError):
+    """A trial of a kind of job (``search.jobs.register_job``) that no loaded module registers:
+    the plugin that registers it is not loaded here."""
+
+
+__all__ += ["JobError"]
+
+
 class DiskError(FusionSearchError):
     """A file the study writes (a network, a checkpoint, an artefact, the database) that the disk
     refused: no space, over a quota or a size limit, read-only or failing. No verdict on the plan:

@@ -47,6 +47,7 @@ class Sampled:
     base_lr: float | None
     column_init: str = "single"
     weighting: dict[str, Any] | None = None  # {name, args}: None keeps the recipe's train.weighting
+    pinned: dict[str, Any] = field(default_factory=dict)  # the ``fixed`` values it took, by parameter name
 
 
 @dataclass
@@ -276,7 +277,7 @@ class SearchSpace:
     def _pick(self, trial: optuna.Trial, name: str, suggest: Any) -> Any:
         if name in self.fixed:
             value = self.fixed[name]
-            trial.set_user_attr(f"fixed:{name}", value)
+            self._pinned[name] = value  # the search records it with the trial (``Sampled.pinned``)
             return value
         return suggest()
 
@@ -309,6 +310,7 @@ class SearchSpace:
         The draws keep one order, since a seeded sampler's draws follow the order of the suggest
         calls (the same seed samples the same plans): prefix, units, shortcut, the placed units'
         arguments, loss weights, base lr, column start, weighting."""
+        self._pinned: dict[str, Any] = {}
         prefix, units = self._draw_units(trial, points)
         at = [p for p, u in units.items() if u != NONE]
         shortcut = bool(self._pick(trial, "shortcut", lambda: trial.suggest_categorical("shortcut", self.shortcut)))
@@ -327,7 +329,7 @@ class SearchSpace:
             # a warm-started plan starts as the single-task nets it is paired with: the shortcut's
             # identity start, not the official Xavier one (which would scramble the trained heads' input)
             plan.shortcut_init = "identity"
-        return Sampled(plan, weights, base_lr, str(column_init), weighting)
+        return Sampled(plan, weights, base_lr, str(column_init), weighting, self._pinned)
 
     def _draw_units(self, trial: optuna.Trial, points: Sequence[str]) -> tuple[str, dict[str, str]]:
         """The shared prefix, then a unit (or none) at each point after it."""

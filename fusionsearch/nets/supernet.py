@@ -10,7 +10,7 @@ draws the paths of one step so that every candidate at every point is trained ex
 The supernet covers the placement x unit part of a plan: each point's candidates (a point may
 offer fewer, e.g. one pinned unit), after the shared prefix its nets were built with, no shortcut.
 The unit arguments and the training hyperparameters are searched afterwards, in stand-alone
-training of the supernet's best plans (``search.supernet``).
+training of the supernet's best plans (``search.supernet_training``, ``search.supernet_jobs``).
 """
 
 from __future__ import annotations

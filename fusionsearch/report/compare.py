@@ -22,6 +22,8 @@ from fusionsearch.experiment.experiment import COMPARE_ROWS, Experiment
 from fusionsearch.experiment.recipe import Recipe, RecipeError
 from fusionsearch.report.leaderboard import plan_summary
 from fusionsearch.search.confirm import summarize
+from fusionsearch.search.jobs import Baseline, Job
+from fusionsearch.search.records import TrialRecord
 from fusionsearch.search.study import StudySettings, labelled_suffix
 
 __all__ = [
@@ -210,7 +212,7 @@ def build_comparison(study: optuna.Study, recipe: Recipe, experiment: Experiment
     ablation (grid) rows, the search's best trial, each with its confirmation where it has one."""
     exp = experiment or Experiment(recipe)
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    searched = [t for t in trials if "slot" in t.user_attrs and t.user_attrs.get("delta_m") is not None]
+    searched = [t for t in trials if Job.of(t).sampled and TrialRecord(t).delta_m is not None]
     paper_dm = _paper_delta_m(recipe, exp.directions())
     rows = _baseline_rows(recipe, exp, trials, paper_dm) + _grid_rows(recipe, searched, paper_dm)
     if searched and not is_grid(recipe):
@@ -267,24 +269,31 @@ def _baseline_rows(
     """One row per paper row the recipe compares (``compare_rows``), from the trial of its baseline;
     Delta-m against our single-task trial."""
     paper_rows: Mapping[str, Any] = recipe.paper.get("rows", {})
-    by_baseline = {t.user_attrs["baseline"]: t for t in trials if t.user_attrs.get("baseline")}
+    by_baseline = {job.name: t for t in trials if isinstance(job := Job.of(t), Baseline)}
     single = by_baseline.get("single")
     rows = []
     for label, baseline in compare_rows(recipe).items():
         t = by_baseline.get(baseline)
-        ours = t.user_attrs["metrics"] if t is not None else {}
+        ours = _metrics(t) if t is not None else {}
         rows.append(
             {
                 "label": label,
                 "ours": ours,
                 "paper": paper_rows.get(label, {}),
-                "dm": exp.delta_m(ours, single.user_attrs["metrics"]) if t is not None and single else None,
+                "dm": exp.delta_m(ours, _metrics(single)) if t is not None and single else None,
                 "paper_dm": paper_dm(paper_rows.get(label)),
-                "plan": plan_summary(t.user_attrs.get("plan")) if t is not None else "not run",
+                "plan": plan_summary(TrialRecord(t).plan) if t is not None else "not run",
                 "confirm_label": baseline,
             }
         )
     return rows
+
+
+def _metrics(t: FrozenTrial) -> dict[str, dict[str, float]]:
+    """A complete trial's metrics (every complete trial recorded them)."""
+    metrics = TrialRecord(t).metrics
+    assert metrics is not None, f"trial {t.number} is complete but recorded no metrics"
+    return metrics
 
 
 def _grid_rows(
@@ -298,9 +307,9 @@ def _grid_rows(
         rows.append(
             {
                 "label": label,
-                "ours": t.user_attrs["metrics"] if t is not None else {},
+                "ours": _metrics(t) if t is not None else {},
                 "paper": paper_rows.get(label, {}),
-                "dm": t.user_attrs["delta_m"] if t is not None else None,
+                "dm": TrialRecord(t).delta_m if t is not None else None,
                 "paper_dm": paper_dm(paper_rows.get(label)),
                 "plan": ", ".join(f"{k}={v}" for k, v in params.items()) + ("" if t is not None else " (not run)"),
                 "confirm_label": f"trial {t.number}" if t is not None else "",
@@ -311,14 +320,14 @@ def _grid_rows(
 
 def _search_row(searched: list[FrozenTrial]) -> dict[str, Any]:
     """The last row: the searched trial with the best Delta-m."""
-    best = max(searched, key=lambda t: t.user_attrs["delta_m"])
+    best = max(searched, key=lambda t: TrialRecord(t).delta_m or 0.0)  # each has one (``build_comparison``)
     return {
         "label": f"{SEARCH_ROW} (trial {best.number})",
-        "ours": best.user_attrs["metrics"],
+        "ours": _metrics(best),
         "paper": {},
-        "dm": best.user_attrs["delta_m"],
+        "dm": TrialRecord(best).delta_m,
         "paper_dm": None,
-        "plan": plan_summary(best.user_attrs.get("plan")),
+        "plan": plan_summary(TrialRecord(best).plan),
         "confirm_label": f"trial {best.number}",
     }
 

@@ -19,6 +19,7 @@ from fusionsearch.errors import FusionSearchError, FusionSearchWarning
 from fusionsearch.paths import check_out
 from fusionsearch.report.leaderboard import best_trial, plan_summary
 from fusionsearch.search.confirm import summarize
+from fusionsearch.search.records import TrialRecord
 from fusionsearch.search.storage import DEFAULT_STORAGE, artifact_store
 from fusionsearch.search.study import load_study
 
@@ -34,7 +35,7 @@ class ExportedBest:
     path: Path
 
     def describe(self) -> str:
-        return f"{self.what}: {plan_summary(self.trial.user_attrs.get('plan'))} -> {self.path}"
+        return f"{self.what}: {plan_summary(TrialRecord(self.trial).plan)} -> {self.path}"
 
 
 def best_to_export(study_name: str, storage: str = DEFAULT_STORAGE) -> tuple[FrozenTrial, str]:
@@ -65,7 +66,7 @@ def _download_checked(chosen: FrozenTrial, storage: str, artifacts: str | None, 
 
     try:
         store = artifact_store(storage, artifacts, create=False)
-        download_artifact(artifact_store=store, file_path=tmp, artifact_id=chosen.user_attrs["model_artifact"])
+        download_artifact(artifact_store=store, file_path=tmp, artifact_id=str(TrialRecord(chosen).model_artifact))
     except Exception as e:
         raise FusionSearchError(
             f"the network of trial {chosen.number} cannot be read from the artefact store"
@@ -91,7 +92,7 @@ def export_best(
     """Write the network of the study's best plan (``best_to_export``) to ``out``, atomically and
     keeping the old file's permissions. ``flag`` names ``out`` in errors (``--out``)."""
     chosen, what = best_to_export(study_name, storage)
-    if "model_artifact" not in chosen.user_attrs:
+    if TrialRecord(chosen).model_artifact is None:
         raise FusionSearchError(
             f"trial {chosen.number} kept no network (studies keep the baselines' and the confirmed plans'; "
             "run with --keep-nets all to keep every one, or let the confirmation finish)"

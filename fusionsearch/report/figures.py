@@ -17,6 +17,8 @@ from plotly.subplots import make_subplots
 from fusionsearch.errors import NothingToDraw
 from fusionsearch.report.leaderboard import plan_summary, trial_rows
 from fusionsearch.search.confirm import Confirmation, summarize
+from fusionsearch.search.jobs import Job
+from fusionsearch.search.records import StudyRecord, TrialRecord
 
 __all__ = [
     "MIN_TRIALS_FOR_IMPORTANCES",
@@ -102,14 +104,15 @@ def _by_weighting(study: optuna.Study) -> dict[str, list[float]]:
     """Delta-m of the finished sampled trials per weighting method, when the study searched it."""
     out: dict[str, list[float]] = {}
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        if "slot" in t.user_attrs and "weighting" in t.params and t.user_attrs.get("delta_m") is not None:
-            out.setdefault(str(t.params["weighting"]), []).append(float(t.user_attrs["delta_m"]))
+        dm = TrialRecord(t).delta_m
+        if Job.of(t).sampled and "weighting" in t.params and dm is not None:
+            out.setdefault(str(t.params["weighting"]), []).append(float(dm))
     return out
 
 
 def task_weight_figure(trial: optuna.trial.FrozenTrial) -> go.Figure:
     """The task weights (or the gradient aggregator's effective weights) at each evaluation."""
-    evals = [e for e in trial.user_attrs.get("evals", []) if e.get("weights")]
+    evals = [e for e in TrialRecord(trial).evals or [] if e.get("weights")]
     if not evals:
         raise NothingToDraw(f"trial {trial.number} logged no task weights")
     tasks = list(evals[0]["weights"])
@@ -117,7 +120,7 @@ def task_weight_figure(trial: optuna.trial.FrozenTrial) -> go.Figure:
         [go.Scatter(name=t, x=[e["step"] for e in evals], y=[e["weights"][t] for e in evals], mode="lines+markers")
          for t in tasks]
     )  # fmt: skip
-    method = (trial.user_attrs.get("weighting") or {}).get("name", "the recipe's")
+    method = (TrialRecord(trial).weighting or {}).get("name", "the recipe's")
     fig.update_layout(
         title=f"Task weights of trial {trial.number} over training ({method} weighting)",
         xaxis_title="step",
@@ -198,7 +201,7 @@ def confirmation_figure(study: optuna.Study, confirmation: Confirmation | None =
         )
     )
     # the convention is a sentence: as the y title it ran past the plot's height and was cut off
-    convention = str(study.user_attrs.get("delta_m_convention", ""))
+    convention = str(StudyRecord(study).delta_m_convention or "")
     fig.update_layout(
         title={"text": f"Confirmation over seeds: {c.verdict()}", "subtitle": {"text": convention}},
         yaxis={"title": {"text": "Delta-m (%)", "standoff": 10}, "automargin": True},
@@ -211,7 +214,7 @@ def importances(study: optuna.Study) -> go.Figure:
     """Importances of the searched parameters for Delta-m, over the complete sampled trials and the
     parameters they all have (with define-by-run, the ones every trial draws). Too few trials give
     noise (6 trials drew 12 bars all at 0.08), so that is an error the report prints instead."""
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "slot" in t.user_attrs]
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if Job.of(t).sampled]
     if len(done) < MIN_TRIALS_FOR_IMPORTANCES:
         raise NothingToDraw(
             f"{len(done)} complete searched trials; importances need at least {MIN_TRIALS_FOR_IMPORTANCES}"

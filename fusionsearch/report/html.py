@@ -37,6 +37,7 @@ from fusionsearch.report.leaderboard import best_trial, counts, plan_summary, se
 from fusionsearch.report.starved import starved_report_figure
 from fusionsearch.report.supernet import has_supernet, supernet_figure
 from fusionsearch.search.confirm import Confirmation, summarize
+from fusionsearch.search.records import StudyRecord, TrialRecord
 from fusionsearch.search.storage import artifact_store
 
 __all__ = ["write_report", "FIGURES"]
@@ -126,7 +127,7 @@ def _fused_trial(study: optuna.Study, conf: Confirmation) -> FrozenTrial | None:
     confirmed = [p for p in conf.plans if p.interval is not None and p.net_trial is not None]
     for p in confirmed:
         t = study.trials[p.net_trial]  # type: ignore[index]
-        if t.user_attrs.get("fusion_artifact"):
+        if TrialRecord(t).fusion_artifact:
             return t
     return fused
 
@@ -146,7 +147,7 @@ def _fusion_weights(
                 download_artifact(
                     artifact_store=artifact_store(storage_url, artifacts, create=False),
                     file_path=str(path),
-                    artifact_id=fused.user_attrs["fusion_artifact"],
+                    artifact_id=str(TrialRecord(fused).fusion_artifact),  # every fused trial has one
                 )
                 weights = json.loads(path.read_text())
                 title = f"Learned fusion weights of trial {fused.number}, the best with fusion units"
@@ -177,7 +178,7 @@ def _header(study: optuna.Study, conf: Confirmation, best: FrozenTrial | None) -
     the best confirmed plan and the best single run of the search."""
     summary = ", ".join(f"{v} {k}" for k, v in counts(study).items() if v)
     head = f"<h1>fusionsearch study {html.escape(study.study_name)}</h1><p>{html.escape(summary)}</p>"
-    head += f"<p>{html.escape(str(study.user_attrs.get('delta_m_convention', 'Delta-m (%)')))}</p>"
+    head += f"<p>{html.escape(str(StudyRecord(study).delta_m_convention or 'Delta-m (%)'))}</p>"
     head += f"<p><b>{html.escape(conf.verdict())}</b></p>"
     if conf.best is not None:
         head += (
@@ -187,7 +188,7 @@ def _header(study: optuna.Study, conf: Confirmation, best: FrozenTrial | None) -
     if best is not None:
         head += (
             f"<p>Best single run of the search: trial {best.number}, value {best.values[0]:+.3f}:"
-            f" {html.escape(plan_summary(best.user_attrs.get('plan')))}</p>"
+            f" {html.escape(plan_summary(TrialRecord(best).plan))}</p>"
         )
     return head
 

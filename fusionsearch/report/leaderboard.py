@@ -12,9 +12,10 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from fusionsearch.experiment.experiment import WARMSTART
 from fusionsearch.search.confirm import Confirmation, summarize
 from fusionsearch.search.credentials import mask
+from fusionsearch.search.jobs import Job, SupernetTraining
+from fusionsearch.search.records import StudyRecord, TrialRecord
 
 __all__ = [
     "counts",
@@ -60,50 +61,44 @@ def headline_metrics(metrics: dict[str, dict[str, float]] | None, compact: bool 
     )
 
 
-def _kind(t: FrozenTrial) -> str:
-    if t.user_attrs.get("confirm") is not None:
-        return f"confirm:{t.user_attrs['confirm']}"
-    if t.user_attrs.get("supernet") is not None:
-        return "supernet"
-    if "supernet_rank" in t.user_attrs:  # a slot of a supernet study: the supernet's k-th best plan
-        return f"search (supernet #{t.user_attrs['supernet_rank']})"
-    return f"baseline:{t.user_attrs['baseline']}" if t.user_attrs.get("baseline") else "search"
-
-
 def is_ranked(t: FrozenTrial) -> bool:
-    """Trials of the search's leaderboard: baselines and sampled plans, not the warm start (the
-    others' start), the supernet job (it trains no plan of its own) nor the confirmation's repeats
-    (summarised per plan instead)."""
-    attrs = t.user_attrs
-    return attrs.get("baseline") != WARMSTART and attrs.get("confirm") is None and attrs.get("supernet") is None
+    """Trials of the search's leaderboard (``Job.ranked``): baselines and sampled plans, not the
+    warm start (the others' start), the supernet job (it trains no plan of its own) nor the
+    confirmation's repeats (summarised per plan instead)."""
+    return Job.of(t).ranked
 
 
 def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
     """One dict per trial: number, kind, state, plan, metrics, objective values, reason."""
+    return [row for _, row in _rows(study)]
+
+
+def _rows(study: optuna.Study) -> list[tuple[Job, dict[str, Any]]]:
+    """Each trial's job and its row (``trial_rows``)."""
     rows = []
     for t in study.get_trials(deepcopy=False):
-        reason = t.user_attrs.get("fail_reason") or t.system_attrs.get("fail_reason")
+        job, record = Job.of(t), TrialRecord(t)
+        reason = record.fail_reason or t.system_attrs.get("fail_reason")
         reason = mask(reason) if isinstance(reason, str) else reason  # one stored before reasons were masked
         if t.state == TrialState.FAIL and reason is None:
             reason = "worker died (stale heartbeat)"
         retry_of = t.system_attrs.get("failed_trial")
-        rows.append(
-            {
-                "number": t.number,
-                "kind": _kind(t),
-                "state": t.state.name.lower(),
-                "plan": t.user_attrs.get("plan"),
-                "metrics": t.user_attrs.get("metrics"),
-                "delta_m": t.user_attrs.get("delta_m"),
-                "seed": t.user_attrs.get("seed"),
-                "params": t.user_attrs.get("params"),
-                "values": t.values,
-                "step": t.user_attrs.get("step"),
-                "reason": reason,
-                "retry_of": retry_of,
-                "duration_s": t.duration.total_seconds() if t.duration else None,
-            }
-        )
+        row = {
+            "number": t.number,
+            "kind": job.table_label(t),
+            "state": t.state.name.lower(),
+            "plan": record.plan,
+            "metrics": record.metrics,
+            "delta_m": record.delta_m,
+            "seed": job.own_seed,
+            "params": record.params,
+            "values": t.values,
+            "step": record.step,
+            "reason": reason,
+            "retry_of": retry_of,
+            "duration_s": t.duration.total_seconds() if t.duration else None,
+        }
+        rows.append((job, row))
     return rows
 
 
@@ -121,7 +116,7 @@ def best_trial(study: optuna.Study, with_fusion: bool = False) -> FrozenTrial | 
     objective. ``with_fusion``: only trials whose network has fusion units."""
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values and is_ranked(t)]
     if with_fusion:
-        done = [t for t in done if t.user_attrs.get("fusion_artifact")]
+        done = [t for t in done if TrialRecord(t).fusion_artifact]
     if not done:
         return None
     pool = done
@@ -146,7 +141,7 @@ def search_only(study: optuna.Study, sampled: bool = False) -> optuna.Study:
     keep = [
         t
         for t in study.get_trials(deepcopy=False)
-        if is_ranked(t) and (not sampled or "slot" in t.user_attrs) and t.state.is_finished()
+        if (job := Job.of(t)).ranked and (not sampled or job.sampled) and t.state.is_finished()
     ]
     copy.add_trials(keep)
     return copy
@@ -162,17 +157,17 @@ def _fmt(v: Any, digits: int = 2) -> str:
 
 def trials_table(study: optuna.Study, title: str | None = None, compact: bool = False) -> Table:
     """``compact`` (the leaderboard ``run`` prints): each task's first metric, no failure reasons."""
-    objectives = study.user_attrs.get("settings", {}).get("objectives", ["value"])
+    objectives = StudyRecord(study).objectives(["value"])
     table = Table(title=title or f"study {study.study_name}", title_justify="left")
     cols = ("#", "kind", "state", "plan", *objectives, "metrics", *(() if compact else ("reason",)))
     for col in cols:
         table.add_column(col, overflow="fold")
     best = best_trial(study)
-    for r in trial_rows(study):
-        if compact and (r["kind"].startswith("confirm:") or r["kind"] == f"baseline:{WARMSTART}"):
+    for job, r in _rows(study):
+        if compact and not job.listed:
             continue  # the leaderboard shows the confirmation per plan (confirmation_table)
         values = r["values"] or [None] * len(objectives)
-        if r["kind"] in (f"baseline:{WARMSTART}", "supernet"):  # no plan of its own: no Delta-m
+        if not job.scored:  # no plan of its own: no Delta-m
             values = [None if o == "delta_m" else v for o, v in zip(objectives, values)]
         style = "bold green" if best is not None and r["number"] == best.number else None
         table.add_row(
@@ -201,8 +196,8 @@ def live_view(study: optuna.Study, steps: int) -> Group:
     if best is not None:
         lines.append(
             Text(
-                f"best: trial {best.number} ({_kind(best)}) value {best.values[0]:+.3f}"
-                f"  {plan_summary(best.user_attrs.get('plan'))}"
+                f"best: trial {best.number} ({Job.of(best).table_label(best)}) value {best.values[0]:+.3f}"
+                f"  {plan_summary(TrialRecord(best).plan)}"
             )
         )
     running = Table(show_header=True, box=None)
@@ -210,8 +205,9 @@ def live_view(study: optuna.Study, steps: int) -> Group:
         running.add_column(col)
     for t in trials:
         if t.state == TrialState.RUNNING:
-            step = t.user_attrs.get("step", 0)
-            running.add_row(str(t.number), _kind(t), f"{step}/{steps}", plan_summary(t.user_attrs.get("plan")))
+            record = TrialRecord(t)
+            step = record.step if record.step is not None else 0
+            running.add_row(str(t.number), Job.of(t).table_label(t), f"{step}/{steps}", plan_summary(record.plan))
     if running.row_count:
         lines.append(running)
     return Group(*lines)
@@ -223,7 +219,7 @@ def confirmation_table(study: optuna.Study, confirmation: Confirmation | None = 
     c = confirmation or summarize(study)
     if not c.plans:
         return None
-    convention = study.user_attrs.get("delta_m_convention", "Delta-m (%)")
+    convention = StudyRecord(study).delta_m_convention or "Delta-m (%)"
     table = Table(
         title=f"confirmation over seeds ({convention}); paired against the best baseline, {c.best_baseline}",
         title_justify="left",
@@ -266,10 +262,10 @@ def confirmation_table(study: optuna.Study, confirmation: Confirmation | None = 
 def search_title(study: optuna.Study) -> str:
     """The title of the table ``run`` ends with, saying what each row is: in a supernet study the
     plans were ranked on one shared supernet and only its best trained on their own."""
-    job = next((t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("supernet") is not None), None)
+    job = next((t for t in study.get_trials(deepcopy=False) if isinstance(Job.of(t), SupernetTraining)), None)
     if job is None:
         return f"study {study.study_name}: the search (one run per plan)"
-    scored = job.user_attrs.get("supernet_scored_plans")
+    scored = TrialRecord(job).supernet_scored_plans
     ranked = f"{scored} plans scored on one supernet" if scored is not None else "plans scored on one supernet"
     return f"study {study.study_name}: the search ({ranked}; its best each trained stand-alone once)"
 
@@ -288,7 +284,7 @@ def print_summary(
     table = confirmation_table(study, conf)
     if table is not None:
         wide.print(table)
-    console.print(study.user_attrs.get("delta_m_convention", ""), highlight=False)
+    console.print(StudyRecord(study).delta_m_convention or "", highlight=False)
     console.print(f"[bold]{conf.verdict()}[/]", highlight=False)
     return conf
 

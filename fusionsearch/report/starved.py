@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import optuna
 import plotly.graph_objects as go
@@ -25,8 +24,9 @@ from plotly.subplots import make_subplots
 
 from fusionsearch.errors import NothingToDraw
 from fusionsearch.report.leaderboard import best_trial, is_ranked
-from fusionsearch.search.categories import COUNTS_ATTR, NAMES_ATTR
 from fusionsearch.search.confirm import Confirmation, summarize
+from fusionsearch.search.jobs import Baseline, Job
+from fusionsearch.search.records import StudyRecord, TrialRecord
 
 __all__ = [
     "LEAST",
@@ -100,7 +100,7 @@ def _per_category(trials: Sequence[FrozenTrial], task: str) -> dict[str, float]:
     """Each category's mean over ``trials`` (those with a value for it), NaN where none has."""
     sums: dict[str, list[float]] = {}
     for t in trials:
-        for c, v in (t.user_attrs.get("per_category") or {}).get(task, {}).items():
+        for c, v in (TrialRecord(t).per_category or {}).get(task, {}).items():
             sums.setdefault(c, [])
             if v is not None and math.isfinite(v):
                 sums[c].append(float(v))
@@ -125,22 +125,23 @@ def _search_pair(study: optuna.Study) -> tuple[str, list[FrozenTrial], list[Froz
     """The search's best run but single (Delta-m decides when the best is single) and its single
     baseline (the newest complete one)."""
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if is_ranked(t)]
-    singles = [t for t in done if t.user_attrs.get("baseline") == "single"]
-    others = [t for t in done if t.user_attrs.get("baseline") != "single" and t.user_attrs.get("per_category")]
+    singles = [t for t in done if Job.of(t) == Baseline("single")]
+    others = [t for t in done if Job.of(t) != Baseline("single") and TrialRecord(t).per_category]
     if not singles or not others:
         return None
     best = best_trial(study)
     if best is None or best.number not in {t.number for t in others}:
-        best = max(others, key=lambda t: t.user_attrs.get("delta_m", -math.inf) or -math.inf)
-    kind = best.user_attrs.get("baseline")
-    label = f"baseline {kind}" if kind else f"trial {best.number}"
+        best = max(others, key=lambda t: TrialRecord(t).delta_m or -math.inf)
+    job = Job.of(best)
+    label = f"baseline {job.name}" if isinstance(job, Baseline) else f"trial {best.number}"
     return label, [best], [singles[-1]]
 
 
 def starved_tables(study: optuna.Study, conf: Confirmation | None = None) -> list[StarvedTable]:
     """One table per task with per-category results in both plans and training label counts."""
-    counts: Mapping[str, Mapping[str, int]] = study.user_attrs.get(COUNTS_ATTR) or {}
-    names: Mapping[str, Sequence[str]] = study.user_attrs.get(NAMES_ATTR) or {}
+    stored = StudyRecord(study)
+    counts: Mapping[str, Mapping[str, int]] = stored.category_counts or {}
+    names: Mapping[str, Sequence[str]] = stored.category_names or {}
     pair = _confirmed_pair(study, conf or summarize(study))
     source = "confirmation"
     if pair is None:
@@ -235,7 +236,6 @@ def starved_report_figure(study: optuna.Study, conf: Confirmation | None = None)
 
 
 def _why_not(study: optuna.Study) -> str:
-    attrs: Mapping[str, Any] = study.user_attrs
-    if COUNTS_ATTR not in attrs:
+    if StudyRecord(study).category_counts is None:
         return "no trial recorded per-category results (no task defines per_category, or the study predates them)"
     return "no complete single-task run and best plan with per-category results in both yet"

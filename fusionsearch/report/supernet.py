@@ -4,8 +4,6 @@ has it; the HTML report adds it when the study holds a supernet job."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import optuna
 import plotly.graph_objects as go
 from optuna.trial import TrialState
@@ -13,12 +11,14 @@ from scipy import stats
 
 from fusionsearch.errors import NothingToDraw
 from fusionsearch.report.leaderboard import plan_summary
+from fusionsearch.search.jobs import ConfirmRun, Job, SupernetTraining
+from fusionsearch.search.records import TrialRecord
 
 __all__ = ["has_supernet", "supernet_figure"]
 
 
 def has_supernet(study: optuna.Study) -> bool:
-    return any(t.user_attrs.get("supernet") is not None for t in study.get_trials(deepcopy=False))
+    return any(isinstance(Job.of(t), SupernetTraining) for t in study.get_trials(deepcopy=False))
 
 
 def supernet_figure(study: optuna.Study) -> go.Figure:
@@ -26,11 +26,9 @@ def supernet_figure(study: optuna.Study) -> go.Figure:
     Delta-m (y), with Kendall tau between the two in the title (what the ranking was worth)."""
     rows: list[tuple[float, float, str]] = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        a: dict[str, Any] = t.user_attrs
-        if "supernet_score" in a and "confirm" not in a and a.get("delta_m") is not None:
-            rows.append(
-                (float(a["supernet_score"]), float(a["delta_m"]), f"trial {t.number}: {plan_summary(a.get('plan'))}")
-            )
+        r = TrialRecord(t)
+        if r.supernet_score is not None and not isinstance(Job.of(t), ConfirmRun) and r.delta_m is not None:
+            rows.append((float(r.supernet_score), float(r.delta_m), f"trial {t.number}: {plan_summary(r.plan)}"))
     if len(rows) < 2:
         raise NothingToDraw(f"{len(rows)} complete supernet-scored trial(s): at least 2 are needed")
     xs, ys, names = zip(*rows)

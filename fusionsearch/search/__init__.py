@@ -18,9 +18,11 @@ from fusionsearch.registry import lazy_exports
 
 if TYPE_CHECKING:
     from fusionsearch.search.confirm import Confirmation, ConfirmedPlan, summarize
+    from fusionsearch.search.context import JobContext
+    from fusionsearch.search.jobs import Job, PlanJob, register_job
     from fusionsearch.search.runner import StudyRun, run_study
     from fusionsearch.search.storage import open_storage
     from fusionsearch.search.study import StudySettings, load_study, prepare_confirmation, prepare_study
-    from fusionsearch.search.worker import run_worker, run_workers
+    from fusionsearch.search.worker import run_worker
 else:
     __getattr__, __dir__, __all__ = lazy_exports(__name__)

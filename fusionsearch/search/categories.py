@@ -26,11 +26,12 @@ import optuna
 
 from fusionsearch.data.categories import training_counts
 from fusionsearch.errors import FusionSearchError, FusionSearchWarning
+from fusionsearch.search.records import StudyRecord, TrialRecord
 
 __all__ = ["record_per_category", "COUNTS_ATTR", "NAMES_ATTR", "per_category_attr", "per_category_lines"]
 
-COUNTS_ATTR = "category_counts"
-NAMES_ATTR = "category_names"
+COUNTS_ATTR = StudyRecord.category_counts.key  # the study's stored names (``records.StudyRecord``)
+NAMES_ATTR = StudyRecord.category_names.key
 
 
 def per_category_attr(per: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float | None]]:
@@ -47,8 +48,9 @@ def record_per_category(trial: optuna.Trial, study: optuna.Study, result: Any, e
     per = getattr(result, "per_category", None)
     if not per:
         return
-    trial.set_user_attr("per_category", per_category_attr(per))
-    if COUNTS_ATTR in study.user_attrs:
+    TrialRecord(trial).per_category = per_category_attr(per)
+    stored = StudyRecord(study)
+    if stored.category_counts is not None:
         return
     train = exp.datasets()[0]
     tasks = exp.tasks()
@@ -59,10 +61,10 @@ def record_per_category(trial: optuna.Trial, study: optuna.Study, result: Any, e
             counts[t] = training_counts(train, t, task.label, task.out_channels, attrs=hasattr(task, "per_attribute"))
         except FusionSearchError as e:  # an analysis of the report: never a reason to fail the trial
             warnings.warn(f"{t}: no training label counts ({e})", FusionSearchWarning, stacklevel=2)
-    study.set_user_attr(COUNTS_ATTR, counts)
+    stored.category_counts = counts
     names = _names(train, tasks, list(per))
     if names:
-        study.set_user_attr(NAMES_ATTR, names)
+        stored.category_names = names
 
 
 def _names(train: Any, tasks: Mapping[str, Any], which: list[str]) -> dict[str, list[str]]:

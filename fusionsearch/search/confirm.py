@@ -23,6 +23,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from scipy import stats
 
+from fusionsearch.search.jobs import ConfirmRun, Job
+from fusionsearch.search.records import TrialRecord
+
 __all__ = [
     "Interval",
     "PairedTest",
@@ -120,12 +123,12 @@ def confirm_seeds(study_seed: int, n: int) -> list[int]:
 
 
 def _signature(t: FrozenTrial) -> str:
-    a = t.user_attrs
-    return json.dumps([a.get("plan"), a.get("loss_weights"), a.get("base_lr"), a.get("column_init")], sort_keys=True)
+    r = TrialRecord(t)
+    return json.dumps([r.plan, r.loss_weights, r.base_lr, r.column_init], sort_keys=True)
 
 
 def _delta_m(t: FrozenTrial) -> float | None:
-    v = t.user_attrs.get("delta_m")
+    v = TrialRecord(t).delta_m
     return float(v) if v is not None and math.isfinite(v) else None
 
 
@@ -136,14 +139,14 @@ def search_winners(study: optuna.Study, top: int, per: str | None = None) -> lis
     if per is not None:
         groups: dict[str, list[FrozenTrial]] = {}
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            if "slot" in t.user_attrs and _delta_m(t) is not None and per in t.params:
+            if Job.of(t).sampled and _delta_m(t) is not None and per in t.params:
                 groups.setdefault(str(t.params[per]), []).append(t)
         picked = [w for trials in groups.values() for w in _best_distinct(trials, top)]
         return sorted(picked, key=lambda t: (-(_delta_m(t) or 0.0), t.number))
     done = [
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if "slot" in t.user_attrs and _delta_m(t) is not None
+        if Job.of(t).sampled and _delta_m(t) is not None
     ]
     return _best_distinct(done, top)
 
@@ -177,10 +180,7 @@ def queue_confirmation(
     before = len(study.get_trials(deepcopy=False))
     for i, seed in enumerate(seeds):
         for label, source in plans:
-            attrs: dict[str, Any] = {"confirm": label, "seed": seed, "keep_net": i == 0}
-            if source is not None:
-                attrs["source"] = source
-            study.enqueue_trial({"confirm": label, "seed": seed}, user_attrs=attrs, skip_if_exists=True)
+            ConfirmRun(label, seed, source, keep_net=i == 0).enqueue(study)
     return len(study.get_trials(deepcopy=False)) - before
 
 
@@ -259,18 +259,19 @@ def summarize(study: optuna.Study) -> Confirmation:
     plans: dict[str, ConfirmedPlan] = {}
     pending = 0
     for t in trials:
-        label = t.user_attrs.get("confirm")
-        if label is None:
+        job = Job.of(t)
+        if not isinstance(job, ConfirmRun):
             continue
         if t.state in (TrialState.WAITING, TrialState.RUNNING):
             pending += 1
-        source = by_number.get(t.user_attrs.get("source", -1))
+        source = by_number.get(job.source if job.source is not None else -1)
+        record = TrialRecord(t)
         p = plans.setdefault(
-            label,
+            job.label,
             ConfirmedPlan(
-                label=label,
-                baseline="source" not in t.user_attrs,
-                plan=t.user_attrs.get("plan") or (source.user_attrs.get("plan") if source else None),
+                label=job.label,
+                baseline=job.source is None,
+                plan=record.plan or (TrialRecord(source).plan if source else None),
                 by_seed={},
                 trials={},
                 search_delta_m=_delta_m(source) if source is not None else None,
@@ -278,13 +279,12 @@ def summarize(study: optuna.Study) -> Confirmation:
         )
         dm = _delta_m(t)
         if t.state == TrialState.COMPLETE and dm is not None:
-            seed = int(t.user_attrs["seed"])
-            p.by_seed[seed] = dm
-            p.trials[seed] = t.number
-            if t.user_attrs.get("model_artifact") and (p.net_trial is None or t.user_attrs.get("keep_net")):
+            p.by_seed[job.seed] = dm
+            p.trials[job.seed] = t.number
+            if record.model_artifact and (p.net_trial is None or job.keep_net):
                 p.net_trial = t.number
             if p.plan is None:
-                p.plan = t.user_attrs.get("plan")
+                p.plan = record.plan
     out = Confirmation(pending=pending)
     for p in plans.values():
         if p.by_seed:

@@ -20,17 +20,17 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from fusionsearch.experiment.experiment import WARMSTART
 from fusionsearch.interrupts import interrupts_deferred
+from fusionsearch.search.context import Reference
+from fusionsearch.search.jobs import Job, is_reference
 from fusionsearch.search.optuna_internals import claim, storage_of
+from fusionsearch.search.records import TrialRecord
 from fusionsearch.search.recovery import RETRYABLE
 from fusionsearch.search.requeue import retried, retry
 from fusionsearch.search.seeding import job_number
 from fusionsearch.search.storage import HEARTBEAT_INTERVAL, queue_lock
 
 __all__ = [
-    "is_baseline",
-    "is_reference",
     "single_metrics",
     "requeue_failed",
     "reap_stale",
@@ -40,18 +40,6 @@ __all__ = [
     "Heartbeat",
     "stale_possible",
 ]
-
-
-def is_baseline(t: optuna.trial.FrozenTrial) -> str | None:
-    return t.user_attrs.get("baseline")
-
-
-def is_reference(t: optuna.trial.FrozenTrial, confirm: bool, seed: int | None) -> bool:
-    """The single-task run that Delta-m of a trial is measured against: the ``single`` baseline in
-    the search, the confirmation's ``single`` with the same seed in the confirmation."""
-    if confirm:
-        return t.user_attrs.get("confirm") == "single" and t.user_attrs.get("seed") == seed
-    return t.user_attrs.get("baseline") == "single"
 
 
 def find(study: optuna.Study, match: Callable[[Any], bool], newest: bool = False) -> tuple[Any, bool]:
@@ -72,22 +60,14 @@ def find(study: optuna.Study, match: Callable[[Any], bool], newest: bool = False
 def single_metrics(
     study: optuna.Study, confirm: bool = False, seed: int | None = None
 ) -> tuple[dict[str, Any] | None, bool]:
-    """The single-task reference's final metrics and its evaluations, and whether it may still come."""
-    t, pending = find(study, lambda t: is_reference(t, confirm, seed))
+    """The single-task reference's final metrics and its evaluations, and whether it may still
+    come: the ``single`` baseline in the search, the confirmation's ``single`` with the same seed
+    in the confirmation."""
+    t, pending = find(study, is_reference(Reference(confirm, seed)))
     if t is None:
         return None, pending
-    return {"metrics": t.user_attrs["metrics"], "evals": t.user_attrs.get("evals", [])}, False
-
-
-def _rank(t: optuna.trial.FrozenTrial) -> int:
-    """Queue order: the warm start that all others begin from, the single-task reference, the
-    other baselines and the supernet job, sampled slots, then each seed's confirmation reference before its plans."""
-    b, c = t.user_attrs.get("baseline"), t.user_attrs.get("confirm")
-    if b is not None:
-        return 0 if b == WARMSTART else 1 if b == "single" else 2
-    if c is not None:
-        return 4 if c == "single" else 5
-    return 2 if t.user_attrs.get("supernet") is not None else 3  # a supernet job: before the slots it fills
+    record = TrialRecord(t)
+    return {"metrics": record.metrics, "evals": record.evals or []}, False
 
 
 class Heartbeat:
@@ -118,14 +98,14 @@ class Heartbeat:
 
 
 def pop(study: optuna.Study, match: Callable[[Any], bool] | None = None) -> optuna.Trial | None:
-    """Take one WAITING trial (atomically: a trial another worker took is skipped) in ``_rank``
-    order, then by job (a copy queued again runs in its first attempt's place, so the trials
+    """Take one WAITING trial (atomically: a trial another worker took is skipped) in its job's
+    ``queue_rank`` order, then by job (a copy queued again runs in its first attempt's place, so the trials
     after it see the history they would have seen without the accident); with ``match``, only a
     trial it picks."""
     # claimed here, then stopped before the worker holds it: RUNNING for ever, with no heartbeat
     with interrupts_deferred(), queue_lock(storage_of(study)):
         waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-        waiting = sorted(waiting, key=lambda t: (_rank(t), job_number(study, t)))
+        waiting = sorted(waiting, key=lambda t: (Job.of(t).queue_rank, job_number(study, t)))
         if match is not None:
             waiting = [t for t in waiting if match(t)]
         for t in waiting:
@@ -165,7 +145,7 @@ def requeue_failed(study: optuna.Study) -> int:
         for t in trials:
             if (
                 t.state == TrialState.FAIL
-                and t.user_attrs.get("fail_kind") in RETRYABLE
+                and TrialRecord(t).fail_kind in RETRYABLE
                 and t.number not in done
                 and retry(study, t)
             ):

@@ -8,7 +8,7 @@ queued again (``requeue``), as a copy with the same plan, by Optuna's own bookke
 (``failed_trial`` and ``retry_history`` system attributes, as ``RetryHeartbeatStaleTrialCallback``
 writes them), at most ``MAX_RETRY`` times, so a machine that always fails cannot loop for ever.
 A warm start whose saved nets are missing or damaged is the same kind of accident: it is trained
-again before the trial that needs it goes on (``Objective.warm_start``). A write the disk refused
+again before the trial that needs it goes on (``warmstart.WarmStarts``). A write the disk refused
 (full, over a quota or size limit, read-only, failing: ``paths.write_failure``) is one too, and
 it stops the worker at once (every later trial would fail alike), so it cannot loop and uses up
 none of the trial's retries: the trial completes once there is space, however often it was stopped.
@@ -38,6 +38,7 @@ __all__ = [
     "sticky_device_error",
     "failure_kind",
     "interrupted",
+    "failure_reason",
 ]
 
 MAX_RETRY = 2  # copies of one failed trial, as the heartbeat's retry callback allows
@@ -59,8 +60,6 @@ STICKY_CUDA_ERRORS = (
     "cudaErrorLaunchFailure",
     "CUBLAS_STATUS_EXECUTION_FAILED",
 )
-# what identifies a trial's job; everything else a run wrote (metrics, step, reason) is not copied
-IDENTITY = ("baseline", "confirm", "seed", "slot", "source", "keep_net", "replaces", "supernet")
 
 
 def interrupted(e: BaseException) -> bool:
@@ -74,6 +73,13 @@ def interrupted(e: BaseException) -> bool:
         seen.add(id(cur))
         cur = cur.__cause__ or cur.__context__
     return False
+
+
+def failure_reason(e: BaseException) -> str:
+    """The one line a failed trial records (``fail_reason``) and its worker logs."""
+    if isinstance(e, torch.OutOfMemoryError):
+        return f"out of memory: {str(e).splitlines()[0] if str(e) else 'allocation failed'}"
+    return f"{type(e).__name__}: {e}"
 
 
 def sticky_device_error(e: BaseException) -> bool:

@@ -12,7 +12,9 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from fusionsearch.search.recovery import FREE_RETRY, IDENTITY, MAX_RETRY, RETRYABLE
+from fusionsearch.search.jobs import queued_copy
+from fusionsearch.search.records import TrialRecord
+from fusionsearch.search.recovery import FREE_RETRY, MAX_RETRY, RETRYABLE
 
 __all__ = ["retry", "retries_left", "retried", "failed_for_good"]
 
@@ -29,7 +31,7 @@ def _free(t: FrozenTrial) -> int:
 def retries_left(t: FrozenTrial) -> bool:
     """Whether a failed trial may be copied once more: its history holds earlier copies, of
     which those after a ``FREE_RETRY`` accident (a full disk) do not count."""
-    return t.user_attrs.get("fail_kind") in FREE_RETRY or len(_history(t)) - _free(t) < MAX_RETRY
+    return TrialRecord(t).fail_kind in FREE_RETRY or len(_history(t)) - _free(t) < MAX_RETRY
 
 
 def retry(study: optuna.Study, t: FrozenTrial) -> bool:
@@ -41,17 +43,9 @@ def retry(study: optuna.Study, t: FrozenTrial) -> bool:
         **t.system_attrs,
         "failed_trial": t.number,
         "retry_history": [*_history(t), t.number],
-        "fusionsearch_free_retries": _free(t) + (t.user_attrs.get("fail_kind") in FREE_RETRY),
+        "fusionsearch_free_retries": _free(t) + (TrialRecord(t).fail_kind in FREE_RETRY),
     }
-    study.add_trial(
-        optuna.create_trial(
-            state=TrialState.WAITING,
-            params=t.params,
-            distributions=t.distributions,
-            user_attrs={k: v for k, v in t.user_attrs.items() if k in IDENTITY},
-            system_attrs=system_attrs,
-        )
-    )
+    study.add_trial(queued_copy(t, system_attrs))
     return True
 
 
@@ -66,4 +60,4 @@ def failed_for_good(t: FrozenTrial, trials: list[FrozenTrial]) -> bool:
         return False
     if t.number in retried(trials):
         return False  # a copy stands in for it
-    return t.user_attrs.get("fail_kind") not in RETRYABLE or not retries_left(t)
+    return TrialRecord(t).fail_kind not in RETRYABLE or not retries_left(t)

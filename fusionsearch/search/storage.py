@@ -17,7 +17,7 @@ import sqlite3
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -29,7 +29,6 @@ from fusionsearch.errors import ArgumentError, FusionSearchError, StorageError
 from fusionsearch.paths import write_atomic
 from fusionsearch.search.credentials import mask, redact, remember
 from fusionsearch.search.optuna_internals import artifact_path, journal_file, wrapped_storage
-from fusionsearch.search.requeue import retry
 
 __all__ = [
     "queue_lock",
@@ -160,9 +159,13 @@ def _check_driver(url: str, shown: str) -> None:
 
 
 def open_storage(
-    url: str = DEFAULT_STORAGE, heartbeat: bool = True, create: bool = True
+    url: str = DEFAULT_STORAGE,
+    heartbeat: bool = True,
+    create: bool = True,
+    on_stale: Callable[[optuna.Study, optuna.trial.FrozenTrial], Any] | None = None,
 ) -> optuna.storages.BaseStorage:
-    """An Optuna storage for ``url``; RDB storages get heartbeats and a retry-on-stale callback.
+    """An Optuna storage for ``url``; RDB storages get heartbeats and ``on_stale`` as their
+    stale-trial callback (a study's: ``requeue.retry``, a copy of a dead worker's trial).
 
     ``create=False`` is for commands that only read (``trials``, ``best``, ``report``): a file
     that is not there is an error naming it, never a new empty database (a mistyped path would
@@ -197,7 +200,7 @@ def open_storage(
         kwargs = {
             "heartbeat_interval": interval,
             "grace_period": grace,
-            "heartbeat_stale_trial_callback": retry,  # a dead worker's trial: a copy, same plan
+            "heartbeat_stale_trial_callback": on_stale,  # a dead worker's trial: a copy, same plan
         }
     try:  # creating the schema is serialised; a reader creates nothing, so it takes no lock (and writes no file)
         with study_lock(url) if create else contextlib.nullcontext(), warnings.catch_warnings():

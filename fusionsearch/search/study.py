@@ -10,25 +10,33 @@ recipe and settings stored in it.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import asdict
 
 import optuna
 from optuna.trial import TrialState
 
 from fusionsearch.data.partial import check_id_files
 from fusionsearch.errors import FusionSearchError
-from fusionsearch.experiment.experiment import BASELINES, WARMSTART, Experiment
+from fusionsearch.experiment.experiment import Experiment
 from fusionsearch.experiment.recipe import Recipe
-from fusionsearch.experiment.sections import MAX_SEED
 from fusionsearch.nets.plan import StitchPlan
 from fusionsearch.plugins import loaded_plugins, require_plugins
 from fusionsearch.search.confirm import confirm_seeds, queue_confirmation
+from fusionsearch.search.jobs import Baseline, ConfirmRun, Job, Slot, SupernetTraining, WarmStartJob
 from fusionsearch.search.optuna_internals import storage_of
 from fusionsearch.search.queueing import requeue_failed
+from fusionsearch.search.records import StudyRecord
+from fusionsearch.search.requeue import retry
 from fusionsearch.search.seeding import JobSeeded
+from fusionsearch.search.settings import (
+    KEEP_NETS,
+    MAX_TRIALS,
+    METRIC_NAMES,
+    OBJECTIVES,
+    PRUNERS,
+    StudySettings,
+    labelled_suffix,
+)
 from fusionsearch.search.storage import (
     DEFAULT_STORAGE,
     artifact_dir,
@@ -39,7 +47,6 @@ from fusionsearch.search.storage import (
     redact,
     study_lock,
 )
-from fusionsearch.search.supernet import SUPERNET
 from fusionsearch.search.supernet_space import supernet_space
 
 __all__ = [
@@ -49,6 +56,7 @@ __all__ = [
     "METRIC_NAMES",
     "PRUNERS",
     "KEEP_NETS",
+    "MAX_TRIALS",
     "make_sampler",
     "make_pruner",
     "trial_steps",
@@ -58,135 +66,6 @@ __all__ = [
     "prepare_confirmation",
     "load_study",
 ]
-
-
-# objective name -> maximise?
-OBJECTIVES = {"delta_m": True, "params": False, "latency": False}
-
-
-METRIC_NAMES = {"delta_m": "Delta-m (%)", "params": "parameters", "latency": "latency (ms)"}
-
-
-PRUNERS = ("successive_halving", "hyperband", "median", "none")
-
-
-KEEP_NETS = ("confirmed", "all")
-MAX_TRIALS = 100_000  # queued slots: each is a row in the storage before anything runs
-
-
-@dataclass
-class StudySettings:
-    """How the study runs; stored with the study so that workers on other machines agree."""
-
-    study: str = "fusionsearch"
-    storage: str = DEFAULT_STORAGE
-    trials: int = 8
-    timeout: float | None = None
-    sampler: str = "tpe"
-    pruner: str = "hyperband"
-    objectives: list[str] = field(default_factory=lambda: ["delta_m"])
-    baselines: list[str] = field(default_factory=lambda: list(BASELINES))
-    artifacts: str | None = None
-    seed: int = 0
-    confirm_top: int = 2  # searched plans confirmed over seeds after the search
-    confirm_seeds: int = 3  # fresh seeds of the confirmation (0: no confirmation)
-    confirm_per: str | None = None  # confirm the top plans for each value of this search parameter
-    keep_nets: str = "confirmed"  # trained nets kept: baselines and confirmed plans, or "all"
-
-    def __post_init__(self) -> None:
-        bad = [o for o in self.objectives if o not in OBJECTIVES]
-        if bad:
-            raise FusionSearchError(f"unknown objective(s) {bad}; choose from {', '.join(OBJECTIVES)}")
-        if "delta_m" in self.objectives and "single" not in self.baselines:
-            raise FusionSearchError("the delta_m objective needs the 'single' baseline")
-        if self.sampler not in ("tpe", "nsga2", "random", "grid"):
-            raise FusionSearchError(f"unknown sampler {self.sampler!r}: tpe, nsga2, random or grid")
-        if self.pruner not in PRUNERS:
-            raise FusionSearchError(f"unknown pruner {self.pruner!r}: {', '.join(PRUNERS)}")
-        if not self.objectives or len(set(self.objectives)) < len(self.objectives):
-            raise FusionSearchError(f"objectives must name each objective once, got {self.objectives}")
-        if not 0 <= self.trials <= MAX_TRIALS:
-            raise FusionSearchError(f"trials must be in 0..{MAX_TRIALS:,}, got {self.trials}")
-        if not 0 <= self.seed <= MAX_SEED:  # the confirmation's seeds are seed x 1000 + i, below 2^32
-            raise FusionSearchError(f"the study seed must be in 0..{MAX_SEED:,}, got {self.seed}")
-        if self.timeout is not None and not 0 <= self.timeout < float("inf"):
-            raise FusionSearchError(f"timeout must be a number of seconds >= 0, got {self.timeout}")
-        if self.confirm_top < 0 or self.confirm_seeds < 0:
-            raise FusionSearchError("confirm top and seeds must be >= 0")
-        if self.keep_nets not in KEEP_NETS:
-            raise FusionSearchError(f"unknown keep_nets {self.keep_nets!r}: {', '.join(KEEP_NETS)}")
-
-    @classmethod
-    def from_recipe(
-        cls,
-        recipe: Recipe,
-        *,
-        study: str | None = None,
-        storage: str | None = None,
-        trials: int | None = None,
-        timeout: float | None = None,
-        sampler: str | None = None,
-        pruner: str | None = None,
-        objectives: Sequence[str] | None = None,
-        artifacts: str | None = None,
-        seed: int | None = None,
-        confirm_top: int | None = None,
-        confirm_seeds: int | None = None,
-        confirm_per: str | None = None,
-        keep_nets: str = "confirmed",
-        labelled: Mapping[str, float | str] | None = None,
-        experiment: Experiment | None = None,
-    ) -> StudySettings:
-        """The settings of a fusion study of ``recipe``: each override that is None takes the
-        recipe's ``study`` and ``confirm`` sections, then the defaults. The rules that ``run``
-        and a Python caller share live here: the recipe must have two tasks to fuse, labelled
-        by its data set (``Experiment.check_fusion_tasks``); ``trials: grid`` counts the grid; several
-        objectives switch TPE to NSGA-II unless ``sampler`` asks for TPE itself; the default
-        study name is the recipe, backbone and tasks, plus ``labelled``, the labelling given on
-        top of the recipe's (another labelling is another study: ``labelled_suffix``).
-        ``experiment``: the recipe's, where the caller has one (its data and traced backbone)."""
-        exp = experiment or Experiment(recipe)
-        exp.check_fusion_tasks()
-        st, conf = recipe.defaults, recipe.confirmation
-        goals = list(objectives) if objectives else list(st.objectives)
-        chosen = sampler or st.sampler
-        mode = "-supernet" if recipe.space.mode == "supernet" else ""  # another search, another study
-        if len(goals) > 1 and chosen == "tpe" and sampler is None:
-            chosen = "nsga2"  # TPE's multi-objective mode is no default: NSGA-II keeps a Pareto front
-        return cls(
-            study=study or f"{recipe.name}-{recipe.backbone}-{'-'.join(recipe.tasks)}{labelled_suffix(labelled)}{mode}",
-            storage=DEFAULT_STORAGE if storage is None else storage,
-            trials=trials if trials is not None else _recipe_trials(exp, st.trials),
-            timeout=timeout if timeout is not None else st.timeout,
-            sampler=chosen,
-            pruner=pruner or st.pruner,
-            objectives=goals,
-            artifacts=artifacts,
-            seed=seed if seed is not None else int(st.seed),
-            confirm_top=confirm_top if confirm_top is not None else conf.top,
-            confirm_seeds=confirm_seeds if confirm_seeds is not None else conf.seeds,
-            confirm_per=confirm_per or conf.per,
-            keep_nets=keep_nets,
-        )
-
-    @property
-    def multi_objective(self) -> bool:
-        return len(self.objectives) > 1
-
-    def directions(self) -> list[str]:
-        return ["maximize" if OBJECTIVES[o] else "minimize" for o in self.objectives]
-
-
-def labelled_suffix(labelled: Mapping[str, float | str] | None) -> str:
-    """The default study name's tail for a labelling given on top of the recipe's (``seg=0.1``
-    or ``seg=ids.txt``): another labelling is another study, not a resumption of this one."""
-    parts = [f"{t}{v:g}" if isinstance(v, float) else f"{t}-{Path(v).stem}" for t, v in (labelled or {}).items()]
-    return "-labelled-" + "-".join(parts) if parts else ""
-
-
-def _recipe_trials(exp: Experiment, n: Any) -> int:
-    """A recipe's ``study.trials``: a number, or ``grid`` for every point of its grid."""
-    return len(exp.grid_points()) if n == "grid" else int(n)
 
 
 def make_sampler(settings: StudySettings, recipe: Recipe) -> optuna.samplers.BaseSampler:
@@ -300,7 +179,7 @@ def check_study(recipe: Recipe, settings: StudySettings, experiment: Experiment 
 
 
 def _prepare(recipe: Recipe, settings: StudySettings, exp: Experiment) -> optuna.Study:
-    storage = open_storage(settings.storage)
+    storage = open_storage(settings.storage, on_stale=retry)
     study = optuna.create_study(
         study_name=settings.study,
         storage=storage,
@@ -309,7 +188,8 @@ def _prepare(recipe: Recipe, settings: StudySettings, exp: Experiment) -> optuna
         sampler=make_sampler(settings, recipe),
         pruner=make_pruner(settings, recipe),
     )
-    old = study.user_attrs.get("recipe")
+    stored = StudyRecord(study)
+    old = stored.recipe
     if old is not None:
         mine = recipe.to_dict()
         changed = [
@@ -322,32 +202,38 @@ def _prepare(recipe: Recipe, settings: StudySettings, exp: Experiment) -> optuna
                 f"study {settings.study!r} in {redact(settings.storage)} was made with a different recipe"
                 f" ({', '.join(changed)} differ): choose another --study name"
             )
-        if study.user_attrs.get("settings", {}).get("objectives") != settings.objectives:
+        if stored.objectives([]) != settings.objectives:
             raise FusionSearchError(f"study {settings.study!r} has other objectives: choose another --study name")
-    ids = check_id_files(study.user_attrs.get("id_files"), recipe.data.get("labelled"), settings.study)
-    study.set_user_attr("recipe", recipe.to_dict())
-    study.set_user_attr("id_files", ids)  # the content of each id file, not only its path
-    study.set_user_attr("plugins", loaded_plugins())  # what a worker loads before it reads the recipe
-    study.set_user_attr("settings", {**asdict(settings), "storage": redact(settings.storage)})
+    ids = check_id_files(stored.id_files, recipe.data.get("labelled"), settings.study)
+    stored.recipe = recipe.to_dict()
+    stored.id_files = ids  # the content of each id file, not only its path
+    stored.plugins = loaded_plugins()  # what a worker loads before it reads the recipe
+    stored.settings = {**asdict(settings), "storage": redact(settings.storage)}
     with warnings.catch_warnings():  # "experimental" since Optuna 3.2; nothing the user can act on
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names([METRIC_NAMES[o] for o in settings.objectives])
-    study.set_user_attr("delta_m_convention", recipe.gain.describe())
-    space = recipe.space
-    warm = [WARMSTART] if space.warm else []
-    for name in [*warm, *settings.baselines]:
-        study.enqueue_trial({"baseline": name}, user_attrs={"baseline": name}, skip_if_exists=True)
-    if space.mode == "supernet":  # one training for placement x unit; its best plans fill the slots
-        study.enqueue_trial({SUPERNET: "train"}, user_attrs={SUPERNET: "train"}, skip_if_exists=True)
-    if settings.sampler == "grid":
-        for i, point in enumerate(exp.grid_points()):
-            study.enqueue_trial(point, user_attrs={"slot": i}, skip_if_exists=True)
-        requeue_failed(study)
-        return study
-    for i in range(settings.trials):
-        study.enqueue_trial({"slot": i}, user_attrs={"slot": i}, skip_if_exists=True)
+    stored.delta_m_convention = recipe.gain.describe()
+    _queue_search(study, recipe, settings, exp)
     requeue_failed(study)
     return study
+
+
+def _queue_search(study: optuna.Study, recipe: Recipe, settings: StudySettings, exp: Experiment) -> None:
+    """Queue the search's jobs that are not there yet: the warm start, the baselines, the
+    supernet (``search.mode: supernet``: one training for placement x unit; its best plans fill
+    the slots), then one slot per trial, or a grid's points, each with all its values fixed."""
+    space = recipe.space
+    warm = [WarmStartJob()] if space.warm else []
+    for job in [*warm, *(Baseline(name) for name in settings.baselines)]:
+        job.enqueue(study)
+    if space.mode == "supernet":
+        SupernetTraining().enqueue(study)
+    if settings.sampler == "grid":
+        for i, point in enumerate(exp.grid_points()):
+            Slot(i).enqueue(study, params=point)
+        return
+    for i in range(settings.trials):
+        Slot(i).enqueue(study)
 
 
 def prepare_confirmation(study: optuna.Study, settings: StudySettings) -> tuple[int, str | None]:
@@ -363,13 +249,13 @@ def prepare_confirmation(study: optuna.Study, settings: StudySettings) -> tuple[
     left = [
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))
-        if "confirm" not in t.user_attrs
+        if not isinstance(Job.of(t), ConfirmRun)
     ]
     if left:
         return 0, f"the search has {len(left)} trials left: confirmation waits for them"
     per = settings.confirm_per
     if per is not None:  # a typo would otherwise confirm no searched plan at all, silently
-        names = sorted({n for t in study.get_trials(deepcopy=False) if "slot" in t.user_attrs for n in t.params})
+        names = sorted({n for t in study.get_trials(deepcopy=False) if Job.of(t).sampled for n in t.params})
         if names and per not in names:
             return 0, f"confirm per {per!r}: no searched trial has that parameter (they have: {', '.join(names)})"
     seeds = confirm_seeds(settings.seed, settings.confirm_seeds)
@@ -392,18 +278,19 @@ def check_plan(plan: StitchPlan, where: str) -> None:
 def load_study(name: str, storage: str = DEFAULT_STORAGE) -> tuple[optuna.Study, Recipe, StudySettings]:
     """An existing study with its recipe and settings (what a worker on another machine needs),
     after the plugins it was made with (``plugins.require_plugins``: one line if one is missing)."""
-    st = open_storage(storage, create=False)
+    st = open_storage(storage, create=False, on_stale=retry)
     names = [s.study_name for s in optuna.get_all_study_summaries(st)]
     if name not in names:
         raise FusionSearchError(f"no study {name!r} in {redact(storage)}; studies there: {', '.join(names) or 'none'}")
     study = optuna.load_study(study_name=name, storage=st)
-    recipe_d = study.user_attrs.get("recipe")
+    stored = StudyRecord(study)
+    recipe_d = stored.recipe
     if recipe_d is None:
         raise FusionSearchError(f"study {name!r} was not made by fusionsearch (no recipe stored)")
-    s = dict(study.user_attrs.get("settings", {}))
+    s = dict(stored.settings or {})
     s["storage"] = storage
     settings = StudySettings(**s)
-    require_plugins(study.user_attrs.get("plugins", []), f"study {name!r}")  # the recipe names what they register
+    require_plugins(stored.plugins or [], f"study {name!r}")  # the recipe names what they register
     recipe = Recipe.from_dict(recipe_d)
     return (
         optuna.load_study(

@@ -24,10 +24,12 @@ from fusionsearch.errors import DependencyError, DeviceError, DiskError
 from fusionsearch.interrupts import check_interrupt, interrupt_pending, interrupts_taken
 from fusionsearch.paths import write_failure
 from fusionsearch.search.credentials import mask
-from fusionsearch.search.objective import Objective, failure_reason
+from fusionsearch.search.jobs import Job
+from fusionsearch.search.objective import Objective
 from fusionsearch.search.optuna_internals import storage_of, trial_id_of
 from fusionsearch.search.queueing import Heartbeat, pop, reap_stale, requeue_failed, stale_possible
-from fusionsearch.search.recovery import DEVICE, DISK, INTERRUPTED, PLAN, failure_kind, interrupted
+from fusionsearch.search.records import StudyRecord, TrialRecord
+from fusionsearch.search.recovery import DEVICE, DISK, INTERRUPTED, PLAN, failure_kind, failure_reason, interrupted
 from fusionsearch.search.requeue import retry
 from fusionsearch.search.storage import DEFAULT_STORAGE, queue_lock
 from fusionsearch.search.study import load_study
@@ -66,7 +68,7 @@ def run_worker(
     worker with a DeviceError: its CUDA context is broken; a write the disk refused, with a
     DiskError."""
     study, recipe, settings = load_study(study_name, storage)
-    check_id_files(study.user_attrs.get("id_files"), recipe.data.get("labelled"), study_name)  # as the study began
+    check_id_files(StudyRecord(study).id_files, recipe.data.get("labelled"), study_name)  # as the study began
     device = use_device(device, worker)
     timeout = settings.timeout if timeout is None else timeout
     if artifacts is not None:
@@ -200,20 +202,18 @@ def _free_memory() -> None:
 
 def _fail(study: optuna.Study, trial: optuna.Trial, reason: str, kind: str, requeue: bool = False) -> None:
     """Fail ``trial`` with its reason and kind (``recovery``); with ``requeue``, queue its copy now."""
-    trial.set_user_attr("fail_reason", mask(reason))  # a driver's error may quote a password
-    trial.set_user_attr("fail_kind", kind)
+    record = TrialRecord(trial)
+    record.fail_reason = mask(reason)  # a driver's error may quote a password
+    record.fail_kind = kind
     frozen = study.tell(trial, state=TrialState.FAIL)
     if requeue:
         with queue_lock(storage_of(study)):
             retry(study, frozen)
 
 
-def trial_label(t: Any) -> str:
+def trial_label(t: optuna.Trial | optuna.trial.FrozenTrial) -> str:
     """``warmstart``, ``single``, ``trial 7`` or ``confirm trial 7 (seed 1002)`` for log lines."""
-    a = t.user_attrs
-    if a.get("confirm") is not None:
-        return f"confirm {a['confirm']} (seed {a['seed']})"
-    return a.get("baseline") or f"trial {t.number}"
+    return Job.of(t).log_label(t.number)
 
 
 def worker_command(

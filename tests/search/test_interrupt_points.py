@@ -170,7 +170,7 @@ def test_a_plan_is_the_same_in_every_process():
 
 
 def test_a_resumed_supernet_scoring_scores_the_plans_of_an_uninterrupted_one(tmp_path, monkeypatch):
-    import fusionsearch.search.supernet as supernet
+    import fusionsearch.search.supernet_training as supernet
 
     def score(sn, path, *a, **k):  # a score that depends on the plan alone, as the real one does
         return sum(len(p) * len(u) for p, u in path.items()) + random.Random(str(sorted(path.items()))).random(), {}

@@ -20,12 +20,12 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
+from fusionsearch.search.context import Reference
+from fusionsearch.search.jobs import Baseline, Job, WarmStartJob, is_reference
 from fusionsearch.search.queueing import (
     Heartbeat,
     find,
     heartbeat_interval,
-    is_baseline,
-    is_reference,
     pop,
     reap_stale,
     requeue_failed,
@@ -33,6 +33,7 @@ from fusionsearch.search.queueing import (
     stale_possible,
 )
 from fusionsearch.search.recovery import DEPENDENCY, DEVICE, INFRASTRUCTURE, INTERRUPTED, MAX_RETRY, PLAN
+from fusionsearch.search.requeue import retry
 from fusionsearch.search.storage import open_storage, queue_lock
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,7 +46,8 @@ def url(tmp_path) -> str:
 
 
 def _study(url: str, heartbeat: bool = False) -> optuna.Study:
-    return optuna.create_study(study_name="q", storage=open_storage(url, heartbeat=heartbeat), load_if_exists=True)
+    storage = open_storage(url, heartbeat=heartbeat, on_stale=retry)  # as a study's (``study.load_study``)
+    return optuna.create_study(study_name="q", storage=storage, load_if_exists=True)
 
 
 def _queue(study: optuna.Study, *jobs: dict) -> None:
@@ -191,6 +193,7 @@ def test_workers_in_several_processes_claim_every_queued_trial_exactly_once(url,
 _HOLDER = """
 import sys, time
 from pathlib import Path
+from fusionsearch.search.requeue import retry
 from fusionsearch.search.storage import open_storage, queue_lock
 
 url, held, released, hold_s = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), float(sys.argv[4])
@@ -248,7 +251,7 @@ def test_the_queue_lock_is_reentrant_within_a_process(url):
 
 def test_find_returns_the_first_complete_match_or_the_newest_and_whether_one_may_come(url):
     study = _study(url)
-    warm = lambda t: is_baseline(t) == "warmstart"
+    warm = lambda t: isinstance(Job.of(t), WarmStartJob)
     assert find(study, warm) == (None, False)  # nothing of it: nothing can come
     _queue(study, {"baseline": "warmstart"})
     assert find(study, warm) == (None, True)  # queued
@@ -281,9 +284,9 @@ def test_the_reference_of_the_search_and_of_each_confirmation_seed(url):
     _done(study, {"baseline": "single", "metrics": {"a": {"acc": 0.75}}, "evals": evals})
     assert single_metrics(study) == ({"metrics": {"a": {"acc": 0.75}}, "evals": evals}, False)
     frozen = study.get_trials()
-    assert [is_reference(t, False, None) for t in frozen] == [True, False, True]  # in any state
-    assert [is_reference(t, True, 7) for t in frozen] == [False, True, False]
-    assert [is_baseline(t) for t in frozen] == ["single", None, "single"]
+    assert [is_reference(Reference())(t) for t in frozen] == [True, False, True]  # in any state
+    assert [is_reference(Reference(confirm=True, seed=7))(t) for t in frozen] == [False, True, False]
+    assert [Job.of(t) == Baseline("single") for t in frozen] == [True, False, True]
 
 
 # ---- heartbeats and dead workers -----------------------------------------------------------------

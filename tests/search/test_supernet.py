@@ -18,7 +18,7 @@ from fusionsearch.experiment.experiment import Experiment, WarmStart
 from fusionsearch.experiment.space import SearchSpace
 from fusionsearch.search import StudySettings, load_study
 from fusionsearch.search.study import check_study
-from fusionsearch.search.supernet import (
+from fusionsearch.search.supernet_training import (
     build_supernet,
     calibration_images,
     score_path,
@@ -153,7 +153,7 @@ def test_run_mode_supernet_end_to_end_and_resume(tmp_path, monkeypatch):
     d["search"].update(supernet_plans=6, supernet_score_steps=3)
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(d))
     args = ["run", "--recipe", "tiny.yaml", "--mode", "supernet", "--quiet", "--report", "r.html"]
-    import fusionsearch.search.supernet as module
+    import fusionsearch.search.supernet_jobs as module  # the job calls train_supernet
 
     real, stops = module.train_supernet, []
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -20,15 +19,15 @@ from fusionsearch.experiment.experiment import Experiment, WarmStart
 from fusionsearch.experiment.space import SearchSpace
 from fusionsearch.search import StudySettings, load_study
 from fusionsearch.search.study import check_study
-from fusionsearch.search.supernet import (
+from fusionsearch.search.supernet_jobs import supernet_slot
+from fusionsearch.search.supernet_space import supernet_space
+from fusionsearch.search.supernet_training import (
     build_supernet,
     score_plans,
     scoring_study_name,
-    supernet_slot,
     supernet_unit_args,
     train_supernet,
 )
-from fusionsearch.search.supernet_space import supernet_space
 
 runner = CliRunner()
 POINTS = ["act1", "layer1", "layer2", "layer3", "layer4"]  # test_resnet's boundaries
@@ -125,12 +124,10 @@ def test_every_kind_of_pin_reaches_the_slots(key):
     assert key in space.parameter_names(POINTS)
     after = POINTS[3:] if key == "shared_prefix" else POINTS
     pick = {p: "cross_stitch" for p in after} | ({"layer4": "nddr"} if key == "unit@layer4" else {})
-    job = SimpleNamespace(user_attrs={"supernet_top": [{"path": pick, "score": 1.0}]})
-    objective = SimpleNamespace(wait_for=lambda *a: job, space=space)
+    top = [{"path": pick, "score": 1.0}]
     trial = optuna.create_study().ask()
-    trial.set_user_attr("slot", 0)
-    drawn = supernet_slot(objective, trial, lambda sp: sp.sample(trial, POINTS, 2, "adamw"))
-    assert trial.user_attrs[f"fixed:{key}"] == SLOT_PINS[key]  # the pinned value, not a draw
+    drawn = supernet_slot(space, 0, top, trial, lambda sp: sp.sample(trial, POINTS, 2, "adamw"))
+    assert drawn.pinned[key] == SLOT_PINS[key]  # the pinned value, not a draw
     assert drawn.plan.at == after and not drawn.plan.shortcut
     assert drawn.plan.shared_prefix == ("layer2" if key == "shared_prefix" else None)
     assert {p: drawn.plan.unit_for(p)[0] for p in after} == pick

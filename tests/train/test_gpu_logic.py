@@ -189,7 +189,7 @@ def test_memory_is_freed_after_the_traceback_has_let_go_of_the_net(tmp_path, mon
     trial's frames and so its net: after an out-of-memory error nothing was freed."""
     import weakref
 
-    from fusionsearch.search import experiment as experiment
+    from fusionsearch.experiment import experiment as experiment
     from fusionsearch.search import run_worker
     from fusionsearch.search import worker as worker
 
@@ -241,7 +241,7 @@ def test_a_sticky_cuda_error_stops_the_worker_and_queues_the_trial_again(tmp_pat
     assert failure_kind(oom) == PLAN and failure_kind(oom, shared_device=True) == INFRASTRUCTURE
 
     _, url = _study(tmp_path, trials=2)
-    from fusionsearch.search import experiment as experiment
+    from fusionsearch.experiment import experiment as experiment
 
     original = experiment.Experiment.train
 

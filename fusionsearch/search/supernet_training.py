@@ -1,5 +1,6 @@
 """One training for the placement x unit search: a supernet built from the warm start, trained
-with fair paths, and plans scored on it after a brief fine-tune of their path (issue 22).
+with fair paths, and plans scored on it after a brief fine-tune of their path (issue 22). The
+study's job that runs it, and the slots it fills, are ``supernet_jobs``.
 
 ``build_supernet`` makes the ``nets.SuperNet`` of a recipe's search space from its warm start:
 every unit of ``search.units`` at every candidate point, each unit with the arguments a
@@ -39,6 +40,7 @@ from fusionsearch.interrupts import check_interrupt
 from fusionsearch.nets.plan import StitchPlan
 from fusionsearch.nets.supernet import NONE_UNIT, SuperNet, recalibrate_batchnorm
 from fusionsearch.paths import write_atomic
+from fusionsearch.search.records import ScoredPlanRecord
 from fusionsearch.search.seeding import JobSeeded
 from fusionsearch.search.supernet_space import common_values, supernet_space
 from fusionsearch.train import NonFiniteLossError, TrainConfig, evaluate, fit, train_loader
@@ -53,13 +55,10 @@ __all__ = [
     "path_seed",
     "default_steps",
     "supernet_unit_args",
-    "SUPERNET",
-    "is_supernet_job",
     "scoring_study_name",
     "path_key",
     "score_plans",
-    "supernet_job",
-    "supernet_slot",
+    "places_unit",
 ]
 
 
@@ -78,9 +77,9 @@ def build_supernet(exp: Experiment, start: WarmStart, seed: int = 0, space: Sear
     """The supernet of ``exp``'s recipe: the warm start's columns and heads, and every candidate
     unit of the search space, restricted by its pins (``supernet_space``), at its candidate
     points after the shared prefix, drawn from ``seed`` (as a trial's new modules are)."""
-    space = space or SearchSpace.from_dict(exp.recipe.search)
+    space = space or exp.recipe.space
     pinned = supernet_space(space, exp.points(space.points))
-    k, optimizer = len(exp.recipe.tasks), exp.recipe.train_config().optimizer
+    k, optimizer = len(exp.recipe.tasks), exp.recipe.training.optimizer
 
     def one(unit: str) -> Any:
         args = {**pinned.unit_args(unit, k, optimizer), **space.unit_args.get(unit, {})}
@@ -256,15 +255,7 @@ def score_path(
 
 def default_steps(exp: Experiment, sn: SuperNet) -> int:
     """One warm start's worth of path steps: ``train.steps`` divided among each step's paths."""
-    return max(1, exp.recipe.train_config().steps // sn.paths_per_step)
-
-
-# ---- the supernet as a job of a study (search.mode: supernet) ----------------------------------
-SUPERNET = "supernet"  # the user attribute (and queued parameter) of the study's supernet job
-
-
-def is_supernet_job(t: Any) -> bool:
-    return t.user_attrs.get(SUPERNET) is not None
+    return max(1, exp.recipe.training.steps // sn.paths_per_step)
 
 
 def scoring_study_name(study: str) -> str:
@@ -323,23 +314,25 @@ def score_plans(
     study = _scoring_study(settings)
     images = calibration_images(exp, cfg, cfg.bn_calibration_batches)
     val = exp.datasets()[1]
-    steps = SearchSpace.from_dict(exp.recipe.search).supernet_score_steps
+    steps = exp.recipe.space.supernet_score_steps
     tune = dataclasses.replace(cfg, steps=steps, eval_steps=[], progress=False) if steps else None
     prefix = sn.base.plan.shared_prefix
     done: dict[str, float] = {}
     fused = False  # some scored plan places a unit (what the slots train): scoring goes on until one does
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        done.setdefault(path_key(t.user_attrs["path"]), cast(float, t.value))
-        fused = fused or _places(t.user_attrs["path"])
+        scored = ScoredPlanRecord(t).path or {}
+        done.setdefault(path_key(scored), cast(float, t.value))
+        fused = fused or places_unit(scored)
     while len(done) < min(n, sn.plans) or (not fused and len(done) < sn.plans):
         trial = study.ask()
         if prefix is not None:  # stored with each plan: the trunk every scored plan has
             trial.suggest_categorical("shared_prefix", [prefix])
         path = {p: trial.suggest_categorical(f"unit@{p}", sn.choices[p]) for p in sn.point_names}
         key = path_key(path)
-        trial.set_user_attr("path", path)
+        record = ScoredPlanRecord(trial)
+        record.path = path
         if key in done:
-            trial.set_user_attr("repeats", True)
+            record.repeats = True
             again = _unscored(sn, done, random.Random(path_seed(settings.seed, trial.number)))
             shared = {"shared_prefix": prefix} if prefix is not None else {}
             study.enqueue_trial({**shared, **{f"unit@{p}": u for p, u in again.items()}})
@@ -348,19 +341,20 @@ def score_plans(
         done[key], metrics = score_path(
             sn, path, exp, reference, images, val, device, finetune=tune, loss_weights=loss_weights
         )
-        fused = fused or _places(path)
-        trial.set_user_attr("metrics", metrics)
-        trial.set_user_attr("supernet_scored", True)
+        fused = fused or places_unit(path)
+        record.metrics = metrics
+        record.supernet_scored = True
         study.tell(trial, done[key])
     best: dict[str, dict[str, Any]] = {}
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        key = path_key(t.user_attrs["path"])
-        if key not in best:
-            best[key] = {"path": t.user_attrs["path"], "score": t.value, "trial": t.number}
+        path = ScoredPlanRecord(t).path or {}
+        if path_key(path) not in best:
+            best[path_key(path)] = {"path": path, "score": t.value, "trial": t.number}
     return sorted(best.values(), key=lambda r: -r["score"])
 
 
-def _places(path: Mapping[str, str]) -> bool:
+def places_unit(path: Mapping[str, str]) -> bool:
+    """Whether ``path`` puts a fusion unit somewhere (what a slot trains), not none everywhere."""
     return any(u != NONE_UNIT for u in path.values())
 
 
@@ -376,58 +370,3 @@ def _unscored(sn: SuperNet, done: Mapping[str, float], rng: random.Random) -> di
         if path_key(path) not in done:
             return path
     raise ValueError(f"every one of the supernet's {sn.plans} plans is scored")
-
-
-def supernet_job(objective: Any, trial: Any) -> list[float]:
-    """The study's supernet job: build it from the warm start, train it (resuming from its
-    checkpoint in the artefact folder), score ``search.supernet_plans`` plans on it, and record
-    the ranking in the trial, whose slots train the best plans stand-alone. Its value is 0: it is
-    no competitor (``leaderboard.is_ranked``)."""
-    from fusionsearch.search.storage import artifact_dir
-
-    exp, space, settings = objective.exp, objective.space, objective.settings
-    warm = objective.warm_start()
-    sn = build_supernet(exp, warm, seed=settings.seed, space=space)
-    common = common_values(space)  # what every plan trains with (pinned): the supernet too
-    weights = common.loss_weights or None
-    cfg = exp.recipe.train_config(seed=settings.seed)
-    cfg.steps = space.supernet_steps or default_steps(exp, sn)
-    cfg.base_lr = common.base_lr if common.base_lr is not None else cfg.base_lr
-    cfg.base_lr *= space.finetune_lr_mult  # trained columns, as in a warm-started trial
-    cfg.progress = objective.progress
-    folder = artifact_dir(settings.storage, settings.artifacts) / "supernet"
-    folder.mkdir(parents=True, exist_ok=True)
-    ck = folder / f"{settings.study}.pt"
-    run = train_supernet(sn, exp, cfg, objective.device, checkpoint=ck, loss_weights=weights)
-    reference = objective.single(wait=True)["metrics"]
-    if space.supernet_plans > sn.plans:
-        objective.log(f"supernet: supernet_plans is {space.supernet_plans}, the space has {sn.plans}: all are scored")
-    ranked = score_plans(sn, exp, settings, space.supernet_plans, reference, cfg, objective.device, weights)
-    top = [r for r in ranked if _places(r["path"])][: max(1, settings.trials)]
-    trial.set_user_attr("supernet_top", top)
-    trial.set_user_attr("steps", run.steps)
-    scoring = len(ranked) * space.supernet_score_steps  # each scored plan's copy trains that long
-    trial.set_user_attr("path_steps", run.path_steps + scoring)
-    trial.set_user_attr("supernet_training_path_steps", run.path_steps)
-    trial.set_user_attr("supernet_scored_plans", len(ranked))
-    trial.set_user_attr("supernet_seconds", run.seconds)
-    objective.log(f"supernet: {run.path_steps} path steps, {len(ranked)} plans scored, best {top[0]['score']:+.2f}")
-    return [0.0 for _ in settings.objectives]
-
-
-def supernet_slot(objective: Any, trial: Any, sampled: Any) -> Any:
-    """A slot of a supernet study: the supernet's ``slot``-th best plan (placement x unit after
-    the pinned shared prefix, or none, and no shortcut: what the supernet scored), its other
-    choices drawn by the study's sampler under the study's pins; ``sampled`` draws a trial from
-    a space (``SearchSpace.sample``)."""
-    job = objective.wait_for(is_supernet_job, "the supernet")
-    top = job.user_attrs["supernet_top"]
-    slot = int(trial.user_attrs["slot"])
-    pick = top[slot % len(top)]
-    space = objective.space
-    fixed = {**space.fixed, **{f"unit@{p}": u for p, u in pick["path"].items()}, "shortcut": False}
-    if space.shared_prefix:
-        fixed["shared_prefix"] = space.fixed.get("shared_prefix", NONE_UNIT)
-    trial.set_user_attr("supernet_rank", slot % len(top) + 1)
-    trial.set_user_attr("supernet_score", pick["score"])
-    return sampled(dataclasses.replace(space, fixed=fixed))
