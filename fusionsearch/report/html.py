@@ -35,7 +35,7 @@ from fusionsearch.report.figures import (
 )
 from fusionsearch.report.leaderboard import best_trial, counts, plan_summary, search_only
 from fusionsearch.report.starved import starved_report_figure
-from fusionsearch.report.supernet import has_supernet, supernet_figure
+from fusionsearch.report.supernet_ranking import has_supernet, supernet_figure
 from fusionsearch.search.confirm import Confirmation, summarize
 from fusionsearch.search.records import StudyRecord, TrialRecord
 from fusionsearch.search.storage import artifact_store
@@ -52,7 +52,7 @@ FIGURES = (
     "fusion weights",
     "task weights",
     "data-starved",
-)  # and "supernet ranking" in a supernet study (report.supernet)
+)  # and "supernet ranking" in a supernet study (report.supernet_ranking)
 
 
 def write_report(

@@ -192,7 +192,7 @@ def test_a_resumed_supernet_scoring_scores_the_plans_of_an_uninterrupted_one(tmp
         plans=len(units) ** len(points),
         base=SimpleNamespace(plan=SimpleNamespace(shared_prefix=None)),
     )
-    exp = fs.search.experiment.Experiment(tiny_recipe())
+    exp = fs.experiment.experiment.Experiment(tiny_recipe())
     cfg = dataclasses.replace(exp.recipe.train_config(), progress=False)
     out = {}
     for name, scorer in (("straight", score), ("stopped", stopping)):
