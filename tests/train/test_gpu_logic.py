@@ -337,7 +337,7 @@ def test_run_deterministic_is_part_of_the_studys_recipe(tmp_path, monkeypatch):
 
     stored = {}
 
-    def prepare(recipe, settings):
+    def prepare(recipe, settings, experiment=None):
         stored["train"] = recipe.train
         raise KeyboardInterrupt
 
