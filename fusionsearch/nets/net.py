@@ -12,11 +12,16 @@ and how ``io`` saves and loads it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
+import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from fusionsearch.graph.points import CutPoint
+from fusionsearch.graph.segments import Segment
 from fusionsearch.nets.conventions import fusion_lr_mult
 from fusionsearch.nets.fusion import FusionUnit
 from fusionsearch.nets.plan import StitchMeta, StitchPlan
@@ -56,6 +61,10 @@ class StitchedNet(nn.Module):
         # the columns hold trained single-task weights and every unit is new (``build`` with
         # column_weights): ``bn_init: auto`` then calibrates the units' BatchNorm (``calibration``)
         self.columns_trained = False
+        # ``train.checkpoint: segments`` (set by ``fit``): in training with gradients, each segment
+        # of the trunk and of every column keeps only its input and recomputes its activations in
+        # the backward pass (``_checkpointed_step``); off, the forward pass is the plain one
+        self.checkpoint_segments = False
 
     @property
     def task_names(self) -> list[str]:
@@ -67,13 +76,15 @@ class StitchedNet(nn.Module):
         extra = x.new_zeros(())
         h, side = x, ()
         n_shared = len(self.shared)
+        ck = self.checkpoint_segments and self.training and torch.is_grad_enabled()
         for seg in self.shared:
-            h, side = seg.step(h, side)
+            h, side = _checkpointed_step(seg, h, side) if ck else seg.step(h, side)
         feats, sides = [h] * k, [side] * k
         fused: list[list[Tensor]] = [[] for _ in range(k)]
         for j in range(len(self.columns[0])):
             for t in range(k):
-                feats[t], sides[t] = self.columns[t][j].step(feats[t], sides[t])
+                seg = self.columns[t][j]
+                feats[t], sides[t] = _checkpointed_step(seg, feats[t], sides[t]) if ck else seg.step(feats[t], sides[t])
             key = str(n_shared + j)
             if key in self.units:
                 feats, e = self.units[key](feats)
@@ -221,6 +232,33 @@ class StitchedNet(nn.Module):
     def _unit_name(self, i: int) -> str | None:
         unit = self.units[str(i)] if str(i) in self.units else None  # noqa: SIM401 - ModuleDict has no get
         return None if unit is None else unit.unit_name
+
+
+def _checkpointed_step(seg: Segment, x: Tensor, side: tuple[Any, ...]) -> tuple[Any, tuple[Any, ...]]:
+    """``seg.step(x, side)`` under torch's non-reentrant activation checkpoint: the same values and
+    gradients (the RNG state is replayed, so dropout and stochastic depth draw the same masks)."""
+    return checkpoint(
+        seg.step, x, side, use_reentrant=False, context_fn=lambda: (nullcontext(), _running_stats_kept(seg))
+    )
+
+
+@contextmanager
+def _running_stats_kept(module: nn.Module) -> Iterator[None]:
+    """Around the backward pass's recomputation: the module's BatchNorm running statistics (and
+    batch counts) as they were before it. The recomputed forward runs in train mode and would
+    update them a second time (torch leaves this to the caller: pytorch/pytorch#96136), so a
+    checkpointed step would end with other statistics than the plain one; restored, they are
+    the same bit for bit."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats]
+    kept = [[b.clone() for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None] for m in norms]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for m, saved in zip(norms, kept):
+                now = [b for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
+                for b, v in zip(now, saved):
+                    b.copy_(v)
 
 
 def _unique(params: list[nn.Parameter]) -> list[nn.Parameter]:

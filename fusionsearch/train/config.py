@@ -8,16 +8,17 @@ config without training anything.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from fusionsearch.errors import FusionSearchError
 
-__all__ = ["TrainConfig", "BN_INITS", "LOADER_STARTS", "MAX_LOADER_WORKERS"]
+__all__ = ["TrainConfig", "BN_INITS", "CHECKPOINTS", "LOADER_STARTS", "MAX_LOADER_WORKERS"]
 
 
 BN_INITS = ("auto", "paper", "calibrated")
 MAX_LOADER_WORKERS = 64  # data-loader processes per trial: more only multiplies memory
 LOADER_STARTS = ("fork", "spawn", "forkserver")
+CHECKPOINTS = ("none", "segments")
 
 
 @dataclass
@@ -56,6 +57,10 @@ class TrainConfig:
     # workspace, bilinear resizing as matrix products): on a GPU, a plan trained twice on one seed
     # gives the same numbers, as it does on the CPU anyway (``deterministic_mode``)
     deterministic: bool = False
+    # activation checkpointing: "segments" keeps only each stitched segment's input in training and
+    # recomputes the segment's activations in the backward pass (``StitchedNet.checkpoint_segments``):
+    # less memory for more compute; "none" runs the forward pass as it always has
+    checkpoint: Literal["none", "segments"] = "none"
 
     def __post_init__(self) -> None:
         """Values no run can use stop here, before any study or net exists (a study of 0-step
@@ -90,7 +95,12 @@ class TrainConfig:
         bad = [s for s in self.eval_steps or [] if isinstance(s, bool) or not isinstance(s, int) or s < 1]
         if bad:
             raise FusionSearchError(f"train eval_steps must be whole numbers >= 1, got {bad}")
-        choices = {"optimizer": ("sgd", "adamw"), "bn_init": BN_INITS, "loader_start": (*LOADER_STARTS, None)}
+        choices = {
+            "optimizer": ("sgd", "adamw"),
+            "bn_init": BN_INITS,
+            "loader_start": (*LOADER_STARTS, None),
+            "checkpoint": CHECKPOINTS,
+        }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 words = ", ".join("null" if a is None else a for a in allowed)

@@ -234,7 +234,8 @@ class _Run:
 
 def _setup(net: StitchedNet, tasks: Mapping[str, Task], cfg: TrainConfig, device: str | torch.device | None) -> _Run:
     """Check that every task of the net has its ``Task``, put the net on its device (channels-last
-    on CUDA by default), and make the weighting, the optimiser and the AMP scaler."""
+    on CUDA by default, its segments checkpointed if ``cfg.checkpoint`` says so), and make the
+    weighting, the optimiser and the AMP scaler."""
     missing = [t for t in net.tasks if t not in tasks]
     if missing:
         raise FusionSearchError(f"no Task given for {missing}; tasks has {sorted(tasks)}")
@@ -242,6 +243,7 @@ def _setup(net: StitchedNet, tasks: Mapping[str, Task], cfg: TrainConfig, device
     use_amp = dev.type == "cuda" if cfg.amp is None else cfg.amp
     channels_last = (dev.type == "cuda") if cfg.channels_last is None else cfg.channels_last
     net.to(dev)
+    net.checkpoint_segments = cfg.checkpoint == "segments"  # recomputed in the backward pass
     if channels_last:
         net.to(memory_format=torch.channels_last)
     weighting = make_weighting(cfg.weighting, list(net.tasks), cfg.seed).to(dev)
