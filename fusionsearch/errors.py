@@ -73,6 +73,11 @@ class PlanError(FusionSearchError, ValueError):
     """A stitch plan that cannot be built on the given backbones."""
 
 
+class DoesNotFitError(PlanError):
+    """A plan whose predicted peak training memory is more than the device has (``train.memory``):
+    the plan's own failure, not retried."""
+
+
 class DataError(FusionSearchError, ValueError):
     """A data file that exists but holds the wrong thing (shape, struct, values); the message names it."""
 

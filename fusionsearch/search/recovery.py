@@ -22,7 +22,7 @@ import errno
 
 import torch
 
-from fusionsearch.errors import DependencyError
+from fusionsearch.errors import DependencyError, DoesNotFitError
 from fusionsearch.paths import write_failure
 
 __all__ = [
@@ -77,6 +77,8 @@ def interrupted(e: BaseException) -> bool:
 
 def failure_reason(e: BaseException) -> str:
     """The one line a failed trial records (``fail_reason``) and its worker logs."""
+    if isinstance(e, DoesNotFitError):  # its message says it: "does not fit: needs X GiB, has Y GiB"
+        return str(e)
     if isinstance(e, torch.OutOfMemoryError):
         return f"out of memory: {str(e).splitlines()[0] if str(e) else 'allocation failed'}"
     return f"{type(e).__name__}: {e}"

@@ -38,10 +38,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fusionsearch.errors import FusionSearchError
+from fusionsearch.errors import DoesNotFitError, FusionSearchError
 from fusionsearch.nets.net import StitchedNet
+from fusionsearch.train.config import TrainConfig, max_memory_bytes
 
-__all__ = ["MemoryPlan", "plan_memory", "optimizer_buffers", "gib", "parse_gib", "fmt_bytes"]
+__all__ = ["MemoryPlan", "plan_memory", "optimizer_buffers", "gib", "fmt_bytes", "available", "check_fits"]
 
 GIB = float(1 << 30)
 
@@ -60,13 +61,6 @@ def gib(n: float) -> float:
 def fmt_bytes(n: float) -> str:
     """Bytes as MiB below a GiB, else GiB: a tiny net's plan still reads as numbers."""
     return f"{n / (1 << 20):.1f} MiB" if n < GIB else f"{gib(n):.2f} GiB"
-
-
-def parse_gib(value: float) -> int:
-    """GiB as bytes; a value that is not a number > 0 stops here with one line."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
-        raise FusionSearchError(f"train max_memory must be a number of GiB > 0, got {value!r}")
-    return int(value * GIB)
 
 
 def optimizer_buffers(optimizer: str, momentum: float = 0.9) -> int:
@@ -165,6 +159,45 @@ def plan_memory(
         segments=segments,
         recompute=max(segments.values(), default=0) if checkpointed else 0,
     )
+
+
+def available(device: torch.device, max_memory: float | None) -> tuple[int, str] | None:
+    """The bytes a trial may use on ``device`` and where that figure comes from: a GPU's free
+    memory (``torch.cuda.mem_get_info``), ``train.max_memory`` (GiB), the smaller of the two; None
+    where nothing limits it (the CPU without ``max_memory``: no plan is made at all)."""
+    limits: list[tuple[int, str]] = []
+    cap = max_memory_bytes(max_memory)
+    if cap is not None:
+        limits.append((cap, "train.max_memory"))
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        limits.append((free, f"free on {device}"))
+    return min(limits) if limits else None
+
+
+def check_fits(
+    net: StitchedNet, cfg: TrainConfig, input_size: tuple[int, int, int], device: str | torch.device | None
+) -> MemoryPlan | None:
+    """Raise ``DoesNotFitError`` ("does not fit: needs X GiB, has Y GiB") when the plan's predicted
+    peak at ``cfg``'s batch and optimiser is over what ``device`` has (``available``), before any
+    memory is spent on it; returns the plan (None: nothing to check against, as on the CPU without
+    ``cfg.max_memory``). A net the meta device cannot run is not checked: its real step will say."""
+    if device is None or device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    limit = available(torch.device(device), cfg.max_memory)
+    if limit is None:
+        return None
+    batch_size = cfg.batch_size
+    try:
+        plan = plan_memory(net, batch_size, input_size, cfg.optimizer, cfg.momentum)
+    except FusionSearchError:
+        return None
+    if plan.total > limit[0]:
+        raise DoesNotFitError(
+            f"does not fit: needs {gib(plan.total):.2f} GiB, has {gib(limit[0]):.2f} GiB ({limit[1]};"
+            f" batch {batch_size}, activations {gib(plan.activations):.2f} GiB)"
+        )
+    return plan
 
 
 def _saved_by_part(

@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fusionsearch.errors import FusionSearchError
+from fusionsearch.errors import DoesNotFitError, FusionSearchError
 from fusionsearch.nets import StitchPlan, build
-from fusionsearch.train.memory import parse_gib, plan_memory
+from fusionsearch.train.config import TrainConfig, max_memory_bytes
+from fusionsearch.train.memory import check_fits, plan_memory
 
 SIZE = (3, 32, 32)
 
@@ -59,6 +60,17 @@ def test_the_activations_are_what_a_real_step_saves() -> None:
 
 
 def test_max_memory_is_gib() -> None:
-    assert parse_gib(1.5) == 3 << 29
+    assert max_memory_bytes(1.5) == 3 << 29
     with pytest.raises(FusionSearchError, match="max_memory"):
-        parse_gib(0)
+        max_memory_bytes(0)
+
+
+def test_check_fits_only_where_a_limit_is_known() -> None:
+    net = _net({"seg": 3, "normal": 3})
+    assert check_fits(net, TrainConfig(batch_size=2), SIZE, "cpu") is None  # the default: no plan, no check
+    plan = check_fits(net, TrainConfig(batch_size=2, max_memory=64.0), SIZE, "cpu")
+    assert plan is not None and plan.total < 64 << 30
+    with pytest.raises(DoesNotFitError, match=r"^does not fit: needs 0\.\d\d GiB, has 0\.00 GiB \(train.max_memory"):
+        check_fits(net, TrainConfig(batch_size=2, max_memory=0.001), SIZE, "cpu")
+    with pytest.raises(FusionSearchError, match="max_memory"):
+        TrainConfig(max_memory=-1)
