@@ -103,6 +103,8 @@ def failure_kind(e: BaseException, shared_device: bool = False) -> str:
         return DEPENDENCY
     if isinstance(e, torch.OutOfMemoryError):
         return INFRASTRUCTURE if shared_device else PLAN
+    if isinstance(e, DoesNotFitError):  # the free memory of a GPU other workers use is theirs too
+        return INFRASTRUCTURE if shared_device and e.by_free_memory else PLAN
     if sticky_device_error(e):
         return DEVICE
     if write_failure(e) is not None:

@@ -20,11 +20,14 @@ What is approximated (``MemoryPlan.notes``):
   in a real step the gradients grow as the activations are freed, so this errs on the high side;
 - allocator caching and fragmentation (CUDA) and the data loader are not counted.
 
-Checkpointing (``train.checkpoint: segments``, added separately) is a hook here, not a guess:
-under non-reentrant ``torch.utils.checkpoint`` autograd saves only each segment's inputs through
-our hooks, so ``activations`` already shrinks; what it adds back is one segment recomputed during
-the backward pass: ``MemoryPlan.segments`` holds every segment's own saved bytes, and
-``plan_memory(..., checkpointed=True)`` adds the largest of them to the peak.
+Checkpointing (``train.checkpoint: segments``, added separately) is left as a hook: the meta pass
+here runs without it and ``MemoryPlan.segments`` holds every segment's own saved bytes (keyed
+``columns[j][t]``, ``shared[i]``, ``units[k]``, ...). A checkpointed step keeps, of the shared
+trunk's and the columns' activations, only each segment's input, and recomputes one segment (or
+one stage of K segments, however the checkpoint groups them) in the backward pass. So, when it
+lands: ``activations`` = the parts other than ``shared`` and ``columns`` + the segments' inputs
+(the pre-hooks of ``_tagged`` see them) + ``recompute``; ``plan_memory(..., checkpointed=True)``
+already sets ``recompute`` to the largest segment's bytes.
 """
 
 from __future__ import annotations
@@ -195,7 +198,8 @@ def check_fits(
     if plan.total > limit[0]:
         raise DoesNotFitError(
             f"does not fit: needs {gib(plan.total):.2f} GiB, has {gib(limit[0]):.2f} GiB ({limit[1]};"
-            f" batch {batch_size}, activations {gib(plan.activations):.2f} GiB)"
+            f" batch {batch_size}, activations {gib(plan.activations):.2f} GiB)",
+            by_free_memory=limit[1] != "train.max_memory",
         )
     return plan
 
