@@ -1,7 +1,7 @@
 """The memory plan (``inspect --memory``, ``train.memory.plan_memory``) against the measured peak
 of a real training step on the CPU, over backbones, plans and batch sizes.
 
-    python benchmarks/memory_plan.py [--quick] [--backbones resnet18,...] [--batches 2,4]
+    python benchmarks/memory_plan.py [--backbones resnet18,...] [--plans single,...] [--batches 2,4] [--size PX]
 
 Goal (issue 36): predicted within +-25% of measured on every case.
 
@@ -14,10 +14,11 @@ trainer's ``zero_grad(set_to_none=True)``); then the process's peak RSS is reset
 ``/proc/self/clear_refs`` 5) and the current RSS read, one more step runs (forward, the tasks'
 real losses on a synthetic batch, backward, the optimiser's step), and the peak RSS read
 (``VmHWM``). Measured peak = that rise + the bytes of what was already live and the plan counts
-(parameters, optimiser state, the input batch): the same quantity as CUDA's
-``max_memory_allocated`` would be on a GPU. RSS rather than torch's profiler: in torch 2.14 the
-CPU profiler's memory events carry only frees as ``[memory]`` rows, the allocations hide in the
-ops' totals, and a peak cannot be replayed from them.
+(parameters, optimiser state, the input batch): close to what CUDA's ``max_memory_allocated``
+counts on a GPU, plus the small buffers and scratch space of the CPU kernels that RSS also sees. The ``act.`` column is the activations' share of the
+prediction. RSS rather than torch's profiler: in torch 2.14 the CPU profiler's memory events
+carry only frees as ``[memory]`` rows, the allocations hide in the ops' totals, and a peak cannot
+be replayed from them.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def _nbytes(tensors: object) -> int:
     return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))  # type: ignore[attr-defined]
 
 
-def measure(backbone: str, plan: str, batch: int) -> dict[str, float]:
+def measure(backbone: str, plan: str, batch: int, size: int = 0) -> dict[str, float]:
     """One case, in this process: predicted and measured peak bytes of a training step."""
     import torch
 
@@ -63,7 +64,7 @@ def measure(backbone: str, plan: str, batch: int) -> dict[str, float]:
     from fusionsearch.train.trainer import make_optimizer
 
     torch.set_num_threads(1)
-    size = BACKBONES.get(backbone, 128)
+    size = size or BACKBONES.get(backbone, 128)
     r = load_recipe("quick").with_overrides(
         backbone=backbone, data={"name": "synthetic", "size": size, "train_length": 8, "val_length": 2}
     )
@@ -94,9 +95,9 @@ def measure(backbone: str, plan: str, batch: int) -> dict[str, float]:
     return {"predicted": predicted.total, "measured": measured, "activations": predicted.activations}
 
 
-def _case(backbone: str, plan: str, batch: int) -> dict[str, float]:
+def _case(backbone: str, plan: str, batch: int, size: int) -> dict[str, float]:
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"}
-    args = [sys.executable, __file__, "--one", f"{backbone},{plan},{batch}"]
+    args = [sys.executable, __file__, "--one", f"{backbone},{plan},{batch},{size}"]
     out = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
     if out.returncode != 0:
         return {"error": (out.stderr.strip().splitlines() or ["failed"])[-1]}  # type: ignore[dict-item]
@@ -108,26 +109,27 @@ def main() -> None:
     p.add_argument("--backbones", default=",".join(BACKBONES))
     p.add_argument("--plans", default=",".join(PLANS))
     p.add_argument("--batches", default="2,4")
-    p.add_argument("--one", help=argparse.SUPPRESS)  # BACKBONE,PLAN,BATCH: one case, this process
+    p.add_argument("--size", type=int, default=0, help="image side (default: 128, 224 for ViT and Swin)")
+    p.add_argument("--one", help=argparse.SUPPRESS)  # BACKBONE,PLAN,BATCH,SIZE: one case, this process
     a = p.parse_args()
     if a.one:
-        b, plan, n = a.one.split(",")
-        print(json.dumps(measure(b, plan, int(n))))
+        b, plan, n, px = a.one.split(",")
+        print(json.dumps(measure(b, plan, int(n), int(px))))
         return
     mib = 1 << 20
-    print(f"{'backbone':30} {'plan':22} {'batch':>5} {'predicted':>10} {'measured':>10} {'ratio':>6}")
+    print(f"{'backbone':30} {'plan':22} {'batch':>5} {'predicted':>10} {'measured':>10} {'ratio':>6} {'act.':>5}")
     ratios = []
     for b in a.backbones.split(","):
         for plan in a.plans.split(","):
             for n in map(int, a.batches.split(",")):
-                r = _case(b, plan, n)
+                r = _case(b, plan, n, a.size)
                 if "error" in r:
                     print(f"{b:30} {plan:22} {n:>5} failed: {r['error']}", flush=True)
                     continue
                 ratios.append(r["predicted"] / r["measured"])
                 print(
                     f"{b:30} {plan:22} {n:>5} {r['predicted'] / mib:>8.0f}Mi {r['measured'] / mib:>8.0f}Mi"
-                    f" {ratios[-1]:>6.2f}",
+                    f" {ratios[-1]:>6.2f} {r['activations'] / r['predicted']:>5.0%}",
                     flush=True,
                 )
     inside = sum(0.75 <= x <= 1.25 for x in ratios)
