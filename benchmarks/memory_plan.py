@@ -15,10 +15,10 @@ trainer's ``zero_grad(set_to_none=True)``); then the process's peak RSS is reset
 real losses on a synthetic batch, backward, the optimiser's step), and the peak RSS read
 (``VmHWM``). Measured peak = that rise + the bytes of what was already live and the plan counts
 (parameters, optimiser state, the input batch): close to what CUDA's ``max_memory_allocated``
-counts on a GPU, plus the small buffers and scratch space of the CPU kernels that RSS also sees. The ``act.`` column is the activations' share of the
-prediction. RSS rather than torch's profiler: in torch 2.14 the CPU profiler's memory events
-carry only frees as ``[memory]`` rows, the allocations hide in the ops' totals, and a peak cannot
-be replayed from them.
+counts on a GPU, plus the small buffers and scratch space of the CPU kernels that RSS also sees.
+The ``act.`` column is the activations' share of the prediction. RSS rather than torch's
+profiler: in torch 2.14 the CPU profiler's memory events carry only frees as ``[memory]`` rows,
+the allocations hide in the ops' totals, and a peak cannot be replayed from them.
 """
 
 from __future__ import annotations
