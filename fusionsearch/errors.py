@@ -73,6 +73,16 @@ class PlanError(FusionSearchError, ValueError):
     """A stitch plan that cannot be built on the given backbones."""
 
 
+class DoesNotFitError(PlanError):
+    """A plan whose predicted peak training memory is more than the device has (``train.memory``):
+    the plan's own failure, not retried, unless ``by_free_memory`` (the limit was a GPU's free
+    memory, which other workers on that GPU share) and the device is shared."""
+
+    def __init__(self, message: str, by_free_memory: bool = False) -> None:
+        super().__init__(message)
+        self.by_free_memory = by_free_memory
+
+
 class DataError(FusionSearchError, ValueError):
     """A data file that exists but holds the wrong thing (shape, struct, values); the message names it."""
 

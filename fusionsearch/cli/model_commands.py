@@ -44,6 +44,7 @@ __all__ = ["inspect", "build", "train", "list_", "units", "LISTS"]
 LISTS = ("units", "tasks", "datasets", "weightings", "kinds", "recipes")
 
 _Str = str | None
+MemoryOpt = Annotated[bool, typer.Option("--memory", help="predict a plan's peak training memory (no training)")]
 ModelOpt = Annotated[_Str, typer.Option("--model", "-m", help="a stitched network saved by `build`")]
 AllCutsOpt = Annotated[bool, typer.Option("--all-cuts", help="list every cut point, not only boundaries")]
 PretrainedOpt = Annotated[bool, typer.Option(help="load timm's pretrained weights (needs network)")]
@@ -107,14 +108,24 @@ def inspect(
     checkpoint: CheckpointOpt = None,
     trust: TrustOpt = False,
     plugin: PluginOpt = None,
+    memory: MemoryOpt = False,
+    tasks: TasksOpt = None,
+    plan: PlanOpt = "fused",
+    batch_size: BatchOpt = None,
+    optimizer: OptimizerOpt = None,
+    recipe: RecipeOpt = "quick",
 ) -> None:
-    """Show a backbone's stage boundaries (where fusion can go), or a saved stitched network."""
+    """Show a backbone's stage boundaries (where fusion can go), or a saved stitched network; with
+    --memory, a plan's predicted peak training memory."""
     from fusionsearch.graph import trace
     from fusionsearch.report.inspect import inspect_saved, print_graph
 
     use_plugins(plugin)  # a saved net's unit or a timm model of the user's
     if (backbone is None) == (model is None):
         raise ArgumentError("give exactly one of --backbone NAME or --model PATH")
+    if memory:
+        _print_memory(recipe, backbone, tasks, plan, parse_size(input_size), batch_size, optimizer)
+        return
     if model is not None:
         inspect_saved(model, console=console, as_json=as_json, trust=trust)
         return
@@ -129,6 +140,30 @@ def inspect(
         sys.stdout.write("\n")
         return
     print_graph(g, console, all_cuts=all_cuts)
+
+
+def _print_memory(
+    recipe: str, backbone: str | None, tasks: str | None, kind: str, size: Any, batch: int | None, opt: str | None
+) -> None:
+    """``inspect --memory``: the recipe's net for ``kind`` (its backbone and tasks replaced where
+    given, built without its data), planned at ``size`` for the recipe's batch and optimiser."""
+    from fusionsearch.experiment.experiment import Experiment
+    from fusionsearch.report.inspect import print_memory_plan
+    from fusionsearch.train.memory import plan_memory
+
+    if backbone is None:
+        raise ArgumentError("--memory plans a --backbone's net, not a saved --model")
+    at_least("--batch-size", batch, 1)
+    if size is not None and size[0] != 3:
+        raise ArgumentError(f"--input-size with --memory: the images have 3 channels, got {size[0]}")
+    r = load_recipe_with(recipe, backbone, tasks, None, None)
+    if size is not None:
+        r = r.with_overrides(data={**r.data, "size": [size[1], size[2]]})
+    exp = Experiment(r)
+    cfg = r.train_config(batch_size=batch, optimizer=opt)
+    net = exp.build(exp.plan_for(kind), read_data=False)
+    plan = plan_memory(net, cfg.batch_size, exp.input_size, cfg.optimizer, cfg.momentum)
+    print_memory_plan(plan, console, f"{backbone} x {len(r.tasks)} tasks, {kind}")
 
 
 def _unit_args(init: str | None, lr_mult: float | None) -> dict[str, Any]:

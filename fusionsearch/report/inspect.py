@@ -14,8 +14,17 @@ from rich.table import Table
 from fusionsearch.errors import FusionSearchWarning
 from fusionsearch.nets.io import load
 from fusionsearch.nets.net import StitchedNet
+from fusionsearch.train.memory import MemoryPlan, fmt_bytes
 
-__all__ = ["fusion_table", "print_net", "inspect_saved", "fmt_params", "points_table", "print_graph"]
+__all__ = [
+    "fusion_table",
+    "print_net",
+    "inspect_saved",
+    "fmt_params",
+    "points_table",
+    "print_graph",
+    "print_memory_plan",
+]
 
 
 def fusion_table(net: StitchedNet) -> Table:
@@ -116,4 +125,18 @@ def print_graph(g: Any, console: Console, all_cuts: bool = False) -> None:
     if all_cuts:
         console.print(points_table("Every cut point", g.cut_points))
     for note in g.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+
+
+def print_memory_plan(plan: MemoryPlan, console: Console, what: str = "") -> None:
+    """``inspect --memory``: a training step's predicted peak by what holds it (``train.memory``),
+    then what the prediction approximates."""
+    c, h, w = plan.input_size
+    table = Table(title=f"Memory plan {what}: batch {plan.batch_size} x {c}x{h}x{w}", title_justify="left")
+    table.add_column("what")
+    table.add_column("memory", justify="right")
+    for name, n in plan.rows():
+        table.add_row(name, fmt_bytes(n))
+    console.print(table)
+    for note in plan.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)

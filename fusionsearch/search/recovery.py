@@ -22,7 +22,7 @@ import errno
 
 import torch
 
-from fusionsearch.errors import DependencyError
+from fusionsearch.errors import DependencyError, DoesNotFitError
 from fusionsearch.paths import write_failure
 
 __all__ = [
@@ -77,6 +77,8 @@ def interrupted(e: BaseException) -> bool:
 
 def failure_reason(e: BaseException) -> str:
     """The one line a failed trial records (``fail_reason``) and its worker logs."""
+    if isinstance(e, DoesNotFitError):  # its message says it: "does not fit: needs X GiB, has Y GiB"
+        return str(e)
     if isinstance(e, torch.OutOfMemoryError):
         return f"out of memory: {str(e).splitlines()[0] if str(e) else 'allocation failed'}"
     return f"{type(e).__name__}: {e}"
@@ -101,6 +103,8 @@ def failure_kind(e: BaseException, shared_device: bool = False) -> str:
         return DEPENDENCY
     if isinstance(e, torch.OutOfMemoryError):
         return INFRASTRUCTURE if shared_device else PLAN
+    if isinstance(e, DoesNotFitError):  # the free memory of a GPU other workers use is theirs too
+        return INFRASTRUCTURE if shared_device and e.by_free_memory else PLAN
     if sticky_device_error(e):
         return DEVICE
     if write_failure(e) is not None:

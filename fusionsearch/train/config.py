@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from fusionsearch.errors import FusionSearchError
 
-__all__ = ["TrainConfig", "BN_INITS", "CHECKPOINTS", "LOADER_STARTS", "MAX_LOADER_WORKERS"]
+__all__ = ["TrainConfig", "max_memory_bytes", "BN_INITS", "CHECKPOINTS", "LOADER_STARTS", "MAX_LOADER_WORKERS"]
 
 
 BN_INITS = ("auto", "paper", "calibrated")
@@ -61,6 +61,10 @@ class TrainConfig:
     # recomputes the segment's activations in the backward pass (``StitchedNet.checkpoint_segments``):
     # less memory for more compute; "none" runs the forward pass as it always has
     checkpoint: Literal["none", "segments"] = "none"
+    # the memory a trial may use, in GiB: a plan whose predicted peak (``train.memory``) is larger
+    # is not trained, it fails as "does not fit" (final). None: no limit on the CPU; on a GPU the
+    # free memory is the limit either way (the smaller of the two when both are known)
+    max_memory: float | None = None
 
     def __post_init__(self) -> None:
         """Values no run can use stop here, before any study or net exists (a study of 0-step
@@ -92,6 +96,7 @@ class TrainConfig:
         clip = self.grad_clip
         if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or not 0 < clip < 1e30):
             raise FusionSearchError(f"train grad_clip must be a number > 0 (or null: no clipping), got {clip!r}")
+        max_memory_bytes(self.max_memory)  # None, or a number of GiB > 0, or one line saying what it got
         bad = [s for s in self.eval_steps or [] if isinstance(s, bool) or not isinstance(s, int) or s < 1]
         if bad:
             raise FusionSearchError(f"train eval_steps must be whole numbers >= 1, got {bad}")
@@ -114,3 +119,13 @@ class TrainConfig:
             # built once, so that its arguments' types and bounds are checked with the recipe (their
             # number per task where the tasks are known: ``Recipe``, the trainer)
             make_weighting(spec, None, where="train.weighting")
+
+
+def max_memory_bytes(value: float | None) -> int | None:
+    """``train.max_memory``'s GiB as bytes (None: no limit); a value that is not a number > 0
+    stops here with one line."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise FusionSearchError(f"train max_memory must be a number of GiB > 0, got {value!r}")
+    return int(value * (1 << 30))

@@ -157,3 +157,14 @@ def test_version_and_help_exit_0():
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and result.output.startswith("fusionsearch ")
     assert runner.invoke(app, ["run", "--help"]).exit_code == 0
+
+
+def test_inspect_memory_prints_the_plan_by_part():
+    args = ["inspect", "--backbone", "test_resnet", "--tasks", "seg,normal", "--memory", "--plan", "nddr_default"]
+    one = runner.invoke(app, [*args, "--batch-size", "2", "--input-size", "3,32,32", "--optimizer", "sgd"])
+    assert one.exit_code == 0, one.output
+    for part in ("parameters", "gradients", "optimiser state (sgd)", "activations", "units", "largest tensor"):
+        assert part in one.output
+    assert "peak (predicted)" in one.output and "note:" in one.output
+    bad = runner.invoke(app, [*args, "--input-size", "1,32,32"])
+    assert bad.exit_code != 0 and "3 channels" in bad.output

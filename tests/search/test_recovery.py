@@ -16,7 +16,7 @@ from optuna.exceptions import StorageInternalError
 from optuna.trial import TrialState
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from fusionsearch.errors import DataError, DependencyError, LostDependencyError, PlanError
+from fusionsearch.errors import DataError, DependencyError, DoesNotFitError, LostDependencyError, PlanError
 from fusionsearch.search.recovery import (
     DEPENDENCY,
     DEVICE,
@@ -27,6 +27,7 @@ from fusionsearch.search.recovery import (
     PLAN,
     RETRYABLE,
     failure_kind,
+    failure_reason,
     interrupted,
     sticky_device_error,
 )
@@ -289,3 +290,11 @@ def test_a_plan_failure_is_failed_for_good_at_once_and_other_states_never_are():
     study.enqueue_trial({}, user_attrs={"slot": 4})
     trials = study.get_trials()
     assert [failed_for_good(t, trials) for t in trials] == [True, True, False, False, False]
+
+
+def test_does_not_fit_is_the_plans_unless_a_shared_gpus_free_memory_said_so():
+    by_cap = DoesNotFitError("does not fit: needs 2.00 GiB, has 1.00 GiB (train.max_memory; batch 8)")
+    by_free = DoesNotFitError("does not fit: needs 2.00 GiB, has 1.00 GiB (free on cuda:0)", by_free_memory=True)
+    assert failure_reason(by_cap).startswith("does not fit: needs 2.00 GiB, has 1.00 GiB")
+    assert failure_kind(by_cap) == failure_kind(by_cap, shared_device=True) == failure_kind(by_free) == PLAN
+    assert failure_kind(by_free, shared_device=True) == INFRASTRUCTURE  # another worker's net held it
