@@ -534,11 +534,16 @@ def section_loader(check: Check) -> None:
 
 
 def section_memory(check: Check) -> None:
-    """Peak memory of a few training steps per plan (fit's defaults for the device)."""
+    """Peak memory of a few training steps per plan (fit's defaults for the device), beside the
+    memory plan's prediction for it (``fusionsearch.train.memory.plan_memory``: float32, so an
+    upper bound where fit trains under AMP; on a GPU the ratio to the measured peak)."""
+    from fusionsearch.train.memory import plan_memory
+
     s = check.sizes
     for plan in check.plans():
 
         def measure(plan: str = plan) -> Row:
+            predicted = plan_memory(check.net(plan), s.batch, (3, *s.size), "adamw").total / 2**20
             before = 0
             if check.cuda:
                 release(check.device)
@@ -547,14 +552,15 @@ def section_memory(check: Check) -> None:
             steps, _, _ = check.timed_fit(plan, s.memory_steps)
             params = check.params(plan)
             t = median(steps[1:] or steps)
-            data: dict[str, Any] = {"step_s": t, "params": params}
-            detail = f"{ms(t)}/step after the first, {params / 1e6:.2f}M params"
+            data: dict[str, Any] = {"step_s": t, "params": params, "predicted_mib": predicted}
+            detail = f"{ms(t)}/step after the first, {params / 1e6:.2f}M params, {predicted:.0f} MiB planned"
             if not check.cuda:
                 return Row("memory", plan, "n/a (cpu)", detail, data=data)
             peak = torch.cuda.max_memory_allocated(check.device) / 2**20
             reserved = torch.cuda.max_memory_reserved(check.device) / 2**20
-            data.update(peak_mib=peak, reserved_mib=reserved, before_mib=before / 2**20)
-            detail += f"; {reserved:.0f} MiB reserved, {before / 2**20:.0f} MiB held before"
+            data.update(peak_mib=peak, reserved_mib=reserved, before_mib=before / 2**20, planned_ratio=predicted / peak)
+            detail += f" ({predicted / peak:.2f}x the peak); {reserved:.0f} MiB reserved"
+            detail += f", {before / 2**20:.0f} MiB held before"
             return Row("memory", plan, f"{peak:.0f} MiB peak", detail, data=data)
 
         check.attempt(plan, measure)

@@ -72,7 +72,7 @@ def measure(backbone: str, plan: str, batch: int, size: int = 0) -> dict[str, fl
     cfg = r.train_config(batch_size=batch, steps=2)
     net = exp.build(exp.plan_for(plan)).train()
     tasks = exp.tasks()
-    predicted = plan_memory(net, batch, exp.input_size, cfg.optimizer, cfg.momentum)
+    predicted = plan_memory(net, batch, exp.input_size, cfg.optimizer, cfg.momentum, cfg.checkpoint == "segments")
     data = next(iter(train_loader(exp.datasets()[0], cfg, torch.device("cpu"))))
     opt = make_optimizer(net, cfg)
 

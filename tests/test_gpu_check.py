@@ -51,6 +51,7 @@ def test_every_section_runs_on_the_cpu(tmp_path):
     assert loader["2 workers"]["data"]["same_batches"] and loader["num_workers=None (auto)"]["data"]["workers"] == 0
     memory = rows_of(result, "memory")
     assert len(memory) == 7 and all(row["result"] == "n/a (cpu)" for row in memory.values())
+    assert all(row["data"]["predicted_mib"] > 0 for row in memory.values())  # the memory plan beside it
     rerun = rows_of(result, "rerun")
     for mode in ("deterministic=False", "deterministic=True"):  # the CPU's kernels repeat exactly
         assert rerun[mode]["data"]["loss_std"] == 0 and rerun[mode]["data"]["angle_std"] == 0

@@ -45,6 +45,9 @@ LISTS = ("units", "tasks", "datasets", "weightings", "kinds", "recipes")
 
 _Str = str | None
 MemoryOpt = Annotated[bool, typer.Option("--memory", help="predict a plan's peak training memory (no training)")]
+SegmentsOpt = Annotated[
+    bool, typer.Option("--checkpoint-segments", help="with --memory: as under train.checkpoint: segments")
+]
 ModelOpt = Annotated[_Str, typer.Option("--model", "-m", help="a stitched network saved by `build`")]
 AllCutsOpt = Annotated[bool, typer.Option("--all-cuts", help="list every cut point, not only boundaries")]
 PretrainedOpt = Annotated[bool, typer.Option(help="load timm's pretrained weights (needs network)")]
@@ -114,6 +117,7 @@ def inspect(
     batch_size: BatchOpt = None,
     optimizer: OptimizerOpt = None,
     recipe: RecipeOpt = "quick",
+    checkpoint_segments: SegmentsOpt = False,
 ) -> None:
     """Show a backbone's stage boundaries (where fusion can go), or a saved stitched network; with
     --memory, a plan's predicted peak training memory."""
@@ -124,7 +128,8 @@ def inspect(
     if (backbone is None) == (model is None):
         raise ArgumentError("give exactly one of --backbone NAME or --model PATH")
     if memory:
-        _print_memory(recipe, backbone, tasks, plan, parse_size(input_size), batch_size, optimizer)
+        segments = "segments" if checkpoint_segments else None
+        _print_memory(recipe, backbone, tasks, plan, parse_size(input_size), batch_size, optimizer, segments)
         return
     if model is not None:
         inspect_saved(model, console=console, as_json=as_json, trust=trust)
@@ -143,10 +148,18 @@ def inspect(
 
 
 def _print_memory(
-    recipe: str, backbone: str | None, tasks: str | None, kind: str, size: Any, batch: int | None, opt: str | None
+    recipe: str,
+    backbone: str | None,
+    tasks: str | None,
+    kind: str,
+    size: Any,
+    batch: int | None,
+    opt: str | None,
+    segments: str | None = None,
 ) -> None:
     """``inspect --memory``: the recipe's net for ``kind`` (its backbone and tasks replaced where
-    given, built without its data), planned at ``size`` for the recipe's batch and optimiser."""
+    given, built without its data), planned at ``size`` for the recipe's batch, optimiser and
+    activation checkpointing (``segments``: ``--checkpoint-segments``, else the recipe's)."""
     from fusionsearch.experiment.experiment import Experiment
     from fusionsearch.report.inspect import print_memory_plan
     from fusionsearch.train.memory import plan_memory
@@ -160,9 +173,9 @@ def _print_memory(
     if size is not None:
         r = r.with_overrides(data={**r.data, "size": [size[1], size[2]]})
     exp = Experiment(r)
-    cfg = r.train_config(batch_size=batch, optimizer=opt)
+    cfg = r.train_config(batch_size=batch, optimizer=opt, checkpoint=segments)
     net = exp.build(exp.plan_for(kind), read_data=False)
-    plan = plan_memory(net, cfg.batch_size, exp.input_size, cfg.optimizer, cfg.momentum)
+    plan = plan_memory(net, cfg.batch_size, exp.input_size, cfg.optimizer, cfg.momentum, cfg.checkpoint == "segments")
     print_memory_plan(plan, console, f"{backbone} x {len(r.tasks)} tasks, {kind}")
 
 

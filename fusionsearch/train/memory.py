@@ -20,14 +20,11 @@ What is approximated (``MemoryPlan.notes``):
   in a real step the gradients grow as the activations are freed, so this errs on the high side;
 - allocator caching and fragmentation (CUDA) and the data loader are not counted.
 
-Checkpointing (``train.checkpoint: segments``, added separately) is left as a hook: the meta pass
-here runs without it and ``MemoryPlan.segments`` holds every segment's own saved bytes (keyed
-``columns[j][t]``, ``shared[i]``, ``units[k]``, ...). A checkpointed step keeps, of the shared
-trunk's and the columns' activations, only each segment's input, and recomputes one segment (or
-one stage of K segments, however the checkpoint groups them) in the backward pass. So, when it
-lands: ``activations`` = the parts other than ``shared`` and ``columns`` + the segments' inputs
-(the pre-hooks of ``_tagged`` see them) + ``recompute``; ``plan_memory(..., checkpointed=True)``
-already sets ``recompute`` to the largest segment's bytes.
+Checkpointing (``train.checkpoint: segments``, ``plan_memory(..., checkpointed=True)``): a
+checkpointed step keeps, of the shared trunk's and the columns' activations, only each segment's
+input (what the segments' pre-hooks see, counted once per storage), and recomputes one segment at
+a time in the backward pass: ``activations`` = the other parts' saves + the segments' inputs, and
+``recompute`` = the largest segment's own saves, added to the peak.
 """
 
 from __future__ import annotations
@@ -48,6 +45,7 @@ from fusionsearch.train.config import TrainConfig, max_memory_bytes
 __all__ = ["MemoryPlan", "plan_memory", "optimizer_buffers", "gib", "fmt_bytes", "available", "check_fits"]
 
 GIB = float(1 << 30)
+SEGMENT_PARTS = ("shared", "columns")  # what ``train.checkpoint: segments`` recomputes
 
 NOTES = (
     "activations: the tensors autograd saves in one forward pass (shape propagation on the meta device)",
@@ -143,7 +141,7 @@ def plan_memory(
     n_param = sum(p.numel() * p.element_size() for p in params)
     n_grad = sum(p.numel() * p.element_size() for p in params if p.requires_grad)
     meta = copy.deepcopy(net).to("meta").train()
-    saved, segments, largest = _saved_by_part(meta, batch_size, input_size)
+    saved, segments, largest, kept = _saved_by_part(meta, batch_size, input_size)
     big_param = max(params, key=lambda p: p.numel() * p.element_size(), default=None)
     p_bytes = big_param.numel() * big_param.element_size() if big_param is not None else 0
     big_act = max(largest.items(), key=lambda kv: kv[1], default=("none", 0))
@@ -155,13 +153,24 @@ def plan_memory(
         parameters=n_param,
         gradients=n_grad,
         optimizer_state=n_grad * optimizer_buffers(optimizer, momentum),
-        activations=sum(saved.values()),
+        activations=kept if checkpointed else sum(saved.values()),
         largest=top,
         largest_name=name,
-        parts={k: v for k, v in saved.items() if v},
+        parts=_parts(saved, kept if checkpointed else None),
         segments=segments,
-        recompute=max(segments.values(), default=0) if checkpointed else 0,
+        recompute=max((n for k, n in segments.items() if k.split("[")[0] in SEGMENT_PARTS), default=0)
+        if checkpointed
+        else 0,
     )
+
+
+def _parts(saved: dict[str, int], kept: int | None) -> dict[str, int]:
+    """The activations by part; checkpointed (``kept``: its total), the shared trunk's and the
+    columns' saves are replaced by the segments' inputs, which is all a checkpointed step keeps of them."""
+    if kept is None:
+        return {k: v for k, v in saved.items() if v}
+    out = {k: v for k, v in saved.items() if v and k not in SEGMENT_PARTS}
+    return {**out, "segment inputs (checkpointed)": kept - sum(out.values())}
 
 
 def available(device: torch.device, max_memory: float | None) -> tuple[int, str] | None:
@@ -192,7 +201,7 @@ def check_fits(
         return None
     batch_size = cfg.batch_size
     try:
-        plan = plan_memory(net, batch_size, input_size, cfg.optimizer, cfg.momentum)
+        plan = plan_memory(net, batch_size, input_size, cfg.optimizer, cfg.momentum, cfg.checkpoint == "segments")
     except FusionSearchError:
         return None
     if plan.total > limit[0]:
@@ -206,11 +215,14 @@ def check_fits(
 
 def _saved_by_part(
     net: StitchedNet, batch_size: int, input_size: tuple[int, int, int]
-) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
-    """Bytes autograd saves in one forward pass + loss, by part and by segment, and the largest
-    saved tensor per part."""
+) -> tuple[dict[str, int], dict[str, int], dict[str, int], int]:
+    """Bytes autograd saves in one forward pass + loss, by part and by segment, the largest saved
+    tensor per part, and what a checkpointed step keeps instead (the other parts' saves and the
+    segments' inputs)."""
     params = {_storage_key(p) for p in net.parameters()}
     seen: set[Any] = set()
+    kept: set[Any] = set()  # saved outside the shared trunk's and the columns' segments
+    inputs: dict[Any, int] = {}
     where = ["input"]
     parts: dict[str, int] = {}
     segments: dict[str, int] = {}
@@ -222,6 +234,8 @@ def _saved_by_part(
             seen.add(key)
             n = t.untyped_storage().nbytes()
             part = where[-1].split("[")[0]
+            if part not in SEGMENT_PARTS:
+                kept.add(key)
             parts[part] = parts.get(part, 0) + n
             segments[where[-1]] = segments.get(where[-1], 0) + n
             largest[where[-1]] = max(largest.get(where[-1], 0), n)
@@ -229,14 +243,16 @@ def _saved_by_part(
 
     x = torch.empty(batch_size, *input_size, device="meta")
     try:
-        with _tagged(net, where), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with _tagged(net, where, inputs), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             preds, extra = net(x, return_extra=True)
             where.append("loss")
             loss = sum((p.float().square().mean() for p in preds.values()), extra.float())
     except (NotImplementedError, RuntimeError) as e:  # an op that reads data cannot run on meta
         raise FusionSearchError(f"memory plan: the net does not run on the meta device ({e})") from e
     del loss
-    return parts, segments, largest
+    checkpointed = sum(n for k, n in inputs.items() if k not in kept and k not in params)
+    checkpointed += sum(n for part, n in parts.items() if part not in SEGMENT_PARTS)
+    return parts, segments, largest, checkpointed
 
 
 def _storage_key(t: Tensor) -> Any:
@@ -250,8 +266,10 @@ def _drop(where: list[str]) -> None:
 
 
 @contextmanager
-def _tagged(net: StitchedNet, where: list[str]) -> Iterator[None]:
-    """While a part of ``net`` runs, ``where[-1]`` names it (``columns[seg][task]``, ...)."""
+def _tagged(net: StitchedNet, where: list[str], inputs: dict[Any, int] | None = None) -> Iterator[None]:
+    """While a part of ``net`` runs, ``where[-1]`` names it (``columns[seg][task]``, ...);
+    ``inputs`` collects the bytes of the shared trunk's and the columns' segment inputs, by
+    storage (what a checkpointed step keeps of those segments)."""
     named: list[tuple[str, nn.Module]] = [(f"shared[{i}]", m) for i, m in enumerate(net.shared)]
     for t, col in enumerate(net.columns):
         named += [(f"columns[{j}][{t}]", seg) for j, seg in enumerate(col)]
@@ -259,8 +277,16 @@ def _tagged(net: StitchedNet, where: list[str]) -> Iterator[None]:
     named += [(f"head_inputs[{i}]", m) for i, m in enumerate(net.head_inputs or [])]
     named += [(f"heads[{t}]", h) for t, h in net.heads.items()]
     handles = []
+
+    def enter(name: str, args: tuple[Any, ...]) -> None:
+        where.append(name)
+        if inputs is not None and name.startswith(("shared", "columns")):
+            for a in args:
+                if isinstance(a, Tensor):
+                    inputs[_storage_key(a)] = a.untyped_storage().nbytes()
+
     for name, module in named:
-        handles.append(module.register_forward_pre_hook(lambda *_, n=name: where.append(n)))
+        handles.append(module.register_forward_pre_hook(lambda _, args, n=name: enter(n, args)))
         handles.append(module.register_forward_hook(lambda *_: _drop(where)))
     try:
         yield

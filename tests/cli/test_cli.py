@@ -168,3 +168,5 @@ def test_inspect_memory_prints_the_plan_by_part():
     assert "peak (predicted)" in one.output and "note:" in one.output
     bad = runner.invoke(app, [*args, "--input-size", "1,32,32"])
     assert bad.exit_code != 0 and "3 channels" in bad.output
+    ck = runner.invoke(app, [*args, "--batch-size", "2", "--input-size", "3,32,32", "--checkpoint-segments"])
+    assert ck.exit_code == 0 and "checkpoint recompute" in ck.output and "segment inputs" in ck.output

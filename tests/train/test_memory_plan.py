@@ -38,7 +38,24 @@ def test_activations_grow_with_the_batch_and_the_columns() -> None:
         2 * plan_memory(one, 2, SIZE).parts["columns"], rel=0.05
     )  # the input batch is one tensor both columns read
     assert set(b2.segments) >= {"columns[0][0]", "columns[0][1]"}
-    assert plan_memory(two, 2, SIZE, checkpointed=True).recompute == max(b2.segments.values())
+    columns = [n for k, n in b2.segments.items() if k.startswith(("shared", "columns"))]
+    assert plan_memory(two, 2, SIZE, checkpointed=True).recompute == max(columns)
+
+
+def test_a_checkpointed_step_keeps_the_segments_inputs_and_recomputes_one_segment() -> None:
+    """``train.checkpoint: segments``: of the columns' saves only each segment's input is kept
+    (the batch, read by both columns, once), the largest segment comes back in the backward pass;
+    a limit between the two peaks refuses the plain step and lets the checkpointed one train."""
+    net = build("test_resnet", {"seg": 3, "normal": 3}, StitchPlan(at=["layer1"], unit="nddr"), input_size=SIZE)
+    plain, ck = plan_memory(net, 4, SIZE), plan_memory(net, 4, SIZE, checkpointed=True)
+    assert ck.activations < plain.activations and ck.recompute > 0 and ck.total < plain.total
+    assert sum(ck.parts.values()) == ck.activations and "columns" not in ck.parts
+    assert ck.parts["units"] == plain.parts["units"]  # fusion units and heads are not recomputed
+    assert ck.parts["segment inputs (checkpointed)"] >= 4 * 3 * 32 * 32 * 4  # at least the batch
+    limit = (plain.total + ck.total) / 2 / (1 << 30)
+    with pytest.raises(DoesNotFitError):
+        check_fits(net, TrainConfig(batch_size=4, max_memory=limit), SIZE, "cpu")
+    assert check_fits(net, TrainConfig(batch_size=4, max_memory=limit, checkpoint="segments"), SIZE, "cpu") is not None
 
 
 def test_the_activations_are_what_a_real_step_saves() -> None:
