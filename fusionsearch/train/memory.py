@@ -183,6 +183,8 @@ def available(device: torch.device, max_memory: float | None) -> tuple[int, str]
         limits.append((cap, "train.max_memory"))
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
+        # what this process's allocator holds unused is free to it too (a previous trial's cache)
+        free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
         limits.append((free, f"free on {device}"))
     return min(limits) if limits else None
 

@@ -91,3 +91,18 @@ def test_check_fits_only_where_a_limit_is_known() -> None:
         check_fits(net, TrainConfig(batch_size=2, max_memory=0.001), SIZE, "cpu")
     with pytest.raises(FusionSearchError, match="max_memory"):
         TrainConfig(max_memory=-1)
+
+
+def test_a_gpus_limit_is_its_free_memory_and_what_this_process_holds_unused(monkeypatch) -> None:
+    """On a GPU the limit is the driver's free memory plus the allocator's cached, unused bytes
+    (a previous trial's cache is this process's to reuse), or ``train.max_memory`` if smaller."""
+    from fusionsearch.train.memory import available
+
+    gib = 1 << 30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2 * gib, 80 * gib))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 5 * gib)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 1 * gib)
+    cuda = torch.device("cuda", 0)
+    assert available(cuda, None) == (6 * gib, "free on cuda:0")
+    assert available(cuda, 3.0) == (3 * gib, "train.max_memory")
+    assert available(torch.device("cpu"), None) is None
