@@ -24,7 +24,7 @@ from fusionsearch.report.leaderboard import plan_summary
 from fusionsearch.search.confirm import summarize
 from fusionsearch.search.jobs import Baseline, Job
 from fusionsearch.search.records import TrialRecord
-from fusionsearch.search.study import StudySettings, labelled_suffix
+from fusionsearch.search.settings import StudySettings, labelled_suffix
 
 __all__ = [
     "Comparison",

@@ -21,8 +21,9 @@ if TYPE_CHECKING:
     from fusionsearch.search.context import JobContext
     from fusionsearch.search.jobs import Job, PlanJob, register_job
     from fusionsearch.search.runner import StudyRun, run_study
+    from fusionsearch.search.settings import StudySettings
     from fusionsearch.search.storage import open_storage
-    from fusionsearch.search.study import StudySettings, load_study, prepare_confirmation, prepare_study
+    from fusionsearch.search.study import load_study, prepare_confirmation, prepare_study
     from fusionsearch.search.worker import run_worker
 else:
     __getattr__, __dir__, __all__ = lazy_exports(__name__)

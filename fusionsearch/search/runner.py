@@ -21,8 +21,9 @@ from fusionsearch.errors import ArgumentError
 from fusionsearch.experiment.experiment import Experiment
 from fusionsearch.experiment.recipe import Recipe
 from fusionsearch.search.confirm import Confirmation, summarize
+from fusionsearch.search.settings import StudySettings
 from fusionsearch.search.storage import redact
-from fusionsearch.search.study import StudySettings, prepare_confirmation, prepare_study
+from fusionsearch.search.study import prepare_confirmation, prepare_study
 from fusionsearch.search.worker import run_workers
 
 __all__ = ["StudyRun", "run_study", "study_header"]

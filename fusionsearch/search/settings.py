@@ -3,7 +3,7 @@ stored with it so that workers on other machines agree, and the rules a study's 
 before one exists (``trials: grid`` counts the grid's points).
 
 Its own module so that what a job reads of its study (``context.JobContext.settings``) sits
-below the jobs that the study queues (``study`` re-exports every name here).
+below the jobs that the study queues.
 """
 
 from __future__ import annotations

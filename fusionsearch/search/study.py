@@ -29,13 +29,8 @@ from fusionsearch.search.records import StudyRecord
 from fusionsearch.search.requeue import retry
 from fusionsearch.search.seeding import JobSeeded
 from fusionsearch.search.settings import (
-    KEEP_NETS,
-    MAX_TRIALS,
     METRIC_NAMES,
-    OBJECTIVES,
-    PRUNERS,
     StudySettings,
-    labelled_suffix,
 )
 from fusionsearch.search.storage import (
     DEFAULT_STORAGE,
@@ -50,13 +45,6 @@ from fusionsearch.search.storage import (
 from fusionsearch.search.supernet_space import supernet_space
 
 __all__ = [
-    "StudySettings",
-    "labelled_suffix",
-    "OBJECTIVES",
-    "METRIC_NAMES",
-    "PRUNERS",
-    "KEEP_NETS",
-    "MAX_TRIALS",
     "make_sampler",
     "make_pruner",
     "trial_steps",

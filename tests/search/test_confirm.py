@@ -126,7 +126,8 @@ def test_winners_per_value_of_a_search_parameter():
 def test_a_mistyped_confirm_per_is_named_not_ignored():
     from optuna.distributions import CategoricalDistribution
 
-    from fusionsearch.search.study import StudySettings, prepare_confirmation
+    from fusionsearch.search.settings import StudySettings
+    from fusionsearch.search.study import prepare_confirmation
 
     study = optuna.create_study(direction="maximize")
     dist = {"weighting": CategoricalDistribution(["fixed", "dwa"])}
