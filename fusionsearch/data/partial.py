@@ -179,6 +179,12 @@ class PartialLabels(Dataset):
         """Task -> (labelled items, all items)."""
         return {t: (int(m.sum()), len(m)) for t, m in self.masks.items()}
 
+    def labelled_indices(self, task: str) -> list[int]:
+        """The indices of the items that keep ``task``'s label (every item for a task not thinned)."""
+        if task not in self.masks:
+            return list(range(len(self)))
+        return [int(i) for i in self.masks[task].nonzero()[0]]
+
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         item = self.data[index]
         for task, mask in self.masks.items():

@@ -25,6 +25,7 @@ from fusionsearch.nets.plan import StitchPlan
 from fusionsearch.tasks.task import Task, task_arguments, task_class
 from fusionsearch.train.config import TrainConfig
 from fusionsearch.train.memory import check_fits
+from fusionsearch.train.partial import images_per_step
 from fusionsearch.train.trainer import evaluate, fit
 from fusionsearch.validation import finite
 
@@ -305,9 +306,10 @@ class Experiment:
         cfg.progress = progress and cfg.progress
         torch.manual_seed(cfg.seed)
         net = self.build(plan, column_weights, start=start, init_seed=cfg.seed)
-        check_fits(net, cfg, self.input_size, device)  # a plan over the device's memory fails here, untrained
-        tasks = self.tasks(loss_weights)
         train, val = self.datasets()
+        images = images_per_step(cfg.batches, cfg.batch_size, train, list(net.tasks))
+        check_fits(net, cfg, self.input_size, device, images)  # a plan over the device's memory fails here, untrained
+        tasks = self.tasks(loss_weights)
         history = fit(net, tasks, train, val, cfg, device=device, callback=callback, checkpoint=checkpoint)
         if history["evals"] and history["evals"][-1]["step"] == history["step"]:
             metrics = history["evals"][-1]["metrics"]

@@ -24,6 +24,7 @@ from fusionsearch.nets.conventions import fusion_lr_mult
 from fusionsearch.nets.fusion import FUSION_UNITS, get_fusion
 from fusionsearch.nets.plan import StitchPlan
 from fusionsearch.tasks.weighting import get_weighting
+from fusionsearch.train.partial import PARTIAL_LOSSES
 from fusionsearch.validation import check_call, did_you_mean, finite
 
 if TYPE_CHECKING:
@@ -48,6 +49,7 @@ class Sampled:
     column_init: str = "single"
     weighting: dict[str, Any] | None = None  # {name, args}: None keeps the recipe's train.weighting
     pinned: dict[str, Any] = field(default_factory=dict)  # the ``fixed`` values it took, by parameter name
+    partial_loss: str | None = None  # train.partial_loss: None keeps the recipe's
 
 
 @dataclass
@@ -82,6 +84,9 @@ class SearchSpace:
     # ``search_args`` drawn conditionally; None keeps the recipe's train.weighting. Baselines
     # always train as the recipe says (the papers' fixed weights)
     weighting: list[str] | None = None
+    # partial labels' loss rules to choose from (``train.partial``: batch, labelled); None keeps the
+    # recipe's train.partial_loss, as the baselines always do
+    partial_loss: list[str] | None = None
     mode: str = "trials"  # MODES
     supernet_steps: int | None = None  # its optimiser steps (None: one warm start's worth of path steps)
     supernet_plans: int = 40  # plans scored on the trained supernet (TPE over placement x unit)
@@ -105,6 +110,7 @@ class SearchSpace:
             ("lr_mult", self.lr_mult_choices),
             ("column_init", self.column_init if isinstance(self.column_init, list) else None),
             ("weighting", self.weighting),
+            ("partial_loss", self.partial_loss),
         ):
             if values is not None and name not in self.fixed:
                 g[name] = list(values)
@@ -161,6 +167,9 @@ class SearchSpace:
                 get_weighting(w)
             except PlanError as e:
                 raise PlanError(f"search.weighting: {e}") from None
+        rules = space.partial_loss
+        if rules is not None and (not rules or any(r not in PARTIAL_LOSSES for r in rules)):
+            raise PlanError(f"search.partial_loss must be a list of {', '.join(PARTIAL_LOSSES)}, got {rules!r}")
         inits = space.column_init if isinstance(space.column_init, list) else [space.column_init]
         bad = [v for v in inits if v not in COLUMN_INITS]
         if bad or not inits:
@@ -257,6 +266,8 @@ class SearchSpace:
         for w in self.weighting or []:
             names.append("weighting")
             names += [f"{a}@{w}" for a in get_weighting(w).search_args]
+        if self.partial_loss:
+            names.append("partial_loss")
         return list(dict.fromkeys(names))
 
     @property
@@ -309,7 +320,7 @@ class SearchSpace:
 
         The draws keep one order, since a seeded sampler's draws follow the order of the suggest
         calls (the same seed samples the same plans): prefix, units, shortcut, the placed units'
-        arguments, loss weights, base lr, column start, weighting."""
+        arguments, loss weights, base lr, column start, weighting, partial-label loss rule."""
         self._pinned: dict[str, Any] = {}
         prefix, units = self._draw_units(trial, points)
         at = [p for p, u in units.items() if u != NONE]
@@ -329,7 +340,10 @@ class SearchSpace:
             # a warm-started plan starts as the single-task nets it is paired with: the shortcut's
             # identity start, not the official Xavier one (which would scramble the trained heads' input)
             plan.shortcut_init = "identity"
-        return Sampled(plan, weights, base_lr, str(column_init), weighting, self._pinned)
+        rules = list(self.partial_loss or [])
+        pick = lambda: trial.suggest_categorical("partial_loss", rules)
+        rule = self._pick(trial, "partial_loss", pick) if rules else None
+        return Sampled(plan, weights, base_lr, str(column_init), weighting, self._pinned, rule)
 
     def _draw_units(self, trial: optuna.Trial, points: Sequence[str]) -> tuple[str, dict[str, str]]:
         """The shared prefix, then a unit (or none) at each point after it."""

@@ -35,8 +35,9 @@ __all__ = [
 _SHORT = {"nddr": "nddr", "cross_stitch": "cs", "sluice": "sluice"}
 
 
-def plan_summary(plan: dict[str, Any] | None) -> str:
-    """``nddr@layer1,layer2 cs@layer3 | shared to act1 | shortcut``."""
+def plan_summary(plan: dict[str, Any] | None, partial_loss: str | None = None) -> str:
+    """``nddr@layer1,layer2 cs@layer3 | shared to act1 | shortcut``; ``partial_loss``: a searched
+    ``train.partial_loss`` rule, shown as ``| partial loss: labelled``."""
     if not plan:
         return "-"
     by_unit: dict[str, list[str]] = {}
@@ -48,6 +49,8 @@ def plan_summary(plan: dict[str, Any] | None) -> str:
         parts.append(f"shared to {plan['shared_prefix']}")
     if plan.get("shortcut"):
         parts.append("shortcut")
+    if partial_loss:
+        parts.append(f"partial loss: {partial_loss}")
     return " | ".join(parts)
 
 
@@ -88,6 +91,7 @@ def _rows(study: optuna.Study) -> list[tuple[Job, dict[str, Any]]]:
             "kind": job.table_label(t),
             "state": t.state.name.lower(),
             "plan": record.plan,
+            "partial_loss": record.partial_loss,
             "metrics": record.metrics,
             "delta_m": record.delta_m,
             "seed": job.own_seed,
@@ -174,7 +178,7 @@ def trials_table(study: optuna.Study, title: str | None = None, compact: bool = 
             str(r["number"]),
             r["kind"],
             r["state"] + (f" (retry of {r['retry_of']})" if r["retry_of"] is not None else ""),
-            plan_summary(r["plan"]),
+            plan_summary(r["plan"], r["partial_loss"]),
             *[_fmt(v) if o == "delta_m" else _fmt(v, 0) for o, v in zip(objectives, values)],
             headline_metrics(r["metrics"], compact),
             *(() if compact else (r["reason"] or "",)),
@@ -197,7 +201,7 @@ def live_view(study: optuna.Study, steps: int) -> Group:
         lines.append(
             Text(
                 f"best: trial {best.number} ({Job.of(best).table_label(best)}) value {best.values[0]:+.3f}"
-                f"  {plan_summary(TrialRecord(best).plan)}"
+                f"  {plan_summary(TrialRecord(best).plan, TrialRecord(best).partial_loss)}"
             )
         )
     running = Table(show_header=True, box=None)
@@ -253,7 +257,7 @@ def confirmation_table(study: optuna.Study, confirmation: Confirmation | None = 
             vs,
             beats,
             _fmt(p.search_delta_m),
-            plan_summary(p.plan),
+            plan_summary(p.plan, p.partial_loss),
             style="bold green" if best is not None and p is best else None,
         )
     return table

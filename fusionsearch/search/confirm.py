@@ -124,7 +124,7 @@ def confirm_seeds(study_seed: int, n: int) -> list[int]:
 
 def _signature(t: FrozenTrial) -> str:
     r = TrialRecord(t)
-    return json.dumps([r.plan, r.loss_weights, r.base_lr, r.column_init], sort_keys=True)
+    return json.dumps([r.plan, r.loss_weights, r.base_lr, r.column_init, r.partial_loss], sort_keys=True)
 
 
 def _delta_m(t: FrozenTrial) -> float | None:
@@ -198,6 +198,7 @@ class ConfirmedPlan:
     test: PairedTest | None = None
     vs_single: PairedTest | None = None  # every plan but single, paired against the single-task nets
     net_trial: int | None = None  # the trial whose network represents the plan
+    partial_loss: str | None = None  # a searched train.partial_loss rule (None: the recipe's)
 
     @property
     def mean(self) -> float:
@@ -275,6 +276,7 @@ def summarize(study: optuna.Study) -> Confirmation:
                 by_seed={},
                 trials={},
                 search_delta_m=_delta_m(source) if source is not None else None,
+                partial_loss=record.partial_loss,
             ),
         )
         dm = _delta_m(t)

@@ -75,6 +75,7 @@ def recorded_plan(ctx: JobContext, number: int) -> Sampled:
         src.base_lr,
         src.column_init if src.column_init is not None else ctx.space.baseline_init,
         src.weighting,
+        partial_loss=src.partial_loss,
     )
 
 
@@ -86,6 +87,9 @@ def _configure(
     if what.weighting is not None:
         cfg.weighting = what.weighting
         TrialRecord(trial).weighting = what.weighting
+    if what.partial_loss is not None:
+        cfg.partial_loss = what.partial_loss  # type: ignore[assignment]  # checked by SearchSpace
+        TrialRecord(trial).partial_loss = what.partial_loss
     if what.base_lr is not None:
         cfg.base_lr = what.base_lr
     start = None

@@ -80,6 +80,7 @@ class TrialRecord(Record):
     loss_weights = Field[dict[str, float]]()
     base_lr = Field[float]()
     weighting = Field[dict[str, Any]]()
+    partial_loss = Field[str]()
     # its progress and results
     step = Field[int]()
     steps = Field[int]()

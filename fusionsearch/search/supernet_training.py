@@ -32,6 +32,7 @@ from typing import Any, cast
 import optuna
 import torch
 from optuna.trial import TrialState
+from torch.utils.data import Dataset
 
 from fusionsearch.errors import CheckpointError
 from fusionsearch.experiment.experiment import Experiment, WarmStart
@@ -44,6 +45,7 @@ from fusionsearch.search.records import ScoredPlanRecord
 from fusionsearch.search.seeding import JobSeeded
 from fusionsearch.search.supernet_space import common_values, supernet_space
 from fusionsearch.train import NonFiniteLossError, TrainConfig, evaluate, fit, train_loader
+from fusionsearch.train.partial import batches_of, label_shares, loss_scales
 from fusionsearch.train.trainer import calibrate, lr_factor, make_optimizer, to_device
 
 __all__ = [
@@ -168,7 +170,7 @@ def train_supernet(
         paths = sn.fair_paths(random.Random(path_seed(cfg.seed, step)))
         image = batch["image"].to(dev)
         opt.zero_grad(set_to_none=True)
-        total = _accumulate(sn, paths, tasks, image, batch, dev, penalties)
+        total = _accumulate(sn, paths, tasks, image, batch, dev, penalties, cfg, exp.datasets()[0])
         if not math.isfinite(total):
             raise NonFiniteLossError(f"supernet loss is {total} at step {step}")
         opt.step()
@@ -188,17 +190,23 @@ def _accumulate(
     batch: Mapping[str, Any],
     dev: torch.device,
     penalties: str,
+    cfg: TrainConfig,
+    data: Dataset,
 ) -> float:
     """One batch's gradients over ``paths`` (each weighed 1 / len(paths)), on the tasks the batch
-    labels; returns the mean loss."""
-    present = [t for t in tasks if bool(tasks[t].labelled(batch[t]).any())]
+    labels (each loss scaled as ``cfg.partial_loss`` says); returns the mean loss."""
+    shares = label_shares(data, list(tasks)) if batches_of(cfg.batches, data) == "per_task" else None
+    present = loss_scales({t: tasks[t].labelled(batch[t]) for t in tasks}, cfg.partial_loss, cfg.batch_size, shares)
     total = 0.0
     for p in paths if present else []:
         net = sn.subnet(p)
         preds, extra = net(image, return_extra=True)
         loss = cast(
             torch.Tensor,
-            sum(tasks[t].loss_weight * tasks[t].loss(preds[t].float(), to_device(batch[t], dev)) for t in present),
+            sum(
+                tasks[t].loss_weight * tasks[t].loss(preds[t].float(), to_device(batch[t], dev)) * k
+                for t, k in present.items()
+            ),
         )
         if penalties == "units" and extra.requires_grad:  # a penalty exists only where a unit made it
             (loss / len(paths)).backward(retain_graph=True)

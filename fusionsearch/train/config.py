@@ -65,6 +65,15 @@ class TrainConfig:
     # is not trained, it fails as "does not fit" (final). None: no limit on the CPU; on a GPU the
     # free memory is the limit either way (the smaller of the two when both are known)
     max_memory: float | None = None
+    # partial labels: a task's loss in a batch that labels it on n of its images is its mean over
+    # those n, times n / batch_size ("batch": every labelled image weighs the same in every task) or
+    # times 1 ("labelled": a full-strength mean whatever n); a fully labelled batch is the same
+    # under both (``train.partial``)
+    partial_loss: Literal["batch", "labelled"] = "batch"
+    # "mixed": each step a batch of the training set, as it comes; "per_task": each step a full batch
+    # of each task's labelled images, each labelled for its own task only (``train.partial``);
+    # "auto": per_task on partial labels (``data.labelled``), mixed on fully labelled data
+    batches: Literal["auto", "mixed", "per_task"] = "auto"
 
     def __post_init__(self) -> None:
         """Values no run can use stop here, before any study or net exists (a study of 0-step
@@ -105,6 +114,8 @@ class TrainConfig:
             "bn_init": BN_INITS,
             "loader_start": (*LOADER_STARTS, None),
             "checkpoint": CHECKPOINTS,
+            "partial_loss": ("batch", "labelled"),
+            "batches": ("auto", "mixed", "per_task"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

@@ -7,7 +7,7 @@ on, is one module: ``fit`` and the calibration before it read the same stream fr
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fusionsearch.data.batching import collate_for
 from fusionsearch.train.config import TrainConfig
+from fusionsearch.train.partial import OneTaskAtATime, TaskBatches, batches_of, labelled_indices
 
 __all__ = [
     "item_seed",
@@ -102,10 +103,23 @@ def _loader_args(data: Dataset, cfg: TrainConfig, device: torch.device) -> dict[
     return args
 
 
-def train_loader(data: Dataset, cfg: TrainConfig, device: torch.device, start: int = 0) -> DataLoader:
+def train_loader(
+    data: Dataset, cfg: TrainConfig, device: torch.device, start: int = 0, tasks: Sequence[str] | None = None
+) -> DataLoader:
     """The batches that ``fit`` trains on from step ``start``: this seed's training order, each item
     drawn with its own seed (``item_seed``), in ``loader_workers`` processes. The same batches,
-    flips included, for any worker count and after a resume."""
+    flips included, for any worker count and after a resume. ``batches: per_task``: a full batch of
+    each of ``tasks``' labelled images a step (default: every task of ``data``)."""
+    if batches_of(cfg.batches, data) == "per_task":  # each task's own full batch of its labelled images (train.partial)
+        tasks = list(tasks or getattr(data, "tasks", {}))
+        indices = [labelled_indices(data, t) for t in tasks]
+        per_task = TaskBatches(indices, cfg.batch_size, cfg.seed, start, cfg.steps)
+        return DataLoader(
+            Seeded(OneTaskAtATime(data, tasks)),
+            batch_sampler=per_task,
+            collate_fn=collate_for(data),
+            **_loader_args(data, cfg, device),
+        )
     sampler = StepSampler(len(data), cfg.batch_size, cfg.seed, start, cfg.steps)  # type: ignore[arg-type]
     return DataLoader(
         Seeded(data), batch_sampler=sampler, collate_fn=collate_for(data), **_loader_args(data, cfg, device)

@@ -190,18 +190,23 @@ def available(device: torch.device, max_memory: float | None) -> tuple[int, str]
 
 
 def check_fits(
-    net: StitchedNet, cfg: TrainConfig, input_size: tuple[int, int, int], device: str | torch.device | None
+    net: StitchedNet,
+    cfg: TrainConfig,
+    input_size: tuple[int, int, int],
+    device: str | torch.device | None,
+    batch_images: int | None = None,
 ) -> MemoryPlan | None:
     """Raise ``DoesNotFitError`` ("does not fit: needs X GiB, has Y GiB") when the plan's predicted
     peak at ``cfg``'s batch and optimiser is over what ``device`` has (``available``), before any
     memory is spent on it; returns the plan (None: nothing to check against, as on the CPU without
-    ``cfg.max_memory``). A net the meta device cannot run is not checked: its real step will say."""
+    ``cfg.max_memory``). A net the meta device cannot run is not checked: its real step will say.
+    ``batch_images``: the images a step holds, where not ``cfg.batch_size`` (``batches: per_task``)."""
     if device is None or device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     limit = available(torch.device(device), cfg.max_memory)
     if limit is None:
         return None
-    batch_size = cfg.batch_size
+    batch_size = batch_images or cfg.batch_size
     try:
         plan = plan_memory(net, batch_size, input_size, cfg.optimizer, cfg.momentum, cfg.checkpoint == "segments")
     except FusionSearchError:

@@ -31,6 +31,7 @@ from fusionsearch.tasks.weighting import Weighting, make_weighting
 from fusionsearch.train.calibration import calibrate_batchnorm
 from fusionsearch.train.config import TrainConfig
 from fusionsearch.train.loading import Seeded, StepSampler, eval_loader, train_loader
+from fusionsearch.train.partial import batches_of, label_shares, loss_scales
 from fusionsearch.train.precision import autocast, deterministic_mode, grad_scaler
 
 __all__ = [
@@ -184,7 +185,9 @@ def fit(
         # the lr of step s is initial_lr x lr_factor(s, cfg): a pure function of the step, so a resumed
         # run continues the schedule exactly (LambdaLR restarted at ``start``, no state of its own)
         schedule = torch.optim.lr_scheduler.LambdaLR(run.opt, lambda s: lr_factor(s, cfg), last_epoch=run.start - 1)
-        loader = train_loader(train_data, cfg, run.dev, run.start)
+        loader = train_loader(train_data, cfg, run.dev, run.start, tasks=list(net.tasks))
+        if batches_of(cfg.batches, train_data) == "per_task":
+            run.shares = label_shares(train_data, list(net.tasks))
         val_loader = eval_loader(val_data, cfg, run.dev) if val_data is not None else None
         if run.start == 0 and calibrates(net, cfg):
             # before the optimiser's first step, from the first training batches of this seed:
@@ -230,6 +233,7 @@ class _Run:
     scaler: Any
     start: int = 0
     history: dict[str, Any] = field(default_factory=lambda: {"losses": [], "evals": []})
+    shares: dict[str, float] | None = None  # batches: per_task: each task's labelled share (``loss_scales``)
 
 
 def _setup(net: StitchedNet, tasks: Mapping[str, Task], cfg: TrainConfig, device: str | torch.device | None) -> _Run:
@@ -275,8 +279,9 @@ def _train_on(run: _Run, batch: Mapping[str, Any], step: int) -> float:
     """One optimiser step of ``fit`` on a loader's ``batch``: the step's own seed, the tasks it
     labels read before the copy to the device, then ``_step``; returns its logged loss."""
     torch.manual_seed(run.cfg.seed * 1_000_003 + step)  # dropout etc.: a function of the step
-    # which tasks the batch labels, read on the host before the copy: no device sync
-    present = [t for t in run.net.tasks if bool(run.tasks[t].labelled(batch[t]).any())]
+    # which tasks the batch labels and on how many images, read on the host before the copy: no device sync
+    masks = {t: run.tasks[t].labelled(batch[t]) for t in run.net.tasks}
+    present = loss_scales(masks, run.cfg.partial_loss, run.cfg.batch_size, run.shares)
     batch = _to(batch, run.dev)
     image = batch["image"]
     if run.channels_last:
@@ -333,25 +338,27 @@ def _step(
     scaler: Any,
     weighting: Weighting,
     step: int,
-    present: list[str] | None = None,
+    present: Mapping[str, float] | None = None,
 ) -> float:
     """One optimiser step on ``batch``; returns the present tasks' weighted loss (NaN: none).
 
     Partial labels: a task that the batch labels on no image takes no part in the step (no loss,
-    no gradient); a batch that labels no task at all changes nothing. ``present``: those tasks,
-    if the caller read them from the batch before it went to the device.
+    no gradient); a batch that labels no task at all changes nothing. ``present``: task -> the
+    factor of its loss (``partial.loss_scales``), if the caller read it from the batch before it
+    went to the device.
 
     The losses come back to the host once, after the optimiser step, so the device is not made
     to wait before the backward pass; a NaN or infinite loss is reported then, at the same step
     (the run stops, and the net, now updated with it, is discarded with the failed run)."""
     if present is None:
-        present = [t for t in net.tasks if bool(tasks[t].labelled(batch[t]).any())]
+        masks = {t: tasks[t].labelled(batch[t]) for t in net.tasks}
+        present = loss_scales(masks, cfg.partial_loss, cfg.batch_size)
     opt.zero_grad(set_to_none=True)
     if not present:
         return float("nan")
     with autocast(dev, use_amp):
         preds, extra = net(image, return_extra=True)
-        losses = {t: tasks[t].loss_weight * tasks[t].loss(preds[t].float(), batch[t]) for t in present}
+        losses = {t: tasks[t].loss_weight * tasks[t].loss(preds[t].float(), batch[t]) * k for t, k in present.items()}
     weighting.backward(losses, extra.float(), net, step, scaler.scale)
     if cfg.grad_clip:
         scaler.unscale_(opt)
