@@ -152,9 +152,11 @@ def trace(
             for a module torch.fx cannot trace).
         check: compare the traced graph with the eager model on the example input (raises
             TraceError when they differ, e.g. data-dependent control flow).
-        pretrained, checkpoint, create_kwargs: passed to ``create_backbone`` for a name.
+        pretrained: load timm's pretrained weights (a name only; passed to ``create_backbone``).
+        checkpoint: a local weights file to load into the backbone (a name only).
+        **create_kwargs: further arguments of ``timm.create_model`` (a name only).
 
-    Example:
+    Examples:
         >>> g = trace("resnet18", (3, 64, 64))
         >>> [b.name for b in g.boundaries]
         ['act1', 'layer1', 'layer2', 'layer3', 'layer4']
