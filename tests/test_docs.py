@@ -109,11 +109,14 @@ def run_page(steps: list[dict], where: str, folder: Path) -> subprocess.Complete
     )
 
 
-def _pages() -> list[Path]:
-    return sorted(p for p in DOCS.glob("*.md") if page_blocks(p))
+def _pages() -> list:
+    """The pages with blocks to run; those that run commands are ``slow`` (``-m "not slow"`` skips them)."""
+    pages = sorted(p for p in DOCS.glob("*.md") if page_blocks(p))
+    slow = [pytest.mark.slow]
+    return [pytest.param(p, id=p.name, marks=slow if p.name in SHELL_PAGES else []) for p in pages]
 
 
-@pytest.mark.parametrize("page", _pages(), ids=lambda p: p.name)
+@pytest.mark.parametrize("page", _pages())
 def test_the_blocks_of_each_page_run(page, tmp_path):
     result = run_page(page_blocks(page), f"docs/{page.name}", tmp_path)
     assert result.returncode == 0, f"docs/{page.name}:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
