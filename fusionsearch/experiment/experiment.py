@@ -330,8 +330,11 @@ class Experiment:
 
 @dataclass
 class WarmStart:
-    """Trained single-task networks as the start of other plans: each column's backbone weights
-    (under timm's names, whatever the plan's cut points) and each task's head."""
+    """Trained single-task networks as the start of other plans.
+
+    Each column's backbone weights (under timm's names, whatever the plan's cut points) and each
+    task's head.
+    """
 
     columns: list[dict[str, torch.Tensor]]
     heads: dict[str, dict[str, torch.Tensor]]

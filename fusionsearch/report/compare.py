@@ -63,10 +63,19 @@ def comparison_settings(
     labelled: Mapping[str, float | str] | None = None,
     experiment: Experiment | None = None,
 ) -> StudySettings:
-    """The study behind a comparison table: its rows are the baselines (single first), every row
-    runs its whole budget (no pruning), and the searched row's trials are every grid point of a
-    grid recipe, else ``trials`` or the recipe's ``compare.search_trials`` (4). ``experiment``: the
-    recipe's, where the caller has one."""
+    """The settings of the study behind a comparison table (``fusionsearch compare``).
+
+    Its rows are the baselines (single first); every row runs its whole budget (no pruning); the
+    searched row's trials are every grid point of a grid recipe, else ``trials`` or the recipe's
+    ``compare.search_trials`` (4).
+
+    Args:
+        recipe: a paper's recipe (``fusionsearch list recipes``).
+        study: the study's name (default: from the recipe).
+        confirm_seeds: fresh seeds that retrain the rows (default: the recipe's).
+        labelled: per task, the share of training images (or a file of ids) that keep its label.
+        experiment: the recipe made concrete, where the caller has one.
+    """
     exp = experiment or Experiment(recipe)
     exp.check_fusion_tasks()
     grid = is_grid(recipe)
@@ -208,8 +217,11 @@ def _columns(recipe: Recipe, exp: Experiment) -> list[tuple[str, str, bool]]:
 
 
 def build_comparison(study: optuna.Study, recipe: Recipe, experiment: Experiment | None = None) -> Comparison:
-    """The comparison table from a finished comparison study: the recipe's baseline rows, its
-    ablation (grid) rows, the search's best trial, each with its confirmation where it has one."""
+    """The comparison table of a finished comparison study, our values beside the paper's.
+
+    Rows: the recipe's baselines, its ablation (grid) rows and the search's best trial, each with
+    its confirmation where it has one.
+    """
     exp = experiment or Experiment(recipe)
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     searched = [t for t in trials if Job.of(t).sampled and TrialRecord(t).delta_m is not None]
@@ -223,8 +235,11 @@ def build_comparison(study: optuna.Study, recipe: Recipe, experiment: Experiment
 
 
 def paper_comparison(recipe: Recipe, why: str = "no data", experiment: Experiment | None = None) -> Comparison:
-    """The paper's table alone, our cells empty: what ``compare`` prints when the recipe's data is
-    not on this machine, so the published numbers are there to read, and nothing looks measured."""
+    """The paper's table alone, our cells empty.
+
+    What ``compare`` prints when the recipe's data is not on this machine: the published numbers
+    are there to read, and nothing looks measured. ``why`` says what is missing.
+    """
     exp = experiment or Experiment(recipe)
     paper_dm = _paper_delta_m(recipe, exp.directions())
     paper_rows: Mapping[str, Any] = recipe.paper.get("rows", {})

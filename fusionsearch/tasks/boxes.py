@@ -86,6 +86,7 @@ class Boxes(LabelKind):
 
 
 BOXES = Boxes()
+"""Boxes with class labels per image (detection); see ``Boxes``."""
 
 
 class RegionOutput:

@@ -113,6 +113,7 @@ class LabelKind(ABC):
 
 
 LABEL_KINDS: Registry[type[LabelKind]] = Registry("label kind", PlanError, name_attr="name")
+"""The registered label kinds: name -> class (``register_label_kind`` adds one)."""
 
 
 def register_label_kind(name: str) -> Callable[[type[LabelKind]], type[LabelKind]]:

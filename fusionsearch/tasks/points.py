@@ -85,6 +85,7 @@ class Points(LabelKind):
 
 
 POINTS = Points()
+"""Landmark coordinates per image; see ``Points``."""
 
 
 class LandmarkHead(nn.Module):
