@@ -22,6 +22,7 @@ import os
 import re
 import subprocess
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -94,11 +95,13 @@ def run_blocks(steps: list[dict], where: str) -> None:
             )
 
 
-def run_page(steps: list[dict], where: str, folder: Path) -> subprocess.CompletedProcess:
+def run_page(
+    steps: list[dict], where: str, folder: Path, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """Run a page's blocks in a process of its own (registries and torch's state stay its own)."""
     (folder / ".blocks.json").write_text(json.dumps({"where": where, "steps": steps}))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    env.update(MPLBACKEND="Agg", FUSIONSEARCH_DEBUG="1")
+    env.update(MPLBACKEND="Agg", FUSIONSEARCH_DEBUG="1", **(extra_env or {}))
     return subprocess.run(
         [sys.executable, str(Path(__file__).resolve()), "--steps", str(folder / ".blocks.json")],
         cwd=folder,
@@ -116,9 +119,25 @@ def _pages() -> list:
     return [pytest.param(p, id=p.name, marks=slow if p.name in SHELL_PAGES else []) for p in pages]
 
 
+@pytest.fixture(scope="module")
+def page_runs(request, tmp_path_factory):
+    """The selected pages' runs, started at once, one per core (each process on one thread: tiny
+    models gain nothing from more), so the pages take the time of the longest, not of the sum."""
+    test = "test_the_blocks_of_each_page_run"
+    pages = [i.callspec.params["page"] for i in request.session.items if getattr(i, "originalname", "") == test]
+    pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
+    one_thread = {"OMP_NUM_THREADS": "1"}
+    runs: dict[str, Future] = {}
+    for page in pages:
+        folder = tmp_path_factory.mktemp(page.stem)
+        runs[page.name] = pool.submit(run_page, page_blocks(page), f"docs/{page.name}", folder, one_thread)
+    yield runs
+    pool.shutdown(cancel_futures=True)
+
+
 @pytest.mark.parametrize("page", _pages())
-def test_the_blocks_of_each_page_run(page, tmp_path):
-    result = run_page(page_blocks(page), f"docs/{page.name}", tmp_path)
+def test_the_blocks_of_each_page_run(page, page_runs):
+    result = page_runs[page.name].result()
     assert result.returncode == 0, f"docs/{page.name}:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
 
 
