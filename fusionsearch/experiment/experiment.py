@@ -70,6 +70,7 @@ class Experiment:
 
     # ---- data and tasks -------------------------------------------------------------------
     def datasets(self) -> tuple[Dataset, Dataset]:
+        """The recipe's training and validation sets (made once)."""
         if self._data is None:
             d = dict(self.recipe.data)
             name = d.pop("name")
@@ -164,6 +165,7 @@ class Experiment:
         return (3, *self.recipe.image_size)
 
     def graph(self) -> BackboneGraph:
+        """The recipe's backbone, traced once at the recipe's input size."""
         if self._graph is None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FusionSearchWarning)
@@ -341,6 +343,7 @@ class WarmStart:
 
     @classmethod
     def of(cls, net: StitchedNet) -> WarmStart:
+        """The warm start a trained single-task net gives: its columns' weights and its heads."""
         heads = {t: {k: v.detach().clone() for k, v in net.heads[t].state_dict().items()} for t in net.tasks}
         return cls(column_weights_of(net), heads)
 

@@ -294,6 +294,7 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], path: str | None = None) -> Recipe:
+        """A recipe from plain data (a parsed YAML file: ``path`` names it in errors)."""
         if not isinstance(d, Mapping):
             where = f"recipe {path}" if path else "a recipe"
             raise RecipeError(f"{where} must be a mapping of fields (name: value), got a {type(d).__name__}")

@@ -116,6 +116,7 @@ class BackboneGraph:
         return segments
 
     def to_dict(self, all_cuts: bool = False) -> dict[str, Any]:
+        """The graph as plain data (``inspect --json``); ``all_cuts``: every cut point, not only boundaries."""
         d: dict[str, Any] = {
             "name": self.name,
             "input_size": list(self.input_size),

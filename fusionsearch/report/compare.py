@@ -132,10 +132,12 @@ class Comparison:
         return "-" if v is None else f"{v:+.2f}"
 
     def header(self) -> list[str]:
+        """The table's column titles (an arrow says whether higher is better)."""
         cols = [f"{t} {m} {'↑' if hi else '↓'}" for t, m, hi in self.columns]
         return ["row", *cols, "Delta-m %", "Delta-m over seeds (mean ± 95% CI)", "beats best baseline", "plan"]
 
     def cells(self) -> list[list[str]]:
+        """The table's rows as text: ours, the paper's in brackets."""
         out = []
         for r in self.rows:
             vals = [self._cell(r["ours"].get(t, {}).get(m), r["paper"].get(t, {}).get(m)) for t, m, _ in self.columns]
@@ -155,6 +157,7 @@ class Comparison:
         return table
 
     def markdown(self) -> str:
+        """The table in Markdown."""
         lines = [f"## {self.title}", "", "Ours (the paper's in brackets). " + self.convention, ""]
         head = self.header()
         lines.append("| " + " | ".join(head) + " |")
@@ -172,6 +175,7 @@ class Comparison:
         return md, table
 
     def csv(self) -> str:
+        """The table in CSV, one row per value source (ours, the paper's)."""
         buf = io.StringIO()
         w = csv.writer(buf)
         cols = [f"{t}/{m}" for t, m, _ in self.columns]

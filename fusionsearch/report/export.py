@@ -35,6 +35,7 @@ class ExportedBest:
     path: Path
 
     def describe(self) -> str:
+        """One line: why this trial, its plan, and the file written."""
         return f"{self.what}: {plan_summary(TrialRecord(self.trial).plan)} -> {self.path}"
 
 

@@ -163,6 +163,7 @@ class StudySettings:
         return len(self.objectives) > 1
 
     def directions(self) -> list[str]:
+        """Optuna's direction of each objective: ``maximize`` Delta-m, ``minimize`` params and latency."""
         return ["maximize" if OBJECTIVES[o] else "minimize" for o in self.objectives]
 
 

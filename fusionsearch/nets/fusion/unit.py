@@ -142,6 +142,7 @@ class FusionUnit(nn.Module, ABC):
         return len(self.channels)
 
     def forward(self, feats: Sequence[Tensor]) -> tuple[list[Tensor], Tensor | None]:
+        """Fuse the K task features in their layout; returns (one tensor per task, extra loss or None)."""
         if len(feats) != self.num_tasks:
             raise PlanError(f"{self.unit_name} was built for {self.num_tasks} tasks, got {len(feats)} features")
         cf = [to_channels_first(f, self.layout) for f in feats]
