@@ -192,8 +192,7 @@ class _Command(TyperCommand):
 DOCS_URL = "https://fusionsearch.readthedocs.io/en/latest/"  # the site built from docs/ (mkdocs.yml's site_url)
 # each command's page on that site (docs/PAGE.md); a command not named here points to the home page
 DOCS_PAGES = {
-    **dict.fromkeys(["inspect", "build"], "concepts"),
-    "train": "getting-started",
+    **dict.fromkeys(["inspect", "build", "train"], "concepts"),  # cut points; plans and baselines
     **dict.fromkeys(["list", "units"], "extending"),
     **dict.fromkeys(["run", "worker", "trials", "best", "dashboard"], "search"),
     "report": "reading-a-report",
