@@ -19,8 +19,11 @@ __all__ = ["Registry", "lazy_exports"]
 
 
 class Registry(dict[str, T], Generic[T]):
-    """Name -> class (or factory). ``@registry.register("name")`` adds one; ``registry.get(name)``
-    raises ``error`` listing the registered names. ``name_attr`` is set on registered classes."""
+    """A registry of fusion units, tasks, data sets, weightings, ...: name -> class (or factory).
+
+    ``@registry.register("name")`` adds one; ``registry.get(name)`` raises ``error`` listing the
+    registered names. ``name_attr`` is set on registered classes (``unit_name``, ``task_name``).
+    """
 
     def __init__(self, kind: str, error: type[Exception], name_attr: str | None = None) -> None:
         super().__init__()
@@ -47,9 +50,11 @@ class Registry(dict[str, T], Generic[T]):
 
 
 def lazy_exports(module: str) -> tuple[Callable[[str], Any], Callable[[], list[str]], list[str]]:
-    """The PEP 562 ``__getattr__`` and ``__dir__`` of package ``module``, and its ``__all__``, read
-    from the one list of what it exports: the ``from M import name`` lines of its ``__init__.py``'s
-    ``if TYPE_CHECKING:`` block, which type checkers read as they are. Write, in the package::
+    """A package's exports, loaded on first use: its PEP 562 ``__getattr__``, ``__dir__`` and ``__all__``.
+
+    They are read from the one list of what package ``module`` exports: the ``from M import name``
+    lines of its ``__init__.py``'s ``if TYPE_CHECKING:`` block, which type checkers read as they
+    are. Write, in the package:
 
         if TYPE_CHECKING:
             from fusionsearch.search.runner import StudyRun, run_study

@@ -43,6 +43,8 @@ __all__ = [
     "INTERRUPTED",
     "STOPPED",
     "on_interrupt",
+    "DOCS_URL",
+    "docs_line",
 ]
 
 console = Console()
@@ -187,18 +189,43 @@ class _Command(TyperCommand):
         return super().invoke(ctx)
 
 
-class App(typer.Typer):
-    """A Typer app whose commands refuse empty option values (``_Command``); the data commands' too."""
+DOCS_URL = "https://fusionsearch.readthedocs.io/en/latest/"  # the site built from docs/ (mkdocs.yml's site_url)
+# each command's page on that site (docs/PAGE.md); a command not named here points to the home page
+DOCS_PAGES = {
+    **dict.fromkeys(["inspect", "build", "train"], "concepts"),  # cut points; plans and baselines
+    **dict.fromkeys(["list", "units"], "extending"),
+    **dict.fromkeys(["run", "worker", "trials", "best", "dashboard"], "search"),
+    "report": "reading-a-report",
+    "compare": "recipes",
+    **dict.fromkeys(["data", "check"], "your-own-data"),
+}
 
-    def command(self, *args: Any, **kwargs: Any) -> Any:
+
+def docs_line(command: str | None = None) -> str:
+    """The last line of a command's ``--help``: the address of its page (the home page for none)."""
+    page = DOCS_PAGES.get(command or "", "")
+    return f"Docs: {DOCS_URL}{page + '/' if page else ''}"
+
+
+class App(typer.Typer):
+    """A Typer app whose commands refuse empty option values (``_Command``) and whose ``--help``
+    ends with the command's page of the docs (``docs_line``); the data commands' too."""
+
+    def command(self, name: str | None = None, **kwargs: Any) -> Any:
         kwargs.setdefault("cls", _Command)
-        return super().command(*args, **kwargs)
+
+        def register(f: Any) -> Any:
+            kwargs.setdefault("epilog", docs_line(name or f.__name__.strip("_").replace("_", "-")))
+            return typer.Typer.command(self, name, **kwargs)(f)
+
+        return register
 
 
 app = App(
     cls=_Commands,
     name="fusionsearch",
     help="Architecture search for multi-task networks over timm backbones.",
+    epilog=docs_line(),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

@@ -7,13 +7,13 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from fusionsearch.cli.core import App, app, console
+from fusionsearch.cli.core import App, app, console, docs_line
 from fusionsearch.cli.options import PluginOpt, use_plugins
 from fusionsearch.errors import DataError
 
 __all__ = ["data_app", "check"]
 
-data_app = App(help="Check a data folder before a study.", no_args_is_help=True)
+data_app = App(help="Check a data folder before a study.", epilog=docs_line("data"), no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
 PathArg = Annotated[str, typer.Argument(help="the folder: PATH/images, PATH/<task>/, PATH/labels.csv, ...")]

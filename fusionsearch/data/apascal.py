@@ -172,7 +172,9 @@ def _image_folder(root: Path, images: str | Path | None) -> Path:
 
 @register_dataset("apascal")
 class APascal(MultiTaskDataset):
-    """aPascal's objects as ``det`` (20 classes) and ``box_attr`` (64 attributes); see the module
+    """aPascal: objects as ``det`` (20 classes) and ``box_attr`` (64 attributes).
+
+    aPascal's objects as ``det`` (20 classes) and ``box_attr`` (64 attributes); see the module
     docstring for the files and conventions.
 
     ``size`` resizes every item to (H, W) (None keeps the native size), scaling the boxes;

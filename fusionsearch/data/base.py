@@ -71,6 +71,7 @@ class MultiTaskDataset(Dataset, ABC):
 
 
 DATASETS: Registry[Callable[..., Dataset]] = Registry("data set", FusionSearchError)
+"""The registered data sets: name -> class (``register_dataset`` adds one)."""
 
 
 def register_dataset(name: str) -> Callable[[Any], Any]:
@@ -79,4 +80,5 @@ def register_dataset(name: str) -> Callable[[Any], Any]:
 
 
 def get_dataset(name: str, **kwargs: Any) -> Dataset:
+    """A data set by registered name (``fusionsearch list datasets``); keyword arguments go to its constructor."""
     return DATASETS.get(name)(**kwargs)

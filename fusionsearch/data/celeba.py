@@ -244,7 +244,9 @@ def _stamp(*paths: Path | None) -> tuple[int, ...]:
 
 @register_dataset("celeba")
 class CelebA(MultiTaskDataset):
-    """CelebA attributes (``attr``, or the ``attributes`` groups) and ``landmarks``; see the module
+    """CelebA: face attributes (``attr``) and ``landmarks``.
+
+    CelebA attributes (``attr``, or the ``attributes`` groups) and ``landmarks``; see the module
     docstring for the files read and the conventions.
 
     ``size`` is the output (H, W) or side (None keeps the aligned 218 x 178); ``augment`` (default:

@@ -170,7 +170,9 @@ def _boxes(task: FolderTask, i: str) -> dict[str, Tensor]:
 
 @register_dataset("folder")
 class FolderData(MultiTaskDataset):
-    """A user's own data: ``PATH/images``, one folder per dense task, ``labels.csv`` for per-image
+    """A user's own data: a folder of images with a folder or a CSV of labels per task.
+
+    A user's own data: ``PATH/images``, one folder per dense task, ``labels.csv`` for per-image
     tasks, optional ``splits/`` and ``tasks.yaml`` (``data.folder_layout`` documents it).
 
     ``size`` resizes every item (default 128, the recipes' default); ``augment`` (default: on for the

@@ -227,7 +227,9 @@ def face_box(location: np.ndarray, image_size: tuple[int, int], margin: float) -
 
 @register_dataset("imdb_wiki")
 class IMDBWiki(MultiTaskDataset):
-    """IMDB-WIKI age (100 classes, 0..99) and gender (2 classes); see the module docstring for the
+    """IMDB-WIKI: age (100 classes) and gender, split by subject.
+
+    IMDB-WIKI age (100 classes, 0..99) and gender (2 classes); see the module docstring for the
     files read, the filter and the subject-disjoint split.
 
     ``size`` is the output (H, W) (None keeps each image's own size, which cannot be batched);

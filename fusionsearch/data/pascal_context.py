@@ -190,7 +190,9 @@ def _normals(path: Path, context: Path, hw: tuple[int, ...]) -> Tensor:
 
 @register_dataset("pascal_context")
 class PASCALContext(MultiTaskDataset):
-    """PASCAL-Context seg + human parts + saliency + normals (the survey's PASCAL_MT); see the
+    """PASCAL-Context (the survey's PASCAL_MT): seg, human parts, saliency and normals.
+
+    PASCAL-Context seg + human parts + saliency + normals (the survey's PASCAL_MT); see the
     module docstring.
 
     ``tasks`` (a list or "seg,sal"; default all four) reads only those labels' files; ``size``

@@ -85,6 +85,7 @@ class SyntheticScenes(MultiTaskDataset):
         return self.length
 
     def scene_seed(self, index: int) -> int:
+        """The seed that draws scene ``index`` of this split (the same scene on every machine)."""
         return int(np.random.SeedSequence([self.seed, _SPLITS[self.split], index]).generate_state(1)[0])
 
     def category_counts(self, task: str) -> dict[str, int]:

@@ -71,6 +71,7 @@ class Experiment:
 
     # ---- data and tasks -------------------------------------------------------------------
     def datasets(self) -> tuple[Dataset, Dataset]:
+        """The recipe's training and validation sets (made once)."""
         if self._data is None:
             d = dict(self.recipe.data)
             name = d.pop("name")
@@ -165,6 +166,7 @@ class Experiment:
         return (3, *self.recipe.image_size)
 
     def graph(self) -> BackboneGraph:
+        """The recipe's backbone, traced once at the recipe's input size."""
         if self._graph is None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FusionSearchWarning)
@@ -332,14 +334,18 @@ class Experiment:
 
 @dataclass
 class WarmStart:
-    """Trained single-task networks as the start of other plans: each column's backbone weights
-    (under timm's names, whatever the plan's cut points) and each task's head."""
+    """Trained single-task networks as the start of other plans.
+
+    Each column's backbone weights (under timm's names, whatever the plan's cut points) and each
+    task's head.
+    """
 
     columns: list[dict[str, torch.Tensor]]
     heads: dict[str, dict[str, torch.Tensor]]
 
     @classmethod
     def of(cls, net: StitchedNet) -> WarmStart:
+        """The warm start a trained single-task net gives: its columns' weights and its heads."""
         heads = {t: {k: v.detach().clone() for k, v in net.heads[t].state_dict().items()} for t in net.tasks}
         return cls(column_weights_of(net), heads)
 

@@ -52,8 +52,10 @@ class RecipeError(FusionSearchError, ValueError):
 
 @dataclass
 class Recipe:
-    """A study's set-up. ``data`` keys other than ``name``, ``size``, ``train_length`` and
-    ``val_length`` go to the data set's constructor (``root``, ``layout``, ...).
+    """A study's set-up, read from a recipe file (``load_recipe``).
+
+    ``data`` keys other than ``name``, ``size``, ``train_length`` and ``val_length`` go to the
+    data set's constructor (``root``, ``layout``, ...).
 
     The fields hold the sections as written, which is what a study stores and compares when it
     is resumed (``to_dict``). Each section is parsed once, when the recipe is made, into the
@@ -292,6 +294,7 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], path: str | None = None) -> Recipe:
+        """A recipe from plain data (a parsed YAML file: ``path`` names it in errors)."""
         if not isinstance(d, Mapping):
             where = f"recipe {path}" if path else "a recipe"
             raise RecipeError(f"{where} must be a mapping of fields (name: value), got a {type(d).__name__}")
@@ -317,7 +320,7 @@ def recipe_dirs() -> list[Path]:
 
 
 def list_recipes() -> dict[str, Path]:
-    """Recipe name -> file, first directory wins."""
+    """The recipes found, name -> file, from ``recipe_dirs()``: a name's first directory wins."""
     out: dict[str, Path] = {}
     for d in recipe_dirs():
         if d.is_dir():

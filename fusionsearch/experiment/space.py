@@ -145,6 +145,7 @@ class SearchSpace:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SearchSpace:
+        """The search space of a recipe's ``search`` section; an unknown key is an error."""
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
             known = ", ".join(cls.__dataclass_fields__)

@@ -116,6 +116,7 @@ class BackboneGraph:
         return segments
 
     def to_dict(self, all_cuts: bool = False) -> dict[str, Any]:
+        """The graph as plain data (``inspect --json``); ``all_cuts``: every cut point, not only boundaries."""
         d: dict[str, Any] = {
             "name": self.name,
             "input_size": list(self.input_size),
@@ -152,9 +153,11 @@ def trace(
             for a module torch.fx cannot trace).
         check: compare the traced graph with the eager model on the example input (raises
             TraceError when they differ, e.g. data-dependent control flow).
-        pretrained, checkpoint, create_kwargs: passed to ``create_backbone`` for a name.
+        pretrained: load timm's pretrained weights (a name only; passed to ``create_backbone``).
+        checkpoint: a local weights file to load into the backbone (a name only).
+        **create_kwargs: further arguments of ``timm.create_model`` (a name only).
 
-    Example:
+    Examples:
         >>> g = trace("resnet18", (3, 64, 64))
         >>> [b.name for b in g.boundaries]
         ['act1', 'layer1', 'layer2', 'layer3', 'layer4']

@@ -43,6 +43,7 @@ class CutPoint:
         return spatial_of(tuple(self.shape), self.layout)
 
     def to_dict(self) -> dict[str, Any]:
+        """The cut point as plain data."""
         return asdict(self)
 
 

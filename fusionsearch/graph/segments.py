@@ -179,6 +179,7 @@ class Segment(nn.Module):
         self.side_out = side_out
 
     def forward(self, x: torch.Tensor, *side: Any) -> Any:
+        """Run the piece (its train-mode graph in training where the two differ)."""
         graph = self.train_graph if self.training and self.train_graph is not None else self.eval_graph
         return graph(x, *side)
 

@@ -115,7 +115,8 @@ def build(
             ``shared_prefix`` the trunk starts from the first task's weights.
         leaf: modules not to trace into (``trace``'s ``leaf``), for every column, or per task
             (``{"seg": ["BasicBlock"], "normal": ["ConvNeXtBlock"]}``) where the backbones differ.
-        pretrained, create_kwargs: passed to ``timm.create_model``.
+        pretrained: load timm's pretrained weights into each column (passed to ``timm.create_model``).
+        **create_kwargs: further arguments of ``timm.create_model``.
         task_args: per task, constructor arguments of its registered ``Task`` that shape the head
             (e.g. ``{"seg": {"rates": [1, 6]}}``). Registered tasks get their own head (ASPP for
             ``seg``); other names get ``SimpleHead``.
@@ -123,7 +124,7 @@ def build(
             own name, so that two plans that share a module start it identically whatever else
             they hold (common random numbers: their difference is the plan's, not the draw's).
 
-    Example:
+    Examples:
         >>> net = build("test_resnet", {"seg": 5, "normal": 3}, StitchPlan(at=["layer1", "layer2"]))
         >>> sorted(net(torch.randn(1, 3, 64, 64)))
         ['normal', 'seg']

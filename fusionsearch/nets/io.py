@@ -30,9 +30,14 @@ FORMAT_VERSION = 2  # 2: the shortcut became conv-BN-ReLU (version 1 files load 
 
 
 def save(net: StitchedNet, path: str | os.PathLike[str], weighting: Mapping[str, Any] | None = None) -> None:
-    """Save weights, plan, tasks and backbone names; ``load`` rebuilds the net from them.
-    ``weighting``: the training's weighting method and its learned state (``fit``'s
-    ``history["weighting"]``), kept beside the net (e.g. uncertainty's log-variances)."""
+    """Save a stitched net to one file: weights, plan, tasks and backbone names (``load`` reads it).
+
+    Args:
+        net: the network.
+        path: the file to write.
+        weighting: the training's weighting method and its learned state (``fit``'s
+            ``history["weighting"]``), kept beside the net (e.g. uncertainty's log-variances).
+    """
     payload = {
         "format": FORMAT,
         "version": FORMAT_VERSION,

@@ -108,6 +108,7 @@ class StitchedNet(nn.Module):
         return outs, extra
 
     def forward(self, x: Tensor, return_extra: bool = False) -> Any:
+        """The predictions ``{task: tensor}``; with ``return_extra``, also the units' extra losses."""
         feats, extra = self.head_features(x)
         size = (x.shape[-2], x.shape[-1])
         preds = {t: self.heads[t](f, size) for t, f in zip(self.tasks, feats)}
@@ -119,9 +120,11 @@ class StitchedNet(nn.Module):
         return {names[int(k)]: u for k, u in self.units.items()}
 
     def backbone_parameters(self) -> list[nn.Parameter]:
+        """The parameters of the columns and of the shared trunk."""
         return _unique([*self.shared.parameters(), *self.columns.parameters()])
 
     def fusion_parameters(self) -> list[nn.Parameter]:
+        """The parameters of the fusion units and of the heads' inputs."""
         extra = list(self.head_inputs.parameters()) if self.head_inputs is not None else []
         return _unique([*self.units.parameters(), *extra])
 

@@ -52,6 +52,7 @@ class StitchPlan:
     head_input_lr_mult: float | None = None
 
     def unit_for(self, point: str) -> tuple[str, dict[str, Any]]:
+        """The unit at ``point`` and its arguments: the plan's, or what ``per_point`` sets there."""
         args = dict(self.unit_args)
         override = dict(self.per_point.get(point, {}))
         name = override.pop("unit", self.unit)
@@ -63,10 +64,12 @@ class StitchPlan:
         return name, args
 
     def to_dict(self) -> dict[str, Any]:
+        """The plan as plain data (JSON, YAML); ``from_dict`` reads it back."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> StitchPlan:
+        """A plan from plain data; an unknown field is a ``PlanError`` naming the closest one."""
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
             hint = did_you_mean(sorted(unknown)[0], list(cls.__dataclass_fields__))

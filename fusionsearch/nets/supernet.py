@@ -89,6 +89,7 @@ class SuperNet(nn.Module):
         return math.prod(len(c) for c in self.choices.values())
 
     def check_path(self, path: Mapping[str, str]) -> None:
+        """Raise a ``PlanError`` unless every point of ``path`` and its unit are candidates here."""
         unknown = sorted(set(path) - set(self.point_names))
         bad = {p: u for p, u in path.items() if p in self.choices and u not in self.choices[p]}
         if unknown or bad:

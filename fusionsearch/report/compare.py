@@ -63,10 +63,19 @@ def comparison_settings(
     labelled: Mapping[str, float | str] | None = None,
     experiment: Experiment | None = None,
 ) -> StudySettings:
-    """The study behind a comparison table: its rows are the baselines (single first), every row
-    runs its whole budget (no pruning), and the searched row's trials are every grid point of a
-    grid recipe, else ``trials`` or the recipe's ``compare.search_trials`` (4). ``experiment``: the
-    recipe's, where the caller has one."""
+    """The settings of the study behind a comparison table (``fusionsearch compare``).
+
+    Its rows are the baselines (single first); every row runs its whole budget (no pruning); the
+    searched row's trials are every grid point of a grid recipe, else ``trials`` or the recipe's
+    ``compare.search_trials`` (4).
+
+    Args:
+        recipe: a paper's recipe (``fusionsearch list recipes``).
+        study: the study's name (default: from the recipe).
+        confirm_seeds: fresh seeds that retrain the rows (default: the recipe's).
+        labelled: per task, the share of training images (or a file of ids) that keep its label.
+        experiment: the recipe made concrete, where the caller has one.
+    """
     exp = experiment or Experiment(recipe)
     exp.check_fusion_tasks()
     grid = is_grid(recipe)
@@ -123,10 +132,12 @@ class Comparison:
         return "-" if v is None else f"{v:+.2f}"
 
     def header(self) -> list[str]:
+        """The table's column titles (an arrow says whether higher is better)."""
         cols = [f"{t} {m} {'↑' if hi else '↓'}" for t, m, hi in self.columns]
         return ["row", *cols, "Delta-m %", "Delta-m over seeds (mean ± 95% CI)", "beats best baseline", "plan"]
 
     def cells(self) -> list[list[str]]:
+        """The table's rows as text: ours, the paper's in brackets."""
         out = []
         for r in self.rows:
             vals = [self._cell(r["ours"].get(t, {}).get(m), r["paper"].get(t, {}).get(m)) for t, m, _ in self.columns]
@@ -146,6 +157,7 @@ class Comparison:
         return table
 
     def markdown(self) -> str:
+        """The table in Markdown."""
         lines = [f"## {self.title}", "", "Ours (the paper's in brackets). " + self.convention, ""]
         head = self.header()
         lines.append("| " + " | ".join(head) + " |")
@@ -163,6 +175,7 @@ class Comparison:
         return md, table
 
     def csv(self) -> str:
+        """The table in CSV, one row per value source (ours, the paper's)."""
         buf = io.StringIO()
         w = csv.writer(buf)
         cols = [f"{t}/{m}" for t, m, _ in self.columns]
@@ -208,8 +221,11 @@ def _columns(recipe: Recipe, exp: Experiment) -> list[tuple[str, str, bool]]:
 
 
 def build_comparison(study: optuna.Study, recipe: Recipe, experiment: Experiment | None = None) -> Comparison:
-    """The comparison table from a finished comparison study: the recipe's baseline rows, its
-    ablation (grid) rows, the search's best trial, each with its confirmation where it has one."""
+    """The comparison table of a finished comparison study, our values beside the paper's.
+
+    Rows: the recipe's baselines, its ablation (grid) rows and the search's best trial, each with
+    its confirmation where it has one.
+    """
     exp = experiment or Experiment(recipe)
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     searched = [t for t in trials if Job.of(t).sampled and TrialRecord(t).delta_m is not None]
@@ -223,8 +239,11 @@ def build_comparison(study: optuna.Study, recipe: Recipe, experiment: Experiment
 
 
 def paper_comparison(recipe: Recipe, why: str = "no data", experiment: Experiment | None = None) -> Comparison:
-    """The paper's table alone, our cells empty: what ``compare`` prints when the recipe's data is
-    not on this machine, so the published numbers are there to read, and nothing looks measured."""
+    """The paper's table alone, our cells empty.
+
+    What ``compare`` prints when the recipe's data is not on this machine: the published numbers
+    are there to read, and nothing looks measured. ``why`` says what is missing.
+    """
     exp = experiment or Experiment(recipe)
     paper_dm = _paper_delta_m(recipe, exp.directions())
     paper_rows: Mapping[str, Any] = recipe.paper.get("rows", {})

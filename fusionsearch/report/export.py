@@ -35,6 +35,7 @@ class ExportedBest:
     path: Path
 
     def describe(self) -> str:
+        """One line: why this trial, its plan, and the file written."""
         return f"{self.what}: {plan_summary(TrialRecord(self.trial).plan)} -> {self.path}"
 
 
@@ -89,8 +90,18 @@ def export_best(
     artifacts: str | None = None,
     flag: str = "out",
 ) -> ExportedBest:
-    """Write the network of the study's best plan (``best_to_export``) to ``out``, atomically and
-    keeping the old file's permissions. ``flag`` names ``out`` in errors (``--out``)."""
+    """Write the network of the study's best plan to a file, as ``fusionsearch best`` does.
+
+    The best plan is the best after confirmation, else the search's best (``best_to_export``).
+    The file is written atomically, keeping an old file's permissions; ``fusionsearch.load`` reads it.
+
+    Args:
+        study_name: the study.
+        out: the file to write.
+        storage: the study's storage URL.
+        artifacts: its artefact folder (default: beside the SQLite file).
+        flag: what error messages call ``out`` (the command line passes ``--out``).
+    """
     chosen, what = best_to_export(study_name, storage)
     if TrialRecord(chosen).model_artifact is None:
         raise FusionSearchError(

@@ -62,12 +62,19 @@ def write_report(
     artifacts: str | None = None,
     to_dashboard: bool = False,
 ) -> Path:
-    """Write the study's HTML report; returns its path. Figures that need more finished trials
-    than there are say so in place of the plot.
+    """Write the study's HTML report, one self-contained file that opens offline; return its path.
 
-    ``to_dashboard`` also stores the figures in ``DASHBOARD_FIGURES`` in the study, where
-    optuna-dashboard shows them: ``run`` does, and ``report --to-dashboard``. A plain ``report``
-    only reads the storage (a journal storage would otherwise grow by each call's figures)."""
+    A figure that needs more finished trials than there are says so in place of the plot.
+
+    Args:
+        study: the study.
+        out: the file to write.
+        storage_url: the study's storage URL (the fusion weights are read from its artefacts).
+        artifacts: the artefact folder (default: beside the SQLite file).
+        to_dashboard: also store the figures of ``DASHBOARD_FIGURES`` in the study, where
+            optuna-dashboard shows them (``run`` does, and ``report --to-dashboard``); otherwise
+            the storage is only read.
+    """
     conf = summarize(study)
     figs = _study_figures(study, conf)
     best = best_trial(study)

@@ -115,9 +115,12 @@ def counts(study: optuna.Study) -> dict[str, int]:
 
 
 def best_trial(study: optuna.Study, with_fusion: bool = False) -> FrozenTrial | None:
-    """The search's best single run (one seed; ``confirm.summarize`` says what holds over seeds).
-    Single objective: the best complete trial; several: the Pareto trial with the best first
-    objective. ``with_fusion``: only trials whose network has fusion units."""
+    """The search's best single run, or None before any trial completes.
+
+    One seed: ``summarize`` says what holds over seeds. With one objective, the best complete
+    trial; with several, the Pareto trial with the best first objective. ``with_fusion``: only
+    trials whose network has fusion units.
+    """
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values and is_ranked(t)]
     if with_fusion:
         done = [t for t in done if TrialRecord(t).fusion_artifact]
@@ -160,7 +163,10 @@ def _fmt(v: Any, digits: int = 2) -> str:
 
 
 def trials_table(study: optuna.Study, title: str | None = None, compact: bool = False) -> Table:
-    """``compact`` (the leaderboard ``run`` prints): each task's first metric, no failure reasons."""
+    """The study's trials as a rich table: plan, state, Delta-m, metrics and any failure reason.
+
+    ``compact`` (the leaderboard ``run`` prints): each task's first metric, no failure reasons.
+    """
     objectives = StudyRecord(study).objectives(["value"])
     table = Table(title=title or f"study {study.study_name}", title_justify="left")
     cols = ("#", "kind", "state", "plan", *objectives, "metrics", *(() if compact else ("reason",)))
@@ -277,9 +283,12 @@ def search_title(study: optuna.Study) -> str:
 def print_summary(
     study: optuna.Study, console: Any, title: str | None = None, compact: bool = False, width: int = 160
 ) -> Confirmation:
-    """What a study ends with, as ``run`` and ``trials`` print it: the trials table, the
-    confirmation table (when there was one), how Delta-m averages, and the verdict in words.
-    Printed at least ``width`` columns wide, so that a narrow terminal folds cells, not rows."""
+    """Print what a study ends with, as ``run`` and ``trials`` do; return its confirmation.
+
+    The trials table, the confirmation table (when there was one), how Delta-m averages, and the
+    verdict in words, on the rich ``console``, at least ``width`` columns wide (a narrow terminal
+    folds cells, not rows).
+    """
     from rich.console import Console
 
     wide = Console(width=max(console.width, width), file=console.file)

@@ -219,6 +219,7 @@ class Confirmation:
         return done[0] if done else None
 
     def searched(self) -> list[ConfirmedPlan]:
+        """The confirmed searched plans (not the baselines), best mean first."""
         return [p for p in self.plans if not p.baseline and p.interval is not None]
 
     def verdict(self) -> str:

@@ -31,8 +31,15 @@ __all__ = ["StudyRun", "run_study", "study_header"]
 
 @dataclass
 class StudyRun:
-    """What ``run_study`` ends with: the study, its confirmation summary (``verdict()`` says the
-    conclusion in words) and the worker processes that exited with an error, with their logs."""
+    """What ``run_study`` ends with.
+
+    Attributes:
+        study: the Optuna study, searched and confirmed.
+        settings: how it ran.
+        confirmation: the confirmation summary; ``confirmation.verdict()`` says the conclusion in words.
+        failed_workers: the numbers of the worker processes that exited with an error.
+        logs: the folder of the worker processes' logs (None when the trials ran in this process).
+    """
 
     study: optuna.Study
     settings: StudySettings
@@ -108,11 +115,23 @@ def run_study(
     note: Callable[[str], None] = print,
     experiment: Experiment | None = None,
 ) -> StudyRun:
-    """Search, then confirm: create or resume the study (``prepare_study``), run its queued trials
-    here (one device) or in one worker process per device with a live view on ``console``
-    (``quiet``: log lines only), then queue the confirmation of the winners and the baselines
-    over fresh seeds and run it. ``title`` replaces the first line (``compare`` names its rows).
-    ``experiment``: the recipe's with the study seed, where the caller has one (else made here)."""
+    """Run a whole study, as ``fusionsearch run`` does: the search, then its confirmation.
+
+    Creates or resumes the study (``prepare_study``) and runs its queued trials, then queues the
+    confirmation of the winners and the baselines over fresh seeds and runs it.
+
+    Args:
+        recipe: the study's set-up (``load_recipe``).
+        settings: the study's name, storage, trial count, confirmation and the rest.
+        devices: where trials train: one device runs them in this process, several run one
+            worker process per device, with a live view on ``console``.
+        title: replaces the first line printed (``compare`` names its rows).
+        quiet: log lines only, no live view.
+        log: where the progress lines go.
+        note: where remarks for a person go (a resumed study, failed workers).
+        experiment: the recipe made concrete with the study seed, where the caller has one
+            (else made here).
+    """
     exp = experiment or Experiment(recipe, settings.seed)
     study = prepare_study(recipe, settings, exp)
     log(title or f"study {settings.study} in {redact(settings.storage)}: {settings.trials} trials + baselines")

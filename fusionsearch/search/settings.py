@@ -45,7 +45,27 @@ MAX_TRIALS = 100_000  # queued slots: each is a row in the storage before anythi
 
 @dataclass
 class StudySettings:
-    """How the study runs; stored with the study so that workers on other machines agree."""
+    """How the study runs; stored with the study so that workers on other machines agree.
+
+    ``StudySettings.from_recipe`` fills what is not given from the recipe's ``study`` and
+    ``confirm`` sections, as ``fusionsearch run`` does.
+
+    Attributes:
+        study: the study's name (a second run with the same name resumes it).
+        storage: the Optuna storage URL (``sqlite:///FILE``, ``postgresql://...``, ``journal:FILE``).
+        trials: sampled trials after the baselines.
+        timeout: stop starting trials after this many seconds.
+        sampler: ``tpe``, ``nsga2``, ``random`` or ``grid``.
+        pruner: ``successive_halving``, ``hyperband``, ``median`` or ``none``.
+        objectives: ``["delta_m"]``, or with ``params`` or ``latency`` for a Pareto front.
+        baselines: the baselines trained before the search (``single`` is Delta-m's reference).
+        artifacts: the artefact folder (default: beside the SQLite file).
+        seed: the study seed.
+        confirm_top: searched plans confirmed over seeds after the search.
+        confirm_seeds: fresh seeds of the confirmation (0: no confirmation).
+        confirm_per: confirm the top plans for each value of this search parameter.
+        keep_nets: trained nets kept as artefacts: ``confirmed`` (baselines and confirmed plans) or ``all``.
+    """
 
     study: str = "fusionsearch"
     storage: str = DEFAULT_STORAGE
@@ -143,6 +163,7 @@ class StudySettings:
         return len(self.objectives) > 1
 
     def directions(self) -> list[str]:
+        """Optuna's direction of each objective: ``maximize`` Delta-m, ``minimize`` params and latency."""
         return ["maximize" if OBJECTIVES[o] else "minimize" for o in self.objectives]
 
 

@@ -164,13 +164,18 @@ def open_storage(
     create: bool = True,
     on_stale: Callable[[optuna.Study, optuna.trial.FrozenTrial], Any] | None = None,
 ) -> optuna.storages.BaseStorage:
-    """An Optuna storage for ``url``; RDB storages get heartbeats and ``on_stale`` as their
-    stale-trial callback (a study's: ``requeue.retry``, a copy of a dead worker's trial).
+    """Open the Optuna storage at ``url``: ``sqlite:///FILE``, ``postgresql://...`` or ``journal:FILE``.
 
-    ``create=False`` is for commands that only read (``trials``, ``best``, ``report``): a file
-    that is not there is an error naming it, never a new empty database (a mistyped path would
-    otherwise leave one behind and then report "no study"). Creating the schema is serialised by
-    ``study_lock``: two ``run`` commands on a new database raced on "table already exists".
+    Creating the schema is serialised by ``study_lock``, so two ``run`` commands may start on one
+    new database.
+
+    Args:
+        url: the storage's address.
+        heartbeat: RDB storages get heartbeats, so that a dead worker's trial is noticed.
+        create: False for commands that only read (``trials``, ``best``, ``report``): a file that
+            is not there is an error naming it, never a new empty database.
+        on_stale: called with each trial whose worker stopped beating (a study's: ``requeue.retry``,
+            which queues a copy of it).
     """
     shown = redact(url)
     check_url(url, create)

@@ -114,13 +114,19 @@ def make_pruner(settings: StudySettings, recipe: Recipe) -> optuna.pruners.BaseP
 
 
 def prepare_study(recipe: Recipe, settings: StudySettings, experiment: Experiment | None = None) -> optuna.Study:
-    """Create (or resume) the study, store its recipe and settings, queue the baselines and trial
-    slots that are not there yet, and queue again the trials an accident failed (``recovery``).
+    """Create or resume a study: its recipe and settings stored, its baselines and trials queued.
 
-    Safe to call from several processes at once (two ``run`` commands on one new database): the
-    whole read-then-write runs under the storage's lock, so the second finds the first's slots
-    and adds none; each slot is identified by its fixed ``slot`` number. ``experiment``: the
-    recipe's, where the caller has one (its traced backbone gives the points)."""
+    Queues the baselines and trial slots that are not there yet, and queues again the trials an
+    accident failed (``recovery``). Safe to call from several processes at once (two ``run``
+    commands on one new database): the whole read-then-write runs under the storage's lock, so
+    the second finds the first's slots and adds none; each slot has a fixed ``slot`` number.
+
+    Args:
+        recipe: the study's set-up (``load_recipe``).
+        settings: its name, storage, trial count and the rest (stored with the study).
+        experiment: the recipe made concrete, where the caller has one (its traced backbone
+            gives the cut points); else made here.
+    """
     exp = check_study(recipe, settings, experiment)
     check_url(settings.storage)
     with study_lock(settings.storage):
@@ -264,8 +270,15 @@ def check_plan(plan: StitchPlan, where: str) -> None:
 
 
 def load_study(name: str, storage: str = DEFAULT_STORAGE) -> tuple[optuna.Study, Recipe, StudySettings]:
-    """An existing study with its recipe and settings (what a worker on another machine needs),
-    after the plugins it was made with (``plugins.require_plugins``: one line if one is missing)."""
+    """Open an existing study with the recipe and settings stored in it.
+
+    What a worker on another machine needs. The plugins the study was made with are loaded first
+    (``plugins.require_plugins``: one line if one is missing). The storage is opened to read: a
+    file that is not there is an error, never a new database.
+
+    Returns:
+        ``(study, recipe, settings)``.
+    """
     st = open_storage(storage, create=False, on_stale=retry)
     names = [s.study_name for s in optuna.get_all_study_summaries(st)]
     if name not in names:

@@ -58,15 +58,19 @@ def run_worker(
     worker: int = 0,
     shares_device: bool = False,
 ) -> int:
-    """Run queued trials of a study until none are left (or ``timeout`` / ``max_trials``); returns
-    how many this worker ran. Failures (out of memory, NaN loss, a bad plan) fail that trial with
-    its reason and the worker goes on. ``worker`` is this worker's number in the study: with
-    ``device="auto"`` it picks GPU ``worker % count`` (the plans a trial draws do not depend on
-    it: ``seeding.JobSeeded``). ``shares_device``: other workers train on
-    the same GPU, so running out of memory is an accident (queued again), not the plan's verdict.
-    A sticky CUDA error (``recovery.sticky_device_error``) queues its trial again and stops the
-    worker with a DeviceError: its CUDA context is broken; a write the disk refused, with a
-    DiskError."""
+    """Run a study's queued trials in this process until none are left; return how many it ran.
+
+    A failure (out of memory, a NaN loss, a bad plan) fails its trial with the reason and the worker
+    goes on; a sticky CUDA error queues its trial again and stops the worker with a ``DeviceError``
+    (its CUDA context is broken), a write the disk refused with a ``DiskError``.
+
+    Args:
+        device: ``auto`` picks GPU ``worker % count`` (the plans drawn do not depend on it).
+        timeout: stop starting trials after this many seconds (default: the study's).
+        worker: this worker's number in the study.
+        shares_device: other workers train on the same GPU: running out of memory queues the
+            trial again instead of failing it.
+    """
     study, recipe, settings = load_study(study_name, storage)
     check_id_files(StudyRecord(study).id_files, recipe.data.get("labelled"), study_name)  # as the study began
     device = use_device(device, worker)

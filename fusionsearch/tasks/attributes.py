@@ -76,7 +76,9 @@ def attribute_metrics(per: dict[str, Tensor]) -> dict[str, float]:
 
 @register_task("attr")
 class Attributes(Task):
-    """Multi-label attributes: BCE with logits over labelled attributes (optional per-attribute
+    """Multi-label attributes: BCE with logits; mAP and mean accuracy (%).
+
+    Multi-label attributes: BCE with logits over labelled attributes (optional per-attribute
     ``pos_weight``); mAP over attributes with positives and mean accuracy at 0.5 (%)."""
 
     label = MULTI_LABEL

@@ -103,7 +103,9 @@ class BoxAttrHead(nn.Module):
 
 @register_task("box_attr")
 class BoxAttributes(Task):
-    """Per-box attributes: BCE on foreground RoIs (ground-truth boxes and their jittered copies at
+    """Per-box attributes (aPascal's protocol): BCE on foreground RoIs; mAP and mean accuracy.
+
+    Per-box attributes: BCE on foreground RoIs (ground-truth boxes and their jittered copies at
     IoU >= ``fg_iou``), background RoIs ignored; mAP over attributes and mean accuracy on the
     ground-truth boxes (aPascal's protocol)."""
 

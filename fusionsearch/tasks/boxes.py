@@ -57,7 +57,9 @@ def empty_boxes(num_attrs: int = 0, labelled: bool = True) -> BoxLabel:
 
 @register_label_kind("boxes")
 class Boxes(LabelKind):
-    """Objects as boxes (xyxy pixels) with class labels, optional per-box attributes and
+    """Objects as boxes (xyxy pixels) with class labels, per image.
+
+    Objects as boxes (xyxy pixels) with class labels, optional per-box attributes and
     "difficult" flags; ``labelled`` False = no label. A resize scales the boxes, a flip mirrors
     them; a batch is a list of dicts (torchvision's targets)."""
 
@@ -86,6 +88,7 @@ class Boxes(LabelKind):
 
 
 BOXES = Boxes()
+"""Boxes with class labels per image (detection); see ``Boxes``."""
 
 
 class RegionOutput:

@@ -89,12 +89,25 @@ def delta_m(
     metrics: str = "all",
     types: Mapping[str, str] | None = None,
 ) -> float:
-    """Multi-task gain in %: (-1)^lower_is_better (M_mt - M_st) / M_st averaged as ``DeltaM`` says
-    (by default within each task, then over tasks: LibMTL's Delta_p).
+    """Delta-m: the multi-task network's gain in % over the single-task networks.
 
-    ``directions[task][metric]`` is True when higher is better (``Task.metrics``). A single-task
-    value of 0 makes its term undefined: an error, or with ``skip_zero`` the term is left out (a
-    search on a tiny budget can have 0% of pixels within 11.25 degrees).
+    Each term is (-1)^lower_is_better (M_mt - M_st) / M_st * 100 for one metric of one task,
+    averaged as ``DeltaM`` says (by default within each task, then over tasks: LibMTL's Delta_p).
+
+    Args:
+        multi: the multi-task network's metrics, ``{task: {metric: value}}``.
+        single: the single-task networks' metrics, in the same shape.
+        directions: ``directions[task][metric]`` is True when higher is better (``Task.metrics``).
+        skip_zero: leave out a term whose single-task value is 0 (undefined), instead of raising
+            (a search on a tiny budget can have 0% of pixels within 11.25 degrees).
+        average: ``"tasks"`` (each task's mean, then the mean over tasks) or ``"metrics"`` (the
+            flat mean over every term); see ``DeltaM``.
+        metrics: ``"all"`` (every metric a task reports) or ``"primary"`` (``Task.primary`` only).
+        types: the registered task type of a task whose name is not one.
+
+    Examples:
+        >>> delta_m({"seg": {"miou": 44.0}}, {"seg": {"miou": 40.0}}, {"seg": {"miou": True}})
+        10.0
     """
     DeltaM(average, metrics)  # validates
     per_task: list[list[float]] = []

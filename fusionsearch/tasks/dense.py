@@ -54,7 +54,9 @@ class _DenseHead(nn.Module):
 
 @register_task("seg")
 class Segmentation(Task):
-    """Semantic segmentation: cross-entropy with an ignore index; mIoU and pixel accuracy from one
+    """Semantic segmentation: cross-entropy; mIoU and pixel accuracy over the evaluation set.
+
+    Semantic segmentation: cross-entropy with an ignore index; mIoU and pixel accuracy from one
     confusion matrix over the whole evaluation set (classes absent from both sides don't count)."""
 
     metrics = {"miou": True, "pixel_acc": True}
@@ -119,7 +121,9 @@ _ANGLE_BINS = 18000  # 0.01 degree bins: the median is exact to 0.01 degrees
 
 @register_task("normal")
 class Normals(Task):
-    """Surface normals: predictions normalised to unit length; loss = 1 - cos between the unit
+    """Surface normals: 1 - cos loss; angle errors in degrees (mean, median, % within).
+
+    Surface normals: predictions normalised to unit length; loss = 1 - cos between the unit
     prediction and the unit label, averaged over valid pixels (the official NDDR code's
     ``tf.losses.cosine_distance``, the PyTorch port's and LibMTL's); metrics in degrees over all
     valid pixels of the evaluation set, pooled: mean, median, % within 11.25 / 22.5 / 30 (<=).
@@ -194,7 +198,9 @@ class Normals(Task):
 
 @register_task("depth")
 class Depth(Task):
-    """Depth: L1 on valid pixels (depth > 0). Metrics pooled over every valid pixel of the
+    """Depth: L1 on valid pixels; abs_err, abs_rel and RMSE over the evaluation set.
+
+    Depth: L1 on valid pixels (depth > 0). Metrics pooled over every valid pixel of the
     evaluation set: ``abs_err`` (mean |d_hat - d|, LibMTL's and mtan's "abs err"), ``abs_rel``
     (mean |d_hat - d| / d, their "rel err") and RMSE."""
 

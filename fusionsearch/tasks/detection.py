@@ -170,7 +170,9 @@ def _mode(head: RegionHead, training: bool) -> Iterator[None]:
 
 @register_task("det")
 class Detection(Task):
-    """Object detection (``boxes`` labels, classes 1..C): Faster R-CNN's region heads from
+    """Object detection: Faster R-CNN's region heads; VOC mAP@0.5 (%).
+
+    Object detection (``boxes`` labels, classes 1..C): Faster R-CNN's region heads from
     torchvision's parts, the sum of its four losses; VOC mAP@0.5 (%) over the classes with
     ground truth (``use_07``: the 11-point VOC2007 AP). ``out_channels`` is C, without the
     background (the classifier has C + 1 outputs). The module's docstring has the details."""

@@ -113,6 +113,7 @@ class LabelKind(ABC):
 
 
 LABEL_KINDS: Registry[type[LabelKind]] = Registry("label kind", PlanError, name_attr="name")
+"""The registered label kinds: name -> class (``register_label_kind`` adds one)."""
 
 
 def register_label_kind(name: str) -> Callable[[type[LabelKind]], type[LabelKind]]:
@@ -142,7 +143,9 @@ def _resize_masked(x: Tensor, valid: Tensor, size: tuple[int, int]) -> tuple[Ten
 
 @register_label_kind("index_map")
 class IndexMap(LabelKind):
-    """(H, W) int64 class indices, ``ignore_index`` (255) = no label: resized nearest (classes
+    """A per-pixel class index map, (H, W) int64, 255 = no label.
+
+    (H, W) int64 class indices, ``ignore_index`` (255) = no label: resized nearest (classes
     must not blend), flipped as it is."""
 
     def __init__(self, ignore_index: int = IGNORE_INDEX) -> None:
@@ -180,7 +183,9 @@ class ScalarMap(LabelKind):
 
 @register_label_kind("vector_map")
 class VectorMap(LabelKind):
-    """(C, H, W) unit vectors, the zero vector = no label, channel 0 the image's x axis (normals):
+    """A per-pixel unit vector map, (C, H, W), the zero vector = no label (normals).
+
+    (C, H, W) unit vectors, the zero vector = no label, channel 0 the image's x axis (normals):
     resized bilinear over the labelled pixels and renormalised; a mirrored vector field points the
     other way in x, so a flip negates channel 0."""
 
@@ -203,7 +208,9 @@ class VectorMap(LabelKind):
 
 @register_label_kind("class")
 class ClassLabel(LabelKind):
-    """One value per image (a class index, or a number such as an age), -1 = no label: not
+    """One value per image: a class index or a number, -1 = no label.
+
+    One value per image (a class index, or a number such as an age), -1 = no label: not
     resized, not flipped; predicted from pooled features."""
 
     spatial = False
@@ -217,7 +224,9 @@ class ClassLabel(LabelKind):
 
 @register_label_kind("multi_label")
 class MultiLabel(LabelKind):
-    """(A,) per image, one entry per attribute: 1 present, 0 absent, -1 = this attribute is not
+    """Several binary attributes per image, (A,), -1 = not labelled.
+
+    (A,) per image, one entry per attribute: 1 present, 0 absent, -1 = this attribute is not
     labelled (CelebA's 40 attributes, aPascal's 64). An image is labelled where any attribute is.
     Not resized or flipped (an attribute belongs to the whole image); predicted from pooled features."""
 

@@ -33,7 +33,9 @@ _EPS = 1e-12  # jaccard.py's precision_recall
 
 @register_task("human_parts")
 class HumanParts(Segmentation):
-    """Human part segmentation: ``seg``'s loss, head and pooled confusion-matrix mIoU over the
+    """Human part segmentation (PASCAL-Context): as ``seg``, mIoU over 6 parts + background.
+
+    Human part segmentation: ``seg``'s loss, head and pooled confusion-matrix mIoU over the
     survey's 7 classes (6 parts + background). An image without persons is all 255 and counts
     nowhere. The survey's ``HumanPartsMeter`` counts a class absent from labels and predictions
     as IoU 0 where this skips it: the same on the real val set, where all 7 occur."""
@@ -50,7 +52,9 @@ class HumanParts(Segmentation):
 
 @register_task("sal")
 class Saliency(Task):
-    """Saliency: an (H, W) map of 1 salient / 0 not / 255 unlabelled, predicted as one logit per
+    """Saliency: one logit per pixel, balanced BCE; the survey's maxF and mIoU.
+
+    Saliency: an (H, W) map of 1 salient / 0 not / 255 unlabelled, predicted as one logit per
     pixel; balanced BCE over the labelled pixels; the survey's ``maxf`` and ``miou`` (module
     docstring), each image's unlabelled pixels left out and an image without any left out."""
 

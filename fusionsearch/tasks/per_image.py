@@ -67,7 +67,9 @@ class Gender(Classification):
 
 @register_task("age")
 class Age(Task):
-    """Age (NDDR-CNN Sec. 5.2, after DEX): a 100-way softmax over ages 0..99 trained with
+    """Age (NDDR-CNN Sec. 5.2, after DEX): a 100-way softmax, the expected age; absolute errors.
+
+    Age (NDDR-CNN Sec. 5.2, after DEX): a 100-way softmax over ages 0..99 trained with
     cross-entropy; the estimate is the expected age sum_k p_k k; mean and median absolute error."""
 
     label = CLASS

@@ -47,7 +47,9 @@ SMOOTH_L1_BETA = 0.01  # in units of the image side
 
 @register_label_kind("points")
 class Points(LabelKind):
-    """(P, 2) pixel coordinates (x, y), NaN = not labelled; ``flip_pairs``: the (i, j) point
+    """Landmark coordinates, (P, 2) pixels (x, y), NaN = not labelled.
+
+    (P, 2) pixel coordinates (x, y), NaN = not labelled; ``flip_pairs``: the (i, j) point
     indices that trade places in a left-right flip. Predicted from pooled features."""
 
     spatial = False
@@ -85,6 +87,7 @@ class Points(LabelKind):
 
 
 POINTS = Points()
+"""Landmark coordinates per image; see ``Points``."""
 
 
 class LandmarkHead(nn.Module):
@@ -121,7 +124,9 @@ def landmark_nme(points: Tensor, target: Tensor, size: Tensor, norm_pair: tuple[
 
 @register_task("landmarks")
 class Landmarks(Task):
-    """Landmark regression: smooth-L1 (or MSE) on image-normalised coordinates over labelled
+    """Landmark regression: smooth-L1 on normalised coordinates; NME and failure rate.
+
+    Landmark regression: smooth-L1 (or MSE) on image-normalised coordinates over labelled
     points; NME (% of the inter-ocular distance) and the failure rate at 10 % NME."""
 
     label: LabelKind = POINTS

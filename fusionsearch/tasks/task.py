@@ -49,6 +49,7 @@ __all__ = [
 ]
 
 TASKS: Registry[type[Task]] = Registry("task", PlanError, name_attr="task_name")
+"""The registered tasks: name -> class (``register_task`` adds one, ``get_task`` makes one)."""
 
 
 def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
@@ -63,10 +64,15 @@ def get_task(name: str, **kwargs: Any) -> Task:
 
 # The kinds of the built-in tasks, as instances (``labels`` holds the classes and the registry)
 INDEX_MAP = IndexMap()
+"""A per-pixel class index map (segmentation); see ``labels.IndexMap``."""
 SCALAR_MAP = ScalarMap()
+"""A per-pixel value map, 0 = no label (depth); see ``labels.ScalarMap``."""
 VECTOR_MAP = VectorMap()
+"""A per-pixel unit vector map (surface normals); see ``labels.VectorMap``."""
 CLASS = ClassLabel()
+"""One value per image, a class or a number (gender, age); see ``labels.ClassLabel``."""
 MULTI_LABEL = MultiLabel()
+"""Several binary attributes per image (CelebA); see ``labels.MultiLabel``."""
 
 
 def unlabelled_like(kind: str | LabelKind, label: Any) -> Any:
@@ -77,9 +83,10 @@ def unlabelled_like(kind: str | LabelKind, label: Any) -> Any:
 
 
 class Task(ABC):
-    """A task: its label kind, head, loss and whole-set metrics. This docstring is the contract;
-    a new task is one subclass with ``@register_task("name")`` in one file, and its items' key
-    in a data set is that name.
+    """A task: its label kind, head, loss and whole-set metrics.
+
+    This docstring is the contract; a new task is one subclass with ``@register_task("name")`` in
+    one file, and its items' key in a data set is that name.
 
     Class attributes:
 

@@ -63,7 +63,7 @@ class VOCEvaluator:
         iou: the overlap a true positive needs (VOC: 0.5).
         use_07: VOC2007's 11-point AP instead of the all-point area.
 
-    Example:
+    Examples:
         >>> ev = VOCEvaluator(2)
         >>> box = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
         >>> ev.add([{"boxes": box, "labels": torch.tensor([1]), "scores": torch.tensor([0.9])}],

@@ -131,7 +131,7 @@ def plan_memory(
     """The predicted peak memory of training ``net`` on batches of ``batch_size`` images of
     ``input_size`` (C, H, W) with ``optimizer``; ``net`` itself is not touched (a meta copy runs).
 
-    Example:
+    Examples:
         >>> plan = plan_memory(net, 8, (3, 64, 64), "adamw")  # doctest: +SKIP
         >>> print("\\n".join(plan.describe()))  # doctest: +SKIP
     """

@@ -31,7 +31,9 @@ __all__ = ["Sluice", "SluiceHeadMix"]
 
 @register_fusion("sluice")
 class Sluice(FusionUnit):
-    """Sluice unit (Ruder et al.): each task's channels split into ``subspaces`` parts, all K*m
+    """Sluice unit (Ruder et al.): subspaces of every task's channels mixed by one learned matrix.
+
+    Sluice unit (Ruder et al.): each task's channels split into ``subspaces`` parts, all K*m
     parts mixed by a learned (K m) x (K m) matrix; the extra loss is the orthogonality penalty
     ``weight * sum_k sum_{a<b} ||G_ka^T G_kb||_F^2`` between a task's subspaces (G: positions x
     channels, averaged over positions so the weight does not depend on the image size).

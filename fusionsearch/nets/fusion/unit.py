@@ -41,6 +41,7 @@ __all__ = [
 ]
 
 FUSION_UNITS: Registry[type[FusionUnit]] = Registry("fusion unit", PlanError, name_attr="unit_name")
+"""The registered fusion units: name -> class (``register_fusion`` adds one)."""
 
 
 def register_fusion(name: str) -> Callable[[type[FusionUnit]], type[FusionUnit]]:
@@ -67,8 +68,9 @@ def tagged_group(params: Sequence[Tensor], lr_mult: float | None, weight_decay: 
 
 
 class FusionUnit(nn.Module, ABC):
-    """A fusion unit: K task features in, K task features out, at one cut point. This docstring
-    is the whole contract; ``builder.build``, the search, training and the report rely on nothing
+    """A fusion unit: K task features in, K task features out, at one cut point.
+
+    This docstring is the whole contract; ``builder.build``, the search, training and the report rely on nothing
     else, so a new unit is one subclass with ``@register_fusion("name")`` in one file.
 
     Construction: ``Unit(channels, layout, *, nonnegative, init, lr_mult, weight_decay, **own)``.
@@ -140,6 +142,7 @@ class FusionUnit(nn.Module, ABC):
         return len(self.channels)
 
     def forward(self, feats: Sequence[Tensor]) -> tuple[list[Tensor], Tensor | None]:
+        """Fuse the K task features in their layout; returns (one tensor per task, extra loss or None)."""
         if len(feats) != self.num_tasks:
             raise PlanError(f"{self.unit_name} was built for {self.num_tasks} tasks, got {len(feats)} features")
         cf = [to_channels_first(f, self.layout) for f in feats]
@@ -170,8 +173,11 @@ class FusionUnit(nn.Module, ABC):
 
 
 def fusion_weights(net: Any) -> dict[str, Any]:
-    """Per fusion point of a stitched net: the unit, the K x K mean mixing matrix and, per task,
-    the per-channel weights on its own column and on the other columns (what the report draws)."""
+    """The learned fusion weights of a stitched net, per fusion point (what the report draws).
+
+    Per point: the unit, the K x K mean mixing matrix and, per task, the per-channel weights on
+    its own column and on the other columns.
+    """
     out: dict[str, Any] = {}
     for point, unit in net.fusion_units().items():
         entry: dict[str, Any] = {"unit": unit.unit_name, "matrix": unit.mixing_weights().tolist(), "tasks": {}}

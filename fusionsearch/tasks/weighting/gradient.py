@@ -116,7 +116,9 @@ def torchjd_aggregator(name: str) -> Any:
 
 @register_weighting("upgrad")
 class UPGradMethod(GradientWeighting):
-    """UPGrad (Quinton and Rey, 2024): each task gradient projected onto the dual cone of all of
+    """UPGrad (Quinton and Rey, 2024): task gradients projected onto their dual cone, averaged.
+
+    UPGrad (Quinton and Rey, 2024): each task gradient projected onto the dual cone of all of
     them, then averaged; never conflicts with any task."""
 
     torchjd = "UPGrad"
@@ -141,7 +143,9 @@ class MGDAMethod(GradientWeighting):
 
 @register_weighting("pcgrad")
 class PCGradMethod(GradientWeighting):
-    """PCGrad (Yu et al., NeurIPS 2020): a gradient that conflicts with another (negative inner
+    """PCGrad (Yu et al., NeurIPS 2020): conflicting task gradients projected apart, summed.
+
+    PCGrad (Yu et al., NeurIPS 2020): a gradient that conflicts with another (negative inner
     product) loses its component along it; the projected gradients are summed."""
 
     torchjd = "PCGrad"
@@ -153,7 +157,9 @@ class PCGradMethod(GradientWeighting):
 
 @register_weighting("cagrad")
 class CAGradMethod(GradientWeighting):
-    """CAGrad (Liu et al., NeurIPS 2021), ``c`` = 0.5 as its paper's default; needs cvxpy
+    """CAGrad (Liu et al., NeurIPS 2021): conflict-averse gradient descent; needs cvxpy.
+
+    CAGrad (Liu et al., NeurIPS 2021), ``c`` = 0.5 as its paper's default; needs cvxpy
     (``torchjd[cagrad]``)."""
 
     torchjd = "CAGrad"
@@ -179,7 +185,9 @@ class AlignedMTLMethod(GradientWeighting):
 
 @register_weighting("imtl_g")
 class IMTLGMethod(GradientWeighting):
-    """IMTL-G (Liu et al., ICLR 2021): weights that give the update equal projections on every task
+    """IMTL-G (Liu et al., ICLR 2021): an update with equal projections on every task gradient.
+
+    IMTL-G (Liu et al., ICLR 2021): weights that give the update equal projections on every task
     gradient's direction."""
 
     torchjd = "IMTLG"
@@ -191,7 +199,9 @@ class IMTLGMethod(GradientWeighting):
 
 @register_weighting("nash_mtl")
 class NashMTLMethod(GradientWeighting):
-    """Nash-MTL (Navon et al., ICML 2022): the Nash bargaining solution; needs cvxpy and ecos
+    """Nash-MTL (Navon et al., ICML 2022): the Nash bargaining solution; needs cvxpy and ecos.
+
+    Nash-MTL (Navon et al., ICML 2022): the Nash bargaining solution; needs cvxpy and ecos
     (``torchjd[nash-mtl]``)."""
 
     torchjd = "NashMTL"
@@ -238,7 +248,9 @@ class _BalancedEMA(nn.Module):
 
 @register_weighting("dbmtl")
 class DBMTL(GradientWeighting):
-    """DB-MTL (Lin et al., 2023, "Dual-Balancing for Multi-Task Learning"), as LibMTL's
+    """DB-MTL (Lin et al., 2023): loss-scale then gradient-magnitude balancing, as LibMTL's.
+
+    DB-MTL (Lin et al., 2023, "Dual-Balancing for Multi-Task Learning"), as LibMTL's
     ``DB_MTL.py``: loss-scale balancing by a log transform (each task's loss becomes
     log(L_i + 1e-8), so its gradient is grad L_i / L_i), then gradient-magnitude balancing: an EMA
     of each task's gradient (``beta`` 0.9, ``sigma`` 0: LibMTL's defaults), each scaled to the

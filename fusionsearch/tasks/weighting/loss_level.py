@@ -34,7 +34,9 @@ class Fixed(Weighting):
 
 @register_weighting("uncertainty")
 class Uncertainty(Weighting):
-    """Homoscedastic uncertainty (Kendall, Gal and Cipolla, CVPR 2018), as LibMTL's ``UW``:
+    """Homoscedastic uncertainty (Kendall, Gal and Cipolla, CVPR 2018): learned log-variances.
+
+    Homoscedastic uncertainty (Kendall, Gal and Cipolla, CVPR 2018), as LibMTL's ``UW``:
     loss = sum_i L_i / (2 exp(s_i)) + s_i / 2 with learned log-variances s_i (start 0), so a task's
     weight is 1 / (2 exp(s_i)). The s_i train at the base learning rate and are saved with the
     training state."""
@@ -56,7 +58,9 @@ class Uncertainty(Weighting):
 
 @register_weighting("dwa")
 class DWA(Weighting):
-    """Dynamic weight average (Liu, Johns and Davison, CVPR 2019): w_i = K exp(r_i / T) /
+    """Dynamic weight average (Liu, Johns and Davison, CVPR 2019): weights from loss ratios.
+
+    Dynamic weight average (Liu, Johns and Davison, CVPR 2019): w_i = K exp(r_i / T) /
     sum_j exp(r_j / T) with r_i the ratio of task i's mean loss over the last ``period`` steps to
     its mean over the ``period`` before, T = ``temperature`` (2); weight 1 until two periods have
     passed. The mtan code uses epoch means; a period of steps is that for step-budgeted training."""
@@ -96,7 +100,9 @@ class DWA(Weighting):
 
 @register_weighting("rlw")
 class RLW(Weighting):
-    """Random loss weighting (Lin et al., TMLR 2022), as LibMTL: each step w = softmax(z), z ~ N(0, I),
+    """Random loss weighting (Lin et al., TMLR 2022): softmax of Gaussian weights each step.
+
+    Random loss weighting (Lin et al., TMLR 2022), as LibMTL: each step w = softmax(z), z ~ N(0, I),
     drawn from (seed, step) so that a resumed run draws the same weights."""
 
     arguments = {}
@@ -112,7 +118,9 @@ class RLW(Weighting):
 
 @register_weighting("gls")
 class GLS(Weighting):
-    """Geometric loss strategy (Chennupati et al., CVPR-W 2019): the geometric mean of the K
+    """Geometric loss strategy (Chennupati et al., CVPR-W 2019): the losses' geometric mean.
+
+    Geometric loss strategy (Chennupati et al., CVPR-W 2019): the geometric mean of the K
     losses, (prod_i L_i)^(1/K); task i's effective weight is that mean / (K L_i)."""
 
     arguments = {}
@@ -127,7 +135,9 @@ class GLS(Weighting):
 
 @register_weighting("famo")
 class FAMO(Weighting):
-    """Fast adaptive multitask optimisation (Liu et al., NeurIPS 2023; the authors' ``famo.py``):
+    """FAMO (Liu et al., NeurIPS 2023): fast adaptive multitask optimisation, at ``fixed``'s cost.
+
+    Fast adaptive multitask optimisation (Liu et al., NeurIPS 2023; the authors' ``famo.py``):
     logits xi (start 0), z = softmax(xi), loss = sum_i z_i log(L_i - min_i + eps) / c with
     c = sum_i z_i / (L_i - min_i + eps) detached; after each step xi moves by Adam (lr ``w_lr``
     0.025, weight decay ``gamma`` 0.01) along J_softmax^T delta, delta_i = log L_i(before) -
