@@ -15,13 +15,16 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fusionsearch.data.batching import collate_for
+from fusionsearch.data.transforms import kind_of
 from fusionsearch.train.config import TrainConfig
-from fusionsearch.train.partial import OneTaskAtATime, TaskBatches, batches_of, labelled_indices
+from fusionsearch.train.partial import batches_of, labelled_indices
 
 __all__ = [
     "item_seed",
     "StepSampler",
     "Seeded",
+    "TaskBatches",
+    "OneTaskAtATime",
     "loader_workers",
     "train_loader",
     "eval_loader",
@@ -77,6 +80,50 @@ class Seeded(Dataset):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return self.data[index]
+
+
+class TaskBatches(Sampler[list[tuple[tuple[int, int], int]]]):
+    """``batches: per_task``: step s holds, for each task k in order, the step-s batch of a
+    ``StepSampler`` over that task's labelled items (its own seed), as keys ``((k, index), item
+    seed)`` for ``OneTaskAtATime``; a function of (seed, step), so a resumed run continues it."""
+
+    def __init__(self, indices: Sequence[Sequence[int]], batch: int, seed: int, start: int, steps: int) -> None:
+        self.indices = [list(i) for i in indices]
+        self.streams = [StepSampler(len(i), batch, seed + 1_000_003 * k, start, steps) for k, i in enumerate(indices)]
+        self.start, self.steps = start, steps
+
+    def __iter__(self) -> Iterator[list[tuple[tuple[int, int], int]]]:
+        for parts in zip(*self.streams):
+            yield [((k, self.indices[k][i]), s) for k, part in enumerate(parts) for i, s in part]
+
+    def __len__(self) -> int:
+        return max(0, self.steps - self.start)
+
+
+class OneTaskAtATime(Dataset):
+    """Item ``(k, i)`` is ``data[i]`` labelled for ``tasks[k]`` alone: every other task's label is
+    its kind's ``unlabelled_like`` value, so that task's loss skips the image."""
+
+    def __init__(self, data: Dataset, tasks: Sequence[str]) -> None:
+        self.data, self.order = data, list(tasks)
+        own = getattr(data, "label_kinds", None)
+        self.kinds = {t: kind_of(t, own) for t in self.order}
+
+    def __len__(self) -> int:
+        return len(self.data)  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> Any:  # tasks, label_kinds, ... of the wrapped set
+        if name in ("data", "order", "kinds"):
+            raise AttributeError(name)
+        return getattr(self.data, name)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        k, index = key
+        item = dict(self.data[index])
+        for task in self.order:
+            if task != self.order[k] and task in item:
+                item[task] = self.kinds[task].unlabelled_like(item[task])
+        return item
 
 
 def loader_workers(data: Dataset, cfg: TrainConfig, device: torch.device) -> int:

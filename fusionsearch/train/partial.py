@@ -1,6 +1,6 @@
 """Training on partly labelled data: how much a task's loss weighs in a batch that labels it on
 some images only (``loss_scales``), and the per-task batches of a single-task reference
-(``TaskBatches``, ``OneTaskAtATime``).
+(``loading.TaskBatches``, ``loading.OneTaskAtATime``).
 
 Why a scale at all: a task's ``loss`` is its mean over the labelled items, so a batch holding one
 image labelled for segmentation gives a loss as loud as a batch of eight. A task labelled on 3%
@@ -21,13 +21,10 @@ says which images are labelled; on a data set without it every image is in every
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
 
 from torch import Tensor
-from torch.utils.data import Dataset, Sampler
-
-from fusionsearch.data.transforms import kind_of
+from torch.utils.data import Dataset
 
 __all__ = [
     "PARTIAL_LOSSES",
@@ -37,8 +34,6 @@ __all__ = [
     "batches_of",
     "images_per_step",
     "labelled_indices",
-    "TaskBatches",
-    "OneTaskAtATime",
 ]
 
 PARTIAL_LOSSES = ("batch", "labelled")
@@ -91,49 +86,3 @@ def labelled_indices(data: Dataset, task: str) -> list[int]:
     if callable(own):
         return list(own(task))
     return list(range(len(data)))  # type: ignore[arg-type]
-
-
-class TaskBatches(Sampler[list[tuple[tuple[int, int], int]]]):
-    """``batches: per_task``: step s holds, for each task k in order, the step-s batch of a
-    ``StepSampler`` over that task's labelled items (its own seed), as keys ``((k, index), item
-    seed)`` for ``OneTaskAtATime``; a function of (seed, step), so a resumed run continues it."""
-
-    def __init__(self, indices: Sequence[Sequence[int]], batch: int, seed: int, start: int, steps: int) -> None:
-        from fusionsearch.train.loading import StepSampler  # loading imports this module
-
-        self.indices = [list(i) for i in indices]
-        self.streams = [StepSampler(len(i), batch, seed + 1_000_003 * k, start, steps) for k, i in enumerate(indices)]
-        self.start, self.steps = start, steps
-
-    def __iter__(self) -> Iterator[list[tuple[tuple[int, int], int]]]:
-        for parts in zip(*self.streams):
-            yield [((k, self.indices[k][i]), s) for k, part in enumerate(parts) for i, s in part]
-
-    def __len__(self) -> int:
-        return max(0, self.steps - self.start)
-
-
-class OneTaskAtATime(Dataset):
-    """Item ``(k, i)`` is ``data[i]`` labelled for ``tasks[k]`` alone: every other task's label is
-    its kind's ``unlabelled_like`` value, so that task's loss skips the image."""
-
-    def __init__(self, data: Dataset, tasks: Sequence[str]) -> None:
-        self.data, self.order = data, list(tasks)
-        own = getattr(data, "label_kinds", None)
-        self.kinds = {t: kind_of(t, own) for t in self.order}
-
-    def __len__(self) -> int:
-        return len(self.data)  # type: ignore[arg-type]
-
-    def __getattr__(self, name: str) -> Any:  # tasks, label_kinds, ... of the wrapped set
-        if name in ("data", "order", "kinds"):
-            raise AttributeError(name)
-        return getattr(self.data, name)
-
-    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
-        k, index = key
-        item = dict(self.data[index])
-        for task in self.order:
-            if task != self.order[k] and task in item:
-                item[task] = self.kinds[task].unlabelled_like(item[task])
-        return item

@@ -11,8 +11,8 @@ from helpers import tiny_recipe
 
 from fusionsearch.experiment.experiment import Experiment
 from fusionsearch.train.config import TrainConfig
-from fusionsearch.train.loading import train_loader
-from fusionsearch.train.partial import OneTaskAtATime, TaskBatches, labelled_indices, loss_scales
+from fusionsearch.train.loading import OneTaskAtATime, TaskBatches, train_loader
+from fusionsearch.train.partial import labelled_indices, loss_scales
 from fusionsearch.train.trainer import fit
 
 
