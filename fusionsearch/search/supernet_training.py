@@ -45,7 +45,7 @@ from fusionsearch.search.records import ScoredPlanRecord
 from fusionsearch.search.seeding import JobSeeded
 from fusionsearch.search.supernet_space import common_values, supernet_space
 from fusionsearch.train import NonFiniteLossError, TrainConfig, evaluate, fit, train_loader
-from fusionsearch.train.partial import batches_of, label_shares, loss_scales
+from fusionsearch.train.partial import loss_scales, shares_for
 from fusionsearch.train.trainer import calibrate, lr_factor, make_optimizer, to_device
 
 __all__ = [
@@ -195,7 +195,7 @@ def _accumulate(
 ) -> float:
     """One batch's gradients over ``paths`` (each weighed 1 / len(paths)), on the tasks the batch
     labels (each loss scaled as ``cfg.partial_loss`` says); returns the mean loss."""
-    shares = label_shares(data, list(tasks)) if batches_of(cfg.batches, data) == "per_task" else None
+    shares = shares_for(cfg.batches, data, list(tasks))
     present = loss_scales({t: tasks[t].labelled(batch[t]) for t in tasks}, cfg.partial_loss, cfg.batch_size, shares)
     total = 0.0
     for p in paths if present else []:

@@ -32,6 +32,7 @@ __all__ = [
     "loss_scales",
     "label_shares",
     "batches_of",
+    "shares_for",
     "images_per_step",
     "labelled_indices",
 ]
@@ -86,3 +87,9 @@ def labelled_indices(data: Dataset, task: str) -> list[int]:
     if callable(own):
         return list(own(task))
     return list(range(len(data)))  # type: ignore[arg-type]
+
+
+def shares_for(cfg_batches: str, data: Dataset, tasks: Sequence[str]) -> dict[str, float] | None:
+    """What ``loss_scales`` takes as ``shares``: each task's labelled share under per-task batches
+    (``batches_of``), None under mixed batches (the batch's own count says)."""
+    return label_shares(data, tasks) if batches_of(cfg_batches, data) == "per_task" else None

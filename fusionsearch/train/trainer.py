@@ -31,7 +31,7 @@ from fusionsearch.tasks.weighting import Weighting, make_weighting
 from fusionsearch.train.calibration import calibrate_batchnorm
 from fusionsearch.train.config import TrainConfig
 from fusionsearch.train.loading import Seeded, StepSampler, eval_loader, train_loader
-from fusionsearch.train.partial import batches_of, label_shares, loss_scales
+from fusionsearch.train.partial import loss_scales, shares_for
 from fusionsearch.train.precision import autocast, deterministic_mode, grad_scaler
 
 __all__ = [
@@ -177,7 +177,7 @@ def fit(
     """
     cfg = cfg or TrainConfig()
     with deterministic_mode(cfg.deterministic):
-        run = _setup(net, tasks, cfg, device)
+        run = _setup(net, tasks, cfg, device, train_data)
         ckpt = Path(checkpoint) if checkpoint is not None else None
         if ckpt is not None and resume and ckpt.is_file():
             _resume(run, ckpt)
@@ -186,8 +186,6 @@ def fit(
         # run continues the schedule exactly (LambdaLR restarted at ``start``, no state of its own)
         schedule = torch.optim.lr_scheduler.LambdaLR(run.opt, lambda s: lr_factor(s, cfg), last_epoch=run.start - 1)
         loader = train_loader(train_data, cfg, run.dev, run.start, tasks=list(net.tasks))
-        if batches_of(cfg.batches, train_data) == "per_task":
-            run.shares = label_shares(train_data, list(net.tasks))
         val_loader = eval_loader(val_data, cfg, run.dev) if val_data is not None else None
         if run.start == 0 and calibrates(net, cfg):
             # before the optimiser's first step, from the first training batches of this seed:
@@ -236,10 +234,13 @@ class _Run:
     shares: dict[str, float] | None = None  # batches: per_task: each task's labelled share (``loss_scales``)
 
 
-def _setup(net: StitchedNet, tasks: Mapping[str, Task], cfg: TrainConfig, device: str | torch.device | None) -> _Run:
+def _setup(
+    net: StitchedNet, tasks: Mapping[str, Task], cfg: TrainConfig, device: str | torch.device | None, data: Dataset
+) -> _Run:
     """Check that every task of the net has its ``Task``, put the net on its device (channels-last
     on CUDA by default, its segments checkpointed if ``cfg.checkpoint`` says so), and make the
-    weighting, the optimiser and the AMP scaler."""
+    weighting, the optimiser and the AMP scaler; under per-task batches, each task's labelled share
+    in ``data``."""
     missing = [t for t in net.tasks if t not in tasks]
     if missing:
         raise FusionSearchError(f"no Task given for {missing}; tasks has {sorted(tasks)}")
@@ -253,7 +254,9 @@ def _setup(net: StitchedNet, tasks: Mapping[str, Task], cfg: TrainConfig, device
     weighting = make_weighting(cfg.weighting, list(net.tasks), cfg.seed).to(dev)
     opt = make_optimizer(net, cfg, weighting)
     scaler = grad_scaler(dev, use_amp)
-    return _Run(net, tasks, cfg, dev, use_amp, channels_last, weighting, opt, scaler)
+    run = _Run(net, tasks, cfg, dev, use_amp, channels_last, weighting, opt, scaler)
+    run.shares = shares_for(cfg.batches, data, list(net.tasks))  # per-task batches' loss scales
+    return run
 
 
 def _resume(run: _Run, ckpt: Path) -> None:
