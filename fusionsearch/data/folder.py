@@ -225,6 +225,12 @@ class FolderData(MultiTaskDataset):
     def item_ids(self) -> list[str]:
         return list(self.ids)
 
+    def labelled_indices(self, task: str) -> list[int]:
+        """The indices of this split's images that carry ``task``'s label (a file, a cell, a box
+        list): what per-task batches draw from (``train.batches``)."""
+        have = self.labels[task].labelled_ids()
+        return [k for k, i in enumerate(self.ids) if i in have]
+
     def category_counts(self, task: str) -> dict[str, int]:
         """Training label counts per category of ``task`` over this split's images (index as a
         string): an index map's pixels per class at the files' native size (one pass over its

@@ -180,10 +180,13 @@ class PartialLabels(Dataset):
         return {t: (int(m.sum()), len(m)) for t, m in self.masks.items()}
 
     def labelled_indices(self, task: str) -> list[int]:
-        """The indices of the items that keep ``task``'s label (every item for a task not thinned)."""
+        """The indices of the items that keep ``task``'s label: those the wrapped set labels (its
+        own ``labelled_indices``, else every item), less those ``labelled`` takes it from."""
+        own = getattr(self.data, "labelled_indices", None)
+        inner = list(own(task)) if callable(own) else list(range(len(self)))
         if task not in self.masks:
-            return list(range(len(self)))
-        return [int(i) for i in self.masks[task].nonzero()[0]]
+            return inner
+        return [i for i in inner if self.masks[task][i]]
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         item = self.data[index]

@@ -85,16 +85,19 @@ class Seeded(Dataset):
 class TaskBatches(Sampler[list[tuple[tuple[int, int], int]]]):
     """``batches: per_task``: step s holds, for each task k in order, the step-s batch of a
     ``StepSampler`` over that task's labelled items (its own seed), as keys ``((k, index), item
-    seed)`` for ``OneTaskAtATime``; a function of (seed, step), so a resumed run continues it."""
+    seed)`` for ``OneTaskAtATime``; a function of (seed, step), so a resumed run continues it. A
+    task without a labelled item has no part (it takes no part in any step, as in mixed batches)."""
 
     def __init__(self, indices: Sequence[Sequence[int]], batch: int, seed: int, start: int, steps: int) -> None:
-        self.indices = [list(i) for i in indices]
-        self.streams = [StepSampler(len(i), batch, seed + 1_000_003 * k, start, steps) for k, i in enumerate(indices)]
+        self.indices = {k: list(i) for k, i in enumerate(indices) if len(i)}
+        self.streams = {
+            k: StepSampler(len(i), batch, seed + 1_000_003 * k, start, steps) for k, i in self.indices.items()
+        }
         self.start, self.steps = start, steps
 
     def __iter__(self) -> Iterator[list[tuple[tuple[int, int], int]]]:
-        for parts in zip(*self.streams):
-            yield [((k, self.indices[k][i]), s) for k, part in enumerate(parts) for i, s in part]
+        for parts in zip(*self.streams.values()):
+            yield [((k, self.indices[k][i]), s) for k, part in zip(self.streams, parts) for i, s in part]
 
     def __len__(self) -> int:
         return max(0, self.steps - self.start)

@@ -62,11 +62,16 @@ def loss_scales(
 
 
 def batches_of(cfg_batches: str, data: Dataset) -> str:
-    """``train.batches`` resolved for ``data``: "auto" is "per_task" where the partial-label wrapper
-    says which items carry which label (``labelled_indices``), else "mixed"."""
+    """``train.batches`` resolved for ``data``: "auto" is "per_task" where the data set says which
+    items carry which label (``labelled_indices``: the partial-label wrapper, a folder) and some
+    task is not labelled on every item, else "mixed" (fully labelled data trains as it always has)."""
     if cfg_batches != "auto":
         return cfg_batches
-    return "per_task" if callable(getattr(data, "labelled_indices", None)) else "mixed"
+    if not callable(getattr(data, "labelled_indices", None)):
+        return "mixed"
+    n = len(data)  # type: ignore[arg-type]
+    partial = any(len(labelled_indices(data, t)) < n for t in getattr(data, "tasks", {}))
+    return "per_task" if partial else "mixed"
 
 
 def images_per_step(cfg_batches: str, batch_size: int, data: Dataset, tasks: Sequence[str]) -> int:

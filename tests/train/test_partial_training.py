@@ -128,3 +128,22 @@ def test_bad_values_are_named(field, value):
     with pytest.raises(Exception, match=f"train {field} must be one of"):
         TrainConfig(**{field: value})
     assert dataclasses.fields(TrainConfig)  # the config stays a plain dataclass
+
+
+def test_a_task_without_any_labelled_item_has_no_part():
+    batches = list(TaskBatches([[], [0, 1, 2]], 2, seed=0, start=0, steps=3))
+    assert len(batches) == 3 and all([k for (k, _), _ in b] == [1, 1] for b in batches)
+
+
+def test_a_folder_says_which_images_carry_each_label(tmp_path):
+    from folder_fixture import write_folder
+
+    from fusionsearch.data.folder import FolderData
+    from fusionsearch.train.partial import batches_of
+
+    root = write_folder(tmp_path)
+    data = FolderData(root, split="train")
+    counts = {t: len(labelled_indices(data, t)) for t in data.tasks}
+    assert all(0 < n <= len(data) for n in counts.values())
+    expected = "per_task" if any(n < len(data) for n in counts.values()) else "mixed"
+    assert batches_of("auto", data) == expected
