@@ -221,6 +221,7 @@ def box_tasks(layout: FolderLayout, declared: dict[str, dict[str, Any]]) -> None
             layout.problems.append(f"tasks.yaml: {name}: source {source!r} is not a box task of the folder")
             continue
         task.values, task.names = origin.values, task.names or origin.names
+        task.source = origin.source or origin.name
         layout.tasks[name] = task
     for task in layout.tasks.values():
         if is_boxes(task):

@@ -151,3 +151,14 @@ def test_box_category_counts_are_keyed_as_per_category(tmp_path):
     assert data.category_counts("det") == {"1": 1, "2": 1} == count_from_items(data, "det", BOXES, 2)
     attrs = count_from_items(data, "box_attr", BOXES, 2, attrs=True)
     assert data.category_counts("box_attr") == {"0": 1, "1": 1} == attrs  # a0's attrs: [1, 0], [-1, 1]
+
+
+def test_data_check_shows_where_a_source_task_reads_its_boxes(tmp_path):
+    det_folder = check_folder(_per_image(tmp_path / "folder"))
+    assert next(r for r in det_folder.tasks if r.name == "box_attr").source == "det/"
+    root = _coco(tmp_path / "coco")
+    with open(root / "tasks.yaml", "a") as f:
+        f.write("box_attr: {task: box_attr, source: objects}\n")
+    report = check_folder(root)
+    assert report.ok, report.problems
+    assert next(r for r in report.tasks if r.name == "box_attr").source == "objects.json"
