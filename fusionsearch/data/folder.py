@@ -19,7 +19,7 @@ from PIL import Image
 from torch import Tensor
 
 from fusionsearch.data.base import MultiTaskDataset, register_dataset
-from fusionsearch.data.folder_boxes import box_tasks, is_boxes
+from fusionsearch.data.folder_boxes import box_counts, box_tasks, is_boxes
 from fusionsearch.data.folder_csv import labels_csv
 from fusionsearch.data.folder_layout import (
     FolderLayout,
@@ -235,8 +235,11 @@ class FolderData(MultiTaskDataset):
         """Training label counts per category of ``task`` over this split's images (index as a
         string): an index map's pixels per class at the files' native size (one pass over its
         label files, not the images), a multi-label task's positives per attribute and a class
-        task's images per class (both from the layout's stored values, no file read)."""
+        task's images per class (both from the layout's stored values, no file read), a box task's
+        objects per class or positives per attribute (``folder_boxes.box_counts``)."""
         t = self.labels[task]
+        if is_boxes(t):
+            return box_counts(t, self.ids)
         counts = {str(c): 0 for c in range(t.size)}
         if isinstance(t.kind, IndexMap):
             for i in self.ids:

@@ -29,11 +29,30 @@ import numpy as np
 from fusionsearch.data.folder_layout import FolderLayout, FolderTask, _rel, is_box_type, make_task, read_text
 from fusionsearch.tasks.boxes import Boxes
 
-__all__ = ["is_boxes", "read_box_folder", "read_coco", "finish_box_task", "box_tasks"]
+__all__ = ["is_boxes", "read_box_folder", "read_coco", "finish_box_task", "box_tasks", "box_counts"]
 
 
 def is_boxes(task: FolderTask) -> bool:
     return isinstance(task.kind, Boxes)
+
+
+def box_counts(task: FolderTask, ids: list[str]) -> dict[str, int]:
+    """Training label counts of a box task over ``ids``, keyed as its ``per_category``: a
+    ``box_attr`` task's positives per attribute ("0".."A-1"), else objects per class ("1".."C", 0
+    being the background), every category present with 0 where nothing labels it."""
+    attrs = task.type == "box_attr"
+    keys = range(task.n_attrs) if attrs else range(1, task.n_classes + 1)
+    counts = {str(c): 0 for c in keys}
+    for i in ids:
+        if i not in task.values:
+            continue
+        _, labels, rows, _ = task.values[i]
+        found = (rows == 1).sum(0).tolist() if attrs and rows is not None and len(rows) else []
+        pairs = enumerate(found) if attrs else ((int(c), 1) for c in labels.tolist())
+        for c, n in pairs:
+            if str(c) in counts:
+                counts[str(c)] += int(n)
+    return counts
 
 
 def _load_json(layout: FolderLayout, path: Path) -> Any:
@@ -202,6 +221,7 @@ def box_tasks(layout: FolderLayout, declared: dict[str, dict[str, Any]]) -> None
             layout.problems.append(f"tasks.yaml: {name}: source {source!r} is not a box task of the folder")
             continue
         task.values, task.names = origin.values, task.names or origin.names
+        task.source = origin.source or origin.name
         layout.tasks[name] = task
     for task in layout.tasks.values():
         if is_boxes(task):

@@ -33,7 +33,7 @@ class TaskReport:
     name: str
     type: str
     kind: str
-    source: str  # "seg/" or "labels.csv"
+    source: str  # "seg/", "labels.csv", or where a box task's boxes are ("det/", "det.json")
     outputs: int
     read_from_labels: bool
     labelled: dict[str, int] = field(default_factory=dict)  # split -> labelled images
@@ -126,10 +126,10 @@ def check_folder(root: str | Path, progress: Callable[[Iterable[Any]], Iterable[
     sizes = _images(layout, progress or (lambda xs: xs))
     reports = []
     for name, task in layout.tasks.items():
-        box_file = layout.root / f"{name}.json"
         source = f"{name}/" if task.dense else "labels.csv"
-        if is_boxes(task):
-            source = box_file.name if box_file.is_file() else f"{name}/"
+        if is_boxes(task):  # its own boxes or, with ``source:``, those of the task it names
+            box_file = layout.root / f"{task.source or name}.json"
+            source = box_file.name if box_file.is_file() else f"{task.source or name}/"
         rep = TaskReport(name, task.type, str(task.kind), source, task.size, task.read_from_labels)
         labelled = task.labelled_ids()
         rep.labelled = {s: sum(1 for i in ids if i in labelled) for s, ids in layout.splits.items()}

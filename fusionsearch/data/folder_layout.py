@@ -83,6 +83,7 @@ class FolderTask:
     n_classes: int = 0  # a box task: classes 1..C
     n_attrs: int = 0  # a box task: attributes per box
     attr_names: tuple[str, ...] = ()  # a box task: attribute names, when declared
+    source: str = ""  # a box task that reads another's boxes (``source:``): the task whose files hold them
 
     @property
     def dense(self) -> bool:

@@ -69,27 +69,47 @@ def record_per_category(trial: optuna.Trial, study: optuna.Study, result: Any, e
 
 def _names(train: Any, tasks: Mapping[str, Any], which: list[str]) -> dict[str, list[str]]:
     """Category names for display, indexed by the category key: the data set's ``classes`` for an
-    index-map task of that many classes (``seg``), a folder's declared class or attribute names, and
-    ``box_classes`` (from 1) / ``box_attributes`` for ``det`` / ``box_attr``."""
+    index-map task of that many classes (``seg``), a folder's declared class or attribute names
+    (``_folder_names``), and ``box_classes`` (from 1) / ``box_attributes`` for ``det`` / ``box_attr``."""
     from fusionsearch.tasks.labels import IndexMap
 
     out: dict[str, list[str]] = {}
     folder = getattr(train, "labels", None)
     for t in which:
-        own = getattr(folder.get(t), "names", ()) if isinstance(folder, Mapping) else ()
+        own = _folder_names(folder.get(t), tasks[t]) if isinstance(folder, Mapping) else None
         classes = getattr(train, "classes", None)
         boxes: dict[str, Any] = {
             "det": getattr(train, "box_classes", None),
             "box_attr": getattr(train, "box_attributes", None),
         }
         typ = getattr(tasks[t], "task_name", t)
-        if own and len(own) == tasks[t].out_channels:
-            out[t] = [str(n) for n in own]
+        if own is not None:
+            out[t] = own
         elif (named := boxes.get(typ)) is not None and len(named) == tasks[t].out_channels:  # det counts from 1
             out[t] = (["background"] if typ == "det" else []) + [str(n) for n in named]
         elif isinstance(tasks[t].label, IndexMap) and classes is not None and len(classes) == tasks[t].out_channels:
             out[t] = [str(n) for n in classes]
     return out
+
+
+def _folder_names(label: Any, task: Any) -> list[str] | None:
+    """A folder task's names, indexed by ``task``'s category keys, where it declares one for each
+    category: a box task's attribute names (``box_attr``: its ``per_attribute``) or its class names
+    after the background (``det``'s classes count from 1; a ``source:`` task shares its origin's
+    class names), else the class or attribute names (``seg``, ``cls``, ``attr``); None without."""
+    from fusionsearch.tasks.boxes import Boxes
+
+    if label is None:
+        return None
+    if isinstance(getattr(label, "kind", None), Boxes):
+        attrs = hasattr(task, "per_attribute")
+        names = list(getattr(label, "attr_names" if attrs else "names", ()))
+        offset = [] if attrs else ["background"]
+    else:
+        names, offset = list(getattr(label, "names", ())), []
+    if not names or len(names) != task.out_channels:
+        return None
+    return offset + [str(n) for n in names]
 
 
 def per_category_lines(result: Any, exp: Any, limit: int = 20) -> list[str]:

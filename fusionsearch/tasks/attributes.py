@@ -2,15 +2,15 @@
 one present, absent or unlabelled (the ``multi_label`` kind: 1, 0, -1).
 
 The loss is binary cross-entropy with logits over the labelled (image, attribute) entries only;
-the metrics are the mean over attributes of the average precision (computed by torchmetrics'
-multilabel AP, exact, with unlabelled entries ignored) and the mean per-attribute accuracy at a
+the metrics are the mean over attributes of the average precision (torchmetrics' exact binary AP
+of each attribute, unlabelled entries ignored; NaN and left out of the mean for an attribute
+without a labelled positive) and the mean per-attribute accuracy at a
 probability of 0.5, the two numbers the attribute literature reports (aPascal's and CelebA's).
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 
 import torch
@@ -26,17 +26,17 @@ __all__ = ["Attributes", "attribute_ap", "attribute_loss", "attribute_metrics", 
 
 def attribute_ap(scores: Tensor, target: Tensor) -> Tensor:
     """Average precision per attribute ((A,) float64, NaN where an attribute has no labelled
-    positive): torchmetrics' exact multilabel AP (every score a threshold, VOC-style all-point
-    precision), with the -1 entries ignored."""
-    from torchmetrics.functional.classification import multilabel_average_precision
+    positive, all of its entries -1 included): torchmetrics' exact binary AP of each attribute that
+    has one (every score a threshold, VOC-style all-point precision, what its multilabel AP computes
+    per label), with the -1 entries ignored."""
+    from torchmetrics.functional.classification import binary_average_precision
 
-    with warnings.catch_warnings():  # an attribute without positives: masked out below instead
-        warnings.simplefilter("ignore", UserWarning)
-        ap = multilabel_average_precision(
-            scores.float(), target.long(), num_labels=target.shape[1], average=None, ignore_index=UNLABELLED_CLASS
+    ap = torch.full((target.shape[1],), float("nan"), dtype=torch.float64)
+    for a in (target == 1).any(0).nonzero().flatten().tolist():  # no positive: torchmetrics fails or warns
+        ap[a] = float(
+            binary_average_precision(scores[:, a].float(), target[:, a].long(), ignore_index=UNLABELLED_CLASS)
         )
-    has_pos = (target == 1).any(0)
-    return torch.where(has_pos, ap.double(), torch.tensor(float("nan"), dtype=torch.float64))
+    return ap
 
 
 def attribute_loss(pred: Tensor, target: Tensor, pos_weight: Tensor | None = None) -> Tensor:

@@ -6,17 +6,22 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from fusionsearch.data import collate_for
+from fusionsearch.data.categories import count_from_items
 from fusionsearch.data.folder import FolderData, scan
 from fusionsearch.data.folder_check import check_folder
 from fusionsearch.data.transforms import hflip_dense
 from fusionsearch.errors import DataError
 from fusionsearch.report.data_check import folder_tables
+from fusionsearch.search.categories import per_category_lines
+from fusionsearch.tasks.box_attributes import BoxAttributes
 from fusionsearch.tasks.boxes import BOXES
+from fusionsearch.tasks.detection import Detection
 from tests.folder_fixture import write_folder
 
 YAML = "det: {classes: [cat, dog]}\nbox_attr: {task: box_attr, source: det, attributes: [red, big]}\n"
@@ -131,3 +136,29 @@ def test_bad_per_image_files_are_problems_naming_the_file(tmp_path):
     assert any(p.startswith("det/a2.json box 0: box [5, 5, 2, 8]") for p in problems), problems
     assert any(p.startswith("det/a2.json box 0: label 'bird'") for p in problems), problems
     assert any("orphan label det/zz.json" in p for p in problems), problems
+
+
+def test_train_names_box_categories_by_class_from_1_and_box_attr_by_attribute(tmp_path):
+    data = FolderData(_per_image(tmp_path), split="train", size=None, augment=False)
+    exp = SimpleNamespace(datasets=lambda: [data], tasks=lambda: {"det": Detection(2), "box_attr": BoxAttributes(2)})
+    per = {"det": {"1": 50.0, "2": float("nan")}, "box_attr": {"0": 25.0, "1": 75.0}}
+    lines = per_category_lines(SimpleNamespace(per_category=per), exp)
+    assert lines == ["det per category: cat 50.0, dog -", "box_attr per category: red 25.0, big 75.0"]
+
+
+def test_box_category_counts_are_keyed_as_per_category(tmp_path):
+    data = FolderData(_per_image(tmp_path), split="train", size=None, augment=False)  # a0: a dog and a cat
+    assert data.category_counts("det") == {"1": 1, "2": 1} == count_from_items(data, "det", BOXES, 2)
+    attrs = count_from_items(data, "box_attr", BOXES, 2, attrs=True)
+    assert data.category_counts("box_attr") == {"0": 1, "1": 1} == attrs  # a0's attrs: [1, 0], [-1, 1]
+
+
+def test_data_check_shows_where_a_source_task_reads_its_boxes(tmp_path):
+    det_folder = check_folder(_per_image(tmp_path / "folder"))
+    assert next(r for r in det_folder.tasks if r.name == "box_attr").source == "det/"
+    root = _coco(tmp_path / "coco")
+    with open(root / "tasks.yaml", "a") as f:
+        f.write("box_attr: {task: box_attr, source: objects}\n")
+    report = check_folder(root)
+    assert report.ok, report.problems
+    assert next(r for r in report.tasks if r.name == "box_attr").source == "objects.json"

@@ -3,10 +3,12 @@ count in neither the loss nor the metrics."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
-from fusionsearch.tasks.attributes import Attributes
+from fusionsearch.tasks.attributes import Attributes, attribute_ap
 
 
 def reference_ap(scores: list[float], labels: list[int]) -> float:
@@ -59,3 +61,22 @@ def test_unlabelled_attributes_count_nowhere():
     moved[best, 0] = -9.0  # now scored lowest: loss, mAP and accuracy all move
     loss, metrics = measure(moved)
     assert loss > base[0] and metrics["map"] < base[1]["map"] and metrics["mean_acc"] != base[1]["mean_acc"]
+
+
+def test_an_attribute_without_a_labelled_entry_is_nan_and_left_out_of_map():
+    # all -1 (none labelled) and all 0 (labelled, no positive): NaN where torchmetrics failed or warned
+    scores = torch.tensor([[0.9, 0.2, 0.4], [0.3, 0.7, 0.1], [0.8, 0.6, 0.5], [0.1, 0.4, 0.9]])
+    target = torch.tensor([[1, -1, 0], [0, -1, 0], [1, -1, 0], [0, -1, 0]])
+    ap = attribute_ap(scores, target)
+    assert ap[0].item() == pytest.approx(1.0) and ap[1:].isnan().all()
+    task = Attributes(out_channels=3)
+    task.update(scores.logit(), target)
+    assert task.compute()["map"] == pytest.approx(100.0)
+    assert task.per_category()["0"] == pytest.approx(100.0) and math.isnan(task.per_category()["1"])
+    nothing = attribute_ap(scores, torch.full((4, 3), -1))  # no attribute labelled at all
+    assert nothing.isnan().all() and nothing.dtype == torch.float64
+
+
+def test_a_single_attribute_has_its_average_precision():
+    scores, target = torch.tensor([[0.9], [0.2], [0.6], [0.4]]), torch.tensor([[1], [0], [-1], [1]])
+    assert attribute_ap(scores, target).tolist() == pytest.approx([reference_ap([0.9, 0.2, 0.6, 0.4], [1, 0, -1, 1])])

@@ -4,6 +4,8 @@ loss, unlabelled images and -1 attributes that count nowhere, evaluation on the 
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import Tensor
@@ -211,3 +213,13 @@ def test_fit_lowers_the_box_attribute_loss_on_a_learnable_set():
     assert set(history["evals"][-1]["metrics"]["box_attr"]) == {"map", "mean_acc"}
     metrics = evaluate(net, tasks, data, batch_size=3, device="cpu")["box_attr"]
     assert metrics["map"] > 50
+
+
+def test_an_attribute_never_labelled_on_a_box_is_nan_and_left_out_of_map():
+    task = BoxAttributes(A, names=["red", "big", "old"])
+    target = [make_boxes([[1, 1, 9, 9], [8, 8, 30, 20]], [1, 2], attrs=[[1, -1, 0], [0, -1, 0]])]
+    task.update(_pred(1), target)
+    per = task.per_category()
+    assert list(per) == ["red", "big", "old"] and math.isfinite(per["red"])
+    assert math.isnan(per["big"]) and math.isnan(per["old"])
+    assert task.compute()["map"] == pytest.approx(per["red"])
