@@ -10,19 +10,19 @@ any loss weight set for the scarce task: every task weighs 1. For each direction
 the task labelled on 3%) and each training seed (the confirmation's: 1, 2, 3 for study seed 0;
 the labelled scenes are the study seed's, as in a study), it trains
 
-- ``shared`` (one trunk, a head per task) under each ``train.partial_loss`` rule: ``labelled``
-  (the mean over the labelled items at full strength) and ``batch`` (that mean x labelled items /
-  batch size);
-- ``single`` (separate columns) on the same mixed batches under each rule: the reference before
-  this benchmark;
-- ``single`` with ``batches: per_task``: each column on full batches of its own task's labelled
-  images, what a user would train without a multi-task net (under AdamW the rule does not change
-  it: each of its batches is fully labelled).
+- ``shared`` (one trunk, a head per task) and ``single`` (separate columns) on mixed batches (the
+  training set as it comes) under each ``train.partial_loss`` rule: ``labelled`` (each task's mean
+  over its labelled items at full strength) and ``batch`` (that mean x labelled items / batch size);
+- ``shared`` on per-task batches (``train.batches: per_task``: each step a full batch of each task's
+  labelled images) under each rule (``batch``: x the task's labelled share of the training set);
+- ``single`` on per-task batches: each column on full batches of its own task's labelled images,
+  what a user would train without a multi-task net (under AdamW the rule does not change it: a
+  column sees only its own task's loss, and Adam's step does not depend on that loss's scale).
 
-Printed per direction and rule: the paired 95% interval over the seeds of Delta-m of ``shared``
-against each reference (``confirm.paired_test``, the code that ends a study), and each run's
-per-task metrics. ``--out`` keeps every run's metrics in a JSON file, read back on the next call:
-an interrupted benchmark continues where it stopped.
+Printed per direction, batches and rule: the paired 95% interval over the seeds of Delta-m of
+``shared`` against ``single`` on the same batches and against ``single`` on per-task batches
+(``confirm.paired_test``, the code that ends a study). ``--out`` keeps every run's metrics in a
+JSON file, read back on the next call: an interrupted benchmark continues where it stopped.
 """
 
 from __future__ import annotations

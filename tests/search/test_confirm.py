@@ -87,6 +87,17 @@ def test_verdict_says_plainly_when_nothing_beats_the_baselines():
     assert summarize(optuna.create_study()).verdict().startswith("no confirmation was run")
 
 
+def test_a_plan_that_beats_single_is_said_first_when_the_best_baseline_does_not():
+    """The best baseline (by mean) has a wide interval that does not clear single; a searched plan
+    with a lower mean does clear it: that it beats single is the finding, said first."""
+    c = summarize(_study({"single": [0.0, 0.0, 0.0], "shared": [9.0, -3.0, 15.0], "trial 0": [4.0, 5.0, 4.5]}))
+    assert c.best_baseline == "shared"
+    assert c.verdict().startswith("trial 0 beats single by +4.50 [")
+    assert "; no searched plan beats the shared baseline at this budget" in c.verdict()
+    c = summarize(_study({"single": [0.0, 0.0, 0.0], "shared": [9.0, -3.0, 15.0], "trial 0": [4.0, -5.0, 4.5]}))
+    assert c.verdict().startswith("no searched plan beats the shared baseline")  # nothing clears single
+
+
 def test_confirmation_is_queued_once_with_the_winners():
     study = _study({})
     seeds = [1001, 1002]

@@ -353,6 +353,7 @@ def test_a_training_step_reads_nothing_back_before_the_backward_pass(monkeypatch
     backward pass; now the masks are read on the host before the copy, and the losses once, after
     the optimiser step."""
     from fusionsearch.train import trainer as t
+    from fusionsearch.train.partial import loss_scales
 
     events: list[str] = []
     for name in ("item", "tolist", "__bool__"):
@@ -365,8 +366,9 @@ def test_a_training_step_reads_nothing_back_before_the_backward_pass(monkeypatch
         monkeypatch.setattr(torch.Tensor, name, reader)
     net, tasks = _net()
     batch = {k: torch.stack([b[k] for b in _data(2)]) for k in ("image", "seg", "normal")}
-    present = [n for n in net.tasks if bool(tasks[n].labelled(batch[n]).any())]  # what fit reads before the copy
     cfg = _cfg()
+    masks = {n: tasks[n].labelled(batch[n]) for n in net.tasks}  # what fit reads before the copy
+    present = loss_scales(masks, cfg.partial_loss, cfg.batch_size)
     weighting = make_weighting("fixed", list(net.tasks))
     real_backward = weighting.backward
 
