@@ -292,3 +292,18 @@ if __name__ == "__main__":
     else:
         for name in sys.argv[1:]:
             run_blocks(page_blocks(Path(name)), name)
+
+
+def test_the_readme_is_short_and_starts_with_the_set_up():
+    """At most 250 lines, no commit hash (7 to 40 hex characters with a letter and a digit), and
+    its first code block is the two set-up commands: install and run the first study, then the
+    check CI runs."""
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 250
+    hashes = [h for h in re.findall(r"\b[0-9a-f]{7,40}\b", text) if re.search(r"[a-f]", h) and re.search(r"\d", h)]
+    assert not hashes, hashes
+    first = re.search(r"```\w*\n(.*?)```", text, re.S)
+    assert first is not None
+    lines = [ln for ln in first.group(1).splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    assert len(lines) == 2 and "pip install" in lines[0] and "fusionsearch run" in lines[0], lines
+    assert "pytest" in lines[1], lines
