@@ -3,6 +3,7 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -38,6 +39,16 @@ def traced(name: str) -> fs.BackboneGraph:
     size = kwargs.pop("input_size", None)
     torch.manual_seed(0)
     return fs.trace(name, size, **kwargs)
+
+
+@pytest.fixture
+def default_sigint():
+    """SIGINT as Python starts it in a terminal (``KeyboardInterrupt``) for a test that sends it to
+    itself: a shell that started pytest in the background (``nohup``, ``&``) has it ignored, which
+    ``interrupts_taken`` rightly leaves ignored."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
 
 
 @pytest.fixture

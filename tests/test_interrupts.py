@@ -41,7 +41,7 @@ def test_the_end_of_the_block_is_a_safe_point_and_an_error_while_pending_is_the_
         raise RuntimeError("a bug")
 
 
-def test_sigterm_and_sigint_are_recorded_even_when_their_exception_is_swallowed():
+def test_sigterm_and_sigint_are_recorded_even_when_their_exception_is_swallowed(default_sigint):
     for sig in (signal.SIGTERM, signal.SIGINT):
         before = signal.getsignal(sig)
         with pytest.raises(KeyboardInterrupt), interrupts_taken():

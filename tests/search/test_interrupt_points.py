@@ -78,7 +78,7 @@ def test_ctrl_c_in_a_finaliser_during_training_stops_the_trial_at_the_next_step(
     assert "warmstart" in [c.user_attrs.get("baseline") for c in study.get_trials(states=(TrialState.WAITING,))]
 
 
-def test_ctrl_c_while_a_trial_is_claimed_queues_it_again(tmp_path, monkeypatch):
+def test_ctrl_c_while_a_trial_is_claimed_queues_it_again(tmp_path, monkeypatch, default_sigint):
     """SIGINT between the claim in the database and the code that fails a stopped trial left it
     RUNNING with no heartbeat: the next run waited for it for ever."""
     url = f"sqlite:///{tmp_path}/h.db"
