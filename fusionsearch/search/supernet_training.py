@@ -32,7 +32,6 @@ from typing import Any, cast
 import optuna
 import torch
 from optuna.trial import TrialState
-from torch.utils.data import Dataset
 
 from fusionsearch.errors import CheckpointError
 from fusionsearch.experiment.experiment import Experiment, WarmStart
@@ -163,6 +162,7 @@ def train_supernet(
         _calibrate_units(sn, exp, cfg, dev)
     began = time.perf_counter()
     sn.train()
+    shares = shares_for(cfg.batches, exp.datasets()[0], list(tasks))  # per-task batches' loss scales
     for step, batch in enumerate(train_loader(exp.datasets()[0], cfg, dev, start), start):
         check_interrupt()  # a safe point (``interrupts``)
         for g in opt.param_groups:
@@ -170,7 +170,7 @@ def train_supernet(
         paths = sn.fair_paths(random.Random(path_seed(cfg.seed, step)))
         image = batch["image"].to(dev)
         opt.zero_grad(set_to_none=True)
-        total = _accumulate(sn, paths, tasks, image, batch, dev, penalties, cfg, exp.datasets()[0])
+        total = _accumulate(sn, paths, tasks, image, batch, dev, penalties, cfg, shares)
         if not math.isfinite(total):
             raise NonFiniteLossError(f"supernet loss is {total} at step {step}")
         opt.step()
@@ -191,11 +191,11 @@ def _accumulate(
     dev: torch.device,
     penalties: str,
     cfg: TrainConfig,
-    data: Dataset,
+    shares: Mapping[str, float] | None,
 ) -> float:
     """One batch's gradients over ``paths`` (each weighed 1 / len(paths)), on the tasks the batch
-    labels (each loss scaled as ``cfg.partial_loss`` says); returns the mean loss."""
-    shares = shares_for(cfg.batches, data, list(tasks))
+    labels (each loss scaled as ``cfg.partial_loss`` says, ``shares`` under per-task batches);
+    returns the mean loss."""
     present = loss_scales({t: tasks[t].labelled(batch[t]) for t in tasks}, cfg.partial_loss, cfg.batch_size, shares)
     total = 0.0
     for p in paths if present else []:
